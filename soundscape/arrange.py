@@ -1,0 +1,191 @@
+"""Arrangement stage: Scene -> where every clip plays (timing only, no audio).
+
+Input: a ``Scene`` and each element's take length in seconds. Output: an ``Arrangement`` of
+frozen ``Clip`` and ``LoopRun`` values. Randomness (scatter) comes from a ``SeedSequence`` of the
+scene seed and the element's name, so the same seed gives the same arrangement and one element's
+scatter never changes because another element was added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .scene import Scene, derive_seed
+from .units import format_duration
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One play of a take: scene time, position in the take, length, and per-play level/pan."""
+
+    element: str
+    take: int
+    start_s: float
+    offset_s: float
+    length_s: float
+    gain_db: float = 0.0
+    pan: float = 0.0
+    fade_in_s: float = 0.0
+    fade_out_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoopRun:
+    """A take repeated from ``start_s`` to ``end_s`` with crossfades (loop points are chosen
+    by the mixer, which has the audio)."""
+
+    element: str
+    take: int
+    start_s: float
+    end_s: float | None  # None: exactly ``times`` repetitions
+    times: int | None
+    crossfade_s: float
+    fade_in_s: float
+    fade_out_s: float
+    pan: float
+
+
+@dataclass(frozen=True)
+class ElementPlan:
+    name: str
+    take_length_s: float
+    clips: tuple[Clip, ...] = ()
+    loops: tuple[LoopRun, ...] = ()
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    duration_s: float
+    sample_rate: int
+    channels: int
+    elements: tuple[ElementPlan, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+
+def element_rng(scene: Scene, name: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([scene.seed, derive_seed(0, name)]))
+
+
+def _cut(name: str, start: float, length: float, duration: float,
+         warnings: list[str]) -> float | None:
+    if start >= duration:
+        warnings.append(f"{name} at {start:.1f} s starts after the {duration:.1f} s scene ends; "
+                        f"skipped")
+        return None
+    if start + length > duration + 1e-9:
+        new = duration - start
+        warnings.append(f"{name} at {start:.1f} s + {length:.1f} s exceeds the {duration:.1f} s "
+                        f"scene; trimmed to {new:.1f} s")
+        return new
+    return length
+
+
+def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
+    """Place every element of ``scene`` on the timeline.
+
+    Args:
+        scene: a validated scene (variant already resolved).
+        take_lengths_s: each element's take length in seconds.
+    """
+    warnings: list[str] = []
+    plans = []
+    D = scene.duration
+    for name, e in scene.elements.items():
+        L = take_lengths_s[name]
+        clips: list[Clip] = []
+        loops: list[LoopRun] = []
+        if e.loop is not None:
+            lp = e.loop
+            xf = min(lp.crossfade, L / 2)
+            if xf < lp.crossfade:
+                warnings.append(f"{name}: crossfade {lp.crossfade:.2f} s is more than half the "
+                                f"{L:.2f} s take; shortened to {xf:.2f} s")
+            end: float | None = lp.until if lp.until is not None else (
+                None if lp.times is not None else D)
+            if lp.times is not None:
+                nominal_end = lp.start + lp.times * (L - xf) + xf
+                if nominal_end > D + 1e-9:
+                    warnings.append(f"{name} loop at {lp.start:.1f} s + "
+                                    f"{nominal_end - lp.start:.1f} s exceeds the {D:.1f} s "
+                                    f"scene; trimmed to {D - lp.start:.1f} s")
+                    end = D
+            if end is not None and end > D:
+                warnings.append(f"{name} loop until {end:.1f} s exceeds the {D:.1f} s scene; "
+                                f"trimmed to {D - lp.start:.1f} s")
+                end = D
+            if lp.start >= D:
+                warnings.append(f"{name} loop at {lp.start:.1f} s starts after the {D:.1f} s "
+                                f"scene ends; skipped")
+            else:
+                loops.append(LoopRun(name, 0, lp.start, end, lp.times if end is None else None,
+                                     xf, e.fade_in, e.fade_out, e.pan))
+        elif e.scatter is not None:
+            clips.extend(_scatter(scene, name, L, warnings))
+        else:
+            for t in e.starts_s:
+                length = _cut(name, t, L, D, warnings)
+                if length is not None:
+                    clips.append(Clip(name, 0, t, 0.0, length, 0.0, e.pan, e.fade_in,
+                                      min(e.fade_out, length)))
+        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops)))
+    return Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
+
+
+def _scatter(scene: Scene, name: str, L: float, warnings: list[str]) -> list[Clip]:
+    e = scene.elements[name]
+    sc = e.scatter
+    assert sc is not None
+    rng = element_rng(scene, name)
+    end = min(sc.end if sc.end is not None else scene.duration, scene.duration)
+    clips: list[Clip] = []
+
+    def gap() -> float:
+        if sc.interval is not None:
+            return float(rng.uniform(sc.interval[0], sc.interval[1]))
+        return float(rng.exponential(60.0 / sc.density))  # type: ignore[operator]
+
+    if sc.interval is not None and not sc.overlap and L > sc.interval[1]:
+        warnings.append(f"{name}: one-shots of {L:.1f} s are longer than the largest interval "
+                        f"{sc.interval[1]:.1f} s; spacing them {L:.1f} s apart (set overlap: "
+                        f"true to allow overlap)")
+    t = sc.start + float(rng.uniform(0.0, 1.0)) * gap()
+    while t < end and (sc.count is None or len(clips) < sc.count):
+        take = int(rng.integers(e.variations))
+        jitter_db = float(rng.uniform(-sc.level_jitter, sc.level_jitter))
+        pan = float(np.clip(e.pan + rng.uniform(-sc.pan_jitter, sc.pan_jitter), -1.0, 1.0))
+        length = min(L, scene.duration - t)
+        clips.append(Clip(name, take, t, 0.0, length, jitter_db, pan, min(e.fade_in, length),
+                          min(e.fade_out, length)))
+        step = gap()
+        if not sc.overlap:
+            step = max(step, L)
+        t += step
+    if sc.count is not None and len(clips) < sc.count:
+        warnings.append(f"{name}: only {len(clips)} of {sc.count} one-shots fit between "
+                        f"{sc.start:.1f} s and {end:.1f} s")
+    return clips
+
+
+def describe(arr: Arrangement) -> list[str]:
+    """A readable timeline, one line per play."""
+    lines = [f"{format_duration(arr.duration_s)} at {arr.sample_rate} Hz, "
+             f"{arr.channels} channel(s)"]
+    for plan in arr.elements:
+        lines.append(f"{plan.name}  (take {plan.take_length_s:.2f} s)")
+        for lp in plan.loops:
+            end = "scene end" if lp.end_s is None and lp.times is None else (
+                f"{lp.end_s:.2f} s" if lp.end_s is not None else f"{lp.times} times")
+            lines.append(f"  loop  {lp.start_s:8.2f} s -> {end}, crossfade {lp.crossfade_s:.2f} s")
+        for c in plan.clips:
+            extra = ""
+            if c.gain_db:
+                extra += f" {c.gain_db:+.1f} dB"
+            if c.pan:
+                extra += f" pan {c.pan:+.2f}"
+            lines.append(f"  play  {c.start_s:8.2f} s -> {c.start_s + c.length_s:8.2f} s  "
+                         f"take {c.take}{extra}")
+        if not plan.loops and not plan.clips:
+            lines.append("  (nothing plays)")
+    return lines

@@ -1,0 +1,142 @@
+"""Files stage: read, write and resample audio; every write is atomic.
+
+Input: paths and float32 ``(channels, frames)`` arrays. Output: the same, on disk or in memory.
+Writing goes to a temporary name beside the target and is renamed into place, so a failed or
+interrupted write never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("wav", "flac", "ogg", "mp3")
+WAV_BIT_DEPTHS = (16, 24, 32)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+
+    The temporary name keeps the target's suffix so writers that infer the format from the
+    extension (pedalboard.io) still work. On any exception, KeyboardInterrupt included, the
+    temporary file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}",
+                                dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; finished files get normal modes
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    """Write ``text`` to ``target`` atomically (UTF-8)."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read any file pedalboard.io can decode.
+
+    Returns:
+        ``(audio, sample_rate)`` with audio float32 shaped ``(channels, frames)``.
+    """
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)) as f:
+        audio = f.read(f.frames)
+        sr = int(round(f.samplerate))
+    return np.ascontiguousarray(audio, dtype=np.float32), sr
+
+
+def resample(audio: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
+    """High-quality resampling (soxr VHQ) of ``(channels, frames)`` float32 audio."""
+    if from_hz == to_hz:
+        return audio.astype(np.float32, copy=False)
+    import soxr
+
+    out = soxr.resample(audio.T, from_hz, to_hz, quality="VHQ")
+    return np.ascontiguousarray(np.asarray(out, dtype=np.float32).T.reshape(audio.shape[0], -1))
+
+
+def _writer_options(fmt: str, bit_depth: int | None) -> dict[str, object]:
+    if fmt == "wav":
+        return {"bit_depth": bit_depth or 24}
+    if fmt == "flac":
+        return {"bit_depth": min(bit_depth or 24, 24)}
+    if fmt == "mp3":
+        return {"quality": "V0"}
+    return {}
+
+
+class AtomicAudioWriter:
+    """Stream ``(channels, frames)`` blocks into an audio file that appears only when complete.
+
+    Use as a context manager; on an exception the partial file is deleted.
+    """
+
+    def __init__(self, target: str | Path, sample_rate: int, channels: int,
+                 bit_depth: int | None = None) -> None:
+        self.target = Path(target)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.fmt = self.target.suffix.lstrip(".").lower()
+        self.bit_depth = bit_depth
+        self._ctx: contextlib.AbstractContextManager[Path] | None = None
+        self._file: object | None = None
+        self.frames_written = 0
+
+    def __enter__(self) -> AtomicAudioWriter:
+        from pedalboard.io import AudioFile
+
+        self._ctx = atomic_path(self.target)
+        tmp = self._ctx.__enter__()
+        try:
+            options = _writer_options(self.fmt, self.bit_depth)
+            if self.fmt == "wav" and options["bit_depth"] == 32:
+                # pedalboard writes 32-bit WAV as IEEE float
+                pass
+            self._file = AudioFile(str(tmp), "w", self.sample_rate, self.channels, **options)
+        except BaseException:
+            self._ctx.__exit__(*__import__("sys").exc_info())
+            raise
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append a float32 ``(channels, frames)`` block."""
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(f"expected ({self.channels}, frames), got {block.shape}")
+        self._file.write(np.ascontiguousarray(block, dtype=np.float32))  # type: ignore[attr-defined]
+        self.frames_written += block.shape[1]
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        assert self._ctx is not None
+        try:
+            if self._file is not None:
+                self._file.close()  # type: ignore[attr-defined]
+        finally:
+            self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_audio(target: str | Path, audio: np.ndarray, sample_rate: int,
+                bit_depth: int | None = None) -> Path:
+    """Write float32 ``(channels, frames)`` audio atomically; the format follows the suffix."""
+    with AtomicAudioWriter(target, sample_rate, audio.shape[0], bit_depth) as w:
+        w.write(audio)
+    return Path(target)

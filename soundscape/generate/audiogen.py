@@ -1,0 +1,278 @@
+"""Generator stage, the only torch/audiocraft importer: AudioGen takes in seeded batches.
+
+Input: ``TakeRequest`` values. Output: float32 mono takes ``(1, frames)`` at the model's rate.
+
+Reproducibility: audiocraft samples every token from torch's global RNG, so a take depends on
+what else is in its batch. While generating, audiocraft's ``multinomial`` is swapped for one that
+draws row *i* from a ``torch.Generator`` seeded with request *i*'s seed. A take is then the same
+alone or batched (on the same device), provided its conditioning has the same shape, which is why
+batches also group by the tokenised prompt length (padding would change cross-attention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GeneratorError, ModelNotFoundError
+from . import TakeRequest
+from .models import COMPRESSION_FILE, LM_FILE, ModelRef, hub_is_cached, locate, not_found_message
+
+try:
+    import torch
+    from audiocraft.models import builders
+    from audiocraft.models.audiogen import AudioGen
+    from audiocraft.models.loaders import _delete_param
+    from audiocraft.utils import utils as ac_utils
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+except ImportError as _e:  # pragma: no cover - exercised only without audiocraft installed
+    raise GeneratorError(
+        f"audiocraft could not be imported ({_e}); generation needs it. Install soundscape "
+        f"with its dependencies ('uv sync' in the repository), or use only file: elements"
+    ) from None
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _allow_checkpoint_types() -> None:
+    """torch >= 2.6 loads with weights_only=True. The exported files hold tensors and a YAML
+    string; the published AudioGen files also pickle omegaconf containers (audiocraft PR #534).
+    Allow exactly those types, nothing else."""
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+
+    torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata,
+                                          AnyNode, typing.Any, dict, list, int, float, str])
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise GeneratorError("--device cuda was asked for but torch sees no CUDA GPU; use "
+                             "--device auto or cpu")
+    if device == "mps" and not (getattr(torch.backends, "mps", None)
+                                and torch.backends.mps.is_available()):
+        raise GeneratorError("--device mps was asked for but MPS is not available; use "
+                             "--device auto or cpu")
+    if device not in ("cpu", "cuda", "mps"):
+        raise GeneratorError(f"unknown device {device!r}; use auto, cuda, mps or cpu")
+    return device
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Keep transformers from asking the hub about files already in the cache."""
+    from huggingface_hub import constants
+
+    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old_const
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
+
+
+def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
+    """Load AudioGen from a local export directory or the hub/HF cache (see ``models.locate``).
+
+    On MPS, EnCodec stays on the CPU (audiocraft PR #612: some of its ops are missing on MPS).
+    """
+    device = pick_device(device)
+    directory = locate(ref)
+    _allow_checkpoint_types()
+    try:
+        lm_pkg = torch.load(directory / LM_FILE, map_location="cpu", weights_only=True)
+        comp_pkg = torch.load(directory / COMPRESSION_FILE, map_location="cpu",
+                              weights_only=True)
+    except FileNotFoundError as e:
+        raise ModelNotFoundError(f"checkpoint file missing: {e.filename}") from None
+    except Exception as e:
+        raise GeneratorError(f"cannot load the checkpoint in {directory}: {e}") from None
+    lm_cfg = OmegaConf.create(lm_pkg["xp.cfg"])
+    for cond in (lm_cfg.get("conditioners") or {}).values():
+        if isinstance(cond, DictConfig) and cond.get("model") == "t5":
+            t5_name = cond.t5.name
+            if not hub_is_cached(t5_name):
+                raise ModelNotFoundError(not_found_message(
+                    t5_name, f"{ref.name} needs the text encoder '{t5_name}', which is not in "
+                    f"the cache"))
+    comp_device = "cpu" if device == "mps" else device
+    if "pretrained" in comp_pkg:
+        raise GeneratorError("compression checkpoints that point at another pretrained model "
+                             "are not supported; export the EnCodec weights into the file")
+    comp_cfg = OmegaConf.create(comp_pkg["xp.cfg"])
+    comp_cfg.device = comp_device
+    lm_cfg.device = device
+    lm_cfg.dtype = "float32" if device == "cpu" else "float16"
+    for name in ("conditioners.self_wav.chroma_stem.cache_path",
+                 "conditioners.args.merge_text_conditions_p", "conditioners.args.drop_desc_p"):
+        _delete_param(lm_cfg, name)
+    with _hub_offline():
+        compression = builders.get_compression_model(comp_cfg)
+        compression.load_state_dict(comp_pkg["best_state"])
+        lm = builders.get_lm_model(lm_cfg)
+        lm.load_state_dict(lm_pkg["best_state"])
+    compression.eval()
+    lm.eval()
+    lm.cfg = lm_cfg
+    return AudioGen(ref.name, compression, lm)
+
+
+@contextlib.contextmanager
+def per_row_sampling(seeds: list[int], device: str) -> Iterator[None]:
+    """Make audiocraft draw each batch row from its own seeded generator."""
+    gen_device = "cpu" if device == "mps" else device
+    generators = [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
+    original = ac_utils.multinomial
+
+    def multinomial(probs: torch.Tensor, num_samples: int, replacement: bool = False, *,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        if probs.shape[0] != len(generators):
+            return original(probs, num_samples, replacement, generator=generator)
+        rows = []
+        for row, gen in zip(probs, generators, strict=True):
+            flat = row.reshape(-1, row.shape[-1])
+            if flat.device.type != gen_device:
+                flat = flat.to(gen_device)
+            out = torch.multinomial(flat, num_samples, replacement, generator=gen)
+            rows.append(out.to(probs.device).reshape(*row.shape[:-1], -1))
+        return torch.stack(rows)
+
+    ac_utils.multinomial = multinomial
+    try:
+        yield
+    finally:
+        ac_utils.multinomial = original
+
+
+class Generator:
+    """AudioGen with seeds, batching and out-of-memory back-off.
+
+    Args:
+        ref: the model (hub id or local directory).
+        device: auto, cuda, mps or cpu.
+        max_batch: most takes generated in one call.
+        progress: called as ``progress(label, step, total)`` while a batch generates.
+    """
+
+    def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
+                 progress: ProgressFn | None = None) -> None:
+        self.ref = ref
+        self.model = load_model(ref, device)
+        self.device = str(self.model.device.type)
+        self.max_batch = max(1, max_batch)
+        self.progress = progress
+        self.notes: list[str] = []
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.sample_rate)
+
+    def _prompt_shape(self, prompt: str) -> tuple:
+        provider = self.model.lm.condition_provider
+        from audiocraft.modules.conditioners import ConditioningAttributes
+
+        tokens = provider.tokenize([ConditioningAttributes(text={"description": prompt})])
+        return tuple((k, tuple(v[0].shape) if isinstance(v, tuple) else None)
+                     for k, v in sorted(tokens.items()))
+
+    def plan_batches(self, requests: list[TakeRequest]) -> list[list[int]]:
+        """Indices of ``requests`` grouped into batches of equal settings and prompt shape."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.batch_key(), self._prompt_shape(r.prompt)), []).append(i)
+        batches = []
+        for idx in groups.values():
+            for k in range(0, len(idx), self.max_batch):
+                batches.append(idx[k:k + self.max_batch])
+        return batches
+
+    def generate(self, requests: list[TakeRequest],
+                 on_batch: Callable[[list[TakeRequest], list[np.ndarray], float], None]
+                 | None = None) -> list[np.ndarray]:
+        """Generate every request; ``on_batch(requests, takes, seconds)`` is called after each
+        batch so callers can store finished takes before the next batch starts."""
+        results: list[np.ndarray | None] = [None] * len(requests)
+        for batch in self.plan_batches(requests):
+            reqs = [requests[i] for i in batch]
+            t0 = time.perf_counter()
+            takes = self._generate_with_backoff(reqs)
+            elapsed = time.perf_counter() - t0
+            for i, take in zip(batch, takes, strict=True):
+                results[i] = take
+            if on_batch is not None:
+                on_batch(reqs, takes, elapsed)
+        return [r for r in results if r is not None]
+
+    def _generate_with_backoff(self, reqs: list[TakeRequest]) -> list[np.ndarray]:
+        try:
+            return self._generate_batch(reqs)
+        except torch.cuda.OutOfMemoryError:
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            if len(reqs) == 1:
+                raise GeneratorError(
+                    f"out of GPU memory generating one {reqs[0].duration_s:g} s take; use a "
+                    f"shorter take duration (loop it), --device cpu, or free GPU memory") from None
+            half = len(reqs) // 2
+            self.max_batch = max(1, half)
+            self.notes.append(f"out of GPU memory at batch {len(reqs)}; retrying with {half}")
+            return self._generate_with_backoff(reqs[:half]) + \
+                self._generate_with_backoff(reqs[half:])
+
+    def _generate_batch(self, reqs: list[TakeRequest]) -> list[np.ndarray]:
+        r0 = reqs[0]
+        m = self.model
+        stride = r0.extend_stride_s
+        if stride >= m.max_duration:
+            stride = m.max_duration / 2
+        m.set_generation_params(use_sampling=True, top_k=min(r0.top_k, m.lm.card),
+                                top_p=r0.top_p, temperature=r0.temperature,
+                                duration=r0.duration_s, cfg_coef=r0.cfg_coef,
+                                extend_stride=stride)
+        label = f"{len(reqs)} take(s) of {r0.duration_s:g} s"
+        if self.progress is not None:
+            progress = self.progress
+
+            def callback(step: int, total: int) -> None:
+                progress(label, step, total)
+
+            m.set_custom_progress_callback(callback)
+        with per_row_sampling([r.seed for r in reqs], self.device):
+            attributes, _ = m._prepare_tokens_and_attributes([r.prompt for r in reqs], None)
+            tokens = m._generate_tokens(attributes, None, progress=self.progress is not None)
+        frames = int(round(r0.duration_s * m.sample_rate))
+        out = []
+        comp_device = next(iter(m.compression_model.parameters())).device
+        for i in range(len(reqs)):
+            # Decode row by row: EnCodec's batched convolutions differ from single-row ones in
+            # the last bits, and a take must not depend on its batch-mates.
+            wav = m.generate_audio(tokens[i:i + 1].to(comp_device))
+            row = wav.detach().float().cpu().numpy()[0, :1, :]
+            take = row[:, :frames]
+            if take.shape[1] < frames:
+                take = np.pad(take, ((0, 0), (0, frames - take.shape[1])))
+            out.append(np.ascontiguousarray(take, dtype=np.float32))
+        return out
+
+
+def write_tiny(directory: str | Path, seed: int = 0) -> Path:
+    from .tiny import write_tiny_model
+
+    return write_tiny_model(directory, seed)

@@ -1,0 +1,619 @@
+"""Scene stage: YAML file -> validated, immutable ``Scene`` (variants resolved here).
+
+Input: a scene file (or a dict, for the Python API). Output: ``Scene`` models whose values are
+plain numbers in the units their names say (seconds, dB, Hz). Nothing after this module sees YAML
+or raw dicts. Every problem becomes a ``SceneError`` line: ``file:line: dotted.path: message``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from . import units, yamlsrc
+from .effects import EffectSpec, effect_json_schema, parse_effect
+from .errors import SceneError
+
+DEFAULT_MODEL = "facebook/audiogen-medium"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+
+_NUM_OR_STR = [{"type": "number"}, {"type": "string"}]
+
+
+def _schema(description_of_units: str) -> WithJsonSchema:
+    return WithJsonSchema({"anyOf": _NUM_OR_STR, "description": description_of_units})
+
+
+def _nonneg_duration(v: Any) -> float:
+    s = units.parse_duration(v)
+    if s < 0:
+        raise ValueError(f"{v!r} is negative; durations and times are >= 0")
+    return s
+
+
+def _pos_duration(v: Any) -> float:
+    s = units.parse_duration(v)
+    if s <= 0:
+        raise ValueError(f"{v!r} must be longer than 0 s")
+    return s
+
+
+def _lufs_or_off(v: Any) -> float | None:
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return None
+    if v is False:
+        return None
+    return units.parse_lufs(v)
+
+
+def _pan(v: Any) -> float:
+    if isinstance(v, str):
+        named = {"left": -1.0, "l": -1.0, "center": 0.0, "centre": 0.0, "c": 0.0,
+                 "right": 1.0, "r": 1.0}
+        if v.strip().lower() in named:
+            return named[v.strip().lower()]
+    try:
+        p = units.parse_float(v)
+    except ValueError:
+        raise ValueError(f"{v!r} is not a pan position; write a number from -1 (left) "
+                         f"to 1 (right), or left/center/right") from None
+    if not -1.0 <= p <= 1.0:
+        raise ValueError(f"{v!r} is outside -1..1; -1 is hard left, 1 is hard right")
+    return p
+
+
+Duration = Annotated[float, BeforeValidator(_nonneg_duration),
+                     _schema("Seconds: a number or a string with a unit ('2.5 s', '500 ms', "
+                             "'2 min', '1:30').")]
+PositiveDuration = Annotated[float, BeforeValidator(_pos_duration),
+                             _schema("Seconds > 0: a number or '2.5 s', '500 ms', '1:30'.")]
+Level = Annotated[float, BeforeValidator(units.parse_level_db),
+                  _schema("A level: '-6 dB', or a linear gain such as 0.5 (0 is silence).")]
+Decibels = Annotated[float, BeforeValidator(units.parse_db),
+                     _schema("Decibels: -3 or '-3 dB'.")]
+Pan = Annotated[float, BeforeValidator(_pan),
+                _schema("Pan from -1 (left) through 0 (centre) to 1 (right), or left/center/right.")]
+Loudness = Annotated[float | None, BeforeValidator(_lufs_or_off),
+                     _schema("Integrated loudness target per ITU-R BS.1770: '-16 LUFS' or -16; "
+                             "'off' skips normalisation.")]
+Ceiling = Annotated[float, BeforeValidator(units.parse_dbtp),
+                    _schema("True-peak ceiling: '-1 dBTP' or -1.")]
+
+
+def _effect(v: Any, info: ValidationInfo) -> EffectSpec:
+    if isinstance(v, EffectSpec):
+        return v
+    base = (info.context or {}).get("base_dir")
+    return parse_effect(v, Path(base) if base else None)
+
+
+Effect = Annotated[EffectSpec, PlainValidator(_effect), WithJsonSchema(effect_json_schema())]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
+
+
+class Defaults(_Model):
+    """Generation settings every element inherits unless it sets its own."""
+
+    duration: PositiveDuration = Field(5.0, description="Length of each generated take. AudioGen "
+                                       "generates 10 s at once; longer takes are extended in "
+                                       "steps of extend_stride (slower). Prefer a short take "
+                                       "plus loop for beds.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature; lower is "
+                               "more conservative.")
+    top_k: int = Field(250, ge=0, le=4096, description="Sample from the k most likely tokens "
+                       "(0 disables).")
+    top_p: float = Field(0.0, ge=0, le=1, description="Nucleus sampling; when > 0 it replaces "
+                         "top_k.")
+    cfg_coef: float = Field(3.0, ge=0, le=30, description="Classifier-free guidance: how "
+                            "strongly the prompt is followed.")
+    extend_stride: PositiveDuration = Field(5.0, description="For takes longer than the model's "
+                                            "window: seconds of new audio per extension step.")
+
+
+class Loop(_Model):
+    """Repeat the take, joined by equal-power crossfades at seam-matched loop points."""
+
+    start: Duration = Field(0.0, description="When the loop starts in the scene.")
+    times: int | None = Field(None, ge=1, description="Play the take this many times.")
+    until: Duration | None = Field(None, description="Loop until this time (default: the end "
+                                   "of the scene).")
+    crossfade: Duration = Field(1.0, description="Crossfade length at each loop point.")
+
+    @model_validator(mode="after")
+    def _one_end(self) -> Loop:
+        if self.times is not None and self.until is not None:
+            raise ValueError("give either times or until, not both")
+        if self.until is not None and self.until <= self.start:
+            raise ValueError(f"until ({self.until:g} s) must be after start ({self.start:g} s)")
+        return self
+
+
+class Scatter(_Model):
+    """Random one-shots, like birds or drips: by interval range or by density."""
+
+    interval: tuple[PositiveDuration, PositiveDuration] | None = Field(
+        None, description="[min, max] time between one-shot starts, e.g. ['4 s', '12 s'].")
+    density: float | None = Field(None, gt=0, le=6000, description="Average one-shots per "
+                                  "minute (a Poisson process).")
+    count: int | None = Field(None, ge=1, le=100000, description="Stop after this many "
+                              "one-shots.")
+    start: Duration = Field(0.0, description="First possible time.")
+    end: Duration | None = Field(None, description="Last possible start (default: scene end).")
+    level_jitter: Decibels = Field(0.0, ge=0, le=40, description="Each one-shot's level varies "
+                                   "randomly by up to +/- this many dB.")
+    pan_jitter: float = Field(0.0, ge=0, le=2, description="Each one-shot's pan varies by up "
+                              "to +/- this much around the element's pan.")
+    overlap: bool = Field(False, description="Allow a one-shot to start before the previous "
+                          "one ended.")
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, list | tuple) or len(v) != 2):
+            raise ValueError(f"{v!r} is not an interval; write [min, max], e.g. ['4 s', '12 s']")
+        return v
+
+    @field_validator("density", mode="before")
+    @classmethod
+    def _per_minute(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            text = v.strip().lower().replace(" ", "")
+            for suffix, per in (("/min", 1.0), ("/minute", 1.0), ("/s", 60.0), ("/h", 1 / 60)):
+                if text.endswith(suffix):
+                    try:
+                        return float(text[: -len(suffix)]) * per
+                    except ValueError:
+                        break
+            raise ValueError(f"{v!r} is not a density; write events per minute, e.g. 6 or "
+                             f"'6/min' or '0.1/s'")
+        return v
+
+    @model_validator(mode="after")
+    def _rule(self) -> Scatter:
+        if (self.interval is None) == (self.density is None):
+            raise ValueError("give exactly one of interval: [min, max] or density: N/min")
+        if self.interval and self.interval[0] > self.interval[1]:
+            raise ValueError(f"interval min ({self.interval[0]:g} s) is larger than max "
+                             f"({self.interval[1]:g} s); write [min, max]")
+        return self
+
+
+class Keyframe(_Model):
+    """A point of volume automation; levels are interpolated linearly in dB between points."""
+
+    time: Duration = Field(description="Scene time of this point.")
+    level: Level = Field(description="Level at that time, added to the element's volume.")
+
+
+class Element(_Model):
+    """One layer of the scene: a generated take (prompt) or a recording (file)."""
+
+    prompt: str | None = Field(None, min_length=1, description="What AudioGen should generate.")
+    file: str | None = Field(None, description="A recording to use instead of a prompt "
+                             "(any rate, any channels), relative to the scene file.")
+    duration: PositiveDuration | None = Field(None, description="Length of the generated take "
+                                              "(default: defaults.duration).")
+    temperature: float | None = Field(None, gt=0, le=5, description="Overrides defaults.")
+    top_k: int | None = Field(None, ge=0, le=4096, description="Overrides defaults.")
+    top_p: float | None = Field(None, ge=0, le=1, description="Overrides defaults.")
+    cfg_coef: float | None = Field(None, ge=0, le=30, description="Overrides defaults.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Take seed; default derived "
+                             "from the scene seed and the element name.")
+    variations: int = Field(1, ge=1, le=64, description="Distinct takes to generate (seeds "
+                            "seed, seed+1, ...); scattered one-shots pick among them.")
+    volume: Level = Field(0.0, description="Element level: '-6 dB' or linear 0.5.")
+    pan: Pan = Field(0.0, description="Stereo position, -1 (left) to 1 (right).")
+    stereo: Literal["pan", "decorrelate", "two_takes"] = Field(
+        "pan", description="How a mono take becomes stereo: 'pan' (constant-power pan), "
+        "'decorrelate' (a decorrelated copy on the other side, for wide beds) or 'two_takes' "
+        "(a second take of the same prompt on the right).")
+    width: float = Field(1.0, ge=0, le=1, description="Stereo width for decorrelate/two_takes, "
+                         "0 (mono) to 1 (full).")
+    at: list[Duration] | None = Field(None, description="Start time(s) of single plays.")
+    loop: Loop | None = Field(None, description="Loop the take: true fills the scene.")
+    scatter: Scatter | None = Field(None, description="Scatter one-shots randomly.")
+    fade_in: Duration = Field(0.0, description="Fade-in of each play (loop: of the whole run).")
+    fade_out: Duration = Field(0.0, description="Fade-out of each play (loop: of the whole run).")
+    effects: list[Effect] = Field(default_factory=list, description="Effects, in order.")
+    automation: list[Keyframe] = Field(default_factory=list, description="Volume automation "
+                                       "keyframes.")
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return v if v is None or isinstance(v, list) else [v]
+
+    @field_validator("loop", mode="before")
+    @classmethod
+    def _loop_true(cls, v: Any) -> Any:
+        if v is True:
+            return {}
+        if v is False:
+            return None
+        return v
+
+    @field_validator("file")
+    @classmethod
+    def _file_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        base = (info.context or {}).get("base_dir")
+        path = Path(v) if base is None or Path(v).is_absolute() else Path(base) / v
+        if not path.is_file():
+            raise ValueError(f"file {v!r} not found (looked at {path}); give a path relative "
+                             f"to the scene file")
+        try:
+            from pedalboard.io import AudioFile
+
+            with AudioFile(str(path)) as f:
+                if f.frames == 0:
+                    raise ValueError(f"file {v!r} holds no audio")
+        except ValueError:
+            raise
+        except Exception as e:
+            raise ValueError(f"file {v!r} is not readable audio ({e}); use wav, flac, ogg or "
+                             f"mp3") from None
+        return str(path)
+
+    @model_validator(mode="after")
+    def _rules(self) -> Element:
+        if (self.prompt is None) == (self.file is None):
+            raise ValueError("give exactly one of prompt: (text to generate) or file: (a "
+                             "recording)")
+        placements = [k for k in ("at", "loop", "scatter") if getattr(self, k) is not None]
+        if len(placements) > 1:
+            raise ValueError(f"give one placement, not {' and '.join(placements)}; use two "
+                             f"elements for two behaviours")
+        if self.stereo == "two_takes" and self.file is not None:
+            raise ValueError("stereo: two_takes needs a prompt; for a file use decorrelate")
+        return self
+
+    @property
+    def placement(self) -> str:
+        for k in ("loop", "scatter"):
+            if getattr(self, k) is not None:
+                return k
+        return "at"
+
+    @property
+    def starts_s(self) -> list[float]:
+        return list(self.at) if self.at is not None else [0.0]
+
+
+class Master(_Model):
+    """The sum of all stems: master effects, loudness normalisation, true-peak limiting."""
+
+    effects: list[Effect] = Field(default_factory=list, description="Master effects, in order.")
+    loudness: Loudness = Field(-18.0, description="Integrated loudness target (BS.1770).")
+    ceiling: Ceiling = Field(-1.0, description="True-peak ceiling of the limiter (dBTP).")
+
+
+class Scene(_Model):
+    """A soundscape: a duration, a sample rate, named elements, a master, and variants."""
+
+    name: str = Field(description="Scene name; also the output folder.", pattern=NAME_PATTERN)
+    description: str | None = Field(None, description="Free text.")
+    duration: PositiveDuration = Field(description="Length of the final mix.")
+    sample_rate: int = Field(48000, description="Output sample rate (Hz or '48 kHz').")
+    channels: Literal[1, 2] = Field(2, description="1 (mono) or 2 (stereo).")
+    seed: int = Field(0, ge=0, lt=2**63, description="Scene seed: derives element seeds and "
+                      "scatter timing.")
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face id or local checkpoint "
+                       "directory (audiocraft export layout).")
+    defaults: Defaults = Field(default_factory=Defaults, description="Generation defaults.")
+    elements: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Element] = Field(
+        description="The layers, by name.")
+    master: Master = Field(default_factory=Master, description="Master bus.")
+    variants: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
+        default_factory=dict, description="Named overrides deep-merged onto the base scene; "
+        "null removes a key or an element.")
+
+    _path: Path | None = PrivateAttr(None)
+    _variant: str | None = PrivateAttr(None)
+
+    @field_validator("sample_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        hz = units.parse_hz(v)
+        if hz != int(hz) or not 8000 <= hz <= 192000:
+            raise ValueError(f"{v!r} is not a sample rate between 8 and 192 kHz; write e.g. "
+                             f"48000 or '48 kHz'")
+        return int(hz)
+
+    @field_validator("elements")
+    @classmethod
+    def _some(cls, v: dict[str, Element]) -> dict[str, Element]:
+        if not v:
+            raise ValueError("a scene needs at least one element")
+        return v
+
+    @model_validator(mode="after")
+    def _model_path(self, info: ValidationInfo) -> Scene:
+        base = (info.context or {}).get("base_dir")
+        if base is not None and self.model not in (DEFAULT_MODEL,) and (
+            self.model.startswith((".", "/", "~")) or (Path(base) / self.model).is_dir()
+        ):
+            resolved = (Path(base) / self.model).expanduser()
+            object.__setattr__(self, "model", str(resolved))
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        """The scene file this came from, if any."""
+        return self._path
+
+    @property
+    def variant(self) -> str | None:
+        """The variant this scene was resolved for (None: the base scene)."""
+        return self._variant
+
+    @property
+    def label(self) -> str:
+        return self.name if self._variant is None else f"{self.name}/{self._variant}"
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    def element_seed(self, name: str) -> int:
+        """The element's seed, or one derived from the scene seed and the element's name (so
+        adding or reordering elements changes no other element's take)."""
+        e = self.elements[name]
+        if e.seed is not None:
+            return e.seed
+        return derive_seed(self.seed, name)
+
+
+def derive_seed(scene_seed: int, name: str) -> int:
+    digest = hashlib.blake2b(f"{scene_seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**31
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, variants and error messages
+
+
+def _merge(base: Any, over: Any, path: tuple, over_path: tuple, src: yamlsrc.Source,
+           lines: dict) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            vp = (*over_path, k)
+            if vp in src.lines:
+                lines[(*path, k)] = src.lines[vp]
+            if v is None:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = _merge(out[k], v, (*path, k), vp, src, lines)
+            else:
+                out[k] = v
+                _copy_lines(src, vp, (*path, k), lines)
+        return out
+    _copy_lines(src, over_path, path, lines)
+    return copy.deepcopy(over)
+
+
+def _copy_lines(src: yamlsrc.Source, from_path: tuple, to_path: tuple, lines: dict) -> None:
+    n = len(from_path)
+    for p, line in src.lines.items():
+        if p[:n] == from_path:
+            lines[(*to_path, *p[n:])] = line
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The model classes reachable through Optional/list/dict/tuple/Annotated of ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        args = typing.get_args(tp)
+        if origin is dict:
+            args = args[1:]
+        return [m for a in args for m in _unwrap(a)]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return []
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Scene
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            if model is Scene:
+                return None
+            continue  # a dict key (element name)
+        found = _unwrap(field.annotation)
+        if not found:
+            return None
+        model = found[0]
+        if typing.get_origin(field.annotation) is dict or (
+            typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+            and any(typing.get_origin(a) is dict for a in typing.get_args(field.annotation))
+        ):
+            pass
+    return model
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + str(part))
+    return out
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    loc = tuple(err["loc"])
+    value = err.get("input")
+    msg: str = err["msg"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key '{loc[-1]}'; {hint}allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"required field missing; add '{loc[-1]}: ...'"
+    if kind in ("value_error", "assertion_error"):
+        return msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) \
+            else msg
+    if kind == "string_pattern_mismatch":
+        return (f"{value!r} is not a usable name; use letters, digits, '_' and '-' (it names "
+                f"files), e.g. 'rain_heavy'")
+    if kind == "literal_error":
+        return f"{value!r} is not allowed; {msg[0].lower()}{msg[1:]}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{value!r} is not a mapping; write 'key: value' lines indented under it"
+    return f"{value!r}: {msg[0].lower()}{msg[1:]}" if value is not None else msg
+
+
+def _format_errors(e: ValidationError, file: str, lines_of: Any, variant: str | None,
+                   prefix: tuple = ()) -> list[str]:
+    out = []
+    for err in e.errors():
+        loc = (*prefix, *err["loc"])
+        if err["type"] in ("model_type", "dict_type") and loc == ():
+            out.append(f"{file}:1: the scene must be a mapping of keys such as name, duration "
+                       f"and elements")
+            continue
+        line = lines_of(loc)
+        where = f"{file}:{line}" if line else file
+        tag = f"variant '{variant}': " if variant else ""
+        dotted = _dotted(loc)
+        out.append(f"{where}: {tag}{dotted + ': ' if dotted else ''}{_friendly(err)}")
+    seen: set[str] = set()
+    return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
+
+
+def _validate(data: Any, file: str, base_dir: Path | None, line_of: Any,
+              variant: str | None) -> Scene:
+    if not isinstance(data, dict):
+        raise SceneError(f"{file}:{line_of(()) or 1}: the scene must be a mapping of keys such "
+                         f"as name, duration and elements, not {type(data).__name__}")
+    try:
+        return Scene.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as e:
+        raise SceneError(_format_errors(e, file, line_of, variant)) from None
+
+
+def _read(path: Path) -> tuple[yamlsrc.Source, str]:
+    display = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SceneError(f"{display}: no such scene file") from None
+    except IsADirectoryError:
+        raise SceneError(f"{display}: is a directory; give a .yaml scene file") from None
+    except UnicodeDecodeError:
+        raise SceneError(f"{display}:1: not UTF-8 text; save the scene as UTF-8") from None
+    try:
+        src = yamlsrc.load(text)
+    except yamlsrc.YamlProblem as p:
+        raise SceneError(f"{display}:{p.line}: {p.message}") from None
+    if isinstance(src.data, dict) and "name" not in src.data:
+        src.data["name"] = path.stem.replace(".", "_")
+    return src, display
+
+
+def variant_names(path: str | Path) -> list[str]:
+    """The variant names a scene file declares (validated first)."""
+    return list(load_scene(path).variants)
+
+
+def load_scene(path: str | Path, variant: str | None = None) -> Scene:
+    """Load and validate a scene file, optionally resolved for one variant.
+
+    Raises:
+        SceneError: with one ``file:line: path: message`` line per problem.
+    """
+    path = Path(path)
+    src, display = _read(path)
+    base = _validate(src.data, display, path.parent, src.line_of, None)
+    base._path = path
+    if variant is None:
+        return base
+    if variant not in base.variants:
+        names = ", ".join(base.variants) or "none declared"
+        close = difflib.get_close_matches(variant, list(base.variants), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise SceneError(f"{display}: unknown variant '{variant}'; {hint}variants: {names}")
+    over = src.data["variants"][variant]
+    if not isinstance(over, dict):
+        line = src.line_of(("variants", variant))
+        raise SceneError(f"{display}:{line}: variants.{variant}: must be a mapping of overrides")
+    raw = {k: v for k, v in src.data.items() if k != "variants"}
+    lines: dict = {p: n for p, n in src.lines.items() if not p or p[0] != "variants"}
+    merged = _merge(raw, over, (), ("variants", variant), src, lines)
+    merged["variants"] = {}
+    merged_src = yamlsrc.Source(merged, lines)
+    scene = _validate(merged, display, path.parent, merged_src.line_of, variant)
+    scene = scene.model_copy(update={"variants": base.variants})
+    scene._path = path
+    scene._variant = variant
+    return scene
+
+
+def load_all(path: str | Path) -> list[Scene]:
+    """The base scene and every variant, validated."""
+    base = load_scene(path)
+    return [base] + [load_scene(path, v) for v in base.variants]
+
+
+def scene_from_dict(data: dict[str, Any], base_dir: str | Path | None = None,
+                    variant: str | None = None) -> Scene:
+    """Build a scene in code (Python API); same validation and messages as a file."""
+    data = copy.deepcopy(data)
+    data.setdefault("name", "scene")
+    line_of = lambda loc: None  # noqa: E731
+    base = _validate(data, "<scene>", Path(base_dir) if base_dir else None, line_of, None)
+    if variant is None:
+        return base
+    if variant not in base.variants:
+        raise SceneError(f"<scene>: unknown variant '{variant}'; variants: "
+                         f"{', '.join(base.variants) or 'none declared'}")
+    raw = {k: v for k, v in data.items() if k != "variants"}
+    merged = _merge(raw, data["variants"][variant], (), (), yamlsrc.Source(None), {})
+    scene = _validate(merged, "<scene>", Path(base_dir) if base_dir else None, line_of, variant)
+    scene._variant = variant
+    return scene
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the scene format, generated from the models."""
+    schema = Scene.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "soundscape scene"
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    return schema
+
+
+def _is_finite(x: float) -> bool:
+    return math.isfinite(x)

@@ -1,0 +1,179 @@
+"""SFX stage: a game's list of one-shots -> N trimmed, loudness-normalised variations each.
+
+Input: a YAML or JSON list (``name``, ``defaults``, ``sounds: [{name, prompt, duration,
+variations, seed}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` and a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import yamlsrc
+from .audio_io import atomic_write_text, write_audio
+from .cache import TakeCache
+from .errors import SceneError
+from .generate import TakeRequest
+from .generate.models import resolve
+from .master import integrated_loudness, limit, true_peak_db
+from .render import Log, generate_missing
+from .scene import (
+    DEFAULT_MODEL,
+    NAME_PATTERN,
+    Ceiling,
+    Decibels,
+    Loudness,
+    PositiveDuration,
+    _format_errors,
+    derive_seed,
+)
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SfxDefaults(_M):
+    duration: PositiveDuration = Field(2.0, description="Take length before trimming.")
+    variations: int = Field(4, ge=1, le=64, description="Variations per sound.")
+    loudness: Loudness = Field(-14.0, description="Loudness of each variation (LUFS).")
+    ceiling: Ceiling = Field(-1.0, description="True-peak ceiling (dBTP).")
+    trim_threshold: Decibels = Field(-50.0, description="Silence threshold for trimming, dB "
+                                     "below the sound's peak.")
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_k: int = Field(250, ge=0)
+    top_p: float = Field(0.0, ge=0, le=1)
+    cfg_coef: float = Field(3.0, ge=0, le=30)
+
+
+class Sound(_M):
+    name: str = Field(pattern=NAME_PATTERN)
+    prompt: str = Field(min_length=1)
+    duration: PositiveDuration | None = None
+    variations: int | None = Field(None, ge=1, le=64)
+    seed: int | None = Field(None, ge=0)
+    loudness: Loudness | None = None
+
+
+class SfxList(_M):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: str = DEFAULT_MODEL
+    seed: int = Field(0, ge=0)
+    defaults: SfxDefaults = Field(default_factory=SfxDefaults)
+    sounds: list[Sound] = Field(min_length=1)
+
+
+def load_sfx_list(path: str | Path) -> SfxList:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SceneError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        src = yamlsrc.load(text)  # JSON is YAML
+    except yamlsrc.YamlProblem as p:
+        raise SceneError(f"{path}:{p.line}: {p.message}") from None
+    data: Any = src.data
+    if isinstance(data, list):
+        data = {"sounds": data}
+    if not isinstance(data, dict):
+        raise SceneError(f"{path}:1: an SFX list is a mapping with 'sounds:' (or a list of "
+                         f"sounds)")
+    data.setdefault("name", path.stem)
+    names = [s.get("name") for s in data.get("sounds", []) if isinstance(s, dict)]
+    dupes = sorted({n for n in names if names.count(n) > 1 and n is not None})
+    if dupes:
+        raise SceneError(f"{path}: sound names must be unique; repeated: {', '.join(dupes)}")
+    try:
+        return SfxList.model_validate(data)
+    except ValidationError as e:
+        raise SceneError(_format_errors(e, str(path), src.line_of, None)) from None
+
+
+def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
+                 pad_ms: float = 10.0) -> np.ndarray:
+    """Cut leading and trailing frames quieter than ``threshold_db`` below the peak, keeping
+    ``pad_ms`` of margin and a 5 ms fade at each cut so no click is created."""
+    env = np.abs(audio).max(axis=0)
+    peak = float(env.max(initial=0.0))
+    if peak == 0:
+        return audio
+    above = np.nonzero(env >= peak * 10 ** (threshold_db / 20))[0]
+    pad = int(pad_ms * sample_rate / 1000)
+    a, b = max(0, int(above[0]) - pad), min(audio.shape[1], int(above[-1]) + 1 + pad)
+    out = audio[:, a:b].copy()
+    k = min(int(0.005 * sample_rate), out.shape[1] // 2)
+    if k > 0:
+        ramp = np.linspace(0, 1, k, dtype=np.float32)
+        if a > 0:
+            out[:, :k] *= ramp
+        if b < audio.shape[1]:
+            out[:, -k:] *= ramp[::-1]
+    return out
+
+
+def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness; sounds under 0.4 s are measured looped to 0.4 s (BS.1770 needs one
+    gating block), which reads the loudness of the sound while it plays."""
+    if audio.shape[1] < int(0.4 * sample_rate):
+        reps = int(math.ceil(0.4 * sample_rate / max(audio.shape[1], 1))) + 1
+        audio = np.tile(audio, reps)
+    return integrated_loudness(audio, sample_rate)
+
+
+def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
+               device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
+               max_batch: int = 8, log: Log | None = None, progress: Any = None) -> Path:
+    """Generate, trim, normalise and write every variation; returns the manifest path."""
+    log = log or (lambda s: None)
+    lst = load_sfx_list(path)
+    d = lst.defaults
+    ref = resolve(model or lst.model, Path(path).parent)
+    identity = ref.identity
+    plan: list[tuple[Sound, TakeRequest]] = []
+    for s in lst.sounds:
+        base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
+        for i in range(s.variations or d.variations):
+            plan.append((s, TakeRequest(identity, s.prompt, s.duration or d.duration,
+                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, 5.0,
+                                        base + i)))
+    cache = TakeCache(cache_dir)
+    generated = generate_missing([_T(r) for _, r in plan], cache, ref, device,  # type: ignore
+                                 max_batch, log, progress)
+    root = Path(out) / lst.name
+    entries = []
+    for s, r in plan:
+        got = cache.get(r.key)
+        if got is None:
+            raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
+        audio, sr = got
+        audio = trim_silence(audio, sr, d.trim_threshold)
+        target = s.loudness if s.loudness is not None else d.loudness
+        measured = loudness_for_short(audio, sr)
+        gain = 0.0 if target is None or math.isinf(measured) else target - measured
+        audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
+        file = root / s.name / f"{s.name}-seed{r.seed}.{fmt}"
+        write_audio(file, audio, sr)
+        entries.append({"sound": s.name, "prompt": s.prompt, "seed": r.seed, "key": r.key,
+                        "file": str(file.relative_to(root)), "duration_s": audio.shape[1] / sr,
+                        "loudness_lufs": round(loudness_for_short(audio, sr), 2),
+                        "true_peak_dbtp": round(true_peak_db(audio, sr), 2),
+                        "generated": r.key in generated})
+    manifest = root / "manifest.json"
+    atomic_write_text(manifest, json.dumps({"list": lst.name, "source": str(path),
+                                            "model": ref.name, "variations": entries},
+                                           indent=2))
+    return manifest
+
+
+class _T:
+    """Adapter so ``generate_missing`` can take bare requests."""
+
+    def __init__(self, request: TakeRequest) -> None:
+        self.request = request
+        self.element = ""
