@@ -30,12 +30,21 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 
 def _oversampled_abs(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Per-frame peak of |x| over the 4x oversampled signal, max over channels: ``(frames,)``."""
-    from scipy.signal import resample_poly
+    """Per-frame peak of |x| over the 4x oversampled signal, max over channels: ``(frames,)``.
+
+    soxr's linear-phase "HQ" interpolator stands in for the BS.1770 Annex 2 FIR: both
+    approximate ideal band-limited reconstruction; soxr is far faster on long mixes.
+    """
+    import soxr
 
     factor = OVERSAMPLE if sample_rate < 96000 else 2
-    up = resample_poly(audio.astype(np.float64), factor, 1, axis=1)
-    peaks = np.abs(up).max(axis=0).reshape(-1, factor).max(axis=1)
+    n = audio.shape[1]
+    up = soxr.resample(np.ascontiguousarray(audio.T, dtype=np.float32), sample_rate,
+                       sample_rate * factor, quality="HQ")
+    up = np.abs(up[: n * factor])
+    if up.shape[0] < n * factor:
+        up = np.pad(up, ((0, n * factor - up.shape[0]), (0, 0)))
+    peaks = up.max(axis=1).reshape(n, factor).max(axis=1)
     env = np.maximum(peaks, np.abs(audio).max(axis=0))
     # the inter-sample peak between n-1 and n belongs to both frames
     env[1:] = np.maximum(env[1:], peaks[:-1])

@@ -156,8 +156,9 @@ class Scatter(_Model):
 
     interval: tuple[PositiveDuration, PositiveDuration] | None = Field(
         None, description="[min, max] time between one-shot starts, e.g. ['4 s', '12 s'].")
-    density: float | None = Field(None, gt=0, le=6000, description="Average one-shots per "
-                                  "minute (a Poisson process).")
+    density: Annotated[float | None, WithJsonSchema({"anyOf": _NUM_OR_STR})] = Field(
+        None, gt=0, le=6000, description="Average one-shots per minute (a Poisson process), "
+        "e.g. 6 or '6/min' or '0.1/s'.")
     count: int | None = Field(None, ge=1, le=100000, description="Stop after this many "
                               "one-shots.")
     start: Duration = Field(0.0, description="First possible time.")
@@ -232,8 +233,13 @@ class Element(_Model):
         "(a second take of the same prompt on the right).")
     width: float = Field(1.0, ge=0, le=1, description="Stereo width for decorrelate/two_takes, "
                          "0 (mono) to 1 (full).")
-    at: list[Duration] | None = Field(None, description="Start time(s) of single plays.")
-    loop: Loop | None = Field(None, description="Loop the take: true fills the scene.")
+    at: Annotated[list[Duration] | None, WithJsonSchema({
+        "anyOf": [*_NUM_OR_STR, {"type": "array", "items": {"anyOf": _NUM_OR_STR}}],
+        "description": "Start time(s): '12 s' or a list ['5 s', '20 s']."})] = Field(
+        None, description="Start time(s) of single plays.")
+    loop: Annotated[Loop | None, WithJsonSchema({"anyOf": [
+        {"type": "boolean"}, Loop.model_json_schema(), {"type": "null"}]})] = Field(
+        None, description="Loop the take: true fills the scene.")
     scatter: Scatter | None = Field(None, description="Scatter one-shots randomly.")
     fade_in: Duration = Field(0.0, description="Fade-in of each play (loop: of the whole run).")
     fade_out: Duration = Field(0.0, description="Fade-out of each play (loop: of the whole run).")

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 Path_ = tuple[str | int, ...]
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class YamlProblem(Exception):
@@ -39,7 +40,10 @@ class Source:
 
 def load(text: str) -> Source:
     """Parse YAML text into a ``Source``; raise ``YamlProblem`` with a line on any error."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as e:
+        raise YamlProblem(1, f"invalid YAML: {e}".splitlines()[0]) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
@@ -47,7 +51,7 @@ def load(text: str) -> Source:
         line = mark.line + 1 if mark else 1
         raise YamlProblem(line, f"invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise YamlProblem(1, f"invalid YAML: {e}") from None
+        raise YamlProblem(1, f"invalid YAML: {e}".splitlines()[0]) from None
     finally:
         loader.dispose()
     src = Source(data=None)
@@ -62,6 +66,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: dict[
     if depth > 50:
         raise YamlProblem(node.start_mark.line + 1, "nesting is deeper than 50 levels")
     lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
+        raise YamlProblem(node.start_mark.line + 1,
+                          f"cannot read this value: unsupported tag {node.tag!r}; remove it")
     if isinstance(node, yaml.MappingNode):
         try:
             loader.flatten_mapping(node)  # YAML merge keys (<<)

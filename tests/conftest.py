@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundscape.audio_io import write_audio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random AudioGen checkpoint in audiocraft's export layout (imports audiocraft)."""
+    from soundscape.generate.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SOUNDSCAPE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return cache
+
+
+def wav(path: Path, audio: np.ndarray, sr: int) -> Path:
+    """Write a 32-bit float wav (exact samples) for file: elements."""
+    a = np.asarray(audio, dtype=np.float32)
+    if a.ndim == 1:
+        a = a[None, :]
+    return write_audio(path, a, sr, bit_depth=32)
+
+
+def env_without_pytest() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
