@@ -86,7 +86,7 @@ def best_loop_end(take: np.ndarray, xf: int, sample_rate: int,
     if xf <= 0:
         return n, 0.0
     mono = take.mean(axis=0).astype(np.float64)
-    lo = max(2 * xf, n - int(search_s * sample_rate))
+    lo = max(2 * xf, n - int(search_s * sample_rate), n // 2)
     if lo >= n:
         return n, 0.0
     step = max(1, sample_rate // 4000)  # search on a decimated signal, refine is unnecessary
@@ -98,7 +98,8 @@ def best_loop_end(take: np.ndarray, xf: int, sample_rate: int,
     energy = np.convolve(region**2, np.ones(len(head)), mode="valid")
     denom = np.sqrt(energy * np.sum(head**2)) + 1e-12
     score = num / denom
-    k = int(np.argmax(score))
+    # among near-best matches take the latest: longer loops repeat less audibly
+    k = int(np.nonzero(score >= score.max() - 0.02)[0][-1])
     e = lo + k * step
     return min(e, n), float(np.clip(score[k], -1.0, 1.0))
 
@@ -132,6 +133,8 @@ def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | 
             seg[:, e - xf:] *= fade_out
         n = min(e, length - pos)
         out[:, pos:pos + n] += seg[:, :n]
+        if pos + e >= length:
+            break
         pos += period
         first = False
     return out
