@@ -112,6 +112,9 @@ def generate_missing(takes: list[Take], cache: TakeCache, ref: ModelRef, device:
     if not seen:
         return set()
     missing = list(seen.values())
+    from .generate.models import locate
+
+    locate(ref)  # fail fast, before the slow import, when the weights cannot be had
     from .generate.audiogen import Generator, pick_device  # the heavy import, only now
 
     dev = pick_device(device)
