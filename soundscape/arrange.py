@@ -146,7 +146,7 @@ def _scatter(scene: Scene, name: str, L: float, warnings: list[str]) -> list[Cli
             return float(rng.uniform(sc.interval[0], sc.interval[1]))
         return float(rng.exponential(60.0 / sc.density))  # type: ignore[operator]
 
-    if sc.interval is not None and not sc.overlap and L > sc.interval[1]:
+    if sc.interval is not None and not sc.overlap and sc.interval[1] < L:
         warnings.append(f"{name}: one-shots of {L:.1f} s are longer than the largest interval "
                         f"{sc.interval[1]:.1f} s; spacing them {L:.1f} s apart (set overlap: "
                         f"true to allow overlap)")

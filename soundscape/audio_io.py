@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class AtomicAudioWriter:
         self.fmt = self.target.suffix.lstrip(".").lower()
         self.bit_depth = bit_depth
         self._ctx: contextlib.AbstractContextManager[Path] | None = None
-        self._file: object | None = None
+        self._file: Any = None
         self.frames_written = 0
 
     def __enter__(self) -> AtomicAudioWriter:
@@ -112,7 +113,8 @@ class AtomicAudioWriter:
             if self.fmt == "wav" and options["bit_depth"] == 32:
                 # pedalboard writes 32-bit WAV as IEEE float
                 pass
-            self._file = AudioFile(str(tmp), "w", self.sample_rate, self.channels, **options)
+            self._file = AudioFile(  # type: ignore[call-overload]
+                str(tmp), "w", self.sample_rate, self.channels, **options)
         except BaseException:
             self._ctx.__exit__(*__import__("sys").exc_info())
             raise

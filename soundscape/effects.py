@@ -175,7 +175,7 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
     """
     names = sorted(EFFECTS)
     if isinstance(raw, str):
-        name, args = raw, {}
+        name, args = raw, {}  # type: ignore[var-annotated]
     elif isinstance(raw, dict) and len(raw) == 1:
         name, args = next(iter(raw.items()))
         if args is None:
@@ -253,7 +253,7 @@ def build_board(specs: tuple[EffectSpec, ...]) -> Any:
         if spec.name == "bitcrush":
             kwargs["bit_depth"] = float(kwargs["bit_depth"])
         if d.needs_ir:
-            kwargs["impulse_response_filename"] = spec.ir_path
+            kwargs["impulse_response_filename"] = spec.ir_path  # type: ignore[assignment]
         plugins.append(getattr(pedalboard, d.plugin)(**kwargs))
     return pedalboard.Pedalboard(plugins)
 

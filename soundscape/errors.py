@@ -1,4 +1,7 @@
-"""The one exception tree. Every message says where, what, the value, what is allowed and the fix."""
+"""The one exception tree.
+
+Every message says where, what, the value, what is allowed and the fix.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ variants, stored after every batch) -> conform takes -> arrange -> mix stems -> 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -175,10 +176,8 @@ def output_dir(out: Path, scene: Scene) -> Path:
 def _versions() -> dict[str, str]:
     v = {"soundscape": __version__, "python": platform.python_version()}
     for pkg in ("numpy", "pedalboard", "pyloudnorm", "soxr", "audiocraft", "torch"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             v[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return v
 
 
@@ -216,9 +215,10 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
         stem_path = directory / "stems" / f"{plan.name}.{fmt}"
         if write:
             with AtomicAudioWriter(stem_path, sr, ch, bit_depth) as w:
-                def sink(block: np.ndarray, w: AtomicAudioWriter = w) -> None:
+                def sink(block: np.ndarray, w: AtomicAudioWriter = w,
+                         keep: list[np.ndarray] = blocks) -> None:
                     w.write(block)
-                    blocks.append(block)
+                    keep.append(block)
 
                 render_element(plan, e, audio[plan.name], sr, ch, total, mix, sink,
                                tuple(e.effects))

@@ -92,7 +92,7 @@ Level = Annotated[float, BeforeValidator(units.parse_level_db),
 Decibels = Annotated[float, BeforeValidator(units.parse_db),
                      _schema("Decibels: -3 or '-3 dB'.")]
 Pan = Annotated[float, BeforeValidator(_pan),
-                _schema("Pan from -1 (left) through 0 (centre) to 1 (right), or left/center/right.")]
+                _schema("Pan: -1 (left), 0 (centre), 1 (right), or left/center/right.")]
 Loudness = Annotated[float | None, BeforeValidator(_lufs_or_off),
                      _schema("Integrated loudness target per ITU-R BS.1770: '-16 LUFS' or -16; "
                              "'off' skips normalisation.")]
@@ -329,10 +329,11 @@ class Scene(_Model):
                       "scatter timing.")
     model: str = Field(DEFAULT_MODEL, description="Hugging Face id or local checkpoint "
                        "directory (audiocraft export layout).")
-    defaults: Defaults = Field(default_factory=Defaults, description="Generation defaults.")
+    defaults: Defaults = Field(default_factory=lambda: Defaults(),
+                               description="Generation defaults.")
     elements: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Element] = Field(
         description="The layers, by name.")
-    master: Master = Field(default_factory=Master, description="Master bus.")
+    master: Master = Field(default_factory=lambda: Master(), description="Master bus.")
     variants: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
         default_factory=dict, description="Named overrides deep-merged onto the base scene; "
         "null removes a key or an element.")
@@ -514,7 +515,7 @@ def _format_errors(e: ValidationError, file: str, lines_of: Any, variant: str | 
         where = f"{file}:{line}" if line else file
         tag = f"variant '{variant}': " if variant else ""
         dotted = _dotted(loc)
-        out.append(f"{where}: {tag}{dotted + ': ' if dotted else ''}{_friendly(err)}")
+        out.append(f"{where}: {tag}{dotted + ': ' if dotted else ''}{_friendly(dict(err))}")
     seen: set[str] = set()
     return [x for x in out if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 

@@ -64,7 +64,7 @@ class SfxList(_M):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = DEFAULT_MODEL
     seed: int = Field(0, ge=0)
-    defaults: SfxDefaults = Field(default_factory=SfxDefaults)
+    defaults: SfxDefaults = Field(default_factory=lambda: SfxDefaults())
     sounds: list[Sound] = Field(min_length=1)
 
 

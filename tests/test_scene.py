@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import textwrap
 from pathlib import Path
@@ -84,8 +85,9 @@ def test_units_are_parsed_once(tmp_path: Path) -> None:
      "8000, '8 kHz' or '500 Hz'"),
     ("    fade_in: -2 s\n", "S:6: elements.rain.fade_in: '-2 s' is negative; durations and "
                           "times are >= 0"),
-    ("    loop: true\n    at: 5 s\n", "S:4: elements.rain: give one placement, not at and loop; use two "
-                      "elements for two behaviours"),
+    ("    loop: true\n    at: 5 s\n",
+     "S:4: elements.rain: give one placement, not at and loop; use two elements for two "
+     "behaviours"),
     ("    file: missing.wav\n",
      "S:6: elements.rain.file: file 'missing.wav' not found (looked at D/missing.wav); give a "
      "path relative to the scene file"),
@@ -230,7 +232,5 @@ def test_arbitrary_values_only_raise_scene_error(tmp_path: Path, data: object) -
 def test_arbitrary_text_only_raises_scene_error(tmp_path: Path, text: str) -> None:
     p = tmp_path / "fuzz.yaml"
     p.write_text(text, encoding="utf-8")
-    try:
+    with contextlib.suppress(SceneError):
         load_scene(p)
-    except SceneError:
-        pass

@@ -154,7 +154,7 @@ def per_row_sampling(seeds: list[int], device: str) -> Iterator[None]:
             rows.append(out.to(probs.device).reshape(*row.shape[:-1], -1))
         return torch.stack(rows)
 
-    ac_utils.multinomial = multinomial
+    ac_utils.multinomial = multinomial  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -17,7 +17,9 @@ TINY_FRAME_RATE = 50  # 16 kHz / hop 320, the same token rate as AudioGen-medium
 TINY_MAX_DURATION_S = 3.0  # short window, so tests exercise extended generation cheaply
 
 
-def tiny_configs(max_duration_s: float = TINY_MAX_DURATION_S) -> tuple[dict[str, Any], dict[str, Any]]:
+def tiny_configs(
+    max_duration_s: float = TINY_MAX_DURATION_S,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The hydra-style configs (LM, compression) of the tiny model, as plain dicts."""
     n_q, card, dim = 4, 256, 32
     lm_cfg: dict[str, Any] = {
