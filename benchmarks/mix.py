@@ -1,0 +1,120 @@
+"""Mixer throughput: a 12-element stereo 48 kHz scene with effects, from synthetic takes.
+
+    uv run python benchmarks/mix.py [--minutes 10] [--elements 12]
+
+Prints x realtime and peak memory (RSS growth, measured in a child process for each run) for
+soundscape's streamed render and for a naive whole-file baseline (per element: a full-length
+stereo buffer, pedalboard over the whole file, numpy sum), both in this run, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_scene(root: Path, minutes: float, elements: int) -> Path:
+    from soundscape.audio_io import write_audio
+
+    rng = np.random.default_rng(0)
+    lines = [f"name: bench\nduration: {minutes * 60} s\nmaster: {{loudness: -18 LUFS}}\n"
+             "elements:"]
+    fx = ["[{reverb: {room_size: 0.7}}]", "[{lowpass: {cutoff: 6 kHz}}, {compressor: {}}]",
+          "[{delay: {time: 250 ms}}]", "[{highpass: {cutoff: 200 Hz}}]"]
+    for i in range(elements):
+        sr = 16000
+        take = (rng.normal(0, 0.1, (1, sr * 8))).astype(np.float32)
+        write_audio(root / f"t{i}.wav", take, sr, bit_depth=32)
+        if i % 3 == 0:
+            place = "scatter: {interval: [3 s, 9 s], pan_jitter: 0.5}"
+            write_audio(root / f"t{i}.wav", take[:, : sr], sr, bit_depth=32)
+        else:
+            place = "loop: {crossfade: 1 s}"
+        lines.append(f"  e{i}: {{file: t{i}.wav, pan: {((i % 5) - 2) / 2}, {place}, "
+                     f"effects: {fx[i % 4]}}}")
+    path = root / "bench.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_soundscape(scene: Path, out: Path, q: mp.Queue) -> None:
+    from soundscape.render import render
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    render(scene, out=out)
+    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
+
+
+def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
+    import pedalboard
+
+    from soundscape.arrange import arrange
+    from soundscape.audio_io import read_audio, resample, write_audio
+    from soundscape.effects import build_board
+    from soundscape.master import master
+    from soundscape.mix import to_channels
+    from soundscape.scene import load_scene
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    s = load_scene(scene)
+    sr, total = s.sample_rate, int(s.duration * s.sample_rate)
+    takes = {n: resample(*read_audio(e.file), sr) for n, e in s.elements.items()}  # type: ignore
+    arr = arrange(s, {n: t.shape[1] / sr for n, t in takes.items()})
+    stems = []
+    for plan in arr.elements:
+        e = s.elements[plan.name]
+        buf = np.zeros((2, total), np.float32)
+        take = to_channels(takes[plan.name], e.pan, 2)
+        for lp in plan.loops:  # hard tiling, as the naive composer does
+            for start in range(int(lp.start_s * sr), total, take.shape[1]):
+                n = min(take.shape[1], total - start)
+                buf[:, start:start + n] += take[:, :n]
+        for c in plan.clips:
+            start = int(c.start_s * sr)
+            n = min(take.shape[1], total - start)
+            buf[:, start:start + n] += take[:, :n]
+        board = build_board(tuple(e.effects)) if e.effects else pedalboard.Pedalboard([])
+        stem = board(buf, sr) * np.float32(10 ** (e.volume / 20))
+        write_audio(out / f"{plan.name}.wav", stem, sr)
+        stems.append(stem)
+    mix = np.sum(stems, axis=0)
+    y, _ = master(mix, sr, -18, -1)
+    write_audio(out / "mix.wav", y, sr)
+    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
+
+
+def measure(fn, scene: Path, out: Path) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    q: mp.Queue = mp.Queue()
+    proc = mp.get_context("fork").Process(target=fn, args=(scene, out, q))
+    proc.start()
+    result = q.get()
+    proc.join()
+    return result
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--elements", type=int, default=12)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        scene = make_scene(root, args.minutes, args.elements)
+        audio_s = args.minutes * 60
+        (root / "naive").mkdir()
+        t_naive, m_naive = measure(run_naive, scene, root / "naive")
+        t_ours, m_ours = measure(run_soundscape, scene, root / "ours")
+        print(f"{args.elements} elements, {args.minutes:g} min stereo 48 kHz")
+        print(f"naive whole-file: {audio_s / t_naive:7.1f}x realtime, "
+              f"peak +{m_naive / 1024:.0f} MiB")
+        print(f"soundscape:       {audio_s / t_ours:7.1f}x realtime, peak +{m_ours / 1024:.0f} MiB")
+        print(f"speed ratio (soundscape / naive): {t_naive / t_ours:.2f}; "
+              f"memory ratio: {m_ours / max(m_naive, 1):.2f}")
