@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,14 +110,11 @@ class AtomicAudioWriter:
         self._ctx = atomic_path(self.target)
         tmp = self._ctx.__enter__()
         try:
-            options = _writer_options(self.fmt, self.bit_depth)
-            if self.fmt == "wav" and options["bit_depth"] == 32:
-                # pedalboard writes 32-bit WAV as IEEE float
-                pass
+            options = _writer_options(self.fmt, self.bit_depth)  # 32-bit WAV is IEEE float
             self._file = AudioFile(  # type: ignore[call-overload]
                 str(tmp), "w", self.sample_rate, self.channels, **options)
         except BaseException:
-            self._ctx.__exit__(*__import__("sys").exc_info())
+            self._ctx.__exit__(*sys.exc_info())
             raise
         return self
 

@@ -64,8 +64,7 @@ class TakeCache:
         return meta
 
     def has(self, key: str) -> bool:
-        meta = self.entry(key)
-        return meta is not None
+        return self.entry(key) is not None
 
     def get(self, key: str) -> tuple[np.ndarray, int] | None:
         """``(take, sample_rate)`` or None. The take is float32 ``(1, frames)``."""

@@ -28,7 +28,6 @@ class Param:
     high: float
     unit: str
     description: str
-    scale: float = 1.0  # multiply the parsed value before handing it to pedalboard
 
 
 @dataclass(frozen=True)
@@ -249,7 +248,7 @@ def build_board(specs: tuple[EffectSpec, ...]) -> Any:
     plugins = []
     for spec in specs:
         d = EFFECTS[spec.name]
-        kwargs = {d.params[k].target: v * d.params[k].scale for k, v in spec.params}
+        kwargs = {d.params[k].target: v for k, v in spec.params}
         if spec.name == "bitcrush":
             kwargs["bit_depth"] = float(kwargs["bit_depth"])
         if d.needs_ir:

@@ -129,6 +129,7 @@ def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
         else:
             gain_db = target_lufs - measured
     out, reduction = limit(mix * np.float32(10 ** (gain_db / 20)), sample_rate, ceiling_db)
+    final = None
     if target_lufs is not None and not math.isinf(measured):
         for _ in range(3):
             now = integrated_loudness(out, sample_rate)
@@ -142,6 +143,8 @@ def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
             notes.append(f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
                          f"{ceiling_db:.1f} dBTP limits {reduction:.1f} dB; lower the target "
                          f"or raise the ceiling")
-    report = MasterReport(measured, gain_db, integrated_loudness(out, sample_rate),
+    if final is None:
+        final = integrated_loudness(out, sample_rate)
+    report = MasterReport(measured, gain_db, final,
                           true_peak_db(out, sample_rate), reduction, tuple(notes))
     return out, report

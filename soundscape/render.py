@@ -13,7 +13,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -99,14 +99,14 @@ def cost_line(n: int, seconds: float, device: str, ref: ModelRef) -> str:
     return line
 
 
-def generate_missing(takes: list[Take], cache: TakeCache, ref: ModelRef, device: str,
-                     max_batch: int, log: Log,
+def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
+                     device: str, max_batch: int, log: Log,
                      progress: Callable[[str, int, int], None] | None = None) -> set[str]:
-    """Generate the takes whose keys are not cached; returns the keys generated now."""
+    """Generate the requests whose keys are not cached; returns the keys generated now."""
     seen: dict[str, TakeRequest] = {}
-    for t in takes:
-        if t.request.key not in seen and not cache.has(t.request.key):
-            seen[t.request.key] = t.request
+    for r in requests:
+        if r.key not in seen and not cache.has(r.key):
+            seen[r.key] = r
     for p in cache.problems:
         log(f"warning: {p}")
     cache.problems.clear()
@@ -340,7 +340,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
         plans.append((s, plan_takes(s, refs[name])))
     generated: set[str] = set()
     for name, ref in refs.items():
-        wanted = [t for s, ts in plans if (model or s.model) == name for t in ts
+        wanted = [t.request for s, ts in plans if (model or s.model) == name for t in ts
                   if only is None or t.element in only]
         generated |= generate_missing(wanted, cache, ref, device, max_batch, log, progress)
     results = []
@@ -371,7 +371,7 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     base = plan_takes(scene.model_copy(update={"elements": {element: e.model_copy(
         update={"variations": n, "stereo": "pan"})}}), ref)
     cache = TakeCache(cache_dir)
-    generate_missing(base, cache, ref, device, max_batch, log, progress)
+    generate_missing([t.request for t in base], cache, ref, device, max_batch, log, progress)
     files = []
     for t in base:
         got = cache.get(t.request.key)

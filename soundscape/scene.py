@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
-import math
 import types
 import typing
 from pathlib import Path
@@ -461,11 +460,6 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         if not found:
             return None
         model = found[0]
-        if typing.get_origin(field.annotation) is dict or (
-            typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
-            and any(typing.get_origin(a) is dict for a in typing.get_args(field.annotation))
-        ):
-            pass
     return model
 
 
@@ -550,11 +544,6 @@ def _read(path: Path) -> tuple[yamlsrc.Source, str]:
     return src, display
 
 
-def variant_names(path: str | Path) -> list[str]:
-    """The variant names a scene file declares (validated first)."""
-    return list(load_scene(path).variants)
-
-
 def load_scene(path: str | Path, variant: str | None = None) -> Scene:
     """Load and validate a scene file, optionally resolved for one variant.
 
@@ -621,6 +610,3 @@ def json_schema() -> dict[str, Any]:
     schema["required"] = [r for r in schema.get("required", []) if r != "name"]
     return schema
 
-
-def _is_finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -143,8 +143,8 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                         d.temperature, d.top_k, d.top_p, d.cfg_coef, 5.0,
                                         base + i)))
     cache = TakeCache(cache_dir)
-    generated = generate_missing([_T(r) for _, r in plan], cache, ref, device,  # type: ignore
-                                 max_batch, log, progress)
+    generated = generate_missing([r for _, r in plan], cache, ref, device, max_batch, log,
+                                 progress)
     root = Path(out) / lst.name
     entries = []
     for s, r in plan:
@@ -170,10 +170,3 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                            indent=2))
     return manifest
 
-
-class _T:
-    """Adapter so ``generate_missing`` can take bare requests."""
-
-    def __init__(self, request: TakeRequest) -> None:
-        self.request = request
-        self.element = ""

@@ -16,7 +16,6 @@ import os
 import time
 import typing
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 
@@ -271,8 +270,3 @@ class Generator:
             out.append(np.ascontiguousarray(take, dtype=np.float32))
         return out
 
-
-def write_tiny(directory: str | Path, seed: int = 0) -> Path:
-    from .tiny import write_tiny_model
-
-    return write_tiny_model(directory, seed)
