@@ -168,12 +168,13 @@ class Generator:
         device: auto, cuda, mps or cpu.
         max_batch: most takes generated in one call.
         progress: called as ``progress(label, step, total)`` while a batch generates.
+        model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it.
     """
 
     def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, model: AudioGen | None = None) -> None:
         self.ref = ref
-        self.model = load_model(ref, device)
+        self.model = model if model is not None else load_model(ref, device)
         self.device = str(self.model.device.type)
         self.max_batch = max(1, max_batch)
         self.progress = progress

@@ -18,10 +18,19 @@ TINY_MAX_DURATION_S = 3.0  # short window, so tests exercise extended generation
 
 
 def tiny_configs(
-    max_duration_s: float = TINY_MAX_DURATION_S,
+    max_duration_s: float = TINY_MAX_DURATION_S, arch: str = "tiny",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The hydra-style configs (LM, compression) of the tiny model, as plain dicts."""
-    n_q, card, dim = 4, 256, 32
+    """The hydra-style configs (LM, compression) of a random model, as plain dicts.
+
+    ``arch="tiny"``: a few thousand parameters, for tests. ``arch="medium"``: AudioGen-medium's
+    shape (48 layers, dim 1536, 24 heads, 4 codebooks of 2048, cross-attention to 1024-d text
+    states, EnCodec at 16 kHz / 50 Hz), about 1.8 B parameters, for timing without the weights;
+    its text states come from a lookup table instead of T5-large (a negligible share of the cost).
+    """
+    if arch not in ("tiny", "medium"):
+        raise ValueError(f"unknown arch {arch!r}; use tiny or medium")
+    medium = arch == "medium"
+    n_q, card, dim = (4, 2048, 1536) if medium else (4, 256, 32)
     lm_cfg: dict[str, Any] = {
         "lm_model": "transformer_lm",
         "device": "cpu",
@@ -31,9 +40,9 @@ def tiny_configs(
             "n_q": n_q,
             "card": card,
             "dim": dim,
-            "num_heads": 2,
-            "num_layers": 2,
-            "hidden_scale": 2,
+            "num_heads": 24 if medium else 2,
+            "num_layers": 48 if medium else 2,
+            "hidden_scale": 4 if medium else 2,
             "norm": "layer_norm",
             "norm_first": True,
             "causal": True,
@@ -55,7 +64,8 @@ def tiny_configs(
             "input_interpolate": [],
         },
         "conditioners": {
-            "description": {"model": "lut", "lut": {"n_bins": 256, "dim": dim, "tokenizer": "noop"}}
+            "description": {"model": "lut", "lut": {"n_bins": 256, "dim": 1024 if medium else dim,
+                                                    "tokenizer": "noop"}}
         },
     }
     compression_cfg: dict[str, Any] = {
@@ -70,9 +80,9 @@ def tiny_configs(
             "renormalize": False,
         },
         "seanet": {
-            "dimension": 16,
+            "dimension": 128 if medium else 16,
             "channels": 1,
-            "n_filters": 4,
+            "n_filters": 32 if medium else 4,
             "n_residual_layers": 1,
             "ratios": [8, 5, 4, 2],  # hop 320
             "encoder": {},
@@ -81,6 +91,31 @@ def tiny_configs(
         "rvq": {"n_q": n_q, "bins": card, "kmeans_init": False},
     }
     return lm_cfg, compression_cfg
+
+
+def build_random_model(arch: str = "tiny", seed: int = 0,
+                       max_duration_s: float = TINY_MAX_DURATION_S, device: str = "cpu") -> Any:
+    """``(compression_model, lm, lm_cfg, compression_cfg)`` with random weights on ``device``
+    (the LM in float16 off the CPU, as ``audiogen.load_model`` does)."""
+    import torch
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+
+    lm_cfg, compression_cfg = tiny_configs(max_duration_s, arch)
+    lm_cfg["device"] = compression_cfg["device"] = device
+    lm_cfg["dtype"] = "float32" if device == "cpu" else "float16"
+    torch.manual_seed(seed)
+    compression = builders.get_compression_model(OmegaConf.create(compression_cfg))
+    lm = builders.get_lm_model(OmegaConf.create(lm_cfg))
+    # AudioGen reads its window (max_duration) from here, as from a loaded model
+    lm.cfg = OmegaConf.create(lm_cfg)  # type: ignore[assignment]
+    if arch == "tiny":
+        with torch.no_grad():
+            # Random weights give near-silent, DC-heavy audio; larger LM weights give the tiny
+            # model's output a useful level for mixing tests.
+            for p in lm.parameters():
+                p.mul_(4.0)
+    return compression, lm, lm_cfg, compression_cfg
 
 
 def write_tiny_model(directory: str | Path, seed: int = 0,
@@ -94,22 +129,13 @@ def write_tiny_model(directory: str | Path, seed: int = 0,
     """
     import torch
     from audiocraft import __version__ as audiocraft_version
-    from audiocraft.models import builders
     from omegaconf import OmegaConf
 
     from ..audio_io import atomic_path
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lm_cfg, compression_cfg = tiny_configs(max_duration_s)
-    torch.manual_seed(seed)
-    compression = builders.get_compression_model(OmegaConf.create(compression_cfg))
-    lm = builders.get_lm_model(OmegaConf.create(lm_cfg))
-    with torch.no_grad():
-        # Random weights give near-silent, DC-heavy audio; scale the decoder's last conv so the
-        # tiny model's output sits at a useful level for mixing tests.
-        for p in lm.parameters():
-            p.mul_(4.0)
+    compression, lm, lm_cfg, compression_cfg = build_random_model("tiny", seed, max_duration_s)
     for name, model, cfg in (
         ("state_dict.bin", lm, lm_cfg),
         ("compression_state_dict.bin", compression, compression_cfg),
