@@ -1,0 +1,309 @@
+"""Measurement, block by block: ITU-R BS.1770-4 loudness and 4x-oversampled true peak.
+
+Input: float32 blocks ``(channels, frames)`` in time order, of any size. Output: integrated
+loudness (LUFS), true peak and sample peak. Nothing is kept but the filter state, one energy
+value per 100 ms and a few samples of history, so a ten-minute stem is measured while it is
+written, without holding it.
+
+The K-weighting filters are pyloudnorm's designs (``pyloudnorm.IIRfilter``), run with scipy's
+``sosfilt`` carrying state from block to block; the gating follows BS.1770-4 (400 ms blocks,
+75 % overlap, -70 LUFS absolute and -10 LU relative gates). The tests hold it to
+``pyloudnorm.Meter.integrated_loudness`` and to the EBU Tech 3341 cases. pyloudnorm itself wants
+the whole signal in memory as float64 and is several times slower, which is why it is not called
+per block.
+
+True peak: each gap between two samples is interpolated at 1/4, 1/2 and 3/4 (4x oversampling,
+the samples themselves being the fourth phase) with a 12-tap Kaiser-windowed sinc per phase,
+BS.1770-4 Annex 2's structure. 4x with short filters under-reads full-band material by tenths
+of a dB, so the limiter detects at 8x with longer filters. An interpolated value is at most
+``Interpolator.bound`` times the largest
+sample under its taps, so runs of 64 frames that cannot raise the running maximum (or, for the
+limiter, cannot cross the ceiling) are skipped without being interpolated.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+SUB = 64  # frames per skip decision
+ABSOLUTE_GATE = -70.0
+
+
+def _channel_max(a: np.ndarray) -> np.ndarray:
+    """max over the first axis of a small leading dimension (a row-wise loop beats a
+    reduction over a short axis by an order of magnitude). One row: returned as is."""
+    if a.shape[0] == 1:
+        return a[0]
+    out = a[0].copy()
+    for row in a[1:]:
+        np.maximum(out, row, out=out)
+    return out
+
+
+@dataclass(frozen=True)
+class Interpolator:
+    """Band-limited interpolation of every gap between samples at ``factor - 1`` positions,
+    with a ``taps``-long Kaiser-windowed sinc per position.
+
+    Gap j (between x[j] and x[j+1]) uses x[j-left .. j+right]. ``bound`` is the largest ratio
+    of an interpolated value to the largest sample under its taps.
+    """
+
+    factor: int
+    taps: int
+    beta: float = 8.0
+
+    @property
+    def left(self) -> int:
+        return self.taps // 2 - 1
+
+    @property
+    def right(self) -> int:
+        return self.taps // 2
+
+    @functools.cached_property
+    def kernels(self) -> np.ndarray:
+        """``(taps, factor - 1)``, each column summing to 1 (unity gain at DC)."""
+        k = np.arange(-self.left, self.right + 1, dtype=np.float64)
+        half = self.taps / 2
+        cols = []
+        for frac in np.arange(1, self.factor) / self.factor:
+            t = k - frac
+            window = np.i0(self.beta * np.sqrt(np.clip(1 - (t / half) ** 2, 0, None)))
+            c = np.sinc(t) * window
+            cols.append(c / c.sum())
+        return np.array(cols, dtype=np.float32).T
+
+    @functools.cached_property
+    def bound(self) -> float:
+        return float(np.abs(self.kernels).sum(axis=0).max())
+
+    @functools.cached_property
+    def _split_bound(self) -> tuple[float, float]:
+        """(weight of the two samples beside a gap, weight of the other taps), each the
+        largest over positions: |value| <= near * max(|x_j|, |x_j+1|) + far * max|taps|."""
+        k = np.abs(self.kernels.astype(np.float64))
+        near = k[self.left] + k[self.left + 1]
+        return float(near.max()), float((k.sum(axis=0) - near).max())
+
+    def _rows(self, ext: np.ndarray, floor: float) -> tuple[np.ndarray, int, np.ndarray]:
+        """Pad ``ext`` to whole sub-blocks; return it, the gap count and the gaps whose
+        interpolated values could exceed ``floor`` (by the bound above, with the taps' maximum
+        taken over the gap's sub-block and its reach)."""
+        taps = self.taps
+        n = ext.shape[1] - taps + 1
+        nsub = -(-n // SUB)
+        pad = nsub * SUB + taps - 1 - ext.shape[1]
+        if pad:
+            ext = np.pad(ext, ((0, 0), (0, pad)))
+        mag = _channel_max(np.abs(ext))
+        near_w, far_w = self._split_bound
+        # the taps of sub-block b's gaps span frames [b*SUB, b*SUB + SUB + taps - 1)
+        sub_max = mag[: nsub * SUB].reshape(nsub, SUB).max(axis=1)
+        reach = -(-(taps - 1) // SUB)
+        spill = np.pad(mag[SUB:], (0, reach * SUB - taps + 1))
+        for r in range(reach):
+            part = spill[r * SUB: r * SUB + nsub * SUB].reshape(nsub, SUB)
+            keep = min(SUB, taps - 1 - r * SUB)
+            sub_max = np.maximum(sub_max, part[:, :keep].max(axis=1))
+        candidates = np.flatnonzero(sub_max * (near_w + far_w) > floor)
+        if candidates.size == 0:
+            return ext, n, candidates
+        rows = (candidates[:, None] * SUB + np.arange(SUB)).ravel()
+        left = self.left
+        near = np.maximum(mag[rows + left], mag[rows + left + 1])
+        far = np.repeat(sub_max[candidates], SUB)
+        return ext, n, rows[near * near_w + far * far_w > floor]
+
+    def _interpolate(self, ext: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """|interpolated values| at gaps ``rows``: ``(channels, rows, factor - 1)``."""
+        return np.abs(np.stack([sliding_window_view(ch, self.taps)[rows] @ self.kernels
+                                for ch in ext]))
+
+    def gap_peaks(self, ext: np.ndarray, floor: float) -> np.ndarray:
+        """Peak of the interpolated signal in each gap, max over channels and positions.
+
+        ``ext``: ``(channels, left + n + right)``, so each of the n gaps has all its taps.
+        Gaps whose bound is at most ``floor`` are not interpolated and read 0.
+        Returns ``(n,)`` float32.
+        """
+        ext, n, rows = self._rows(ext, floor)
+        full = np.zeros(ext.shape[1] - self.taps + 1, dtype=np.float32)
+        if rows.size:
+            v = self._interpolate(ext, rows)
+            full[rows] = _channel_max(_channel_max(np.moveaxis(v, 2, 0)))
+        return full[:n]
+
+    def max_gap_peak(self, ext: np.ndarray, floor: float) -> float:
+        """``gap_peaks(ext, floor).max()``, without building the per-gap array."""
+        ext, _, rows = self._rows(ext, floor)
+        return float(self._interpolate(ext, rows).max()) if rows.size else 0.0
+
+    def envelope(self, audio: np.ndarray, floor: float = 0.0) -> np.ndarray:
+        """Per-frame peak of the oversampled signal, max over channels: ``(frames,)``.
+
+        Frame j gets the larger of its own sample and the interpolated peaks of the gaps on
+        either side. Where no interpolated value can exceed ``floor`` the sample is returned.
+        """
+        n = audio.shape[1]
+        if n == 0:
+            return np.zeros(0, dtype=np.float32)
+        mag = _channel_max(np.abs(audio))
+        gaps = self.gap_peaks(np.pad(audio, ((0, 0), (self.left, self.right))), floor)
+        env = np.maximum(mag, gaps)
+        env[1:] = np.maximum(env[1:], gaps[:-1])
+        return env
+
+
+METER_4X = Interpolator(4, 12)  # BS.1770-4 Annex 2's shape: 48 taps over 4 phases
+
+
+@functools.cache
+def _k_weighting(sample_rate: int) -> np.ndarray:
+    """BS.1770 K-weighting as second-order sections (pyloudnorm's two stages), float32."""
+    import pyloudnorm
+
+    shelf = pyloudnorm.IIRfilter(4.0, 1 / math.sqrt(2), 1500.0, sample_rate, "high_shelf")
+    highpass = pyloudnorm.IIRfilter(0.0, 0.5, 38.0, sample_rate, "high_pass")
+    sections = [np.concatenate([f.b, f.a]) / f.a[0] for f in (shelf, highpass)]
+    return np.array(sections, dtype=np.float32)
+
+
+class Meter:
+    """Streaming loudness, true peak and sample peak of one signal.
+
+    Args:
+        sample_rate: Hz.
+        channels: channels of the blocks given to ``add`` (before ``gains``).
+        true_peak: interpolate for the true peak (else ``true_peak`` is the sample peak).
+        gains: measure ``gains[i] * block`` as output channel i: for a mono signal that is only
+            panned and scaled on its way out, the work is then done once, on the mono blocks.
+        interpolator: how the true peak is read (4x per BS.1770-4 by default).
+        loudness: measure loudness (off: peaks only).
+
+    Give the blocks to ``add`` in order, then call ``finish()``.
+    """
+
+    def __init__(self, sample_rate: int, channels: int, true_peak: bool = True,
+                 gains: tuple[float, ...] | None = None,
+                 interpolator: Interpolator = METER_4X, loudness: bool = True) -> None:
+        from scipy.signal import sosfilt
+
+        self._sosfilt = sosfilt
+        self.sample_rate = sample_rate
+        self.sos = _k_weighting(sample_rate)
+        self.zi = np.zeros((self.sos.shape[0], channels, 2), dtype=np.float32)
+        self.frames = 0
+        self.energies: list[float] = []  # channel-summed sum of squares per 100 ms quantum
+        self._acc = 0.0
+        self._next = self._boundary(1)
+        self._true_peak = true_peak
+        self._loudness = loudness
+        self._ip = interpolator
+        self._history = np.zeros((channels, interpolator.taps - 1), dtype=np.float32)
+        self._gain_peak = 1.0 if gains is None else max(abs(g) for g in gains)
+        self._energy_gain = 1.0 if gains is None else sum(g * g for g in gains)
+        self.sample_peak = 0.0
+        self._tp = 0.0
+        self._finished = False
+
+    def _boundary(self, q: int) -> int:
+        return q * self.sample_rate // 10
+
+    def add(self, block: np.ndarray) -> None:
+        if block.shape[1] == 0 or self._gain_peak == 0.0:
+            self.frames += block.shape[1]
+            return
+        block = np.asarray(block, dtype=np.float32)
+        if self._loudness:
+            self._add_loudness(block)
+        peak = float(np.abs(block).max())
+        self.sample_peak = max(self.sample_peak, peak * self._gain_peak)
+        if self._true_peak:
+            ext = np.concatenate([self._history, block], axis=1)
+            reach = max(peak, float(np.abs(self._history).max(initial=0.0)))
+            self._history = ext[:, -(self._ip.taps - 1):]
+            # a gap matters only if it could beat the peak so far, samples included
+            floor = max(self._tp, self.sample_peak) / self._gain_peak  # in the block's units
+            if reach * self._ip.bound > floor:
+                gp = self._ip.max_gap_peak(ext, floor)
+                self._tp = max(self._tp, gp * self._gain_peak)
+
+    def _add_loudness(self, block: np.ndarray) -> None:
+        n = block.shape[1]
+        if not block.any() and not self.zi.any():
+            sq = None  # silence into a filter at rest: no energy, no state change
+        else:
+            y, self.zi = self._sosfilt(self.sos, block, axis=-1, zi=self.zi)
+            sq = np.einsum("cn,cn->n", y, y)
+        start = self.frames
+        end = start + n
+        while self._next <= end:
+            cut = self._next - start
+            done = 0.0 if sq is None else float(np.sum(sq[:cut], dtype=np.float64))
+            self.energies.append(self._acc + done * self._energy_gain)
+            self._acc = 0.0
+            if sq is not None:
+                sq = sq[cut:]
+            start = self._next
+            self._next = self._boundary(len(self.energies) + 1)
+        if sq is not None and sq.size:
+            self._acc += float(np.sum(sq, dtype=np.float64)) * self._energy_gain
+        self.frames = end
+
+    def finish(self) -> Meter:
+        """Account for the gaps after the last sample (the signal is followed by silence)."""
+        if self._true_peak and not self._finished and self._gain_peak > 0:
+            ip = self._ip
+            ext = np.concatenate([self._history,
+                                  np.zeros((self._history.shape[0], ip.right + 1), np.float32)],
+                                 axis=1)
+            gp = ip.max_gap_peak(ext, self._tp / self._gain_peak)
+            self._tp = max(self._tp, gp * self._gain_peak)
+        self._finished = True
+        return self
+
+    @property
+    def true_peak(self) -> float:
+        """Linear true peak (at least the sample peak)."""
+        return max(self._tp, self.sample_peak)
+
+    @property
+    def true_peak_db(self) -> float:
+        tp = self.true_peak
+        return 20 * math.log10(tp) if tp > 0 else -math.inf
+
+    def integrated_loudness(self) -> float:
+        """Gated integrated loudness in LUFS; -inf for silence or less than 400 ms."""
+        q = np.asarray(self.energies, dtype=np.float64)
+        if q.size < 4:
+            return -math.inf
+        bounds = np.array([self._boundary(i) for i in range(q.size + 1)])
+        sums = q[:-3] + q[1:-2] + q[2:-1] + q[3:]
+        z = sums / (bounds[4:] - bounds[:-4])
+        with np.errstate(divide="ignore"):
+            lk = -0.691 + 10 * np.log10(z)
+        gated = z[lk >= ABSOLUTE_GATE]
+        if gated.size == 0:
+            return -math.inf
+        relative = -0.691 + 10 * math.log10(float(gated.mean())) - 10.0
+        kept = z[(lk > relative) & (lk > ABSOLUTE_GATE)]
+        if kept.size == 0:
+            return -math.inf
+        return -0.691 + 10 * math.log10(float(kept.mean()))
+
+
+def measure(audio: np.ndarray, sample_rate: int, true_peak: bool = True,
+            block: int = 1 << 16, interpolator: Interpolator = METER_4X,
+            loudness: bool = True) -> Meter:
+    """Measure a whole signal ``(channels, frames)`` in blocks."""
+    meter = Meter(sample_rate, audio.shape[0], true_peak, interpolator=interpolator,
+                  loudness=loudness)
+    for i in range(0, audio.shape[1], block):
+        meter.add(audio[:, i:i + block])
+    return meter.finish()
