@@ -10,15 +10,20 @@ of the clip that started them; blocks of silence after a tail has died out are s
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .arrange import Clip, ElementPlan, LoopRun
 from .effects import EffectSpec, build_board, chain_tail_s
 from .scene import Element
+
+if TYPE_CHECKING:
+    from .meter import Meter
 
 BLOCK = 1 << 16
 SILENCE = 1e-6  # -120 dBFS
@@ -43,18 +48,27 @@ def to_channels(audio: np.ndarray, pan: float, channels: int) -> np.ndarray:
     return np.stack([audio[0] * left, audio[1] * right])
 
 
-def fades(n: int, fade_in: int, fade_out: int) -> np.ndarray | None:
-    """Equal-power fade envelope of length n, or None when there is no fade."""
-    if fade_in <= 0 and fade_out <= 0:
-        return None
-    env = np.ones(n, dtype=np.float32)
-    if fade_in > 0:
-        k = min(fade_in, n)
-        env[:k] *= np.sin(np.linspace(0, math.pi / 2, k, endpoint=False) + math.pi / (4 * k))
-    if fade_out > 0:
-        k = min(fade_out, n)
-        env[n - k:] *= np.cos(np.linspace(0, math.pi / 2, k, endpoint=False) + math.pi / (4 * k))
-    return env
+def fade_curves(fade_in: int, fade_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-power fade-in and fade-out curves of the given lengths (float32)."""
+    def curve(k: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        if k <= 0:
+            return np.ones(0, dtype=np.float32)
+        return fn(np.linspace(0, math.pi / 2, k, endpoint=False) + math.pi / (4 * k)) \
+            .astype(np.float32)
+
+    return curve(fade_in, np.sin), curve(fade_out, np.cos)
+
+
+def apply_fades(audio: np.ndarray, fade_in: int, fade_out: int) -> np.ndarray:
+    """Equal-power fades on the ends of ``audio`` (in place; only the faded frames are touched).
+    Returns ``audio``."""
+    n = audio.shape[1]
+    fin, fout = fade_curves(min(fade_in, n), min(fade_out, n))
+    if fin.size:
+        audio[:, : fin.size] *= fin
+    if fout.size:
+        audio[:, n - fout.size:] *= fout
+    return audio
 
 
 def decorrelate(audio: np.ndarray, seed: int, width: float, taps: int = 2048) -> np.ndarray:
@@ -104,82 +118,124 @@ def best_loop_end(take: np.ndarray, xf: int, sample_rate: int,
     return min(e, n), float(np.clip(score[k], -1.0, 1.0))
 
 
-def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | None) -> \
-        np.ndarray:
-    """Tile ``take`` with crossfades at a seam-matched loop point.
+class LoopSource:
+    """A loop run, computed block by block: the take tiled with crossfades at a seam-matched
+    loop point, with the run's own fades at its ends.
 
     The crossfade gains a=cos, b=sin are normalised by sqrt(a^2+b^2+2ab*r), r being the
     measured correlation of the two overlapping segments, so the crossfade keeps the level
     constant for uncorrelated (equal-power) and correlated (equal-gain) material alike.
     """
-    xf = int(round(run.crossfade_s * sample_rate))
-    e, r = best_loop_end(take, xf, sample_rate)
-    period = e - xf
-    if length is None:
-        length = (run.times or 1) * period + xf
-    out = np.zeros((take.shape[0], length), dtype=np.float32)
-    t = np.linspace(0.0, 1.0, xf, endpoint=False) + 0.5 / max(xf, 1)
-    a, b = np.cos(t * math.pi / 2), np.sin(t * math.pi / 2)
-    norm = np.sqrt(a * a + b * b + 2 * a * b * max(r, 0.0))
-    fade_out = (a / norm).astype(np.float32)
-    fade_in = (b / norm).astype(np.float32)
-    pos = 0
-    first = True
-    while pos < length:
-        seg = take[:, :e].copy()
-        if not first and xf:
-            seg[:, :xf] *= fade_in
-        if pos + e < length and xf:
-            seg[:, e - xf:] *= fade_out
-        n = min(e, length - pos)
-        out[:, pos:pos + n] += seg[:, :n]
-        if pos + e >= length:
-            break
-        pos += period
-        first = False
-    return out
+
+    def __init__(self, take: np.ndarray, run: LoopRun, sample_rate: int, start: int,
+                 limit: int | None = None) -> None:
+        xf = int(round(run.crossfade_s * sample_rate))
+        e, r = best_loop_end(take, xf, sample_rate)
+        xf = min(xf, e // 2)
+        self.period = e - xf
+        if run.end_s is None:
+            length = (run.times or 1) * self.period + xf
+        else:
+            length = int(round(run.end_s * sample_rate)) - start
+        if limit is not None:
+            length = min(length, limit)
+        self.start, self.length, self.pan = start, max(length, 0), run.pan
+        self.channels = take.shape[0]
+        self.e, self.xf = e, xf
+        t = np.linspace(0.0, 1.0, xf, endpoint=False) + 0.5 / max(xf, 1)
+        a, b = np.cos(t * math.pi / 2), np.sin(t * math.pi / 2)
+        norm = np.sqrt(a * a + b * b + 2 * a * b * max(r, 0.0))
+        body = take[:, :e].astype(np.float32)
+        head = body.copy()  # every copy but the first fades in over the crossfade
+        head[:, :xf] *= (b / norm).astype(np.float32)
+        tail = body.copy()  # every copy but the last fades out
+        tail[:, e - xf:] *= (a / norm).astype(np.float32)
+        both = head.copy()
+        both[:, e - xf:] *= (a / norm).astype(np.float32)
+        # [first][last]: the shapes of one copy of the take
+        self._copies = {(True, True): body, (True, False): tail,
+                        (False, True): head, (False, False): both}
+        self._fade_in, self._fade_out = fade_curves(
+            min(int(run.fade_in_s * sample_rate), self.length),
+            min(int(run.fade_out_s * sample_rate), self.length))
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        """Frames [a, b) of the run (0 = its start)."""
+        out = np.zeros((self.channels, b - a), dtype=np.float32)
+        e, period, length = self.e, self.period, self.length
+        if period <= 0:
+            return out
+        k = max(0, (a - e) // period + 1)
+        while k * period < min(b, length):
+            pos = k * period
+            s0, s1 = max(a, pos), min(b, pos + e, length)
+            if s1 > s0:
+                shape = self._copies[(k == 0, pos + e >= length)]
+                out[:, s0 - a:s1 - a] += shape[:, s0 - pos:s1 - pos]
+            k += 1
+        fin, fout = self._fade_in, self._fade_out
+        if fin.size and a < fin.size:
+            out[:, : min(b, fin.size) - a] *= fin[a:min(b, fin.size)]
+        if fout.size and b > length - fout.size:
+            f0 = max(a, length - fout.size)
+            out[:, f0 - a:] *= fout[f0 - (length - fout.size):b - (length - fout.size)]
+        return out
 
 
-@dataclass
-class Segment:
-    start: int
-    audio: np.ndarray  # (channels, frames), gains and fades applied
-    pan: float = 0.0
+def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | None) -> \
+        np.ndarray:
+    """A whole loop run as one array (``length`` frames, or ``times`` copies if None)."""
+    if length is not None:
+        run = LoopRun(run.element, run.take, run.start_s, run.start_s + length / sample_rate,
+                      None, run.crossfade_s, run.fade_in_s, run.fade_out_s, run.pan)
+    src = LoopSource(take, run, sample_rate, int(round(run.start_s * sample_rate)))
+    if length is not None:
+        src.length = length
+    return src.read(0, src.length)
 
 
-def element_segments(plan: ElementPlan, element: Element, takes: list[np.ndarray],
-                     sample_rate: int, total: int) -> list[Segment]:
-    """Pre-render every clip and loop run of one element into placed segments."""
-    segs: list[Segment] = []
+class ClipSource:
+    """One play of a take, gains and fades applied."""
+
+    def __init__(self, clip: Clip, take: np.ndarray, sample_rate: int, total: int) -> None:
+        self.start = int(round(clip.start_s * sample_rate))
+        off = int(round(clip.offset_s * sample_rate))
+        n = min(int(round(clip.length_s * sample_rate)), take.shape[1] - off, total - self.start)
+        audio = take[:, off:off + max(n, 0)].astype(np.float32, copy=True)
+        if clip.gain_db:
+            audio *= np.float32(10 ** (clip.gain_db / 20))
+        self.audio = apply_fades(audio, int(clip.fade_in_s * sample_rate),
+                                 int(clip.fade_out_s * sample_rate))
+        self.length, self.channels, self.pan = self.audio.shape[1], self.audio.shape[0], clip.pan
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return self.audio[:, a:b]
+
+
+class PannedSource:
+    """A source panned to stereo as it is read (one-shots with pans of their own)."""
+
+    def __init__(self, inner: LoopSource | ClipSource) -> None:
+        self.inner, self.start, self.length = inner, inner.start, inner.length
+        self.channels, self.pan = 2, inner.pan
+
+    def read(self, a: int, b: int) -> np.ndarray:
+        return to_channels(self.inner.read(a, b), self.pan, 2)
+
+
+Source = LoopSource | ClipSource | PannedSource
+
+
+def element_sources(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
+                    total: int) -> list[LoopSource | ClipSource]:
+    """Every loop run and clip of one element, as sources placed on the timeline."""
+    srcs: list[LoopSource | ClipSource] = []
     for run in plan.loops:
-        take = takes[run.take]
         start = int(round(run.start_s * sample_rate))
-        end = None if run.end_s is None else int(round(run.end_s * sample_rate))
-        length = None if end is None else end - start
-        audio = render_loop(take, run, sample_rate, length)
-        audio = audio[:, : max(0, total - start)]
-        env = fades(audio.shape[1], int(run.fade_in_s * sample_rate),
-                    int(run.fade_out_s * sample_rate))
-        if env is not None:
-            audio *= env
-        segs.append(Segment(start, audio, run.pan))
+        srcs.append(LoopSource(takes[run.take], run, sample_rate, start, max(0, total - start)))
     for clip in plan.clips:
-        segs.append(clip_segment(clip, takes[clip.take], sample_rate, total))
-    return [s for s in segs if s.audio.shape[1] > 0]
-
-
-def clip_segment(clip: Clip, take: np.ndarray, sample_rate: int, total: int) -> Segment:
-    start = int(round(clip.start_s * sample_rate))
-    off = int(round(clip.offset_s * sample_rate))
-    n = min(int(round(clip.length_s * sample_rate)), take.shape[1] - off, total - start)
-    audio = take[:, off:off + max(n, 0)].copy()
-    if clip.gain_db:
-        audio *= np.float32(10 ** (clip.gain_db / 20))
-    env = fades(audio.shape[1], int(clip.fade_in_s * sample_rate),
-                int(clip.fade_out_s * sample_rate))
-    if env is not None:
-        audio *= env
-    return Segment(start, audio, clip.pan)
+        srcs.append(ClipSource(clip, takes[clip.take], sample_rate, total))
+    return sorted((s for s in srcs if s.length > 0), key=lambda s: s.start)
 
 
 def automation_gain(element: Element, start: int, n: int, sample_rate: int) -> np.ndarray | None:
@@ -196,66 +252,87 @@ def automation_gain(element: Element, start: int, n: int, sample_rate: int) -> n
 StemSink = Callable[[np.ndarray], None]
 
 
+def _place(block: np.ndarray, channels: int, pan: float, volume: float,
+           auto: np.ndarray | None) -> np.ndarray:
+    """Pan (or balance) ``block`` into ``channels`` outputs and apply volume and automation."""
+    if block.shape[0] == 1 and channels == 2:
+        gl, gr = pan_gains(pan)
+        out = np.empty((2, block.shape[1]), dtype=np.float32)
+        g = np.float32(volume) if auto is None else auto * np.float32(volume)
+        np.multiply(block[0], g * np.float32(gl), out=out[0])
+        np.multiply(block[0], g * np.float32(gr), out=out[1])
+        return out
+    out = to_channels(block, pan, channels)
+    g = np.float32(volume) if auto is None else auto * np.float32(volume)
+    return np.multiply(out, g, out=out if out is not block else None)
+
+
 def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
                    sample_rate: int, channels: int, total: int, mix: np.ndarray,
-                   sink: StemSink | None = None, effects: tuple[EffectSpec, ...] = ()) -> float:
-    """Render one element's stem block by block, add it to ``mix`` in place, pass every block
-    to ``sink``. Returns the stem's peak (linear)."""
-    segs = sorted(element_segments(plan, element, takes, sample_rate, total),
-                  key=lambda s: s.start)
-    clip_pans = {c.pan for c in plan.clips} | {lp.pan for lp in plan.loops}
-    src_channels = max((s.audio.shape[0] for s in segs), default=1)
-    # Effects on mono then pan (cheaper) unless one-shots carry their own pans.
-    pan_first = channels == 2 and len(clip_pans) > 1
-    if pan_first:
-        segs = [Segment(s.start, to_channels(s.audio, s.pan, 2), s.pan) for s in segs]
-        src_channels = 2
+                   sink: StemSink | None = None, effects: tuple[EffectSpec, ...] = (),
+                   lock: AbstractContextManager[Any] | None = None) -> Meter:
+    """Render one element's stem block by block: add it to ``mix`` in place (holding ``lock``
+    for each addition, when given), pass every block to ``sink``, and measure it.
+
+    Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
+    """
+    from .meter import Meter
+
+    raw = element_sources(plan, takes, sample_rate, total)
+    pans = {s.pan for s in raw}
+    # Effects run on the mono take and the result is panned (cheaper), unless one-shots carry
+    # pans of their own: then each is panned first and the effects run in stereo.
+    srcs: list[Source] = list(raw)
+    pan = next(iter(pans), 0.0)
+    if channels == 2 and len(pans) > 1:
+        srcs = [PannedSource(s) if s.channels == 1 else s for s in raw]
+        pan = 0.0
+    src_channels = max((s.channels for s in srcs), default=1)
+    volume = 10 ** (element.volume / 20) if element.volume > -math.inf else 0.0
     board = build_board(effects) if effects else None
     tail = int(chain_tail_s(effects) * sample_rate) + BLOCK
-    volume = np.float32(10 ** (element.volume / 20)) if element.volume > -math.inf else 0.0
-    peak = 0.0
+    # A mono signal that is only panned and scaled is measured once, before the pan.
+    mono_meter = src_channels == 1 and channels == 2 and not element.automation
+    if mono_meter:
+        gl, gr = pan_gains(pan)
+        meter = Meter(sample_rate, 1, gains=(gl * volume, gr * volume))
+    else:
+        meter = Meter(sample_rate, channels)
     quiet_since = 0  # frames of silent output so far (after a tail dies out)
-    first_idx = 0
+    first = 0
+    zeros = np.zeros((channels, BLOCK), dtype=np.float32)
     for b0 in range(0, total, BLOCK):
         n = min(BLOCK, total - b0)
         dry = np.zeros((src_channels, BLOCK), dtype=np.float32)
         active = False
-        while first_idx < len(segs) and segs[first_idx].start + segs[first_idx].audio.shape[1] \
-                <= b0:
-            first_idx += 1
-        for seg in segs[first_idx:]:
-            if seg.start >= b0 + n:
+        while first < len(srcs) and srcs[first].start + srcs[first].length <= b0:
+            first += 1
+        for src in srcs[first:]:
+            if src.start >= b0 + n:
                 break
-            s0 = max(seg.start, b0)
-            s1 = min(seg.start + seg.audio.shape[1], b0 + n)
-            if s1 <= s0:
-                continue
-            piece = seg.audio[:, s0 - seg.start:s1 - seg.start]
-            dry[: piece.shape[0], s0 - b0:s1 - b0] += piece
-            if piece.shape[0] == 1 and src_channels == 2:
-                dry[1, s0 - b0:s1 - b0] += piece[0]
-            active = True
-        if board is not None:
-            if active or quiet_since < tail:
-                wet = board(dry, sample_rate, reset=False)
-                if wet.shape[1] != BLOCK:  # latency-compensated plugins may return fewer
-                    wet = np.pad(wet, ((0, 0), (0, BLOCK - wet.shape[1])))
-                quiet = not active and float(np.abs(wet).max(initial=0.0)) < SILENCE
-                quiet_since = quiet_since + BLOCK if quiet else 0
-                block = wet[:, :n]
-            else:
-                block = dry[:, :n]
-        else:
-            block = dry[:, :n]
-        if block.shape[0] == 1 and (src_channels == 1) and not pan_first:
-            block = to_channels(block, next(iter(clip_pans), 0.0), channels)
-        elif block.shape[0] != channels:
-            block = to_channels(block, 0.0, channels)
-        gain = automation_gain(element, b0, n, sample_rate)
-        block = block * volume if gain is None else block * (gain * volume)
-        block = block.astype(np.float32, copy=False)
-        mix[:, b0:b0 + n] += block
-        peak = max(peak, float(np.abs(block).max(initial=0.0)))
+            s0, s1 = max(src.start, b0), min(src.start + src.length, b0 + n)
+            if s1 > s0:
+                # mono pieces broadcast over a stereo buffer
+                dry[:, s0 - b0:s1 - b0] += src.read(s0 - src.start, s1 - src.start)
+                active = True
+        block = dry
+        if board is not None and (active or quiet_since < tail):
+            block = board(dry, sample_rate, reset=False)
+            if block.shape[1] != BLOCK:  # latency-compensated plugins may return fewer
+                block = np.pad(block, ((0, 0), (0, BLOCK - block.shape[1])))
+            quiet = not active and float(np.abs(block).max(initial=0.0)) < SILENCE
+            quiet_since = quiet_since + BLOCK if quiet else 0
+            active = not quiet
+        if not active:  # nothing sounds in this block
+            meter.add(zeros[: 1 if mono_meter else channels, :n])
+            if sink is not None:
+                sink(zeros[:, :n])
+            continue
+        block = block[:, :n]
+        out = _place(block, channels, pan, volume, automation_gain(element, b0, n, sample_rate))
+        meter.add(block if mono_meter else out)
+        with lock if lock is not None else contextlib.nullcontext():
+            mix[:, b0:b0 + n] += out
         if sink is not None:
-            sink(block)
-    return peak
+            sink(out)
+    return meter.finish()

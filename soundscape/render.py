@@ -29,7 +29,7 @@ from .effects import build_board
 from .errors import RenderError, SoundscapeError
 from .generate import TakeRequest
 from .generate.models import ModelRef, resolve
-from .master import integrated_loudness, master, true_peak_db
+from .master import master
 from .mix import decorrelate, render_element, widen
 from .scene import Element, Scene, load_scene
 
@@ -211,23 +211,15 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
     for plan in arr.elements:
         e = scene.elements[plan.name]
         write = only is None or plan.name in only
-        blocks: list[np.ndarray] = []
         stem_path = directory / "stems" / f"{plan.name}.{fmt}"
         if write:
             with AtomicAudioWriter(stem_path, sr, ch, bit_depth) as w:
-                def sink(block: np.ndarray, w: AtomicAudioWriter = w,
-                         keep: list[np.ndarray] = blocks) -> None:
-                    w.write(block)
-                    keep.append(block)
-
-                render_element(plan, e, audio[plan.name], sr, ch, total, mix, sink,
-                               tuple(e.effects))
+                meter = render_element(plan, e, audio[plan.name], sr, ch, total, mix, w.write,
+                                       tuple(e.effects))
             stems[plan.name] = stem_path
         else:
-            render_element(plan, e, audio[plan.name], sr, ch, total, mix,
-                           blocks.append, tuple(e.effects))
-        stem = np.concatenate(blocks, axis=1) if blocks else np.zeros((ch, 0), np.float32)
-        del blocks
+            meter = render_element(plan, e, audio[plan.name], sr, ch, total, mix, None,
+                                   tuple(e.effects))
         mine = [t for t in takes if t.element == plan.name]
         elements_report.append({
             "element": plan.name,
@@ -248,10 +240,9 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
                 "generated": t.request.key in generated,
             } for t in mine],
             "stem": str(stem_path.relative_to(directory)) if write else None,
-            "loudness_lufs": _db(integrated_loudness(stem, sr)),
-            "true_peak_dbtp": _db(true_peak_db(stem, sr)),
+            "loudness_lufs": _db(meter.integrated_loudness()),
+            "true_peak_dbtp": _db(meter.true_peak_db),
         })
-        del stem
     if scene.master.effects:
         board = build_board(tuple(scene.master.effects))
         mix = np.ascontiguousarray(board(mix, sr), dtype=np.float32)
