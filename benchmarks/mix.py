@@ -2,9 +2,15 @@
 
     uv run python benchmarks/mix.py [--minutes 10] [--elements 12]
 
-Prints x realtime and peak memory (RSS growth, measured in a child process for each run) for
-soundscape's streamed render and for a naive whole-file baseline (per element: a full-length
-stereo buffer, pedalboard over the whole file, numpy sum), both in this run, and the ratio.
+Prints x realtime and peak memory for a naive whole-file baseline (per element: a full-length
+stereo buffer, pedalboard over the whole file, numpy sum, as the tutorial composer does) and for
+soundscape's streamed render with one process and with its default worker count, all measured
+in this run, and the ratios. Then soundscape's peak memory at half and twice the element count,
+to show that it does not grow with the number of elements.
+
+Memory is RSS growth in a fresh child process per run. With workers it is the main process's
+growth plus each worker's peak growth: an upper bound, since pages shared between them (the
+mix buffers in shared memory, the inherited interpreter) are counted in each.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 def make_scene(root: Path, minutes: float, elements: int) -> Path:
     from soundscape.audio_io import write_audio
 
+    root.mkdir(parents=True)
     rng = np.random.default_rng(0)
     lines = [f"name: bench\nduration: {minutes * 60} s\nmaster: {{loudness: -18 LUFS}}\n"
              "elements:"]
@@ -43,13 +50,22 @@ def make_scene(root: Path, minutes: float, elements: int) -> Path:
     return path
 
 
-def run_soundscape(scene: Path, out: Path, q: mp.Queue) -> None:
+def run_soundscape(scene: Path, out: Path, q: mp.Queue, jobs: int | None = None) -> None:
     from soundscape.render import render
+    from soundscape.scene import load_scene
+    from soundscape.stems import choose_workers
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    render(scene, out=out)
-    q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
+    render(scene, out=out, jobs=jobs)
+    elapsed = time.perf_counter() - t0
+    s = load_scene(scene)
+    workers = choose_workers(len(s.elements), s.duration, jobs)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    if workers > 1:
+        child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss - base
+        grown += (workers - 1) * max(child, 0)
+    q.put((elapsed, grown))
 
 
 def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
@@ -91,9 +107,9 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
     q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
 
 
-def measure(fn, scene: Path, out: Path) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def measure(fn, scene: Path, out: Path, *extra) -> tuple[float, float]:  # type: ignore[no-untyped-def]
     q: mp.Queue = mp.Queue()
-    proc = mp.get_context("fork").Process(target=fn, args=(scene, out, q))
+    proc = mp.get_context("fork").Process(target=fn, args=(scene, out, q, *extra))
     proc.start()
     result = q.get()
     proc.join()
@@ -105,16 +121,31 @@ if __name__ == "__main__":
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--elements", type=int, default=12)
     args = p.parse_args()
+    from soundscape.stems import cpu_count
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        scene = make_scene(root, args.minutes, args.elements)
         audio_s = args.minutes * 60
+        scene = make_scene(root / "main", args.minutes, args.elements)
         (root / "naive").mkdir()
         t_naive, m_naive = measure(run_naive, scene, root / "naive")
+        t_one, m_one = measure(run_soundscape, scene, root / "one", 1)
         t_ours, m_ours = measure(run_soundscape, scene, root / "ours")
-        print(f"{args.elements} elements, {args.minutes:g} min stereo 48 kHz")
-        print(f"naive whole-file: {audio_s / t_naive:7.1f}x realtime, "
+        print(f"{args.elements} elements, {args.minutes:g} min stereo 48 kHz, "
+              f"{cpu_count()} CPU cores")
+        print(f"naive whole-file:           {audio_s / t_naive:7.1f}x realtime, "
               f"peak +{m_naive / 1024:.0f} MiB")
-        print(f"soundscape:       {audio_s / t_ours:7.1f}x realtime, peak +{m_ours / 1024:.0f} MiB")
-        print(f"speed ratio (soundscape / naive): {t_naive / t_ours:.2f}; "
+        print(f"soundscape, one process:    {audio_s / t_one:7.1f}x realtime, "
+              f"peak +{m_one / 1024:.0f} MiB")
+        print(f"soundscape, default jobs:   {audio_s / t_ours:7.1f}x realtime, "
+              f"peak +{m_ours / 1024:.0f} MiB")
+        print(f"speed ratio (soundscape / naive): {t_naive / t_ours:.2f} "
+              f"(one process: {t_naive / t_one:.2f}); "
               f"memory ratio: {m_ours / max(m_naive, 1):.2f}")
+        sizes = [max(2, args.elements // 2), args.elements * 2]
+        peaks = {args.elements: m_one}
+        for n in sizes:
+            sc = make_scene(root / f"e{n}", args.minutes, n)
+            peaks[n] = measure(run_soundscape, sc, root / f"o{n}", 1)[1]
+        print("soundscape peak memory (one process) by element count: " + ", ".join(
+            f"{n}: +{peaks[n] / 1024:.0f} MiB" for n in sorted(peaks)))

@@ -164,6 +164,9 @@ def render(
                                                    "this element (repeatable).")] = None,
     model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
     max_batch: Batch = 8,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
+                                             "render stems (default: one per CPU core for "
+                                             "long scenes).")] = None,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest."""
     from rich.console import Console
@@ -181,7 +184,7 @@ def render(
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt.lower(), bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                            progress=progress)
+                            progress=progress, jobs=jobs)
     console = Console()
     for r in results:
         for w in r.warnings:

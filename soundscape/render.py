@@ -30,8 +30,9 @@ from .errors import RenderError, SoundscapeError
 from .generate import TakeRequest
 from .generate.models import ModelRef, resolve
 from .master import master
-from .mix import decorrelate, render_element, widen
+from .mix import decorrelate, widen
 from .scene import Element, Scene, load_scene
+from .stems import StemJob, choose_workers, render_stems
 
 MEDIUM_CPU_S_PER_AUDIO_S = 70.0  # measured: AudioGen-medium on a 2-core CPU, batch 1
 Log = Callable[[str], None]
@@ -187,7 +188,7 @@ def _db(x: float) -> float | None:
 
 def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt: str,
               bit_depth: int | None, only: Sequence[str] | None, generated: set[str],
-              log: Log) -> RenderResult:
+              log: Log, jobs_requested: int | None = None) -> RenderResult:
     """Conform, arrange, mix, master and write one scene (or variant)."""
     sr, ch = scene.sample_rate, scene.channels
     total = int(round(scene.duration * sr))
@@ -205,21 +206,21 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
     present = {n: scene.elements[n] for n in audio}
     arr: Arrangement = arrange(scene.model_copy(update={"elements": present}), lengths)
     warnings.extend(arr.warnings)
-    mix = np.zeros((ch, total), dtype=np.float32)
     stems: dict[str, Path] = {}
-    elements_report = []
+    jobs = []
     for plan in arr.elements:
-        e = scene.elements[plan.name]
         write = only is None or plan.name in only
         stem_path = directory / "stems" / f"{plan.name}.{fmt}"
         if write:
-            with AtomicAudioWriter(stem_path, sr, ch, bit_depth) as w:
-                meter = render_element(plan, e, audio[plan.name], sr, ch, total, mix, w.write,
-                                       tuple(e.effects))
             stems[plan.name] = stem_path
-        else:
-            meter = render_element(plan, e, audio[plan.name], sr, ch, total, mix, None,
-                                   tuple(e.effects))
+        jobs.append(StemJob(plan, scene.elements[plan.name], audio[plan.name],
+                            stem_path if write else None, sr))
+    workers = choose_workers(len(jobs), scene.duration, jobs_requested)
+    mix, measures = render_stems(jobs, sr, ch, total, bit_depth, workers)
+    elements_report = []
+    for plan in arr.elements:
+        e = scene.elements[plan.name]
+        measure = measures[plan.name]
         mine = [t for t in takes if t.element == plan.name]
         elements_report.append({
             "element": plan.name,
@@ -239,9 +240,10 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
                 "settings": t.request.settings, "model": t.request.model,
                 "generated": t.request.key in generated,
             } for t in mine],
-            "stem": str(stem_path.relative_to(directory)) if write else None,
-            "loudness_lufs": _db(meter.integrated_loudness()),
-            "true_peak_dbtp": _db(meter.true_peak_db),
+            "stem": str(stems[plan.name].relative_to(directory)) if plan.name in stems
+            else None,
+            "loudness_lufs": _db(measure.loudness_lufs),
+            "true_peak_dbtp": _db(measure.true_peak_dbtp),
         })
     if scene.master.effects:
         board = build_board(tuple(scene.master.effects))
@@ -302,11 +304,13 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            out: str | Path = "renders", fmt: str = "wav", bit_depth: int | None = None,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-           progress: Callable[[str, int, int], None] | None = None) -> list[RenderResult]:
+           progress: Callable[[str, int, int], None] | None = None,
+           jobs: int | None = None) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Takes shared between scenes or variants are generated once; generation runs only for
-    takes missing from the cache (and, with ``only``, only for those elements).
+    takes missing from the cache (and, with ``only``, only for those elements). ``jobs``:
+    processes that render stems (None: one per CPU core for long scenes, else one).
     """
     log = log or (lambda s: None)
     if fmt not in FORMATS:
@@ -338,7 +342,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     for s, ts in plans:
         try:
             results.append(mix_scene(s, ts, cache, Path(out), fmt, bit_depth, only, generated,
-                                     log))
+                                     log, jobs))
         except OSError as e:
             raise RenderError(f"{s.label}: cannot write outputs: {e}") from None
     return results

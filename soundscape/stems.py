@@ -1,0 +1,174 @@
+"""Stem stage: every element's stem rendered, written and measured; the pre-master sum.
+
+Input: one ``StemJob`` per element (its plan, settings, takes at the scene rate, and where its
+stem goes). Output: the pre-master mix ``(channels, frames)`` and each stem's measurements.
+
+Long scenes are split across worker processes. The elements are dealt into groups before any
+audio exists (longest estimated work first, onto the least loaded group), so which elements are
+summed together depends only on the scene and the worker count: the same scene renders to the
+same bits every time with the same ``jobs``. Each extra group sums into a shared-memory buffer of
+its own; the main process renders group 0 itself and adds the others in group order. Memory is
+one mix buffer per group plus one element at a time per group, whatever the number of elements.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arrange import ElementPlan
+from .audio_io import AtomicAudioWriter
+from .mix import render_element
+from .scene import Element
+
+# Below this much work (element-seconds of audio) one process is faster than starting others.
+PARALLEL_MIN_WORK_S = 120.0
+
+
+@dataclass(frozen=True)
+class StemJob:
+    plan: ElementPlan
+    element: Element
+    takes: list[np.ndarray]  # at the scene rate
+    path: Path | None  # None: mixed but not written (``--only`` leaves the old stem)
+    sample_rate: int
+
+    @property
+    def cost(self) -> float:
+        """Estimated work: seconds that sound, weighted by the effects that process them."""
+        sounding = 0.0
+        for lp in self.plan.loops:
+            take_s = self.takes[lp.take].shape[1] / self.sample_rate
+            sounding += (lp.end_s - lp.start_s) if lp.end_s is not None else \
+                (lp.times or 1) * take_s
+        sounding += sum(c.length_s for c in self.plan.clips)
+        weight = 1.0 + sum(3.0 if fx.name in ("reverb", "convolution") else 1.0
+                           for fx in self.element.effects)
+        return max(sounding, 1.0) * weight
+
+
+@dataclass(frozen=True)
+class StemMeasure:
+    name: str
+    loudness_lufs: float
+    true_peak_dbtp: float
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def plan_groups(jobs: list[StemJob], workers: int) -> list[list[int]]:
+    """Deal job indices into ``workers`` groups: costliest first, onto the lightest group;
+    each group keeps the scene's element order."""
+    loads = [0.0] * workers
+    groups: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(jobs)), key=lambda i: (-jobs[i].cost, i)):
+        g = min(range(workers), key=lambda k: (loads[k], k))
+        groups[g].append(i)
+        loads[g] += jobs[i].cost
+    return [sorted(g) for g in groups if g]
+
+
+def choose_workers(elements: int, duration_s: float, requested: int | None) -> int:
+    """Processes for ``elements`` stems: as requested, else one per core for long scenes."""
+    if requested is not None:
+        return max(1, min(requested, elements))
+    if elements < 2 or duration_s * elements < PARALLEL_MIN_WORK_S:
+        return 1
+    return max(1, min(cpu_count(), elements))
+
+
+def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channels: int,
+                  bit_depth: int | None) -> list[StemMeasure]:
+    total = mix.shape[1]
+    measures = []
+    for job in jobs:
+        effects = tuple(job.element.effects)
+        if job.path is not None:
+            with AtomicAudioWriter(job.path, sample_rate, channels, bit_depth) as w:
+                meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
+                                       total, mix, w.write, effects)
+        else:
+            meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
+                                   total, mix, None, effects)
+        measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
+                                    meter.true_peak_db))
+    return measures
+
+
+def _worker(jobs: list[StemJob], shm_name: str, shape: tuple[int, int], sample_rate: int,
+            bit_depth: int | None) -> list[StemMeasure]:
+    shm = shared_memory.SharedMemory(name=shm_name)
+    try:
+        mix: np.ndarray = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+        try:
+            return _render_group(jobs, mix, sample_rate, shape[0], bit_depth)
+        finally:
+            del mix
+    finally:
+        shm.close()
+
+
+def _context() -> Any:
+    import multiprocessing as mp
+
+    # fork is instant and safe for numpy/pedalboard; not once torch's threads exist
+    if sys.platform == "linux" and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: int,
+                 bit_depth: int | None, workers: int = 1) -> \
+        tuple[np.ndarray, dict[str, StemMeasure]]:
+    """Render, write and measure every job's stem; return the pre-master mix and measures."""
+    mix = np.zeros((channels, total), dtype=np.float32)
+    groups = plan_groups(jobs, workers) if workers > 1 and len(jobs) > 1 else [
+        list(range(len(jobs)))]
+    measures: list[StemMeasure] = []
+    if len(groups) == 1:
+        measures = _render_group(jobs, mix, sample_rate, channels, bit_depth)
+        return mix, {m.name: m for m in measures}
+    nbytes = max(1, mix.nbytes)
+    buffers = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in groups[1:]]
+    try:
+        partials = []
+        for shm in buffers:
+            part: np.ndarray = np.ndarray(mix.shape, dtype=np.float32, buffer=shm.buf)
+            part[:] = 0.0
+            partials.append(part)
+        with ProcessPoolExecutor(len(groups) - 1, mp_context=_context()) as pool:
+            futures: list[Future[list[StemMeasure]]] = [
+                pool.submit(_worker, [jobs[i] for i in g], shm.name, mix.shape, sample_rate,
+                            bit_depth)
+                for g, shm in zip(groups[1:], buffers, strict=True)]
+            try:
+                measures = _render_group([jobs[i] for i in groups[0]], mix, sample_rate,
+                                         channels, bit_depth)
+                for f in futures:
+                    measures.extend(f.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        for part in partials:
+            mix += part
+        del part, partials
+    finally:
+        for shm in buffers:
+            shm.close()
+            shm.unlink()
+    by_name = {m.name: m for m in measures}
+    return mix, {j.plan.name: by_name[j.plan.name] for j in jobs}
+

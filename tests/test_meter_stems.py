@@ -1,0 +1,166 @@
+"""The streaming meter against pyloudnorm and known answers; block-wise loops; parallel stems."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyloudnorm
+import pytest
+
+from soundscape.arrange import LoopRun
+from soundscape.audio_io import read_audio
+from soundscape.master import LIMITER_DETECTOR
+from soundscape.meter import METER_4X, Meter, measure
+from soundscape.mix import LoopSource, pan_gains, render_loop, to_channels
+from soundscape.render import render
+from soundscape.stems import plan_groups
+
+from .conftest import wav
+
+SR = 48000
+
+
+def _signals() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    t = np.arange(SR * 12) / SR
+    bursts = rng.normal(0, 0.2, (2, t.size)) * ((t % 3.0) < 0.7)  # gating has work to do
+    rumble = 0.4 * np.sin(2 * np.pi * 35 * t)[None]  # the K-weighting high-pass matters
+    uneven = np.stack([rng.normal(0, 0.05, t.size), 0.3 * np.sin(2 * np.pi * 3000 * t)])
+    return {"bursts": bursts, "rumble": rumble, "uneven": uneven}
+
+
+@pytest.mark.parametrize("name", ["bursts", "rumble", "uneven"])
+def test_loudness_matches_pyloudnorm(name: str) -> None:
+    x = _signals()[name].astype(np.float32)
+    ours = measure(x, SR).integrated_loudness()
+    ref = pyloudnorm.Meter(SR).integrated_loudness(x.T.astype(np.float64))
+    assert ours == pytest.approx(ref, abs=0.02)
+
+
+def test_meter_does_not_depend_on_block_sizes() -> None:
+    x = _signals()["bursts"].astype(np.float32)
+    whole = measure(x, SR, block=x.shape[1])
+    m = Meter(SR, 2)
+    rng = np.random.default_rng(0)
+    pos = 0
+    while pos < x.shape[1]:
+        n = int(rng.integers(1, 20000))
+        m.add(x[:, pos:pos + n])
+        pos += n
+    m.finish()
+    assert m.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-6)
+    assert m.true_peak == pytest.approx(whole.true_peak, rel=1e-6)
+
+
+def test_mono_measured_before_the_pan_equals_the_panned_stereo() -> None:
+    x = _signals()["uneven"][:1].astype(np.float32)
+    gl, gr = pan_gains(0.4)
+    stereo = measure(to_channels(x, 0.4, 2) * np.float32(0.5), SR)
+    mono = Meter(SR, 1, gains=(gl * 0.5, gr * 0.5))
+    mono.add(x)
+    mono.finish()
+    assert mono.integrated_loudness() == pytest.approx(stereo.integrated_loudness(), abs=1e-4)
+    assert mono.true_peak == pytest.approx(stereo.true_peak, rel=1e-5)
+
+
+def test_true_peak_finds_the_peak_between_samples() -> None:
+    # fs/4 sine at 45 degrees: every sample is +-0.707, the waveform peaks at 1.0 between them
+    n = np.arange(SR)
+    ramp = np.minimum(1.0, np.minimum(n, SR - n) / 4800)  # no overshoot at the edges
+    x = (ramp * np.sin(2 * np.pi * n / 4 + np.pi / 4))[None].astype(np.float32)
+    m = measure(x, SR)
+    assert 20 * math.log10(m.sample_peak) == pytest.approx(-3.01, abs=0.01)
+    assert m.true_peak_db == pytest.approx(0.0, abs=0.05)
+
+
+@pytest.mark.parametrize("interp", [METER_4X, LIMITER_DETECTOR], ids=["meter", "limiter"])
+def test_skipping_gaps_never_changes_the_true_peak(interp: object) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 0.05, (2, 50000)).astype(np.float32)
+    x[:, rng.integers(0, 50000, 40)] = rng.uniform(-1, 1, (2, 40))  # transients
+    ip = interp  # type: ignore[assignment]
+    ext = np.pad(x, ((0, 0), (ip.left, ip.right)))  # type: ignore[attr-defined]
+    brute = float(ip.gap_peaks(ext, -1.0).max())  # type: ignore[attr-defined]
+    m = measure(x, SR, interpolator=ip)  # type: ignore[arg-type]
+    assert m.true_peak == pytest.approx(max(brute, float(np.abs(x).max())), rel=1e-6)
+    env = ip.envelope(x, floor=0.5)  # type: ignore[attr-defined]
+    full = ip.envelope(x, floor=-1.0)  # type: ignore[attr-defined]
+    over = full > 0.5
+    np.testing.assert_array_equal(env[over], full[over])  # exact wherever it matters
+    assert np.all(env[~over] <= 0.5)
+
+
+def test_loop_read_in_blocks_equals_whole() -> None:
+    rng = np.random.default_rng(5)
+    take = rng.normal(0, 0.1, (1, 16000 * 2)).astype(np.float32)
+    run = LoopRun("x", 0, 0.0, 9.0, None, 0.3, 0.5, 1.0, 0.0)
+    whole = render_loop(take, run, 16000, 16000 * 9)
+    src = LoopSource(take, run, 16000, 0)
+    cuts = [0, 1, 777, 5000, 16000, 40000, 100000, 16000 * 9]
+    parts = np.concatenate([src.read(a, b) for a, b in zip(cuts, cuts[1:], strict=False)],
+                           axis=1)
+    np.testing.assert_array_equal(parts, whole)
+    assert abs(whole[0, 0]) < 1e-3 and abs(whole[0, -1]) < 1e-3  # the run's own fades
+
+
+def test_groups_are_balanced_and_deterministic() -> None:
+    class Job:
+        def __init__(self, cost: float) -> None:
+            self.cost = cost
+
+    jobs = [Job(c) for c in (5, 1, 1, 4, 2, 2, 1)]
+    groups = plan_groups(jobs, 2)  # type: ignore[arg-type]
+    assert groups == plan_groups(jobs, 2)  # type: ignore[arg-type]
+    assert sorted(i for g in groups for i in g) == list(range(7))
+    loads = [sum(jobs[i].cost for i in g) for g in groups]
+    assert abs(loads[0] - loads[1]) <= 1
+    assert all(g == sorted(g) for g in groups)
+
+
+def _stereo_scene(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, (2, 22050 * 3)), 22050)
+    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    scene = tmp_path / "s.yaml"
+    scene.write_text("""\
+name: s
+duration: 20 s
+elements:
+  bed: {file: bed.wav, loop: {crossfade: 500 ms}, pan: 1, effects: [reverb]}
+  drip: {file: drip.wav, scatter: {interval: [1 s, 3 s], pan_jitter: 0.8}, effects: [delay]}
+  hum:
+    file: bed.wav
+    loop: {crossfade: 1 s}
+    volume: -12 dB
+    effects: [{lowpass: {cutoff: 300 Hz}}]
+master: {loudness: -20 LUFS}
+""")
+    return scene
+
+
+def test_stereo_file_balance_follows_pan(tmp_path: Path) -> None:
+    [res] = render(_stereo_scene(tmp_path), out=tmp_path / "o", bit_depth=32, jobs=1)
+    bed, _ = read_audio(res.stems["bed"])
+    assert np.abs(bed[0]).max() < 1e-6 < np.abs(bed[1]).max()  # pan 1: left side silent
+
+
+def test_worker_processes_render_the_same_stems_and_mix(tmp_path: Path) -> None:
+    scene = _stereo_scene(tmp_path)
+    [one] = render(scene, out=tmp_path / "one", bit_depth=32, jobs=1)
+    [two] = render(scene, out=tmp_path / "two", bit_depth=32, jobs=2)
+    for name in ("bed", "drip", "hum"):
+        a, _ = read_audio(one.stems[name])
+        b, _ = read_audio(two.stems[name])
+        np.testing.assert_array_equal(a, b)
+    ma, _ = read_audio(one.mix)
+    mb, _ = read_audio(two.mix)
+    np.testing.assert_allclose(ma, mb, atol=1e-6)  # summation order differs, nothing else
+    ja, jb = (json.loads(r.manifest.read_text()) for r in (one, two))
+    assert [e["loudness_lufs"] for e in ja["elements"]] == \
+        [e["loudness_lufs"] for e in jb["elements"]]
+    assert ja["mix"]["loudness_lufs"] == pytest.approx(-20, abs=0.5)
+    [again] = render(scene, out=tmp_path / "again", bit_depth=32, jobs=2)
+    np.testing.assert_array_equal(read_audio(again.mix)[0], mb)  # same jobs: same bits
