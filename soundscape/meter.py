@@ -144,19 +144,29 @@ class Interpolator:
         ext, _, rows = self._rows(ext, floor)
         return float(self._interpolate(ext, rows).max()) if rows.size else 0.0
 
-    def envelope(self, audio: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    def envelope(self, audio: np.ndarray, floor: float = 0.0,
+                 block: int = 1 << 16) -> np.ndarray:
         """Per-frame peak of the oversampled signal, max over channels: ``(frames,)``.
 
         Frame j gets the larger of its own sample and the interpolated peaks of the gaps on
         either side. Where no interpolated value can exceed ``floor`` the sample is returned.
+        Worked in blocks, so the temporaries stay small whatever the length.
         """
         n = audio.shape[1]
-        if n == 0:
-            return np.zeros(0, dtype=np.float32)
-        mag = _channel_max(np.abs(audio))
-        gaps = self.gap_peaks(np.pad(audio, ((0, 0), (self.left, self.right))), floor)
-        env = np.maximum(mag, gaps)
-        env[1:] = np.maximum(env[1:], gaps[:-1])
+        env = np.empty(n, dtype=np.float32)
+        prev_gap = np.float32(0.0)  # the gap before the block's first frame
+        for b0 in range(0, n, block):
+            b1 = min(n, b0 + block)
+            lo, hi = b0 - self.left, b1 + self.right
+            ext = audio[:, max(lo, 0):min(hi, n)]
+            if lo < 0 or hi > n:
+                ext = np.pad(ext, ((0, 0), (max(0, -lo), max(0, hi - n))))
+            gaps = self.gap_peaks(ext, floor)  # gaps after frames b0 .. b1-1
+            out = env[b0:b1]
+            np.maximum(_channel_max(np.abs(audio[:, b0:b1])), gaps, out=out)
+            out[0] = max(out[0], prev_gap)
+            np.maximum(out[1:], gaps[:-1], out=out[1:])
+            prev_gap = gaps[-1]
         return env
 
 
