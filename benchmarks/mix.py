@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -113,6 +114,7 @@ def measure(fn, scene: Path, out: Path, *extra) -> tuple[float, float]:  # type:
     proc.start()
     result = q.get()
     proc.join()
+    shutil.rmtree(out, ignore_errors=True)  # gigabytes of stems; the next run starts clean
     return result
 
 
@@ -120,10 +122,12 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--elements", type=int, default=12)
+    p.add_argument("--tmp", help="where scenes and renders go (default: the system temp "
+                   "folder); a tmpfs such as /dev/shm leaves the disk out of the timing")
     args = p.parse_args()
     from soundscape.stems import cpu_count
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)
         audio_s = args.minutes * 60
         scene = make_scene(root / "main", args.minutes, args.elements)

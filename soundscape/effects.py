@@ -127,7 +127,9 @@ EFFECTS: dict[str, EffectDef] = {
         "bits": _p("bit_depth", 8.0, "Bit depth, 1..32.", parse=units.parse_float, low=1.0,
                    high=32.0, unit="bits"),
     }),
-    "pitch_shift": EffectDef("PitchShift", "Shifts pitch, keeps duration.", {
+    "pitch_shift": EffectDef("PitchShift", "Shifts pitch, keeps duration. Processes the "
+                             "element's whole timeline at once (it cannot stream), so it costs "
+                             "memory in proportion to the scene's length.", {
         "semitones": _p("semitones", 0.0, "Shift in semitones, -72..72.",
                         parse=units.parse_float, low=-72.0, high=72.0, unit="st"),
     }),
@@ -143,6 +145,12 @@ EFFECTS: dict[str, EffectDef] = {
         "release": _p("release_ms", 100.0, "Release time.", **_MS),
     }),
 }
+
+
+# Plugins that give wrong output when called block by block with reset=False (measured against
+# one whole-file call: pedalboard 0.9's PitchShift returns gaps of silence); the mixer runs
+# chains holding one of these over the element's whole timeline in one call.
+WHOLE_TIMELINE = frozenset({"pitch_shift"})
 
 
 @dataclass(frozen=True)

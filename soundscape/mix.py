@@ -10,16 +10,14 @@ of the clip that started them; blocks of silence after a tail has died out are s
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .arrange import Clip, ElementPlan, LoopRun
-from .effects import EffectSpec, build_board, chain_tail_s
+from .effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
 from .scene import Element
 
 if TYPE_CHECKING:
@@ -269,10 +267,9 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
                    sample_rate: int, channels: int, total: int, mix: np.ndarray,
-                   sink: StemSink | None = None, effects: tuple[EffectSpec, ...] = (),
-                   lock: AbstractContextManager[Any] | None = None) -> Meter:
-    """Render one element's stem block by block: add it to ``mix`` in place (holding ``lock``
-    for each addition, when given), pass every block to ``sink``, and measure it.
+                   sink: StemSink | None = None, effects: tuple[EffectSpec, ...] = ()) -> Meter:
+    """Render one element's stem block by block: add it to ``mix`` in place, pass every block
+    to ``sink``, and measure it.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -300,7 +297,44 @@ def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
         meter = Meter(sample_rate, channels)
     quiet_since = 0  # frames of silent output so far (after a tail dies out)
     first = 0
+    emitted = 0  # frames of output so far; lags the input while a plugin withholds latency
     zeros = np.zeros((channels, BLOCK), dtype=np.float32)
+
+    def emit(chunk: np.ndarray | None, k: int) -> None:
+        """Output the next ``k`` frames: ``chunk`` (effects output) or silence (None)."""
+        nonlocal emitted
+        k = min(k, total - emitted)
+        if k <= 0:
+            return
+        if chunk is None:
+            meter.add(zeros[: 1 if mono_meter else channels, :k])
+            if sink is not None:
+                sink(zeros[:, :k])
+        else:
+            block = chunk[:, :k]
+            out = _place(block, channels, pan, volume,
+                         automation_gain(element, emitted, k, sample_rate))
+            meter.add(block if mono_meter else out)
+            mix[:, emitted:emitted + k] += out
+            if sink is not None:
+                sink(out)
+        emitted += k
+
+    if board is not None and any(fx.name in WHOLE_TIMELINE for fx in effects):
+        # Some plugins do not stream (pedalboard's PitchShift drops audio when called block
+        # by block): this element's timeline is processed in one call instead.
+        dry = np.zeros((src_channels, total), dtype=np.float32)
+        for src in srcs:
+            for a in range(0, min(src.length, total - src.start), BLOCK):
+                b = min(a + BLOCK, src.length, total - src.start)
+                dry[:, src.start + a:src.start + b] += src.read(a, b)
+        wet = board(dry, sample_rate)
+        del dry
+        for b0 in range(0, total, BLOCK):
+            emit(wet[:, b0:b0 + BLOCK], BLOCK)
+        emit(None, total - emitted)
+        return meter.finish()
+
     for b0 in range(0, total, BLOCK):
         n = min(BLOCK, total - b0)
         dry = np.zeros((src_channels, BLOCK), dtype=np.float32)
@@ -315,24 +349,22 @@ def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
                 # mono pieces broadcast over a stereo buffer
                 dry[:, s0 - b0:s1 - b0] += src.read(s0 - src.start, s1 - src.start)
                 active = True
-        block = dry
-        if board is not None and (active or quiet_since < tail):
-            block = board(dry, sample_rate, reset=False)
-            if block.shape[1] != BLOCK:  # latency-compensated plugins may return fewer
-                block = np.pad(block, ((0, 0), (0, BLOCK - block.shape[1])))
-            quiet = not active and float(np.abs(block).max(initial=0.0)) < SILENCE
+        if board is not None and (active or quiet_since < tail or emitted < b0):
+            # Plugins with latency (pitch shift) return fewer frames at first and catch up
+            # later: whatever comes out is placed where the output has got to.
+            wet = board(dry, sample_rate, reset=False)
+            quiet = not active and float(np.abs(wet).max(initial=0.0)) < SILENCE
             quiet_since = quiet_since + BLOCK if quiet else 0
-            active = not quiet
-        if not active:  # nothing sounds in this block
-            meter.add(zeros[: 1 if mono_meter else channels, :n])
-            if sink is not None:
-                sink(zeros[:, :n])
-            continue
-        block = block[:, :n]
-        out = _place(block, channels, pan, volume, automation_gain(element, b0, n, sample_rate))
-        meter.add(block if mono_meter else out)
-        with lock if lock is not None else contextlib.nullcontext():
-            mix[:, b0:b0 + n] += out
-        if sink is not None:
-            sink(out)
+            emit(None if quiet else wet, wet.shape[1])
+        elif board is None and active:
+            emit(dry, n)
+        else:
+            emit(None, n)
+    for _ in range(64):  # drain what latency still holds back
+        if emitted >= total or board is None:
+            break
+        wet = board(np.zeros((src_channels, BLOCK), dtype=np.float32), sample_rate,
+                    reset=False)
+        emit(wet, wet.shape[1])
+    emit(None, total - emitted)
     return meter.finish()
