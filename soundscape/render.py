@@ -214,7 +214,7 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
         if write:
             stems[plan.name] = stem_path
         jobs.append(StemJob(plan, scene.elements[plan.name], audio[plan.name],
-                            stem_path if write else None, sr))
+                            stem_path if write else None, sr, scene.duration))
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
     mix, measures = render_stems(jobs, sr, ch, total, bit_depth, workers)
     elements_report = []

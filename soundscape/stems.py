@@ -25,6 +25,7 @@ import numpy as np
 
 from .arrange import ElementPlan
 from .audio_io import AtomicAudioWriter
+from .effects import chain_tail_s
 from .mix import render_element
 from .scene import Element
 
@@ -39,19 +40,30 @@ class StemJob:
     takes: list[np.ndarray]  # at the scene rate
     path: Path | None  # None: mixed but not written (``--only`` leaves the old stem)
     sample_rate: int
+    duration_s: float  # the scene's
 
     @property
     def cost(self) -> float:
-        """Estimated work: seconds that sound, weighted by the effects that process them."""
-        sounding = 0.0
+        """Estimated work, in arbitrary units. Every stem is built, measured and written over
+        the whole timeline; effects run wherever the element sounds or its tail rings, in
+        stereo when plays carry pans of their own. (Calibrated on benchmarks/mix.py: an
+        element's effects, not its sounding length, make the difference.)"""
+        pans = {c.pan for c in self.plan.clips} | {lp.pan for lp in self.plan.loops}
+        stereo = len(pans) > 1 or any(t.shape[0] > 1 for t in self.takes)
+        ch = 2.0 if stereo else 1.0
+        base = self.duration_s * (1.0 + ch)
+        effects = tuple(self.element.effects)
+        if not effects:
+            return base
+        tail = chain_tail_s(effects)
+        span = 0.0
         for lp in self.plan.loops:
             take_s = self.takes[lp.take].shape[1] / self.sample_rate
-            sounding += (lp.end_s - lp.start_s) if lp.end_s is not None else \
+            span += (lp.end_s - lp.start_s) if lp.end_s is not None else \
                 (lp.times or 1) * take_s
-        sounding += sum(c.length_s for c in self.plan.clips)
-        weight = 1.0 + sum(3.0 if fx.name in ("reverb", "convolution") else 1.0
-                           for fx in self.element.effects)
-        return max(sounding, 1.0) * weight
+        span += sum(c.length_s + tail for c in self.plan.clips)
+        weight = sum(3.0 if fx.name in ("reverb", "convolution") else 1.0 for fx in effects)
+        return base + min(span, self.duration_s) * ch * weight
 
 
 @dataclass(frozen=True)
