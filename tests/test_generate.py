@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from soundscape.audio_io import read_audio
 from soundscape.cache import TakeCache
 from soundscape.cli import app
 from soundscape.errors import GeneratorError, ModelNotFoundError
@@ -252,3 +253,26 @@ def test_killed_render_resumes_without_partial_files(tmp_path: Path, tiny_model:
     assert res.returncode == 0, res.stderr[-2000:]
     m = manifest(tmp_path / "o", "small")
     assert m["generated"] == 13 - done
+
+
+def test_two_renders_share_one_cache_at_once(tmp_path: Path, tiny_model: Path) -> None:
+    scene = tmp_path / "small.yaml"
+    scene.write_text(SMALL)
+    cache = Path(os.environ["SOUNDSCAPE_CACHE_DIR"])
+    procs = [subprocess.Popen([sys.executable, "-m", "soundscape", "render", str(scene),
+                               "--model", str(tiny_model), "--out", str(tmp_path / name),
+                               "--max-batch", "1", "--bit-depth", "32"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+    ma, mb = manifest(tmp_path / "a", "small"), manifest(tmp_path / "b", "small")
+    keys = {t["key"] for e in ma["elements"] for t in e["takes"]}
+    assert keys == {t["key"] for e in mb["elements"] for t in e["takes"]} and len(keys) == 3
+    assert len(list(cache.rglob("*.json"))) == 3  # one entry per take, whoever wrote it
+    assert not list(cache.rglob(".*.tmp*"))
+    for name in ("rain", "drip"):  # same seeds, same takes, same stems
+        a, _ = read_audio(tmp_path / "a/small/stems" / f"{name}.wav")
+        b, _ = read_audio(tmp_path / "b/small/stems" / f"{name}.wav")
+        np.testing.assert_array_equal(a, b)
