@@ -39,6 +39,7 @@ class TakeCache:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_cache_dir()
         self.problems: list[str] = []
+        self._loaded: dict[str, tuple[np.ndarray, int]] = {}  # verified and decoded, read-only
 
     def _dir(self, key: str) -> Path:
         return self.root / "takes" / key[:2]
@@ -64,10 +65,13 @@ class TakeCache:
         return meta
 
     def has(self, key: str) -> bool:
-        return self.entry(key) is not None
+        """Whether a sound entry exists (verified and decoded once; ``get`` then reuses it)."""
+        return self.get(key) is not None
 
     def get(self, key: str) -> tuple[np.ndarray, int] | None:
-        """``(take, sample_rate)`` or None. The take is float32 ``(1, frames)``."""
+        """``(take, sample_rate)`` or None. The take is float32 ``(1, frames)``, read-only."""
+        if key in self._loaded:
+            return self._loaded[key]
         meta = self.entry(key)
         if meta is None:
             return None
@@ -83,7 +87,10 @@ class TakeCache:
         if audio.shape[1] != meta.get("frames"):
             self.problems.append(f"cache entry {key[:12]} has the wrong length; generating again")
             return None
-        return np.ascontiguousarray(audio, dtype=np.float32), sr
+        take = np.ascontiguousarray(audio, dtype=np.float32)
+        take.flags.writeable = False
+        self._loaded[key] = (take, sr)
+        return take, sr
 
     def put(self, request: TakeRequest, audio: np.ndarray, sample_rate: int,
             generation_s: float) -> Path:
