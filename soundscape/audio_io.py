@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,11 +92,14 @@ def _writer_options(fmt: str, bit_depth: int | None) -> dict[str, object]:
 class AtomicAudioWriter:
     """Stream ``(channels, frames)`` blocks into an audio file that appears only when complete.
 
-    Use as a context manager; on an exception the partial file is deleted.
+    Use as a context manager; on an exception the partial file is deleted. With
+    ``background=True`` blocks are encoded and written by a thread (pedalboard releases the GIL
+    while it encodes), so writing overlaps the work that produces the next block; the blocks
+    handed to ``write`` must then not be modified afterwards.
     """
 
     def __init__(self, target: str | Path, sample_rate: int, channels: int,
-                 bit_depth: int | None = None) -> None:
+                 bit_depth: int | None = None, background: bool = False) -> None:
         self.target = Path(target)
         self.sample_rate = sample_rate
         self.channels = channels
@@ -102,6 +107,10 @@ class AtomicAudioWriter:
         self.bit_depth = bit_depth
         self._ctx: contextlib.AbstractContextManager[Path] | None = None
         self._file: Any = None
+        self._background = background
+        self._queue: queue.Queue[np.ndarray | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
         self.frames_written = 0
 
     def __enter__(self) -> AtomicAudioWriter:
@@ -116,22 +125,50 @@ class AtomicAudioWriter:
         except BaseException:
             self._ctx.__exit__(*sys.exc_info())
             raise
+        if self._background:
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._drain, daemon=True)
+            self._thread.start()
         return self
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (block := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._file.write(block)
+                except BaseException as e:  # reported by the next write() or on exit
+                    self._error = e
 
     def write(self, block: np.ndarray) -> None:
         """Append a float32 ``(channels, frames)`` block."""
         if block.ndim != 2 or block.shape[0] != self.channels:
             raise ValueError(f"expected ({self.channels}, frames), got {block.shape}")
-        self._file.write(np.ascontiguousarray(block, dtype=np.float32))  # type: ignore[attr-defined]
+        if self._error is not None:
+            raise self._error
+        data = np.ascontiguousarray(block, dtype=np.float32)
+        if self._queue is not None:
+            self._queue.put(data)
+        else:
+            self._file.write(data)
         self.frames_written += block.shape[1]
 
     def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
         assert self._ctx is not None
         try:
+            if self._thread is not None and self._queue is not None:
+                self._queue.put(None)
+                self._thread.join()
             if self._file is not None:
-                self._file.close()  # type: ignore[attr-defined]
-        finally:
-            self._ctx.__exit__(exc_type, exc, tb)
+                self._file.close()
+        except BaseException:
+            self._ctx.__exit__(*sys.exc_info())
+            raise
+        if exc_type is None and self._error is not None:
+            err = self._error
+            self._ctx.__exit__(type(err), err, err.__traceback__)
+            raise err
+        self._ctx.__exit__(exc_type, exc, tb)
 
 
 def write_audio(target: str | Path, audio: np.ndarray, sample_rate: int,

@@ -108,7 +108,8 @@ def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channe
     for job in jobs:
         effects = tuple(job.element.effects)
         if job.path is not None:
-            with AtomicAudioWriter(job.path, sample_rate, channels, bit_depth) as w:
+            with AtomicAudioWriter(job.path, sample_rate, channels, bit_depth,
+                                   background=True) as w:
                 meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
                                        total, mix, w.write, effects)
         else:
