@@ -29,8 +29,9 @@ from .effects import chain_tail_s
 from .mix import render_element
 from .scene import Element
 
-# Below this much work (element-seconds of audio) one process is faster than starting others.
-PARALLEL_MIN_WORK_S = 120.0
+# Below this much work (element-seconds of audio) one process is faster than starting others:
+# measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
+PARALLEL_MIN_WORK_S = 1200.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def choose_workers(elements: int, duration_s: float, requested: int | None) -> i
     """Processes for ``elements`` stems: as requested, else one per core for long scenes."""
     if requested is not None:
         return max(1, min(requested, elements))
-    if elements < 2 or duration_s * elements < PARALLEL_MIN_WORK_S:
+    if elements < 2 or duration_s * elements < PARALLEL_MIN_WORK_S or sys.platform != "linux":
         return 1
     return max(1, min(cpu_count(), elements))
 
@@ -134,12 +135,13 @@ def _worker(jobs: list[StemJob], shm_name: str, shape: tuple[int, int], sample_r
 
 
 def _context() -> Any:
+    """fork on Linux: instant, and it needs no ``if __name__ == "__main__"`` guard in the
+    user's script. The children only run numpy, scipy and pedalboard, so torch's threads in
+    the parent (after generation) do not matter, as with PyTorch's own DataLoader workers.
+    Elsewhere spawn, which re-imports the main module: workers there only when asked for."""
     import multiprocessing as mp
 
-    # fork is instant and safe for numpy/pedalboard; not once torch's threads exist
-    if sys.platform == "linux" and "torch" not in sys.modules:
-        return mp.get_context("fork")
-    return mp.get_context("spawn")
+    return mp.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: int,
