@@ -221,6 +221,12 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
     for plan in arr.elements:
         e = scene.elements[plan.name]
         measure = measures[plan.name]
+        float_stems = fmt == "wav" and bit_depth == 32
+        if plan.name in stems and measure.sample_peak > 1.0 and not float_stems:
+            warnings.append(f"stem {plan.name} peaks at "
+                            f"+{20 * math.log10(measure.sample_peak):.1f} dBFS before the master "
+                            f"and is clipped in its {fmt} file (the mix is not); lower its "
+                            f"volume or write stems as 32-bit float wav (--bit-depth 32)")
         mine = [t for t in takes if t.element == plan.name]
         elements_report.append({
             "element": plan.name,

@@ -72,6 +72,7 @@ class StemMeasure:
     name: str
     loudness_lufs: float
     true_peak_dbtp: float
+    sample_peak: float  # linear
 
 
 def cpu_count() -> int:
@@ -117,7 +118,7 @@ def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channe
             meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
                                    total, mix, None, effects)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
-                                    meter.true_peak_db))
+                                    meter.true_peak_db, meter.sample_peak))
     return measures
 
 

@@ -202,3 +202,16 @@ def test_every_streamed_effect_matches_one_whole_call(tmp_path: Path) -> None:
                                 for i in range(0, x.shape[1], 65536)], axis=1)
         assert parts.shape == whole.shape, name
         np.testing.assert_allclose(parts, whole, atol=1e-6, err_msg=name)
+
+
+def test_a_stem_over_full_scale_warns_unless_float(tmp_path: Path) -> None:
+    wav(tmp_path / "loud.wav", 0.9 * np.sin(2 * np.pi * 100 * np.arange(SR) / SR), SR)
+    scene = tmp_path / "l.yaml"
+    scene.write_text("name: l\nduration: 2 s\nelements:\n"
+                     "  loud: {file: loud.wav, loop: true, volume: +6 dB}\n")
+    [res] = render(scene, out=tmp_path / "o")
+    assert any("stem loud peaks at +" in w and "--bit-depth 32" in w for w in res.warnings)
+    [res] = render(scene, out=tmp_path / "f", bit_depth=32)
+    assert not any("stem loud" in w for w in res.warnings)
+    stem, _ = read_audio(res.stems["loud"])
+    assert np.abs(stem).max() > 1.0  # float stems keep what is over full scale
