@@ -350,8 +350,8 @@ def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
                 dry[:, s0 - b0:s1 - b0] += src.read(s0 - src.start, s1 - src.start)
                 active = True
         if board is not None and (active or quiet_since < tail or emitted < b0):
-            # Plugins with latency (pitch shift) return fewer frames at first and catch up
-            # later: whatever comes out is placed where the output has got to.
+            # A plugin with latency may return fewer frames at first and catch up later:
+            # whatever comes out is placed where the output has got to.
             wet = board(dry, sample_rate, reset=False)
             quiet = not active and float(np.abs(wet).max(initial=0.0)) < SILENCE
             quiet_since = quiet_since + BLOCK if quiet else 0
