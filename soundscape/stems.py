@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 from .arrange import ElementPlan
 from .audio_io import AtomicAudioWriter
 from .effects import chain_tail_s
+from .errors import RenderError
 from .mix import render_element
 from .scene import Element
 
@@ -174,6 +176,9 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
                                          channels, bit_depth)
                 for f in futures:
                     measures.extend(f.result())
+            except BrokenProcessPool:
+                raise RenderError("a stem worker process died (out of memory?); render with "
+                                  "--jobs 1 to use one process") from None
             except BaseException:
                 for f in futures:
                     f.cancel()
