@@ -215,3 +215,34 @@ def test_a_stem_over_full_scale_warns_unless_float(tmp_path: Path) -> None:
     assert not any("stem loud" in w for w in res.warnings)
     stem, _ = read_audio(res.stems["loud"])
     assert np.abs(stem).max() > 1.0  # float stems keep what is over full scale
+
+
+def test_interrupted_parallel_mix_leaves_no_partial_files(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(4)
+    wav(tmp_path / "n.wav", rng.normal(0, 0.1, 48000 * 4), 48000)
+    lines = ["name: long", "duration: 5:00", "elements:"]
+    lines += [f"  e{i}: {{file: n.wav, loop: true, effects: [reverb]}}" for i in range(6)]
+    scene = tmp_path / "long.yaml"
+    scene.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "soundscape", "render", str(scene),
+                             "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.rglob(".*.tmp.wav")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("Interrupted;")
+    assert not list(out.rglob(".*tmp*"))
+    assert not (out / "long" / "mix.wav").exists()
+    for stem in out.rglob("*.wav"):  # whatever was finished is whole
+        audio, sr = read_audio(stem)
+        assert audio.shape == (2, 300 * sr)
