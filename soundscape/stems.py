@@ -13,6 +13,7 @@ one mix buffer per group plus one element at a time per group, whatever the numb
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -160,12 +161,11 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
         return mix, {m.name: m for m in measures}
     nbytes = max(1, mix.nbytes)
     buffers = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in groups[1:]]
+    partials: list[np.ndarray] = []  # views on the buffers: dropped before they are closed
     try:
-        partials = []
         for shm in buffers:
-            part: np.ndarray = np.ndarray(mix.shape, dtype=np.float32, buffer=shm.buf)
-            part[:] = 0.0
-            partials.append(part)
+            partials.append(np.ndarray(mix.shape, dtype=np.float32, buffer=shm.buf))
+            partials[-1][:] = 0.0
         with ProcessPoolExecutor(len(groups) - 1, mp_context=_context()) as pool:
             futures: list[Future[list[StemMeasure]]] = [
                 pool.submit(_worker, [jobs[i] for i in g], shm.name, mix.shape, sample_rate,
@@ -185,10 +185,11 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
                 raise
         for part in partials:
             mix += part
-        del part, partials
     finally:
+        partials.clear()
         for shm in buffers:
-            shm.close()
+            with contextlib.suppress(BufferError):
+                shm.close()
             shm.unlink()
     by_name = {m.name: m for m in measures}
     return mix, {j.plan.name: by_name[j.plan.name] for j in jobs}

@@ -239,7 +239,9 @@ def test_interrupted_parallel_mix_leaves_no_partial_files(tmp_path: Path) -> Non
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the whole process group
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    # 130, or death by SIGINT when the interrupt lands while worker processes start: a shell
+    # reports both as 130
+    assert proc.returncode in (130, -signal.SIGINT), err[-3000:]
     assert err.strip().splitlines()[-1].startswith("Interrupted;")
     assert not list(out.rglob(".*tmp*"))
     assert not (out / "long" / "mix.wav").exists()
