@@ -15,10 +15,9 @@ per block.
 True peak: each gap between two samples is interpolated at 1/4, 1/2 and 3/4 (4x oversampling,
 the samples themselves being the fourth phase) with a 12-tap Kaiser-windowed sinc per phase,
 BS.1770-4 Annex 2's structure. 4x with short filters under-reads full-band material by tenths
-of a dB, so the limiter detects at 8x with longer filters. An interpolated value is at most
-``Interpolator.bound`` times the largest
-sample under its taps, so runs of 64 frames that cannot raise the running maximum (or, for the
-limiter, cannot cross the ceiling) are skipped without being interpolated.
+of a dB, so the limiter detects at 8x with longer filters. An interpolated value is bounded by
+the samples under its taps, so gaps that cannot raise the running maximum (or, for the limiter,
+cannot cross the ceiling) are skipped without being interpolated.
 """
 
 from __future__ import annotations
@@ -225,6 +224,11 @@ class Meter:
     def _boundary(self, q: int) -> int:
         return q * self.sample_rate // 10
 
+    def _floor(self) -> float:
+        """A gap matters only if it could beat the peak so far, samples included (in the
+        blocks' units, before ``gains``)."""
+        return max(self._tp, self.sample_peak) / self._gain_peak
+
     def add(self, block: np.ndarray) -> None:
         if block.shape[1] == 0 or self._gain_peak == 0.0:
             self.frames += block.shape[1]
@@ -232,14 +236,14 @@ class Meter:
         block = np.asarray(block, dtype=np.float32)
         if self._loudness:
             self._add_loudness(block)
+        self.frames += block.shape[1]
         peak = float(np.abs(block).max())
         self.sample_peak = max(self.sample_peak, peak * self._gain_peak)
         if self._true_peak:
             ext = np.concatenate([self._history, block], axis=1)
             reach = max(peak, float(np.abs(self._history).max(initial=0.0)))
             self._history = ext[:, -(self._ip.taps - 1):]
-            # a gap matters only if it could beat the peak so far, samples included
-            floor = max(self._tp, self.sample_peak) / self._gain_peak  # in the block's units
+            floor = self._floor()
             if reach * self._ip.bound > floor:
                 gp = self._ip.max_gap_peak(ext, floor)
                 self._tp = max(self._tp, gp * self._gain_peak)
@@ -264,7 +268,6 @@ class Meter:
             self._next = self._boundary(len(self.energies) + 1)
         if sq is not None and sq.size:
             self._acc += float(np.sum(sq, dtype=np.float64)) * self._energy_gain
-        self.frames = end
 
     def finish(self) -> Meter:
         """Account for the gaps after the last sample (the signal is followed by silence)."""
@@ -273,7 +276,7 @@ class Meter:
             ext = np.concatenate([self._history,
                                   np.zeros((self._history.shape[0], ip.right + 1), np.float32)],
                                  axis=1)
-            gp = ip.max_gap_peak(ext, self._tp / self._gain_peak)
+            gp = ip.max_gap_peak(ext, self._floor())
             self._tp = max(self._tp, gp * self._gain_peak)
         self._finished = True
         return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -139,7 +140,7 @@ class LoopSource:
             length = min(length, limit)
         self.start, self.length, self.pan = start, max(length, 0), run.pan
         self.channels = take.shape[0]
-        self.e, self.xf = e, xf
+        self.e = e
         t = np.linspace(0.0, 1.0, xf, endpoint=False) + 0.5 / max(xf, 1)
         a, b = np.cos(t * math.pi / 2), np.sin(t * math.pi / 2)
         norm = np.sqrt(a * a + b * b + 2 * a * b * max(r, 0.0))
@@ -183,12 +184,9 @@ class LoopSource:
 def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | None) -> \
         np.ndarray:
     """A whole loop run as one array (``length`` frames, or ``times`` copies if None)."""
-    if length is not None:
-        run = LoopRun(run.element, run.take, run.start_s, run.start_s + length / sample_rate,
-                      None, run.crossfade_s, run.fade_in_s, run.fade_out_s, run.pan)
-    src = LoopSource(take, run, sample_rate, int(round(run.start_s * sample_rate)))
-    if length is not None:
-        src.length = length
+    if length is not None:  # run past it, then cut to exactly ``length``
+        run = replace(run, end_s=run.start_s + length / sample_rate + 1.0, times=None)
+    src = LoopSource(take, run, sample_rate, int(round(run.start_s * sample_rate)), length)
     return src.read(0, src.length)
 
 

@@ -218,10 +218,10 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
     mix, measures = render_stems(jobs, sr, ch, total, bit_depth, workers)
     elements_report = []
+    float_stems = fmt == "wav" and bit_depth == 32
     for plan in arr.elements:
         e = scene.elements[plan.name]
         measure = measures[plan.name]
-        float_stems = fmt == "wav" and bit_depth == 32
         if plan.name in stems and measure.sample_peak > 1.0 and not float_stems:
             warnings.append(f"stem {plan.name} peaks at "
                             f"+{20 * math.log10(measure.sample_peak):.1f} dBFS before the master "

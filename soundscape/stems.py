@@ -111,15 +111,12 @@ def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channe
     total = mix.shape[1]
     measures = []
     for job in jobs:
-        effects = tuple(job.element.effects)
-        if job.path is not None:
-            with AtomicAudioWriter(job.path, sample_rate, channels, bit_depth,
-                                   background=True) as w:
-                meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
-                                       total, mix, w.write, effects)
-        else:
+        writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
+            job.path, sample_rate, channels, bit_depth, background=True)
+        with writer as w:
             meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
-                                   total, mix, None, effects)
+                                   total, mix, None if w is None else w.write,
+                                   tuple(job.element.effects))
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak))
     return measures
