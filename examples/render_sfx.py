@@ -4,7 +4,6 @@
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import soundscape
@@ -16,7 +15,8 @@ parser.add_argument("--cache-dir", default=None)
 parser.add_argument("--list", default=str(Path(__file__).with_name("game_sfx.yaml")))
 args = parser.parse_args()
 
-manifest = soundscape.render_sfx(args.list, args.out, model=args.model,
-                                 cache_dir=args.cache_dir, log=print)
-for v in json.loads(manifest.read_text())["variations"]:
-    print(f"{v['file']}: {v['duration_s']:.2f} s, {v['loudness_lufs']} LUFS")
+result = soundscape.render_sfx(args.list, args.out, model=args.model,
+                               cache_dir=args.cache_dir, log=print)
+for v in result.variations:
+    print(f"{v.file}: {v.duration_s:.2f} s, {v.loudness_lufs} LUFS")
+print(f"manifest: {result.manifest}")

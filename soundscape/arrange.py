@@ -1,9 +1,11 @@
-"""Arrangement stage: Scene -> where every clip plays (timing only, no audio).
+"""Arrangement stage: Scene + take lengths -> where every clip plays (timing only, no audio).
 
-Input: a ``Scene`` and each element's take length in seconds. Output: an ``Arrangement`` of
-frozen ``Clip`` and ``LoopRun`` values. Randomness (scatter) comes from a ``SeedSequence`` of the
-scene seed and the element's name, so the same seed gives the same arrangement and one element's
-scatter never changes because another element was added.
+Input: a ``Scene`` and each element's take length in seconds (known before any audio exists:
+``takes.planned_lengths``). Output: an ``Arrangement`` of frozen ``ElementPlan`` values that carry
+everything the mixer needs (clips, loop runs, volume, automation, effects), so no later stage sees
+the pydantic scene. Randomness (scatter) comes from a ``SeedSequence`` of the scene seed and the
+element's name, so the same seed gives the same arrangement and one element's scatter never
+changes because another element was added.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .effects import EffectSpec
 from .scene import Scene, derive_seed
 from .units import format_duration
+from .warnings import RenderWarning
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,28 @@ class LoopRun:
 
 
 @dataclass(frozen=True)
+class Keypoint:
+    """Volume automation: ``level_db`` (added to the volume) at scene time ``time_s``."""
+
+    time_s: float
+    level_db: float
+
+
+@dataclass(frozen=True)
 class ElementPlan:
+    """One element on the timeline, with the settings the mixer applies to its whole stem."""
+
     name: str
     take_length_s: float
     clips: tuple[Clip, ...] = ()
     loops: tuple[LoopRun, ...] = ()
+    volume_db: float = 0.0
+    automation: tuple[Keypoint, ...] = ()  # sorted by time
+    effects: tuple[EffectSpec, ...] = ()
+
+    @property
+    def pans(self) -> set[float]:
+        return {c.pan for c in self.clips} | {lp.pan for lp in self.loops}
 
 
 @dataclass(frozen=True)
@@ -61,23 +82,31 @@ class Arrangement:
     sample_rate: int
     channels: int
     elements: tuple[ElementPlan, ...]
-    warnings: tuple[str, ...] = field(default=())
+    warnings: tuple[RenderWarning, ...] = field(default=())
+
+    def plan(self, name: str) -> ElementPlan:
+        return next(p for p in self.elements if p.name == name)
 
 
 def element_rng(scene: Scene, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([scene.seed, derive_seed(0, name)]))
 
 
+def _warn(warnings: list[RenderWarning], name: str, message: str, old: float | None = None,
+          limit: float | None = None, new: float | None = None) -> None:
+    warnings.append(RenderWarning("arrange", message, name, old, limit, new))
+
+
 def _cut(name: str, start: float, length: float, duration: float,
-         warnings: list[str]) -> float | None:
+         warnings: list[RenderWarning]) -> float | None:
     if start >= duration:
-        warnings.append(f"{name} at {start:.1f} s starts after the {duration:.1f} s scene ends; "
-                        f"skipped")
+        _warn(warnings, name, f"{name} at {start:.1f} s starts after the {duration:.1f} s scene "
+              f"ends; skipped", start, duration)
         return None
     if start + length > duration + 1e-9:
         new = duration - start
-        warnings.append(f"{name} at {start:.1f} s + {length:.1f} s exceeds the {duration:.1f} s "
-                        f"scene; trimmed to {new:.1f} s")
+        _warn(warnings, name, f"{name} at {start:.1f} s + {length:.1f} s exceeds the "
+              f"{duration:.1f} s scene; trimmed to {new:.1f} s", length, duration - start, new)
         return new
     return length
 
@@ -89,7 +118,7 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
         scene: a validated scene (variant already resolved).
         take_lengths_s: each element's take length in seconds.
     """
-    warnings: list[str] = []
+    warnings: list[RenderWarning] = []
     plans = []
     D = scene.duration
     for name, e in scene.elements.items():
@@ -100,24 +129,25 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
             lp = e.loop
             xf = min(lp.crossfade, L / 2)
             if xf < lp.crossfade:
-                warnings.append(f"{name}: crossfade {lp.crossfade:.2f} s is more than half the "
-                                f"{L:.2f} s take; shortened to {xf:.2f} s")
+                _warn(warnings, name, f"{name}: crossfade {lp.crossfade:.2f} s is more than half "
+                      f"the {L:.2f} s take; shortened to {xf:.2f} s", lp.crossfade, L / 2, xf)
             end: float | None = lp.until if lp.until is not None else (
                 None if lp.times is not None else D)
             if lp.times is not None:
                 nominal_end = lp.start + lp.times * (L - xf) + xf
                 if nominal_end > D + 1e-9:
-                    warnings.append(f"{name} loop at {lp.start:.1f} s + "
-                                    f"{nominal_end - lp.start:.1f} s exceeds the {D:.1f} s "
-                                    f"scene; trimmed to {D - lp.start:.1f} s")
+                    _warn(warnings, name, f"{name} loop at {lp.start:.1f} s + "
+                          f"{nominal_end - lp.start:.1f} s exceeds the {D:.1f} s scene; trimmed "
+                          f"to {D - lp.start:.1f} s", nominal_end - lp.start, D - lp.start,
+                          D - lp.start)
                     end = D
             if end is not None and end > D:
-                warnings.append(f"{name} loop until {end:.1f} s exceeds the {D:.1f} s scene; "
-                                f"trimmed to {D - lp.start:.1f} s")
+                _warn(warnings, name, f"{name} loop until {end:.1f} s exceeds the {D:.1f} s "
+                      f"scene; trimmed to {D - lp.start:.1f} s", end, D, D)
                 end = D
             if lp.start >= D:
-                warnings.append(f"{name} loop at {lp.start:.1f} s starts after the {D:.1f} s "
-                                f"scene ends; skipped")
+                _warn(warnings, name, f"{name} loop at {lp.start:.1f} s starts after the "
+                      f"{D:.1f} s scene ends; skipped", lp.start, D)
             else:
                 loops.append(LoopRun(name, 0, lp.start, end, lp.times if end is None else None,
                                      xf, e.fade_in, e.fade_out, e.pan))
@@ -129,11 +159,14 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
                 if length is not None:
                     clips.append(Clip(name, 0, t, 0.0, length, 0.0, e.pan, e.fade_in,
                                       min(e.fade_out, length)))
-        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops)))
+        auto = tuple(sorted((Keypoint(k.time, max(k.level, -120.0)) for k in e.automation),
+                            key=lambda k: k.time_s))
+        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
+                                 tuple(e.effects)))
     return Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
 
 
-def _scatter(scene: Scene, name: str, L: float, warnings: list[str]) -> list[Clip]:
+def _scatter(scene: Scene, name: str, L: float, warnings: list[RenderWarning]) -> list[Clip]:
     e = scene.elements[name]
     sc = e.scatter
     assert sc is not None
@@ -147,9 +180,9 @@ def _scatter(scene: Scene, name: str, L: float, warnings: list[str]) -> list[Cli
         return float(rng.exponential(60.0 / sc.density))  # type: ignore[operator]
 
     if sc.interval is not None and not sc.overlap and sc.interval[1] < L:
-        warnings.append(f"{name}: one-shots of {L:.1f} s are longer than the largest interval "
-                        f"{sc.interval[1]:.1f} s; spacing them {L:.1f} s apart (set overlap: "
-                        f"true to allow overlap)")
+        _warn(warnings, name, f"{name}: one-shots of {L:.1f} s are longer than the largest "
+              f"interval {sc.interval[1]:.1f} s; spacing them {L:.1f} s apart (set overlap: true "
+              f"to allow overlap)", sc.interval[1], L, L)
     t = sc.start + float(rng.uniform(0.0, 1.0)) * gap()
     while t < end and (sc.count is None or len(clips) < sc.count):
         take = int(rng.integers(e.variations))
@@ -163,8 +196,8 @@ def _scatter(scene: Scene, name: str, L: float, warnings: list[str]) -> list[Cli
             step = max(step, L)
         t += step
     if sc.count is not None and len(clips) < sc.count:
-        warnings.append(f"{name}: only {len(clips)} of {sc.count} one-shots fit between "
-                        f"{sc.start:.1f} s and {end:.1f} s")
+        _warn(warnings, name, f"{name}: only {len(clips)} of {sc.count} one-shots fit between "
+              f"{sc.start:.1f} s and {end:.1f} s", sc.count, None, len(clips))
     return clips
 
 

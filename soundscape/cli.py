@@ -124,19 +124,12 @@ def plan(scene: Path, variant: Annotated[str | None, typer.Option(help="Variant 
          ) -> None:
     """Print the arrangement as a timeline (no audio is generated)."""
     from .arrange import arrange, describe
-    from .audio_io import read_audio
     from .scene import load_scene
+    from .takes import take_length_s
 
     with _user_errors():
         s = load_scene(scene, variant)
-        lengths = {}
-        for name, e in s.elements.items():
-            if e.file:
-                a, sr = read_audio(e.file)
-                lengths[name] = a.shape[1] / sr
-            else:
-                lengths[name] = e.duration or s.defaults.duration
-        arr = arrange(s, lengths)
+        arr = arrange(s, {name: take_length_s(s, name) for name in s.elements})
         typer.echo(f"{s.label}: " + "\n".join(describe(arr)))
         for w in arr.warnings:
             typer.echo(f"warning: {w}", err=True)
@@ -160,15 +153,20 @@ def render(
     out: Out = Path("renders"),
     fmt: Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.")] = "wav",
     bit_depth: Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav.")] = None,
-    only: Annotated[list[str] | None, typer.Option("--only", help="Regenerate and rewrite only "
+    only: Annotated[list[str] | None, typer.Option("--only", help="Generate and rewrite only "
                                                    "this element (repeatable).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Render every stem again, even those "
+                                        "that have not changed.")] = False,
     model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
     max_batch: Batch = 8,
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
                                              "render stems (default: one per CPU core for "
                                              "long scenes).")] = None,
 ) -> None:
-    """Generate missing takes, mix, master and write mix, stems and manifest."""
+    """Generate missing takes, mix, master and write mix, stems and manifest.
+
+    Only what changed is redone; a render with nothing changed writes nothing.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -184,23 +182,30 @@ def render(
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt.lower(), bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                            progress=progress, jobs=jobs)
+                            progress=progress, jobs=jobs, force=force)
     console = Console()
+    printed: set[str] = set()
     for r in results:
+        label = f"{r.scene}{'/' + r.variant if r.variant else ''}"
+        if r.up_to_date:
+            typer.echo(f"{label}: up to date ({r.directory})")
+            continue
         for w in r.warnings:
-            _log(f"warning: {r.scene}{'/' + r.variant if r.variant else ''}: {w}")
-        table = Table(title=f"{r.scene}{' / ' + r.variant if r.variant else ''}: "
-                            f"{r.generated} generated, {r.cached} cached")
-        for col in ("element", "takes", "LUFS", "dBTP", "stem"):
+            line = f"warning: {label}: {w}" if w.stage not in ("cache", "generate") else \
+                f"warning: {w}"
+            if line not in printed:
+                printed.add(line)
+                _log(line)
+        table = Table(title=f"{label}: {r.generated} generated, {r.cached} cached")
+        for col in ("element", "takes", "stem", "LUFS", "dBTP", "file"):
             table.add_column(col)
         for e in r.elements:
-            takes = e["takes"]
-            status = "file" if e["source"] == "file" else (
-                f"{sum(t['generated'] for t in takes)} generated, "
-                f"{sum(not t['generated'] for t in takes)} cached")
-            table.add_row(e["element"], status, _fmt(e["loudness_lufs"]),
-                          _fmt(e["true_peak_dbtp"]), e["stem"] or "(unchanged)")
-        table.add_row("mix", "", _fmt(r.mix_lufs), _fmt(r.mix_true_peak_dbtp), str(r.mix))
+            status = "file" if e.source == "file" else (
+                f"{e.generated} generated, {len(e.takes) - e.generated} cached")
+            table.add_row(e.element, status, "rendered" if e.rendered else "kept",
+                          _fmt(e.loudness_lufs), _fmt(e.true_peak_dbtp),
+                          e.stem or "(not written)")
+        table.add_row("mix", "", "", _fmt(r.mix_lufs), _fmt(r.mix_true_peak_dbtp), str(r.mix))
         console.print(table)
         typer.echo(f"wrote {r.directory}")
 
@@ -220,8 +225,8 @@ def takes(
     cache_dir: CacheDir = None, max_batch: Batch = 8,
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
-    from .keep import keep_seed
-    from .render import audition
+    from .audition import audition
+    from .scene.keep import keep_seed
 
     with _user_errors():
         if keep is not None:
@@ -252,11 +257,12 @@ def sfx(
     from .sfx import render_sfx
 
     with _user_errors(), _progress() as progress:
-        manifest = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
-                              fmt=fmt, max_batch=max_batch, log=_log, progress=progress)
-    data = json.loads(manifest.read_text())
-    gen = sum(v["generated"] for v in data["variations"])
-    typer.echo(f"wrote {len(data['variations'])} variations ({gen} generated) and {manifest}")
+        result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
+                            fmt=fmt, max_batch=max_batch, log=_log, progress=progress)
+    for w in result.warnings:
+        _log(f"warning: {w}")
+    typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "
+               f"{result.manifest}")
 
 
 @dev.command("tiny-model")

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .effects import EffectSpec, build_board
 from .meter import Interpolator, measure
+from .warnings import RenderWarning
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
@@ -80,22 +82,27 @@ class MasterReport:
     output_lufs: float
     true_peak_dbtp: float
     limiter_reduction_db: float
-    notes: tuple[str, ...] = ()
+    warnings: tuple[RenderWarning, ...] = ()
 
 
 def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
-           ceiling_db: float) -> tuple[np.ndarray, MasterReport]:
-    """Normalise ``mix`` to ``target_lufs`` (None: leave level) and limit to ``ceiling_db``.
+           ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
+        -> tuple[np.ndarray, MasterReport]:
+    """Run the master ``effects``, normalise to ``target_lufs`` (None: leave the level) and
+    limit to ``ceiling_db``.
 
     Limiting lowers loudness a little; the gain is corrected and the limiter re-run until the
     result is within 0.1 LU of the target (at most three passes).
     """
-    notes: list[str] = []
+    if effects:
+        mix = np.ascontiguousarray(build_board(effects)(mix, sample_rate), dtype=np.float32)
+    warnings: list[RenderWarning] = []
     measured = integrated_loudness(mix, sample_rate)
     gain_db = 0.0
     if target_lufs is not None:
         if math.isinf(measured):
-            notes.append("the mix is silent or shorter than 0.4 s; loudness not normalised")
+            warnings.append(RenderWarning("master", "the mix is silent or shorter than 0.4 s; "
+                                          "loudness not normalised"))
         else:
             gain_db = target_lufs - measured
     out, reduction = limit(mix * np.float32(10 ** (gain_db / 20)), sample_rate, ceiling_db)
@@ -111,9 +118,10 @@ def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
             result = measure(out, sample_rate)
         final = result.integrated_loudness()
         if abs(final - target_lufs) > 0.5:
-            notes.append(f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
-                         f"{ceiling_db:.1f} dBTP limits {reduction:.1f} dB; lower the target "
-                         f"or raise the ceiling")
+            warnings.append(RenderWarning(
+                "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
+                f"{ceiling_db:.1f} dBTP limits {reduction:.1f} dB; lower the target or raise "
+                f"the ceiling", None, target_lufs, None, final))
     report = MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
-                          reduction, tuple(notes))
+                          reduction, tuple(warnings))
     return out, report

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arrange import Clip, ElementPlan, LoopRun
-from .effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
-from .scene import Element
+from .arrange import Clip, ElementPlan, Keypoint, LoopRun
+from .effects import WHOLE_TIMELINE, build_board, chain_tail_s
 
 if TYPE_CHECKING:
     from .meter import Meter
@@ -68,6 +67,14 @@ def apply_fades(audio: np.ndarray, fade_in: int, fade_out: int) -> np.ndarray:
     if fout.size:
         audio[:, n - fout.size:] *= fout
     return audio
+
+
+def downmix(audio: np.ndarray, channels: int) -> np.ndarray:
+    """At most ``channels`` channels: more are folded into two, even channels left and odd
+    right (kept as it was; ITU-R BS.775 coefficients are issue 13's work)."""
+    if audio.shape[0] <= channels:
+        return audio
+    return np.stack([audio[0::2].mean(axis=0), audio[1::2].mean(axis=0)])
 
 
 def decorrelate(audio: np.ndarray, seed: int, width: float, taps: int = 2048) -> np.ndarray:
@@ -234,13 +241,13 @@ def element_sources(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int
     return sorted((s for s in srcs if s.length > 0), key=lambda s: s.start)
 
 
-def automation_gain(element: Element, start: int, n: int, sample_rate: int) -> np.ndarray | None:
-    """Linear gain for frames [start, start+n) from volume keyframes (interpolated in dB)."""
-    if not element.automation:
+def automation_gain(automation: tuple[Keypoint, ...], start: int, n: int,
+                    sample_rate: int) -> np.ndarray | None:
+    """Linear gain for frames [start, start+n) from volume keypoints (interpolated in dB)."""
+    if not automation:
         return None
-    kf = sorted(element.automation, key=lambda k: k.time)
-    times = np.array([k.time for k in kf])
-    levels = np.array([max(k.level, -120.0) for k in kf])
+    times = np.array([k.time_s for k in automation])
+    levels = np.array([k.level_db for k in automation])
     t = (start + np.arange(n)) / sample_rate
     return (10 ** (np.interp(t, times, levels) / 20)).astype(np.float32)
 
@@ -263,11 +270,10 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
     return np.multiply(out, g, out=out if out is not block else None)
 
 
-def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
-                   sample_rate: int, channels: int, total: int, mix: np.ndarray,
-                   sink: StemSink | None = None, effects: tuple[EffectSpec, ...] = ()) -> Meter:
+def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
+                   total: int, mix: np.ndarray, sink: StemSink | None = None) -> Meter:
     """Render one element's stem block by block: add it to ``mix`` in place, pass every block
-    to ``sink``, and measure it.
+    to ``sink``, and measure it. Volume, automation and effects come from ``plan``.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -283,11 +289,12 @@ def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
         srcs = [PannedSource(s) if s.channels == 1 else s for s in raw]
         pan = 0.0
     src_channels = max((s.channels for s in srcs), default=1)
-    volume = 10 ** (element.volume / 20) if element.volume > -math.inf else 0.0
+    volume = 10 ** (plan.volume_db / 20) if plan.volume_db > -math.inf else 0.0
+    effects = plan.effects
     board = build_board(effects) if effects else None
     tail = int(chain_tail_s(effects) * sample_rate) + BLOCK
     # A mono signal that is only panned and scaled is measured once, before the pan.
-    mono_meter = src_channels == 1 and channels == 2 and not element.automation
+    mono_meter = src_channels == 1 and channels == 2 and not plan.automation
     if mono_meter:
         gl, gr = pan_gains(pan)
         meter = Meter(sample_rate, 1, gains=(gl * volume, gr * volume))
@@ -311,7 +318,7 @@ def render_element(plan: ElementPlan, element: Element, takes: list[np.ndarray],
         else:
             block = chunk[:, :k]
             out = _place(block, channels, pan, volume,
-                         automation_gain(element, emitted, k, sample_rate))
+                         automation_gain(plan.automation, emitted, k, sample_rate))
             meter.add(block if mono_meter else out)
             mix[:, emitted:emitted + k] += out
             if sink is not None:

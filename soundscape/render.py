@@ -1,172 +1,135 @@
-"""Render stage: the only module that knows the stage order; writes outputs and the manifest.
+"""Render stage: the only module that knows the stage order.
 
 Input: scene files (or ``Scene`` objects) and options. Output: per scene and variant, under
-``<out>/<scene>/[<variant>/]``: ``mix.<fmt>``, ``stems/<element>.<fmt>`` and ``manifest.json``.
-Order: scene -> take requests -> cache look-up -> generate missing (batched across elements and
-variants, stored after every batch) -> conform takes -> arrange -> mix stems -> master -> write.
+``<out>/<scene>/[<variant>/]``: ``mix.<fmt>``, ``stems/<element>.<fmt>`` and ``manifest.json``,
+described by a typed ``RenderResult``.
+
+Order: scene -> sources (takes) -> arrangement -> stem and mix keys against the last render
+(incremental) -> generate the missing takes of stems to render (batched across scenes and
+variants, stored after every batch) -> conform takes -> stems -> master -> files and manifest.
+A render with nothing changed writes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from importlib import metadata
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from . import __version__
 from .arrange import Arrangement, arrange
-from .audio_io import FORMATS, AtomicAudioWriter, atomic_write_text, read_audio, resample
+from .audio_io import FORMATS, AtomicAudioWriter
 from .cache import TakeCache
-from .effects import build_board
 from .errors import RenderError, SoundscapeError
-from .generate import TakeRequest
 from .generate.models import ModelRef, resolve
+from .incremental import (
+    Decision,
+    Output,
+    decide,
+    mix_is_current,
+    mix_key,
+    stale_files,
+    stem_key,
+    summable,
+)
+from .manifest import (
+    Manifest,
+    MixRecord,
+    StemRecord,
+    TakeRecord,
+    db,
+    placement_json,
+    read_manifest,
+    versions,
+)
 from .master import master
-from .mix import decorrelate, widen
-from .scene import Element, Scene, load_scene
-from .stems import StemJob, choose_workers, render_stems
-
-MEDIUM_CPU_S_PER_AUDIO_S = 70.0  # measured: AudioGen-medium on a 2-core CPU, batch 1
-Log = Callable[[str], None]
+from .scene import Scene, load_scene
+from .stems import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
+from .takes import Log, Progress, Source, element_takes, generate_missing, plan_sources
+from .warnings import RenderWarning
 
 
 @dataclass(frozen=True)
-class Take:
-    """One planned take of one element in one scene."""
+class RenderResult:
+    """What one scene or variant render left on disk, and its manifest."""
 
-    element: str
-    index: int
-    request: TakeRequest
+    manifest: Manifest
+    directory: Path
+    manifest_path: Path
+    up_to_date: bool  # nothing had changed: nothing was written
+
+    @property
+    def scene(self) -> str:
+        return self.manifest.scene
+
+    @property
+    def variant(self) -> str | None:
+        return self.manifest.variant
+
+    @property
+    def mix(self) -> Path:
+        return self.directory / self.manifest.mix.file
+
+    @property
+    def stems(self) -> dict[str, Path]:
+        """The stems on disk that belong to this render (written now or kept)."""
+        return {e.element: self.directory / e.stem for e in self.manifest.elements if e.stem}
+
+    @property
+    def elements(self) -> tuple[StemRecord, ...]:
+        return self.manifest.elements
+
+    @property
+    def generated(self) -> int:
+        return self.manifest.generated if not self.up_to_date else 0
+
+    @property
+    def cached(self) -> int:
+        return self.manifest.cached + (self.manifest.generated if self.up_to_date else 0)
+
+    @property
+    def mix_lufs(self) -> float:
+        v = self.manifest.mix.loudness_lufs
+        return -math.inf if v is None else v
+
+    @property
+    def mix_true_peak_dbtp(self) -> float:
+        v = self.manifest.mix.true_peak_dbtp
+        return -math.inf if v is None else v
+
+    @property
+    def warnings(self) -> tuple[RenderWarning, ...]:
+        return self.manifest.warnings
 
 
 @dataclass
-class RenderResult:
-    """What one scene or variant render wrote."""
+class _Plan:
+    """One scene or variant, planned before any audio: what to render, keep and write."""
 
-    scene: str
-    variant: str | None
+    scene: Scene
+    model: str
+    sources: dict[str, Source]
+    arrangement: Arrangement
+    out: Output
     directory: Path
-    mix: Path | None
-    stems: dict[str, Path]
-    manifest: Path
-    generated: int
-    cached: int
-    elements: list[dict[str, Any]] = field(default_factory=list)
-    mix_lufs: float = math.nan
-    mix_true_peak_dbtp: float = math.nan
-    warnings: list[str] = field(default_factory=list)
+    keys: dict[str, str]
+    mix_key: str
+    decisions: dict[str, Decision]
+    previous: Manifest | None
+    redo_mix: bool
 
+    def path(self, name: str) -> Path:
+        return self.directory / "stems" / f"{name}.{self.out.fmt}"
 
-def take_count(e: Element) -> int:
-    return max(e.variations, 2 if e.stereo == "two_takes" else 1)
-
-
-def plan_takes(scene: Scene, ref: ModelRef) -> list[Take]:
-    """The take requests of every prompt element of ``scene``."""
-    d = scene.defaults
-    out = []
-    identity = ref.identity
-    for name, e in scene.elements.items():
-        if e.prompt is None:
-            continue
-        seed = scene.element_seed(name)
-        for i in range(take_count(e)):
-            out.append(Take(name, i, TakeRequest(
-                model=identity, prompt=e.prompt,
-                duration_s=e.duration if e.duration is not None else d.duration,
-                temperature=e.temperature if e.temperature is not None else d.temperature,
-                top_k=e.top_k if e.top_k is not None else d.top_k,
-                top_p=e.top_p if e.top_p is not None else d.top_p,
-                cfg_coef=e.cfg_coef if e.cfg_coef is not None else d.cfg_coef,
-                extend_stride_s=d.extend_stride,
-                seed=(seed + i) % 2**63)))
-    return out
-
-
-def cost_line(n: int, seconds: float, device: str, ref: ModelRef) -> str:
-    line = f"generating {n} take(s), {seconds:.1f} s of audio, on {device}"
-    if device == "cpu" and not ref.is_local:
-        est = seconds * MEDIUM_CPU_S_PER_AUDIO_S
-        line += (f"; warning: AudioGen-medium on a CPU needs about {MEDIUM_CPU_S_PER_AUDIO_S:.0f} "
-                 f"s per second of audio (about {est / 60:.0f} min here); a GPU is ~100x faster")
-    return line
-
-
-def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
-                     device: str, max_batch: int, log: Log,
-                     progress: Callable[[str, int, int], None] | None = None) -> set[str]:
-    """Generate the requests whose keys are not cached; returns the keys generated now."""
-    seen: dict[str, TakeRequest] = {}
-    for r in requests:
-        if r.key not in seen and not cache.has(r.key):
-            seen[r.key] = r
-    for p in cache.problems:
-        log(f"warning: {p}")
-    cache.problems.clear()
-    if not seen:
-        return set()
-    missing = list(seen.values())
-    from .generate.models import locate
-
-    locate(ref)  # fail fast, before the slow import, when the weights cannot be had
-    from .generate.audiogen import Generator, pick_device  # the heavy import, only now
-
-    dev = pick_device(device)
-    log(cost_line(len(missing), sum(r.duration_s for r in missing), dev, ref))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress)
-    done: set[str] = set()
-
-    def store(reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:
-        for r, a in zip(reqs, audio, strict=True):
-            cache.put(r, a, gen.sample_rate, seconds / len(reqs))
-            done.add(r.key)
-
-    gen.generate(missing, on_batch=store)
-    for note in gen.notes:
-        log(f"warning: {note}")
-    return done
-
-
-def _conform(audio: np.ndarray, sr: int, scene: Scene) -> np.ndarray:
-    audio = resample(audio, sr, scene.sample_rate)
-    if audio.shape[0] > 2:
-        audio = np.stack([audio[0::2].mean(axis=0), audio[1::2].mean(axis=0)])
-    return audio
-
-
-def element_takes(scene: Scene, name: str, takes: list[Take], cache: TakeCache) \
-        -> list[np.ndarray] | None:
-    """The element's takes at the scene rate, in its stereo mode; None if a take is missing."""
-    e = scene.elements[name]
-    if e.file is not None:
-        audio, sr = read_audio(e.file)
-        audio = _conform(audio, sr, scene)
-        if e.stereo == "decorrelate" and audio.shape[0] == 1 and scene.channels == 2:
-            audio = decorrelate(audio, scene.element_seed(name), e.width)
-        elif audio.shape[0] == 2 and scene.channels == 2 and e.width < 1:
-            audio = widen(audio, e.width)
-        return [audio]
-    mine = sorted((t for t in takes if t.element == name), key=lambda t: t.index)
-    out = []
-    for t in mine:
-        got = cache.get(t.request.key)
-        if got is None:
-            return None
-        out.append(_conform(got[0], got[1], scene))
-    if scene.channels == 2 and e.stereo == "two_takes":
-        n = min(out[0].shape[1], out[1].shape[1])
-        out = [widen(np.concatenate([out[0][:, :n], out[1][:, :n]]), e.width)]
-    elif scene.channels == 2 and e.stereo == "decorrelate":
-        out = [decorrelate(a, scene.element_seed(name) + i, e.width) for i, a in enumerate(out)]
-    return out
+    def needs_audio(self, name: str) -> bool:
+        """Whether this element's takes are needed: to render its stem, or to sum a kept stem
+        that cannot be read back exactly (lossy format, clipped)."""
+        d = self.decisions[name]
+        if not self.redo_mix:
+            return False
+        return d.keep is None or not summable(d.keep, self.out)
 
 
 def output_dir(out: Path, scene: Scene) -> Path:
@@ -174,121 +137,118 @@ def output_dir(out: Path, scene: Scene) -> Path:
     return d / scene.variant if scene.variant else d
 
 
-def _versions() -> dict[str, str]:
-    v = {"soundscape": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "pedalboard", "pyloudnorm", "soxr", "audiocraft", "torch"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            v[pkg] = metadata.version(pkg)
-    return v
+def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
+          bit_depth: int | None, only: set[str] | None, force: bool) -> _Plan:
+    sources = plan_sources(scene, ref)
+    arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
+    out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
+                 fmt, bit_depth)
+    directory = output_dir(out_root, scene)
+    keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
+    m = scene.master
+    mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
+                          "ceiling": m.ceiling}, out)
+    previous = read_manifest(directory / "manifest.json")
+    paths = {n: directory / "stems" / f"{n}.{fmt}" for n in keys}
+    decisions = decide(list(keys), keys, paths, previous, directory, only, force)
+    redo = (any(d.render for d in decisions.values())
+            or not mix_is_current(previous, mkey, directory)
+            or bool(stale_files(previous, directory,
+                                {*paths.values(), directory / f"mix.{fmt}"}))
+            or not (directory / "manifest.json").is_file())
+    return _Plan(scene, model, sources, arr, out, directory, keys, mkey, decisions, previous,
+                 redo)
 
 
-def _db(x: float) -> float | None:
-    return None if not math.isfinite(x) else round(x, 2)
+def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
+                 generated: set[str]) -> StemRecord:
+    d = p.decisions[name]
+    if d.keep is not None:
+        return replace(d.keep, rendered=False,
+                       takes=tuple(replace(t, generated=False) for t in d.keep.takes))
+    plan = p.arrangement.plan(name)
+    src = p.sources[name]
+    path = p.path(name)
+    assert measure is not None
+    return StemRecord(
+        element=name, source="file" if src.is_file else "prompt", file=src.file,
+        placements=tuple(map(placement_json, plan.loops))
+        + tuple(map(placement_json, plan.clips)),
+        takes=tuple(TakeRecord.of(t, t.request.key in generated) for t in src.takes),
+        stem=str(path.relative_to(p.directory)) if written else None,
+        loudness_lufs=db(measure.loudness_lufs), true_peak_dbtp=db(measure.true_peak_dbtp),
+        sample_peak=round(measure.sample_peak, 6), key=p.keys[name] if written else "",
+        rendered=True, bytes=path.stat().st_size if written else 0)
 
 
-def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt: str,
-              bit_depth: int | None, only: Sequence[str] | None, generated: set[str],
-              log: Log, jobs_requested: int | None = None) -> RenderResult:
-    """Conform, arrange, mix, master and write one scene (or variant)."""
-    sr, ch = scene.sample_rate, scene.channels
-    total = int(round(scene.duration * sr))
-    directory = output_dir(out, scene)
-    audio: dict[str, list[np.ndarray]] = {}
-    warnings: list[str] = []
-    for name in scene.elements:
-        got = element_takes(scene, name, takes, cache)
-        if got is None:
-            warnings.append(f"{name} has no take yet (not generated: excluded by --only); "
-                            f"left out of the mix")
+def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWarning],
+         only: set[str] | None, jobs_requested: int | None) -> RenderResult:
+    """Conform, render the stems that changed, sum the kept ones, master and write."""
+    scene, out = p.scene, p.out
+    warnings = list(p.arrangement.warnings) + shared
+    jobs: list[StemJob] = []
+    kept: list[Path] = []
+    present: list[str] = []
+    for name in p.keys:
+        d = p.decisions[name]
+        if d.keep is not None and summable(d.keep, out):
+            kept.append(p.directory / d.keep.stem)  # type: ignore[operator]
+            present.append(name)
             continue
-        audio[name] = got
-    lengths = {n: a[0].shape[1] / sr for n, a in audio.items()}
-    present = {n: scene.elements[n] for n in audio}
-    arr: Arrangement = arrange(scene.model_copy(update={"elements": present}), lengths)
-    warnings.extend(arr.warnings)
-    stems: dict[str, Path] = {}
-    jobs = []
-    for plan in arr.elements:
-        write = only is None or plan.name in only
-        stem_path = directory / "stems" / f"{plan.name}.{fmt}"
-        if write:
-            stems[plan.name] = stem_path
-        jobs.append(StemJob(plan, scene.elements[plan.name], audio[plan.name],
-                            stem_path if write else None, sr, scene.duration))
+        audio = element_takes(scene, p.sources[name], cache)
+        if audio is None:
+            warnings.append(RenderWarning("takes", f"{name} has no take yet (not generated: "
+                                          f"excluded by --only); left out of the mix", name))
+            continue
+        present.append(name)
+        jobs.append(StemJob(p.arrangement.plan(name), audio,
+                            p.path(name) if d.write else None, out.sample_rate,
+                            scene.duration))
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
-    mix, measures = render_stems(jobs, sr, ch, total, bit_depth, workers)
-    elements_report = []
-    float_stems = fmt == "wav" and bit_depth == 32
-    for plan in arr.elements:
-        e = scene.elements[plan.name]
-        measure = measures[plan.name]
-        if plan.name in stems and measure.sample_peak > 1.0 and not float_stems:
-            warnings.append(f"stem {plan.name} peaks at "
-                            f"+{20 * math.log10(measure.sample_peak):.1f} dBFS before the master "
-                            f"and is clipped in its {fmt} file (the mix is not); lower its "
-                            f"volume or write stems as 32-bit float wav (--bit-depth 32)")
-        mine = [t for t in takes if t.element == plan.name]
-        elements_report.append({
-            "element": plan.name,
-            "source": "file" if e.file else "prompt",
-            "file": e.file,
-            "placements": [
-                {"type": "loop", "start_s": lp.start_s, "end_s": lp.end_s, "times": lp.times,
-                 "crossfade_s": lp.crossfade_s} for lp in plan.loops
-            ] + [
-                {"type": "play", "start_s": round(c.start_s, 6), "length_s": round(c.length_s, 6),
-                 "take": c.take, "gain_db": round(c.gain_db, 3), "pan": round(c.pan, 4)}
-                for c in plan.clips
-            ],
-            "takes": [{
-                "index": t.index, "key": t.request.key, "seed": t.request.seed,
-                "prompt": t.request.prompt, "duration_s": t.request.duration_s,
-                "settings": t.request.settings, "model": t.request.model,
-                "generated": t.request.key in generated,
-            } for t in mine],
-            "stem": str(stems[plan.name].relative_to(directory)) if plan.name in stems
-            else None,
-            "loudness_lufs": _db(measure.loudness_lufs),
-            "true_peak_dbtp": _db(measure.true_peak_dbtp),
-        })
-    if scene.master.effects:
-        board = build_board(tuple(scene.master.effects))
-        mix = np.ascontiguousarray(board(mix, sr), dtype=np.float32)
-    mastered, report = master(mix, sr, scene.master.loudness, scene.master.ceiling)
+    mix, measures = render_stems(jobs, out.sample_rate, out.channels, out.frames,
+                                 out.bit_depth, workers)
+    for path in kept:
+        add_stem_file(path, mix)
+    written = {j.plan.name for j in jobs if j.path is not None}
+    records = []
+    for name in present:
+        measure = measures.get(name)
+        if name in written and measure is not None and measure.sample_peak > 1.0 \
+                and not out.float_stems:
+            warnings.append(RenderWarning(
+                "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} dBFS "
+                f"before the master and is clipped in its {out.fmt} file (the mix is not); lower "
+                f"its volume or write stems as 32-bit float wav (--bit-depth 32)", name,
+                None, 1.0, measure.sample_peak))
+        records.append(_stem_record(p, name, measure, name in written, generated))
+    m = scene.master
+    mastered, report = master(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects))
     del mix
-    warnings.extend(report.notes)
-    mix_path = directory / f"mix.{fmt}"
-    with AtomicAudioWriter(mix_path, sr, ch, bit_depth) as w:
+    warnings.extend(report.warnings)
+    mix_path = p.directory / f"mix.{out.fmt}"
+    with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth) as w:
         w.write(mastered)
     del mastered
-    n_gen = sum(1 for t in takes if t.request.key in generated)
-    manifest = {
-        "scene": scene.name,
-        "variant": scene.variant,
-        "scene_file": str(scene.path) if scene.path else None,
-        "duration_s": scene.duration,
-        "sample_rate": sr,
-        "channels": ch,
-        "format": fmt,
-        "model": scene.model,
-        "rendered": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "only": list(only) if only else None,
-        "mix": {"file": mix_path.name, "loudness_lufs": _db(report.output_lufs),
-                "true_peak_dbtp": _db(report.true_peak_dbtp),
-                "pre_master_lufs": _db(report.input_lufs), "gain_db": round(report.gain_db, 3),
-                "limiter_reduction_db": round(report.limiter_reduction_db, 3),
-                "target_lufs": scene.master.loudness, "ceiling_dbtp": scene.master.ceiling},
-        "elements": elements_report,
-        "generated": n_gen,
-        "cached": len(takes) - n_gen,
-        "warnings": warnings,
-        "versions": _versions(),
-    }
-    manifest_path = directory / "manifest.json"
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
-    return RenderResult(scene.name, scene.variant, directory, mix_path, stems, manifest_path,
-                        n_gen, len(takes) - n_gen, elements_report, report.output_lufs,
-                        report.true_peak_dbtp, warnings)
+    for stale in stale_files(p.previous, p.directory, {mix_path, *map(p.path, p.keys)}):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+    n_gen = sum(r.generated for r in records)
+    n_takes = sum(len(r.takes) for r in records)
+    manifest = Manifest(
+        scene=scene.name, variant=scene.variant,
+        scene_file=str(scene.path) if scene.path else None, duration_s=scene.duration,
+        sample_rate=out.sample_rate, channels=out.channels, format=out.fmt,
+        bit_depth=out.bit_depth, model=p.model, rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        only=tuple(sorted(only)) if only else None,
+        mix=MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
+                      db(report.input_lufs), round(report.gain_db, 3),
+                      round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
+                      p.mix_key, mix_path.stat().st_size),
+        elements=tuple(records), generated=n_gen, cached=n_takes - n_gen,
+        warnings=tuple(warnings), versions=versions())
+    manifest_path = p.directory / "manifest.json"
+    manifest.write(manifest_path)
+    return RenderResult(manifest, p.directory, manifest_path, False)
 
 
 def select_scenes(source: str | Path | Scene, variant: str | None = None,
@@ -310,13 +270,15 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            out: str | Path = "renders", fmt: str = "wav", bit_depth: int | None = None,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-           progress: Callable[[str, int, int], None] | None = None,
-           jobs: int | None = None) -> list[RenderResult]:
+           progress: Progress | None = None, jobs: int | None = None,
+           force: bool = False) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
-    Takes shared between scenes or variants are generated once; generation runs only for
-    takes missing from the cache (and, with ``only``, only for those elements). ``jobs``:
-    processes that render stems (None: one per CPU core for long scenes, else one).
+    Only what changed is redone: takes missing from the cache are generated (shared between
+    scenes and variants, generated once), stems whose inputs changed are rendered, the others
+    are kept, and a render with nothing changed writes nothing (``up_to_date``). ``only``:
+    generate and write only these elements' takes and stems. ``force``: render every stem
+    again. ``jobs``: processes that render stems (None: one per CPU core for long scenes).
     """
     log = log or (lambda s: None)
     if fmt not in FORMATS:
@@ -324,63 +286,40 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
-    if only:
+    only_set = set(only) if only else None
+    if only_set:
         for s in scenes:
-            unknown = [o for o in only if o not in s.elements]
+            unknown = sorted(only_set - set(s.elements))
             if unknown and len(scenes) == 1:
                 raise SoundscapeError(f"--only: {s.label} has no element "
                                       f"{', '.join(map(repr, unknown))}; elements: "
                                       f"{', '.join(s.elements)}")
-    cache = TakeCache(cache_dir)
-    plans: list[tuple[Scene, list[Take]]] = []
     refs: dict[str, ModelRef] = {}
+    plans = []
     for s in scenes:
         name = model or s.model
         if name not in refs:
             refs[name] = resolve(name, s.base_dir)
-        plans.append((s, plan_takes(s, refs[name])))
-    generated: set[str] = set()
-    for name, ref in refs.items():
-        wanted = [t.request for s, ts in plans if (model or s.model) == name for t in ts
-                  if only is None or t.element in only]
-        generated |= generate_missing(wanted, cache, ref, device, max_batch, log, progress)
-    results = []
-    for s, ts in plans:
-        try:
-            results.append(mix_scene(s, ts, cache, Path(out), fmt, bit_depth, only, generated,
-                                     log, jobs))
-        except OSError as e:
-            raise RenderError(f"{s.label}: cannot write outputs: {e}") from None
-    return results
-
-
-def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
-             out: str | Path = "renders", model: str | None = None, device: str = "auto",
-             cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> list[tuple[int, Path]]:
-    """Generate ``n`` takes of one element with distinct seeds (one batch) and write each as
-    ``<out>/<scene>/takes/<element>/<element>-seed<SEED>.wav``. Returns ``(seed, path)``."""
-    log = log or (lambda s: None)
-    scene = load_scene(scene_path, variant)
-    if element not in scene.elements:
-        raise SoundscapeError(f"{scene_path}: no element '{element}'; elements: "
-                              f"{', '.join(scene.elements)}")
-    e = scene.elements[element]
-    if e.prompt is None:
-        raise SoundscapeError(f"{element} plays a file, not a prompt; nothing to audition")
-    ref = resolve(model or scene.model, scene.base_dir)
-    base = plan_takes(scene.model_copy(update={"elements": {element: e.model_copy(
-        update={"variations": n, "stereo": "pan"})}}), ref)
+        plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
+                           force))
     cache = TakeCache(cache_dir)
-    generate_missing([t.request for t in base], cache, ref, device, max_batch, log, progress)
-    files = []
-    for t in base:
-        got = cache.get(t.request.key)
-        if got is None:
-            raise RenderError(f"take seed {t.request.seed} is missing from the cache; run again")
-        from .audio_io import write_audio
-
-        path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
-        write_audio(path, got[0], got[1])
-        files.append((t.request.seed, path))
-    return files
+    generated: set[str] = set()
+    shared: list[RenderWarning] = []
+    for ref in refs.values():
+        wanted = [t.request for p in plans if p.model == ref.name
+                  for n, src in p.sources.items() if p.needs_audio(n)
+                  and (only_set is None or n in only_set) for t in src.takes]
+        done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress)
+        generated |= done
+        shared += warns
+    results = []
+    for p in plans:
+        if not p.redo_mix and p.previous is not None:
+            results.append(RenderResult(p.previous, p.directory, p.directory / "manifest.json",
+                                        True))
+            continue
+        try:
+            results.append(_mix(p, cache, generated, shared, only_set, jobs))
+        except OSError as e:
+            raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
+    return results

@@ -8,30 +8,34 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import yamlsrc
 from .audio_io import atomic_write_text, write_audio
 from .cache import TakeCache
 from .errors import SceneError
 from .generate import TakeRequest
 from .generate.models import resolve
+from .manifest import db
 from .master import integrated_loudness, limit, true_peak_db
-from .render import Log, generate_missing
 from .scene import (
     DEFAULT_MODEL,
     NAME_PATTERN,
     Ceiling,
     Decibels,
+    Defaults,
     Loudness,
     PositiveDuration,
-    _format_errors,
     derive_seed,
+    format_errors,
+    yamlsrc,
 )
+from .takes import Log, generate_missing
+from .warnings import RenderWarning
 
 
 class _M(BaseModel):
@@ -92,7 +96,7 @@ def load_sfx_list(path: str | Path) -> SfxList:
     try:
         return SfxList.model_validate(data)
     except ValidationError as e:
-        raise SceneError(_format_errors(e, str(path), src.line_of, None)) from None
+        raise SceneError(format_errors(e, str(path), src.line_of, None)) from None
 
 
 def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
@@ -126,25 +130,63 @@ def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
     return integrated_loudness(audio, sample_rate)
 
 
-def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
-               device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
-               max_batch: int = 8, log: Log | None = None, progress: Any = None) -> Path:
-    """Generate, trim, normalise and write every variation; returns the manifest path."""
-    log = log or (lambda s: None)
-    lst = load_sfx_list(path)
+@dataclass(frozen=True)
+class SfxVariation:
+    """One written variation of one sound."""
+
+    sound: str
+    prompt: str
+    seed: int
+    key: str
+    file: str  # relative to the list's folder
+    duration_s: float
+    loudness_lufs: float | None
+    true_peak_dbtp: float | None
+    generated: bool
+
+
+@dataclass(frozen=True)
+class SfxResult:
+    """What ``render_sfx`` wrote: the variations and the manifest beside them."""
+
+    name: str
+    directory: Path
+    manifest: Path
+    model: str
+    variations: tuple[SfxVariation, ...]
+    warnings: tuple[RenderWarning, ...] = ()
+
+    @property
+    def generated(self) -> int:
+        return sum(v.generated for v in self.variations)
+
+
+def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]:
+    """Every variation's take request (seeds seed, seed+1, ... per sound)."""
     d = lst.defaults
-    ref = resolve(model or lst.model, Path(path).parent)
-    identity = ref.identity
-    plan: list[tuple[Sound, TakeRequest]] = []
+    stride = Defaults().extend_stride  # one-shots are short; the scene default applies
+    plan = []
     for s in lst.sounds:
         base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
         for i in range(s.variations or d.variations):
             plan.append((s, TakeRequest(identity, s.prompt, s.duration or d.duration,
-                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, 5.0,
+                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, stride,
                                         base + i)))
+    return plan
+
+
+def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
+               device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
+               max_batch: int = 8, log: Log | None = None, progress: Any = None) -> SfxResult:
+    """Generate, trim, normalise and write every variation of an SFX list."""
+    log = log or (lambda s: None)
+    lst = load_sfx_list(path)
+    d = lst.defaults
+    ref = resolve(model or lst.model, Path(path).parent)
+    plan = sfx_requests(lst, ref.identity)
     cache = TakeCache(cache_dir)
-    generated = generate_missing([r for _, r in plan], cache, ref, device, max_batch, log,
-                                 progress)
+    generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
+                                           log, progress)
     root = Path(out) / lst.name
     entries = []
     for s, r in plan:
@@ -159,14 +201,12 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
         file = root / s.name / f"{s.name}-seed{r.seed}.{fmt}"
         write_audio(file, audio, sr)
-        entries.append({"sound": s.name, "prompt": s.prompt, "seed": r.seed, "key": r.key,
-                        "file": str(file.relative_to(root)), "duration_s": audio.shape[1] / sr,
-                        "loudness_lufs": round(loudness_for_short(audio, sr), 2),
-                        "true_peak_dbtp": round(true_peak_db(audio, sr), 2),
-                        "generated": r.key in generated})
+        entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, str(file.relative_to(root)),
+                                    audio.shape[1] / sr, db(loudness_for_short(audio, sr)),
+                                    db(true_peak_db(audio, sr)), r.key in generated))
     manifest = root / "manifest.json"
-    atomic_write_text(manifest, json.dumps({"list": lst.name, "source": str(path),
-                                            "model": ref.name, "variations": entries},
-                                           indent=2))
-    return manifest
-
+    atomic_write_text(manifest, json.dumps({
+        "list": lst.name, "source": str(path), "model": ref.name,
+        "variations": [asdict(v) for v in entries],
+        "warnings": [w.to_json() for w in warnings]}, indent=2))
+    return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))

@@ -30,7 +30,6 @@ from .audio_io import AtomicAudioWriter
 from .effects import chain_tail_s
 from .errors import RenderError
 from .mix import render_element
-from .scene import Element
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
 # measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
@@ -40,8 +39,7 @@ PARALLEL_MIN_WORK_S = 1200.0
 @dataclass(frozen=True)
 class StemJob:
     plan: ElementPlan
-    element: Element
-    takes: list[np.ndarray]  # at the scene rate
+    takes: list[np.ndarray]  # at the scene rate, in the element's stereo mode
     path: Path | None  # None: mixed but not written (``--only`` leaves the old stem)
     sample_rate: int
     duration_s: float  # the scene's
@@ -52,11 +50,10 @@ class StemJob:
         the whole timeline; effects run wherever the element sounds or its tail rings, in
         stereo when plays carry pans of their own. (Calibrated on benchmarks/mix.py: an
         element's effects, not its sounding length, make the difference.)"""
-        pans = {c.pan for c in self.plan.clips} | {lp.pan for lp in self.plan.loops}
-        stereo = len(pans) > 1 or any(t.shape[0] > 1 for t in self.takes)
+        stereo = len(self.plan.pans) > 1 or any(t.shape[0] > 1 for t in self.takes)
         ch = 2.0 if stereo else 1.0
         base = self.duration_s * (1.0 + ch)
-        effects = tuple(self.element.effects)
+        effects = self.plan.effects
         if not effects:
             return base
         tail = chain_tail_s(effects)
@@ -114,9 +111,8 @@ def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channe
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
         with writer as w:
-            meter = render_element(job.plan, job.element, job.takes, sample_rate, channels,
-                                   total, mix, None if w is None else w.write,
-                                   tuple(job.element.effects))
+            meter = render_element(job.plan, job.takes, sample_rate, channels, total, mix,
+                                   None if w is None else w.write)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak))
     return measures
@@ -191,3 +187,30 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
     by_name = {m.name: m for m in measures}
     return mix, {j.plan.name: by_name[j.plan.name] for j in jobs}
 
+
+
+def add_stem_file(path: Path, mix: np.ndarray, block: int = 1 << 18) -> None:
+    """Add a stem written by an earlier render into ``mix``, read block by block.
+
+    Raises:
+        RenderError: the file is unreadable or its shape is not the mix's.
+    """
+    from pedalboard.io import AudioFile
+
+    try:
+        with AudioFile(str(path)) as f:
+            if f.num_channels != mix.shape[0] or f.frames != mix.shape[1]:
+                raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
+                                  f"{mix.shape[0]} x {mix.shape[1]}; render with --force")
+            pos = 0
+            while pos < mix.shape[1]:
+                chunk = f.read(min(block, mix.shape[1] - pos))
+                if chunk.shape[1] == 0:
+                    raise RenderError(f"{path} ends early; render with --force")
+                mix[:, pos:pos + chunk.shape[1]] += chunk
+                pos += chunk.shape[1]
+    except RenderError:
+        raise
+    except Exception as e:  # pedalboard raises several types for unreadable files
+        raise RenderError(f"cannot read the kept stem {path} ({e}); render with --force") \
+            from None

@@ -158,7 +158,7 @@ def test_worker_processes_render_the_same_stems_and_mix(tmp_path: Path) -> None:
     ma, _ = read_audio(one.mix)
     mb, _ = read_audio(two.mix)
     np.testing.assert_allclose(ma, mb, atol=1e-6)  # summation order differs, nothing else
-    ja, jb = (json.loads(r.manifest.read_text()) for r in (one, two))
+    ja, jb = (json.loads(r.manifest_path.read_text()) for r in (one, two))
     assert [e["loudness_lufs"] for e in ja["elements"]] == \
         [e["loudness_lufs"] for e in jb["elements"]]
     assert ja["mix"]["loudness_lufs"] == pytest.approx(-20, abs=0.5)
@@ -210,9 +210,11 @@ def test_a_stem_over_full_scale_warns_unless_float(tmp_path: Path) -> None:
     scene.write_text("name: l\nduration: 2 s\nelements:\n"
                      "  loud: {file: loud.wav, loop: true, volume: +6 dB}\n")
     [res] = render(scene, out=tmp_path / "o")
-    assert any("stem loud peaks at +" in w and "--bit-depth 32" in w for w in res.warnings)
+    [warning] = [w for w in res.warnings if w.stage == "mix"]
+    assert warning.element == "loud" and warning.limit == 1.0 and warning.new > 1.0
+    assert "stem loud peaks at +" in warning.message and "--bit-depth 32" in warning.message
     [res] = render(scene, out=tmp_path / "f", bit_depth=32)
-    assert not any("stem loud" in w for w in res.warnings)
+    assert not any("stem loud" in w.message for w in res.warnings)
     stem, _ = read_audio(res.stems["loud"])
     assert np.abs(stem).max() > 1.0  # float stems keep what is over full scale
 

@@ -59,7 +59,7 @@ def test_master_hits_target_under_ceiling(material: str, target: float, ceiling:
     x = x.astype(np.float32)
     y, report = master(x, sr, target, ceiling)
     assert tp8(y) <= ceiling + 0.1
-    if not report.notes:
+    if not report.warnings:
         assert integrated_loudness(y, sr) == pytest.approx(target, abs=0.5)
 
 
@@ -160,7 +160,7 @@ def test_manifest_records_placements_and_levels(tmp_path: Path) -> None:
     import json
 
     [res] = render(_file_scene(tmp_path, master="loudness: -20 LUFS"), out=tmp_path / "o")
-    m = json.loads(res.manifest.read_text())
+    m = json.loads(res.manifest_path.read_text())
     assert m["mix"]["loudness_lufs"] == pytest.approx(-20, abs=0.5)
     assert m["mix"]["true_peak_dbtp"] <= -0.9
     click = next(e for e in m["elements"] if e["element"] == "click")
@@ -184,8 +184,9 @@ def test_cut_placements_warn_with_old_and_new_length() -> None:
     s = scene_from_dict({"duration": 60, "elements": {"thunder": {"prompt": "t", "at": 58}}})
     arr = arrange(s, {"thunder": 5.0})
     assert arr.elements[0].clips[0].length_s == pytest.approx(2.0)
-    assert arr.warnings == ("thunder at 58.0 s + 5.0 s exceeds the 60.0 s scene; trimmed to "
-                            "2.0 s",)
+    [w] = arr.warnings
+    assert w.message == "thunder at 58.0 s + 5.0 s exceeds the 60.0 s scene; trimmed to 2.0 s"
+    assert (w.stage, w.element, w.old, w.limit, w.new) == ("arrange", "thunder", 5.0, 2.0, 2.0)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])

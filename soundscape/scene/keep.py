@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .audio_io import atomic_write_text
-from .errors import SceneError
+from ..audio_io import atomic_write_text
+from ..errors import SceneError
 
 
 def keep_seed(scene_path: str | Path, element: str, seed: int) -> None:

@@ -1,0 +1,64 @@
+"""The iteration loop: a full render, a re-render with nothing changed, a one-element volume edit.
+
+    uv run python benchmarks/iterate.py [--minutes 10] [--elements 12] [--tmp DIR]
+
+Builds the same 12-element stereo 48 kHz scene of synthetic takes (with effects) as
+benchmarks/mix.py, renders it once, renders it again unchanged, then changes one element's
+volume and renders again. Prints the three wall times and the two re-renders as ratios to the
+full render (a ratio of 0.01 is 100x faster), and which files each re-render wrote. Each render
+runs in a fresh Python process through the command line, as a user runs it, so the times include
+start-up and imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mix import make_scene  # noqa: E402  (the mixing benchmark's scene)
+
+
+def files(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def run(scene: Path, out: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "soundscape", "render", str(scene), "--out", str(out)],
+                   check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--elements", type=int, default=12)
+    p.add_argument("--tmp", help="where the scene and renders go (default: the temp folder)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp)
+        scene = make_scene(root / "scene", args.minutes, args.elements)
+        out = root / "out"
+        t_full = run(scene, out)
+        before = files(out)
+        t_same = run(scene, out)
+        same_written = [p for p, t in files(out).items() if before.get(p) != t]
+        text = scene.read_text()
+        scene.write_text(text.replace("  e1: {", "  e1: {volume: -3 dB, ", 1))
+        before = files(out)
+        t_edit = run(scene, out)
+        edit_written = sorted(str(p.relative_to(out)) for p, t in files(out).items()
+                              if before.get(p) != t)
+        print(f"{args.elements} elements, {args.minutes:g} min stereo 48 kHz")
+        print(f"full render:          {t_full:7.2f} s")
+        print(f"no change:            {t_same:7.2f} s  ratio {t_same / t_full:.3f}  "
+              f"files written: {len(same_written)}")
+        print(f"one volume edit:      {t_edit:7.2f} s  ratio {t_edit / t_full:.3f}  "
+              f"files written: {', '.join(edit_written)}")
+        print(f"speedup vs full render: no change {t_full / t_same:.1f}x, "
+              f"one volume edit {t_full / t_edit:.1f}x")

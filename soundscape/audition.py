@@ -1,0 +1,53 @@
+"""Audition: N takes of one element with distinct seeds, written side by side to choose from.
+
+Input: a scene file and an element name. Output: ``<out>/<scene>/takes/<element>/
+<element>-seed<SEED>.wav``, one per seed, at the model's rate. Keeping one (``--keep SEED``) is
+``scene.keep.keep_seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .audio_io import write_audio
+from .cache import TakeCache
+from .errors import RenderError, SoundscapeError
+from .generate.models import resolve
+from .scene import load_scene
+from .takes import Log, Progress, generate_missing, take_requests
+
+
+def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
+             out: str | Path = "renders", model: str | None = None, device: str = "auto",
+             cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
+             progress: Progress | None = None) -> list[tuple[int, Path]]:
+    """Generate ``n`` takes of one element with distinct seeds (one batch) and write each.
+
+    Returns ``(seed, path)`` per take, seeds in order.
+    """
+    log = log or (lambda s: None)
+    scene = load_scene(scene_path, variant)
+    if element not in scene.elements:
+        raise SoundscapeError(f"{scene_path}: no element '{element}'; elements: "
+                              f"{', '.join(scene.elements)}")
+    e = scene.elements[element]
+    if e.prompt is None:
+        raise SoundscapeError(f"{element} plays a file, not a prompt; nothing to audition")
+    ref = resolve(model or scene.model, scene.base_dir)
+    one = scene.model_copy(update={"elements": {element: e.model_copy(
+        update={"variations": n, "stereo": "pan"})}})
+    takes = take_requests(one, element, ref.identity)
+    cache = TakeCache(cache_dir)
+    _, warnings = generate_missing([t.request for t in takes], cache, ref, device, max_batch,
+                                   log, progress)
+    for w in warnings:
+        log(f"warning: {w}")
+    files = []
+    for t in takes:
+        got = cache.get(t.request.key)
+        if got is None:
+            raise RenderError(f"take seed {t.request.seed} is missing from the cache; run again")
+        path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
+        write_audio(path, got[0], got[1])
+        files.append((t.request.seed, path))
+    return files

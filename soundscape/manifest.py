@@ -1,0 +1,164 @@
+"""Manifest: the typed record of one render, written as ``manifest.json`` and read back.
+
+Input: what the stages produced (plans, takes, stem and mix measurements, warnings). Output:
+``Manifest`` values (frozen dataclasses) and their JSON. The CLI and the Python API read these
+types; the next render reads the JSON back to find the stems it can keep (``incremental``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .arrange import Clip, LoopRun
+from .takes import Take
+from .warnings import RenderWarning
+
+MANIFEST_VERSION = 2
+
+
+def db(x: float | None) -> float | None:
+    """A level for JSON: rounded to 0.01 dB, None for -inf (silence) or NaN."""
+    return None if x is None or not math.isfinite(x) else round(x, 2)
+
+
+@dataclass(frozen=True)
+class TakeRecord:
+    index: int
+    key: str
+    seed: int
+    prompt: str
+    duration_s: float
+    settings: dict[str, float | int]
+    model: str
+    generated: bool
+
+    @classmethod
+    def of(cls, t: Take, generated: bool) -> TakeRecord:
+        r = t.request
+        return cls(t.index, r.key, r.seed, r.prompt, r.duration_s, r.settings, r.model,
+                   generated)
+
+
+def placement_json(p: LoopRun | Clip) -> dict[str, Any]:
+    if isinstance(p, LoopRun):
+        return {"type": "loop", "start_s": p.start_s, "end_s": p.end_s, "times": p.times,
+                "crossfade_s": p.crossfade_s}
+    return {"type": "play", "start_s": round(p.start_s, 6), "length_s": round(p.length_s, 6),
+            "take": p.take, "gain_db": round(p.gain_db, 3), "pan": round(p.pan, 4)}
+
+
+@dataclass(frozen=True)
+class StemRecord:
+    """One element: where it plays, its takes, and its stem file with its measurements."""
+
+    element: str
+    source: str  # "prompt" or "file"
+    file: str | None
+    placements: tuple[dict[str, Any], ...]
+    takes: tuple[TakeRecord, ...]
+    stem: str | None  # relative to the render's folder; None: not written (--only)
+    loudness_lufs: float | None
+    true_peak_dbtp: float | None
+    sample_peak: float = 0.0  # linear, before the file's format clips it
+    key: str = ""  # everything that changes the stem (incremental renders)
+    rendered: bool = True  # re-rendered by this render (False: kept from an earlier one)
+    bytes: int = 0  # size of the stem file, to notice a replaced or truncated file
+
+    @property
+    def generated(self) -> int:
+        return sum(t.generated for t in self.takes)
+
+
+@dataclass(frozen=True)
+class MixRecord:
+    file: str
+    loudness_lufs: float | None
+    true_peak_dbtp: float | None
+    pre_master_lufs: float | None
+    gain_db: float
+    limiter_reduction_db: float
+    target_lufs: float | None
+    ceiling_dbtp: float
+    key: str = ""
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    scene: str
+    variant: str | None
+    scene_file: str | None
+    duration_s: float
+    sample_rate: int
+    channels: int
+    format: str
+    bit_depth: int | None
+    model: str  # the model actually used (the --model override, else the scene's)
+    rendered: str  # local time of the render, ISO 8601
+    only: tuple[str, ...] | None
+    mix: MixRecord
+    elements: tuple[StemRecord, ...]
+    generated: int
+    cached: int
+    warnings: tuple[RenderWarning, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    manifest_version: int = MANIFEST_VERSION
+
+    def element(self, name: str) -> StemRecord | None:
+        return next((e for e in self.elements if e.element == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, RenderWarning):
+                return v.to_json()
+            if isinstance(v, tuple | list):
+                return [plain(x) for x in v]
+            if hasattr(v, "__dataclass_fields__"):
+                return {k: plain(getattr(v, k)) for k in v.__dataclass_fields__}
+            return v
+
+        out: dict[str, Any] = plain(self)
+        return out
+
+    def write(self, path: Path) -> None:
+        from .audio_io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Manifest:
+        """Read a manifest written by this version; raises KeyError/TypeError otherwise."""
+        if data.get("manifest_version") != MANIFEST_VERSION:
+            raise KeyError("manifest_version")
+        elements = tuple(
+            StemRecord(**{**e, "placements": tuple(e["placements"]),
+                          "takes": tuple(TakeRecord(**t) for t in e["takes"])})
+            for e in data["elements"])
+        return cls(**{**data, "mix": MixRecord(**data["mix"]), "elements": elements,
+                      "only": tuple(data["only"]) if data["only"] else None,
+                      "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest at ``path``, or None when it is missing, damaged or from another version."""
+    try:
+        return Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    v = {"soundscape": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "pedalboard", "pyloudnorm", "soxr", "audiocraft", "torch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            v[pkg] = metadata.version(pkg)
+    return v
+
