@@ -55,6 +55,56 @@ def atomic_write_text(target: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def _wav_data_short(path: Path) -> int:
+    """Bytes missing from a WAV file's data chunk (its header says more than the file holds).
+
+    Decoders fill what is missing with silence, so a truncated download would play as a gap.
+    Returns 0 when whole or not a RIFF/WAVE file.
+    """
+    import struct
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return 0
+            size = path.stat().st_size
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk_id, length = struct.unpack("<4sI", f.read(8))
+                if chunk_id == b"data":
+                    return max(0, pos + 8 + length - size) if length != 0xFFFFFFFF else 0
+                pos += 8 + length + (length & 1)
+    except OSError:
+        return 0
+    return 0
+
+
+def audio_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be used as audio (missing, a folder, undecodable, empty, truncated),
+    or None when it can. Reads the header only."""
+    p = Path(path)
+    if p.is_dir():
+        return "is a folder, not an audio file"
+    if not p.is_file():
+        return "not found"
+    try:
+        from pedalboard.io import AudioFile
+
+        with AudioFile(str(p)) as f:
+            frames = f.frames
+    except Exception as e:  # pedalboard raises several types for unreadable files
+        first = str(e).split(";")[0].split(":")[0] if str(e) else type(e).__name__
+        return f"is not readable audio ({first}); use wav, flac, ogg or mp3"
+    if frames == 0:
+        return "holds no audio"
+    short = _wav_data_short(p)
+    if short:
+        return f"is truncated ({short} bytes of its audio are missing); copy it again"
+    return None
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read any file pedalboard.io can decode.
 
@@ -87,6 +137,32 @@ def _writer_options(fmt: str, bit_depth: int | None) -> dict[str, object]:
     if fmt == "mp3":
         return {"quality": "V0"}
     return {}
+
+
+def output_problem(fmt: str, sample_rate: int, channels: int, bit_depth: int | None) -> str | None:
+    """Why pedalboard cannot write ``fmt`` at this rate, channel count and bit depth, or None.
+
+    Asked of the encoder itself (an empty in-memory file), so the answer is the library's.
+    """
+    if fmt not in FORMATS:
+        return f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}"
+    if bit_depth is not None and bit_depth not in WAV_BIT_DEPTHS:
+        return f"--bit-depth {bit_depth} is not supported; use 16, 24 or 32"
+    if bit_depth == 32 and fmt != "wav":
+        return f"32-bit float is written as wav only; use --format wav or --bit-depth 24 ({fmt})"
+    import io
+
+    from pedalboard.io import AudioFile
+
+    try:
+        with AudioFile(io.BytesIO(), "w", sample_rate, channels, format=fmt,  # type: ignore
+                       **_writer_options(fmt, bit_depth)):
+            pass
+    except Exception as e:  # pedalboard raises ValueError, sometimes RuntimeError
+        reason = str(e).split("\n")[0]
+        return f"cannot write {fmt} at {sample_rate} Hz ({reason}); use wav or flac, or a rate "\
+               f"the format supports"
+    return None
 
 
 class AtomicAudioWriter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,10 +43,29 @@ def main_callback(
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
+    """The error boundary: a user mistake or a failing dependency or system is one ``Error:``
+    line and exit 1, never a traceback (SOUNDSCAPE_DEBUG=1 shows it for a bug report)."""
     try:
         yield
     except SoundscapeError as e:
         _err(str(e))
+        raise typer.Exit(1) from None
+    except MemoryError:
+        _err("out of memory; shorten the scene, use fewer or shorter elements, or --jobs 1")
+        raise typer.Exit(1) from None
+    except OSError as e:
+        if os.environ.get("SOUNDSCAPE_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        _err(f"{e.strerror or e}{where}; check the path, its permissions and free disk space")
+        raise typer.Exit(1) from None
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception as e:
+        if os.environ.get("SOUNDSCAPE_DEBUG"):
+            raise
+        _err(f"unexpected failure: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+             f" (a bug: please report it with the output of SOUNDSCAPE_DEBUG=1)")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo("Interrupted; finished takes are cached and no partial file was left.",
@@ -138,7 +158,23 @@ def plan(scene: Path, variant: Annotated[str | None, typer.Option(help="Variant 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 Model = Annotated[str | None, typer.Option("--model", help="Hub id or checkpoint directory "
                                            "(overrides the scene).")]
-Device = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.")]
+def _one_of(option: str, allowed: tuple[Any, ...]) -> Callable[[Any], Any]:
+    """A parse-time check for a choice, so a typo fails before any heavy import, in one line."""
+    def check(value: Any) -> Any:
+        if value is not None and value not in allowed:
+            _err(f"{option} {value} is not one of {', '.join(map(str, allowed))}")
+            raise typer.Exit(2)
+        return value
+
+    return check
+
+
+Device = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.",
+                                     callback=_one_of("--device", ("auto", "cuda", "mps", "cpu")))]
+Format = Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.",
+                                     callback=_one_of("--format", ("wav", "flac", "ogg", "mp3")))]
+BitDepth = Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav.",
+                                              callback=_one_of("--bit-depth", (16, 24, 32)))]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Take cache (default: "
                                                "$SOUNDSCAPE_CACHE_DIR or the user cache).")]
 Batch = Annotated[int, typer.Option("--max-batch", min=1, help="Most takes per batch.")]
@@ -151,8 +187,8 @@ def render(
     all_variants: Annotated[bool, typer.Option("--all-variants", help="Render the base and "
                                                "every variant.")] = False,
     out: Out = Path("renders"),
-    fmt: Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.")] = "wav",
-    bit_depth: Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav.")] = None,
+    fmt: Format = "wav",
+    bit_depth: BitDepth = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Generate and rewrite only "
                                                    "this element (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Render every stem again, even those "
@@ -175,12 +211,9 @@ def render(
     if variant and all_variants:
         _err("give --variant NAME or --all-variants, not both")
         raise typer.Exit(1)
-    if bit_depth is not None and bit_depth not in (16, 24, 32):
-        _err(f"--bit-depth {bit_depth} is not supported; use 16, 24 or 32")
-        raise typer.Exit(1)
     with _user_errors(), _progress() as progress:
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
-                            fmt=fmt.lower(), bit_depth=bit_depth, only=only, model=model,
+                            fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
                             progress=progress, jobs=jobs, force=force)
     console = Console()
@@ -251,7 +284,7 @@ def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8,
-    fmt: Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.")] = "wav",
+    fmt: Format = "wav",
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
     from .sfx import render_sfx

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import units
+from .units import show
 
 
 @dataclass(frozen=True)
@@ -188,14 +189,14 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
         if args is None:
             args = {}
     else:
-        raise ValueError(f"{raw!r} is not an effect; write a name such as 'reverb' or a mapping "
-                         f"such as {{lowpass: {{cutoff: 8 kHz}}}}")
+        raise ValueError(f"{show(raw)} is not an effect; write a name such as 'reverb' or a "
+                         f"mapping such as {{lowpass: {{cutoff: 8 kHz}}}}")
     if not isinstance(name, str) or name not in EFFECTS:
-        raise ValueError(f"unknown effect {name!r}; {_suggest(str(name), names)}"
+        raise ValueError(f"unknown effect {show(name)}; {_suggest(str(name), names)}"
                          f"valid effects: {', '.join(names)}")
     if not isinstance(args, dict):
         raise ValueError(f"the parameters of {name} must be a mapping such as "
-                         f"{{{next(iter(EFFECTS[name].params), 'ir')}: ...}}, not {args!r}")
+                         f"{{{next(iter(EFFECTS[name].params), 'ir')}: ...}}, not {show(args)}")
     definition = EFFECTS[name]
     allowed = sorted(definition.params) + (["ir"] if definition.needs_ir else [])
     values: dict[str, float] = {k: p.default for k, p in definition.params.items()}
@@ -203,15 +204,22 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
     for key, value in args.items():
         if key == "ir" and definition.needs_ir:
             if not isinstance(value, str):
-                raise ValueError(f"{name}.ir: {value!r} is not a file path")
-            path = Path(value) if base_dir is None else base_dir / value
-            if not path.is_file():
-                raise ValueError(f"{name}.ir: impulse response {value!r} not found "
+                raise ValueError(f"{name}.ir: {show(value)} is not a file path")
+            path = Path(value).expanduser()
+            if base_dir is not None and not path.is_absolute():
+                path = base_dir / path
+            if not path.exists():
+                raise ValueError(f"{name}.ir: impulse response {show(value)} not found "
                                  f"(looked at {path}); give a path relative to the scene file")
+            from .audio_io import audio_file_problem
+
+            problem = audio_file_problem(path)
+            if problem is not None:
+                raise ValueError(f"{name}.ir: impulse response {show(value)} {problem}")
             ir_path = str(path)
             continue
         if key not in definition.params:
-            raise ValueError(f"{name} has no parameter {key!r}; {_suggest(str(key), allowed)}"
+            raise ValueError(f"{name} has no parameter {show(key)}; {_suggest(str(key), allowed)}"
                              f"valid parameters: {', '.join(allowed)}")
         p = definition.params[key]
         try:
@@ -219,7 +227,7 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
         except ValueError as e:
             raise ValueError(f"{name}.{key}: {e}") from None
         if not p.low <= v <= p.high:
-            raise ValueError(f"{name}.{key}: {value!r} is outside {p.low:g}..{p.high:g}"
+            raise ValueError(f"{name}.{key}: {show(value)} is outside {p.low:g}..{p.high:g}"
                              f"{(' ' + p.unit) if p.unit else ''}")
         values[key] = v
     if definition.needs_ir and ir_path is None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .arrange import Arrangement, arrange
-from .audio_io import FORMATS, AtomicAudioWriter
+from .audio_io import AtomicAudioWriter, output_problem
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
 from .generate.models import ModelRef, resolve
@@ -281,11 +281,15 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     again. ``jobs``: processes that render stems (None: one per CPU core for long scenes).
     """
     log = log or (lambda s: None)
-    if fmt not in FORMATS:
-        raise SoundscapeError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
+    for s in scenes:  # before anything is generated or mixed
+        problem = output_problem(fmt, s.sample_rate, s.channels, bit_depth)
+        if problem is not None:
+            raise SoundscapeError(f"{s.label}: {problem}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise SoundscapeError(f"--out {out} is a file; give a folder for the renders")
     only_set = set(only) if only else None
     if only_set:
         for s in scenes:

@@ -19,6 +19,12 @@ _TIME_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "secon
 _FREQ_UNITS = {"": 1.0, "hz": 1.0, "khz": 1000.0}
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for a message, shortened: a megabyte-long bad value is not echoed back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}...{text[-8:]} ({len(text)} chars)"
+
+
 def _split(value: str) -> tuple[float, str] | None:
     m = _UNIT_RE.match(value)
     if not m:
@@ -48,7 +54,8 @@ def parse_duration(value: Any) -> float:
         parts = _split(value)
         if parts and parts[1].lower() in _TIME_UNITS:
             return parts[0] * _TIME_UNITS[parts[1].lower()]
-    raise ValueError(f"{value!r} is not a duration; write e.g. 2.5, '2.5 s', '500 ms' or '1:30'")
+    raise ValueError(f"{show(value)} is not a duration; write e.g. 2.5, '2.5 s', '500 ms' or "
+                     f"'1:30'")
 
 
 def parse_level_db(value: Any) -> float:
@@ -56,7 +63,7 @@ def parse_level_db(value: Any) -> float:
     n = _check_number(value)
     if n is not None:
         if n < 0:
-            raise ValueError(f"{value!r} is a negative linear gain; write a level in dB as "
+            raise ValueError(f"{show(value)} is a negative linear gain; write a level in dB as "
                              f"'{n:g} dB', or a linear gain >= 0 such as 0.5")
         return -math.inf if n == 0 else 20.0 * math.log10(n)
     if isinstance(value, str):
@@ -65,7 +72,7 @@ def parse_level_db(value: Any) -> float:
             return parts[0]
         if value.strip().lower() in ("-inf db", "-inf", "silent", "off"):
             return -math.inf
-    raise ValueError(f"{value!r} is not a level; write e.g. '-6 dB' or 0.5")
+    raise ValueError(f"{show(value)} is not a level; write e.g. '-6 dB' or 0.5")
 
 
 def parse_db(value: Any, what: str = "gain") -> float:
@@ -77,7 +84,7 @@ def parse_db(value: Any, what: str = "gain") -> float:
         parts = _split(value)
         if parts and parts[1].lower() in ("db", "dbfs", ""):
             return parts[0]
-    raise ValueError(f"{value!r} is not a {what} in dB; write e.g. -6 or '-6 dB'")
+    raise ValueError(f"{show(value)} is not a {what} in dB; write e.g. -6 or '-6 dB'")
 
 
 def parse_lufs(value: Any) -> float:
@@ -88,10 +95,10 @@ def parse_lufs(value: Any) -> float:
         if parts and parts[1].lower() in ("lufs", "lkfs", ""):
             n = parts[0]
     if n is None:
-        raise ValueError(f"{value!r} is not a loudness; write e.g. '-16 LUFS' or -16")
+        raise ValueError(f"{show(value)} is not a loudness; write e.g. '-16 LUFS' or -16")
     if not -70.0 <= n <= 0.0:
-        raise ValueError(f"{value!r} is outside -70..0 LUFS; typical targets are -23 (broadcast), "
-                         f"-16 (podcasts, games) or -14 (streaming)")
+        raise ValueError(f"{show(value)} is outside -70..0 LUFS; typical targets are -23 "
+                         f"(broadcast), -16 (podcasts, games) or -14 (streaming)")
     return n
 
 
@@ -103,9 +110,9 @@ def parse_dbtp(value: Any) -> float:
         if parts and parts[1].lower() in ("dbtp", "db", ""):
             n = parts[0]
     if n is None:
-        raise ValueError(f"{value!r} is not a true-peak ceiling; write e.g. '-1 dBTP' or -1")
+        raise ValueError(f"{show(value)} is not a true-peak ceiling; write e.g. '-1 dBTP' or -1")
     if not -20.0 <= n <= 0.0:
-        raise ValueError(f"{value!r} is outside -20..0 dBTP; -1 dBTP is the usual ceiling")
+        raise ValueError(f"{show(value)} is outside -20..0 dBTP; -1 dBTP is the usual ceiling")
     return n
 
 
@@ -117,7 +124,7 @@ def parse_hz(value: Any) -> float:
         if parts and parts[1].lower() in _FREQ_UNITS:
             n = parts[0] * _FREQ_UNITS[parts[1].lower()]
     if n is None or n <= 0:
-        raise ValueError(f"{value!r} is not a frequency; write e.g. 8000, '8 kHz' or '500 Hz'")
+        raise ValueError(f"{show(value)} is not a frequency; write e.g. 8000, '8 kHz' or '500 Hz'")
     return n
 
 
@@ -132,14 +139,14 @@ def parse_ms(value: Any) -> float:
             return parts[0]
         if parts and parts[1].lower() in _TIME_UNITS:
             return parts[0] * _TIME_UNITS[parts[1].lower()] * 1000.0
-    raise ValueError(f"{value!r} is not a time in milliseconds; write e.g. 30 or '30 ms'")
+    raise ValueError(f"{show(value)} is not a time in milliseconds; write e.g. 30 or '30 ms'")
 
 
 def parse_float(value: Any) -> float:
     """A plain number (no unit)."""
     n = _check_number(value)
     if n is None:
-        raise ValueError(f"{value!r} is not a number; write e.g. 0.5")
+        raise ValueError(f"{show(value)} is not a number; write e.g. 0.5")
     return n
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SceneError
+from ..units import show
 from . import yamlsrc
 from .models import Scene
 
@@ -106,13 +107,13 @@ def _friendly(err: dict[str, Any]) -> str:
         return msg.split(", ", 1)[1] if msg.startswith(("Value error, ", "Assertion failed, ")) \
             else msg
     if kind == "string_pattern_mismatch":
-        return (f"{value!r} is not a usable name; use letters, digits, '_' and '-' (it names "
+        return (f"{show(value)} is not a usable name; use letters, digits, '_' and '-' (it names "
                 f"files), e.g. 'rain_heavy'")
     if kind == "literal_error":
-        return f"{value!r} is not allowed; {msg[0].lower()}{msg[1:]}"
+        return f"{show(value)} is not allowed; {msg[0].lower()}{msg[1:]}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{value!r} is not a mapping; write 'key: value' lines indented under it"
-    return f"{value!r}: {msg[0].lower()}{msg[1:]}" if value is not None else msg
+        return f"{show(value)} is not a mapping; write 'key: value' lines indented under it"
+    return f"{show(value)}: {msg[0].lower()}{msg[1:]}" if value is not None else msg
 
 
 def format_errors(e: ValidationError, file: str, lines_of: Any, variant: str | None,
@@ -144,9 +145,16 @@ def _validate(data: Any, file: str, base_dir: Path | None, line_of: Any,
         raise SceneError(format_errors(e, file, line_of, variant)) from None
 
 
+MAX_FILE_BYTES = 1 << 20
+
+
 def _read(path: Path) -> tuple[yamlsrc.Source, str]:
     display = str(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SceneError(f"{display}: the file is {size / 2**20:.1f} MiB; a scene is at most "
+                             f"1 MiB of YAML (is this the right file?)")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SceneError(f"{display}: no such scene file") from None

@@ -26,9 +26,19 @@ from pydantic import (
 )
 
 from .. import units
+from ..audio_io import audio_file_problem
 from ..effects import EffectSpec, effect_json_schema, parse_effect
+from ..units import show
 
 DEFAULT_MODEL = "facebook/audiogen-medium"
+# Ceilings (stated in the schema): past them a render cannot be what the user meant, or cannot
+# fit in memory or on a disk; each gives one clear error instead.
+MAX_SCENE_S = 24 * 3600.0
+MAX_TAKE_S = 300.0  # AudioGen extends past its 10 s window: 5 min is ~8 min of model time
+MAX_ELEMENTS = 256
+MAX_PLAYS = 10_000  # at: times, and automation keyframes
+MAX_EFFECTS = 32
+RESERVED_VARIANTS = ("stems", "takes", "loops", "pools")  # folders of the base render
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
 _NUM_OR_STR = [{"type": "number"}, {"type": "string"}]
@@ -41,14 +51,30 @@ def _schema(description_of_units: str) -> WithJsonSchema:
 def _nonneg_duration(v: Any) -> float:
     s = units.parse_duration(v)
     if s < 0:
-        raise ValueError(f"{v!r} is negative; durations and times are >= 0")
+        raise ValueError(f"{show(v)} is negative; durations and times are >= 0")
     return s
 
 
 def _pos_duration(v: Any) -> float:
     s = units.parse_duration(v)
     if s <= 0:
-        raise ValueError(f"{v!r} must be longer than 0 s")
+        raise ValueError(f"{show(v)} must be longer than 0 s")
+    return s
+
+
+def _take_duration(v: Any) -> float:
+    s = _pos_duration(v)
+    if s > MAX_TAKE_S:
+        raise ValueError(f"{show(v)} is longer than the {MAX_TAKE_S / 60:g} min a take may last; "
+                         f"use a shorter take and loop it, or several elements")
+    return s
+
+
+def _scene_duration(v: Any) -> float:
+    s = _pos_duration(v)
+    if s > MAX_SCENE_S:
+        raise ValueError(f"{show(v)} is longer than the {MAX_SCENE_S / 3600:g} h a scene may last; "
+                         f"render it in parts")
     return s
 
 
@@ -69,10 +95,10 @@ def _pan(v: Any) -> float:
     try:
         p = units.parse_float(v)
     except ValueError:
-        raise ValueError(f"{v!r} is not a pan position; write a number from -1 (left) "
+        raise ValueError(f"{show(v)} is not a pan position; write a number from -1 (left) "
                          f"to 1 (right), or left/center/right") from None
     if not -1.0 <= p <= 1.0:
-        raise ValueError(f"{v!r} is outside -1..1; -1 is hard left, 1 is hard right")
+        raise ValueError(f"{show(v)} is outside -1..1; -1 is hard left, 1 is hard right")
     return p
 
 
@@ -81,6 +107,11 @@ Duration = Annotated[float, BeforeValidator(_nonneg_duration),
                              "'2 min', '1:30').")]
 PositiveDuration = Annotated[float, BeforeValidator(_pos_duration),
                              _schema("Seconds > 0: a number or '2.5 s', '500 ms', '1:30'.")]
+TakeDuration = Annotated[float, BeforeValidator(_take_duration),
+                         _schema("Seconds, > 0 and at most 300: a number or '2.5 s', '1:30'.")]
+SceneDuration = Annotated[float, BeforeValidator(_scene_duration),
+                          _schema("Seconds, > 0 and at most 24 h: a number or '90 s', '2 min', "
+                                  "'1:30', '3 h'.")]
 Level = Annotated[float, BeforeValidator(units.parse_level_db),
                   _schema("A level: '-6 dB', or a linear gain such as 0.5 (0 is silence).")]
 Decibels = Annotated[float, BeforeValidator(units.parse_db),
@@ -111,10 +142,10 @@ class _Model(BaseModel):
 class Defaults(_Model):
     """Generation settings every element inherits unless it sets its own."""
 
-    duration: PositiveDuration = Field(5.0, description="Length of each generated take. AudioGen "
-                                       "generates 10 s at once; longer takes are extended in "
-                                       "steps of extend_stride (slower). Prefer a short take "
-                                       "plus loop for beds.")
+    duration: TakeDuration = Field(5.0, description="Length of each generated take (at most "
+                                   "5 min). AudioGen generates 10 s at once; longer takes are "
+                                   "extended in steps of extend_stride (slower). Prefer a short "
+                                   "take plus loop for beds.")
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature; lower is "
                                "more conservative.")
     top_k: int = Field(250, ge=0, le=4096, description="Sample from the k most likely tokens "
@@ -168,7 +199,8 @@ class Scatter(_Model):
     @classmethod
     def _pair(cls, v: Any) -> Any:
         if v is not None and (not isinstance(v, list | tuple) or len(v) != 2):
-            raise ValueError(f"{v!r} is not an interval; write [min, max], e.g. ['4 s', '12 s']")
+            raise ValueError(f"{show(v)} is not an interval; write [min, max], e.g. "
+                             f"['4 s', '12 s']")
         return v
 
     @field_validator("density", mode="before")
@@ -182,7 +214,7 @@ class Scatter(_Model):
                         return float(text[: -len(suffix)]) * per
                     except ValueError:
                         break
-            raise ValueError(f"{v!r} is not a density; write events per minute, e.g. 6 or "
+            raise ValueError(f"{show(v)} is not a density; write events per minute, e.g. 6 or "
                              f"'6/min' or '0.1/s'")
         return v
 
@@ -209,8 +241,8 @@ class Element(_Model):
     prompt: str | None = Field(None, min_length=1, description="What AudioGen should generate.")
     file: str | None = Field(None, description="A recording to use instead of a prompt "
                              "(any rate, any channels), relative to the scene file.")
-    duration: PositiveDuration | None = Field(None, description="Length of the generated take "
-                                              "(default: defaults.duration).")
+    duration: TakeDuration | None = Field(None, description="Length of the generated take, at "
+                                          "most 5 min (default: defaults.duration).")
     temperature: float | None = Field(None, gt=0, le=5, description="Overrides defaults.")
     top_k: int | None = Field(None, ge=0, le=4096, description="Overrides defaults.")
     top_p: float | None = Field(None, ge=0, le=1, description="Overrides defaults.")
@@ -230,16 +262,17 @@ class Element(_Model):
     at: Annotated[list[Duration] | None, WithJsonSchema({
         "anyOf": [*_NUM_OR_STR, {"type": "array", "items": {"anyOf": _NUM_OR_STR}}],
         "description": "Start time(s): '12 s' or a list ['5 s', '20 s']."})] = Field(
-        None, description="Start time(s) of single plays.")
+        None, max_length=MAX_PLAYS, description="Start time(s) of single plays.")
     loop: Annotated[Loop | None, WithJsonSchema({"anyOf": [
         {"type": "boolean"}, Loop.model_json_schema(), {"type": "null"}]})] = Field(
         None, description="Loop the take: true fills the scene.")
     scatter: Scatter | None = Field(None, description="Scatter one-shots randomly.")
     fade_in: Duration = Field(0.0, description="Fade-in of each play (loop: of the whole run).")
     fade_out: Duration = Field(0.0, description="Fade-out of each play (loop: of the whole run).")
-    effects: list[Effect] = Field(default_factory=list, description="Effects, in order.")
-    automation: list[Keyframe] = Field(default_factory=list, description="Volume automation "
-                                       "keyframes.")
+    effects: list[Effect] = Field(default_factory=list, max_length=MAX_EFFECTS,
+                                  description="Effects, in order.")
+    automation: list[Keyframe] = Field(default_factory=list, max_length=MAX_PLAYS,
+                                       description="Volume automation keyframes.")
 
     @field_validator("at", mode="before")
     @classmethod
@@ -261,21 +294,15 @@ class Element(_Model):
         if v is None:
             return v
         base = (info.context or {}).get("base_dir")
-        path = Path(v) if base is None or Path(v).is_absolute() else Path(base) / v
-        if not path.is_file():
-            raise ValueError(f"file {v!r} not found (looked at {path}); give a path relative "
+        path = Path(v).expanduser()
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        if not path.exists():
+            raise ValueError(f"file {show(v)} not found (looked at {path}); give a path relative "
                              f"to the scene file")
-        try:
-            from pedalboard.io import AudioFile
-
-            with AudioFile(str(path)) as f:
-                if f.frames == 0:
-                    raise ValueError(f"file {v!r} holds no audio")
-        except ValueError:
-            raise
-        except Exception as e:
-            raise ValueError(f"file {v!r} is not readable audio ({e}); use wav, flac, ogg or "
-                             f"mp3") from None
+        problem = audio_file_problem(path)
+        if problem is not None:
+            raise ValueError(f"file {show(v)} {problem}")
         return str(path)
 
     @model_validator(mode="after")
@@ -306,7 +333,8 @@ class Element(_Model):
 class Master(_Model):
     """The sum of all stems: master effects, loudness normalisation, true-peak limiting."""
 
-    effects: list[Effect] = Field(default_factory=list, description="Master effects, in order.")
+    effects: list[Effect] = Field(default_factory=list, max_length=MAX_EFFECTS,
+                                  description="Master effects, in order.")
     loudness: Loudness = Field(-18.0, description="Integrated loudness target (BS.1770).")
     ceiling: Ceiling = Field(-1.0, description="True-peak ceiling of the limiter (dBTP).")
 
@@ -316,7 +344,7 @@ class Scene(_Model):
 
     name: str = Field(description="Scene name; also the output folder.", pattern=NAME_PATTERN)
     description: str | None = Field(None, description="Free text.")
-    duration: PositiveDuration = Field(description="Length of the final mix.")
+    duration: SceneDuration = Field(description="Length of the final mix (at most 24 h).")
     sample_rate: int = Field(48000, description="Output sample rate (Hz or '48 kHz').")
     channels: Literal[1, 2] = Field(2, description="1 (mono) or 2 (stereo).")
     seed: int = Field(0, ge=0, lt=2**63, description="Scene seed: derives element seeds and "
@@ -326,11 +354,12 @@ class Scene(_Model):
     defaults: Defaults = Field(default_factory=lambda: Defaults(),
                                description="Generation defaults.")
     elements: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Element] = Field(
-        description="The layers, by name.")
+        description="The layers, by name (at most 256).")
     master: Master = Field(default_factory=lambda: Master(), description="Master bus.")
     variants: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
         default_factory=dict, description="Named overrides deep-merged onto the base scene; "
-        "null removes a key or an element.")
+        "null removes a key or an element. Not named stems, takes, loops or pools (folders of "
+        "the base render).")
 
     _path: Path | None = PrivateAttr(None)
     _variant: str | None = PrivateAttr(None)
@@ -340,9 +369,16 @@ class Scene(_Model):
     def _rate(cls, v: Any) -> Any:
         hz = units.parse_hz(v)
         if hz != int(hz) or not 8000 <= hz <= 192000:
-            raise ValueError(f"{v!r} is not a sample rate between 8 and 192 kHz; write e.g. "
+            raise ValueError(f"{show(v)} is not a sample rate between 8 and 192 kHz; write e.g. "
                              f"48000 or '48 kHz'")
         return int(hz)
+
+    @field_validator("elements", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        if isinstance(v, dict) and len(v) > MAX_ELEMENTS:  # before validating each of them
+            raise ValueError(f"{len(v)} elements is more than {MAX_ELEMENTS}; split the scene")
+        return v
 
     @field_validator("elements")
     @classmethod
@@ -351,13 +387,23 @@ class Scene(_Model):
             raise ValueError("a scene needs at least one element")
         return v
 
+    @field_validator("variants")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, Any]) -> dict[str, Any]:
+        taken = [n for n in v if n.lower() in RESERVED_VARIANTS]
+        if taken:
+            raise ValueError(f"a variant cannot be named {', '.join(map(repr, taken))}: the base "
+                             f"render keeps its {', '.join(RESERVED_VARIANTS)} folders under "
+                             f"that name; rename it, e.g. '{taken[0]}_v'")
+        return v
+
     @model_validator(mode="after")
     def _model_path(self, info: ValidationInfo) -> Scene:
         base = (info.context or {}).get("base_dir")
         if base is not None and self.model not in (DEFAULT_MODEL,) and (
             self.model.startswith((".", "/", "~")) or (Path(base) / self.model).is_dir()
         ):
-            resolved = (Path(base) / self.model).expanduser()
+            resolved = Path(base) / Path(self.model).expanduser()  # absolute '~' wins
             object.__setattr__(self, "model", str(resolved))
         return self
 

@@ -12,7 +12,11 @@ from typing import Any
 
 import yaml
 
+from ..units import show
+
 Path_ = tuple[str | int, ...]
+MAX_DEPTH = 50
+MAX_NODES = 100_000  # a scene of 256 elements with every option is ~15 000 values
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
@@ -46,6 +50,8 @@ def load(text: str) -> Source:
         raise YamlProblem(1, f"invalid YAML: {e}".splitlines()[0]) from None
     try:
         node = loader.get_single_node()
+    except RecursionError:
+        raise YamlProblem(1, f"nesting is deeper than {MAX_DEPTH} levels") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
@@ -57,14 +63,21 @@ def load(text: str) -> Source:
     src = Source(data=None)
     if node is None:
         return src
-    src.data = _convert(loader, node, (), src.lines, depth=0)
+    src.data = _convert(loader, node, (), src.lines, depth=0, budget=[MAX_NODES])
     return src
 
 
 def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: dict[Path_, int],
-             depth: int) -> Any:
-    if depth > 50:
-        raise YamlProblem(node.start_mark.line + 1, "nesting is deeper than 50 levels")
+             depth: int, budget: list[int]) -> Any:
+    """``node`` as plain data. ``budget`` counts the values still allowed: aliases are
+    expanded here, so a small file of nested aliases ("billion laughs") stops at the limit."""
+    if depth > MAX_DEPTH:
+        raise YamlProblem(node.start_mark.line + 1, f"nesting is deeper than {MAX_DEPTH} levels")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise YamlProblem(node.start_mark.line + 1,
+                          f"the scene expands to more than {MAX_NODES} values (aliases that "
+                          f"repeat aliases?); write it out or split it")
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _PLAIN_TAGS:
         raise YamlProblem(node.start_mark.line + 1,
@@ -81,18 +94,18 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, lines: dict[
                 raise YamlProblem(line, "a key must be a plain name, not a list or mapping")
             key = _scalar(loader, key_node)
             if key is None or isinstance(key, bool | float):
-                raise YamlProblem(line, f"{key_node.value!r} is not a valid key; write a name")
+                raise YamlProblem(line, f"{show(key_node.value)} is not a valid key; write a name")
             key = str(key)
             if key in out:
                 first = lines.get((*path, key), "?")
                 raise YamlProblem(line, f"duplicate key '{key}' (first defined on line {first}); "
                                         f"remove one of them")
             lines[(*path, key)] = line
-            out[key] = _convert(loader, value_node, (*path, key), lines, depth + 1)
+            out[key] = _convert(loader, value_node, (*path, key), lines, depth + 1, budget)
             lines[(*path, key)] = line
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(loader, item, (*path, i), lines, depth + 1)
+        return [_convert(loader, item, (*path, i), lines, depth + 1, budget)
                 for i, item in enumerate(node.value)]
     return _scalar(loader, node)
 
@@ -105,5 +118,5 @@ def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         raise YamlProblem(node.start_mark.line + 1, f"cannot read this value: {problem}") from None
     if isinstance(value, bytes | set) or type(value).__module__ == "datetime":
         raise YamlProblem(node.start_mark.line + 1,
-                          f"{node.value!r} is not a number, text or true/false; quote it")
+                          f"{show(node.value)} is not a number, text or true/false; quote it")
     return value

@@ -1,0 +1,186 @@
+"""Hostile and careless input: one clear error line, no traceback, no hang, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from soundscape.cli import app
+from soundscape.errors import SceneError
+from soundscape.scene import load_scene
+
+from .conftest import wav
+
+HEAD = "name: h\nduration: 10 s\nelements:\n"
+
+
+def run_cli(*args: str) -> tuple[int, list[str]]:
+    res = CliRunner().invoke(app, list(args))
+    return res.exit_code, res.output.strip().splitlines()
+
+
+def one_error(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(SceneError) as e:
+        load_scene(p)
+    assert len(e.value.lines) == 1, e.value.lines
+    return e.value.lines[0].replace(str(p), "S")
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefghi"):
+        prev = "abcdefghi"[i]
+        bomb.append(f"{name}: &{name} [{', '.join(['*' + prev] * 10)}]")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(bomb) + "\nname: b\nduration: 1\nelements: {x: {prompt: y}}\n")
+    assert p.stat().st_size < 1000  # 10**9 values once expanded
+    res = subprocess.run([sys.executable, "-m", "soundscape", "validate", str(p)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"Error: {p}:1: the scene expands to more than 100000 values (aliases that repeat "
+        f"aliases?); write it out or split it"]
+
+
+def test_deep_nesting_and_huge_files(tmp_path: Path) -> None:
+    assert one_error(tmp_path, HEAD + "  x: {prompt: " + "[" * 5000 + "]" * 5000 + "}\n") == \
+        "S:1: nesting is deeper than 50 levels"
+    big = tmp_path / "big.yaml"
+    big.write_text(HEAD + "  x: {prompt: y}\n" + "# padding\n" * 120_000)
+    with pytest.raises(SceneError, match=r"the file is 1\.1 MiB; a scene is at most 1 MiB"):
+        load_scene(big)
+
+
+def test_a_megabyte_value_is_not_echoed(tmp_path: Path) -> None:
+    line = one_error(tmp_path, HEAD + "  x: {prompt: y, volume: '" + "9" * 500_000 + " dbb'}\n")
+    assert len(line) < 200 and "(500006 chars)" in line
+    assert line.startswith("S:4: elements.x.volume: '99999")
+
+
+@pytest.mark.parametrize("snippet,expected", [
+    ("duration: 30 h\nelements: {x: {prompt: y}}",
+     "S:2: duration: '30 h' is longer than the 24 h a scene may last; render it in parts"),
+    ("duration: 1e9\nelements: {x: {prompt: y}}",
+     "S:2: duration: '1e9' is longer than the 24 h a scene may last; render it in parts"),
+    ("duration: 1.0e+9\nelements: {x: {prompt: y}}",
+     "S:2: duration: 1000000000.0 is longer than the 24 h a scene may last; render it in parts"),
+    ("duration: .inf\nelements: {x: {prompt: y}}",
+     "S:2: duration: inf is not a duration; write e.g. 2.5, '2.5 s', '500 ms' or '1:30'"),
+    ("duration: 60\nelements: {x: {prompt: y, duration: 10 min}}",
+     "S:3: elements.x.duration: '10 min' is longer than the 5 min a take may last; use a "
+     "shorter take and loop it, or several elements"),
+    ("duration: 60\nelements: {x: {prompt: y}}\nvariants: {stems: {}}",
+     "S:4: variants: a variant cannot be named 'stems': the base render keeps its stems, "
+     "takes, loops, pools folders under that name; rename it, e.g. 'stems_v'"),
+])
+def test_ceilings_and_reserved_names(tmp_path: Path, snippet: str, expected: str) -> None:
+    assert one_error(tmp_path, "name: h\n" + snippet + "\n") == expected
+
+
+def test_element_count_is_checked_before_the_elements(tmp_path: Path) -> None:
+    many = "".join(f"  e{i}: {{prompt: p, volume: nonsense}}\n" for i in range(300))
+    assert one_error(tmp_path, HEAD + many) == \
+        "S:3: elements: 300 elements is more than 256; split the scene"
+
+
+def test_home_is_expanded_in_model_file_and_ir(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / "ckpt").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    wav(home / "rain.wav", np.zeros(4800), 48000)
+    wav(home / "ir.wav", np.r_[1.0, np.zeros(99)], 48000)
+    p = tmp_path / "scenes" / "s.yaml"
+    p.parent.mkdir()
+    p.write_text("name: h\nduration: 2\nmodel: ~/ckpt\nelements:\n"
+                 "  r: {file: ~/rain.wav, effects: [{convolution: {ir: ~/ir.wav}}]}\n")
+    s = load_scene(p)
+    assert s.model == str(home / "ckpt")
+    assert s.elements["r"].file == str(home / "rain.wav")
+    assert s.elements["r"].effects[0].ir_path == str(home / "ir.wav")
+
+
+def test_unusable_recordings_fail_at_validate(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not audio at all " * 20)
+    wav(tmp_path / "whole.wav", np.zeros(48000), 48000)
+    data = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])
+    (tmp_path / "folder.wav").mkdir()
+    cases = {
+        "file: notes.txt": "S:4: elements.x.file: file 'notes.txt' is not readable audio (Failed "
+                           "to open audio file); use wav, flac, ogg or mp3",
+        "file: cut.wav": "S:4: elements.x.file: file 'cut.wav' is truncated (96052 bytes of its "
+                         "audio are missing); copy it again",
+        "file: folder.wav": "S:4: elements.x.file: file 'folder.wav' is a folder, not an audio "
+                            "file",
+        "prompt: y, effects: [{convolution: {ir: notes.txt}}]":
+            "S:4: elements.x.effects[0]: convolution.ir: impulse response 'notes.txt' is not "
+            "readable audio (Failed to open audio file); use wav, flac, ogg or mp3",
+    }
+    for snippet, expected in cases.items():
+        assert one_error(tmp_path, HEAD + f"  x: {{{snippet}}}\n") == expected
+
+
+def _file_scene(tmp_path: Path, rate: int = 48000) -> Path:
+    wav(tmp_path / "tone.wav", 0.1 * np.sin(np.arange(4800) / 10), 48000)
+    p = tmp_path / "f.yaml"
+    p.write_text(f"name: f\nduration: 2\nsample_rate: {rate}\nelements:\n"
+                 f"  t: {{file: tone.wav, loop: true}}\n")
+    return p
+
+
+def test_output_checks_come_before_any_work(tmp_path: Path) -> None:
+    scene = _file_scene(tmp_path, 96000)
+    out = tmp_path / "o"
+    code, lines = run_cli("render", str(scene), "--format", "mp3", "--out", str(out))
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("Error: f: cannot write mp3 at 96000 Hz (MP3 audio files do not "
+                               "support the provided sample rate")
+    assert not out.exists()
+    code, lines = run_cli("render", str(scene), "--format", "flac", "--bit-depth", "32")
+    assert (code, lines) == (1, ["Error: f: 32-bit float is written as wav only; use --format "
+                                 "wav or --bit-depth 24 (flac)"])
+    (tmp_path / "afile").write_text("x")
+    code, lines = run_cli("render", str(scene), "--out", str(tmp_path / "afile"))
+    assert (code, lines) == (1, [f"Error: --out {tmp_path / 'afile'} is a file; give a folder "
+                                 f"for the renders"])
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--device", "gpu"], "Error: --device gpu is not one of auto, cuda, mps, cpu"),
+    (["--format", "mp4"], "Error: --format mp4 is not one of wav, flac, ogg, mp3"),
+    (["--bit-depth", "8"], "Error: --bit-depth 8 is not one of 16, 24, 32"),
+])
+def test_cli_choices_fail_in_one_line_without_heavy_imports(tmp_path: Path, args: list[str],
+                                                            expected: str) -> None:
+    code = ("import sys; from typer.testing import CliRunner; from soundscape.cli import app; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); print(r.exit_code); print(r.output); "
+            "print(sorted(m for m in ('torch', 'audiocraft', 'pedalboard') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code, "render", str(_file_scene(tmp_path)),
+                          *args], capture_output=True, text=True, check=True)
+    exit_code, *output, imported = [x for x in res.stdout.strip().splitlines() if x]
+    assert exit_code == "2" and output == [expected] and imported == "[]"
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    scene = _file_scene(tmp_path)
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        code, lines = run_cli("render", str(scene), "--out", str(out))
+    finally:
+        out.chmod(0o700)
+    import os
+
+    if os.geteuid() == 0:  # root writes anywhere: nothing to refuse
+        assert code == 0
+        return
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
