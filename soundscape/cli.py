@@ -259,6 +259,20 @@ def sfx(
     typer.echo(f"wrote {len(data['variations'])} variations ({gen} generated) and {manifest}")
 
 
+@app.command()
+def doctor(model: Annotated[str, typer.Option("--model", help="Hub id or checkpoint directory "
+                                              "to check.")] = "facebook/audiogen-medium",
+           cache_dir: CacheDir = None) -> None:
+    """Say what a render will use and cost here: device, weights, caches, disk, hub."""
+    from .doctor import MISSING, format_report, report
+
+    checks = report(model, cache_dir)
+    for line in format_report(checks):
+        typer.echo(line)
+    if any(c.status == MISSING for c in checks):
+        raise typer.Exit(1)
+
+
 @dev.command("tiny-model")
 def tiny_model(
     directory: Path, seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
