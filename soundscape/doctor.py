@@ -31,7 +31,7 @@ from .generate.models import (
 
 OK, WARN, MISSING = "ok", "warning", "MISSING"
 CPU_S_PER_AUDIO_S = 70.0  # AudioGen-medium on a 2-core CPU (render.MEDIUM_CPU_S_PER_AUDIO_S)
-WEIGHTS_GB = 4.9  # facebook/audiogen-medium (3.6 + 0.2 GB) and t5-large's safetensors (1.1 GB)
+WEIGHTS_GB = 6.8  # facebook/audiogen-medium (3.6 + 0.2 GB) and t5-large's safetensors (3 GB)
 
 
 @dataclass(frozen=True)

@@ -325,3 +325,9 @@ def test_real_audiogen_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert np.isfinite(alone).all() and float(np.sqrt(np.mean(alone ** 2))) > 1e-3
     batched = g.generate([req(longer, 5), req(prompt, 1234), req(prompt, 99)])
     np.testing.assert_array_equal(alone, batched[1])
+
+
+def test_tiny_model_refuses_an_unknown_layout(tmp_path: Path) -> None:
+    code, text = run_cli("dev", "tiny-model", str(tmp_path / "m"), "--layout", "zip")
+    assert (code, text.strip()) == (1, "Error: --layout 'zip' is not a layout; use export or hub")
+    assert not (tmp_path / "m").exists()

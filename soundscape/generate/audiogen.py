@@ -121,7 +121,7 @@ def _hub_cache_only() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # "Loading weights" of a 1.3 GB T5: not news on a render
+    hf_logging.disable_progress_bar()  # "Loading weights" of T5 on every render is noise
     try:
         yield
     finally:
