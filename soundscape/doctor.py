@@ -170,10 +170,14 @@ def check_hub(timeout_s: float = 3.0) -> Check:
     if offline():
         return Check("hub", OK, "offline (HF_HUB_OFFLINE=1): renders read the Hugging Face "
                      "cache only")
-    try:
-        import httpx
+    import urllib.error
+    import urllib.request
 
-        httpx.head(endpoint, timeout=timeout_s, follow_redirects=True)
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"),
+                               timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
     except Exception as e:
         return Check("hub", WARN, f"online, but {endpoint} cannot be reached "
                      f"({type(e).__name__})", "a render that needs missing weights will fail; "

@@ -293,6 +293,15 @@ def test_doctor_reports_cached_weights_and_fixes(on_replica: Path, tmp_path: Pat
     assert f"AudioGen weights  MISSING  {AUDIOGEN_REPO}" in text
     assert f"fix: on a connected machine run 'hf download {AUDIOGEN_REPO}'" in text
     assert f"fix: on a connected machine run 'hf download {T5_REPO}'" in text
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for mode, line in (("ok", "hub               ok       online: {} answers; the first render "
+                              "downloads missing weights"),
+                       ("hang", "hub               warning  online, but {} cannot be reached")):
+        with HubStub(on_replica / "hub", REPOS, mode) as hub:
+            monkeypatch.setenv("HF_ENDPOINT", hub.url)
+            code, text = run_cli("doctor")
+        assert line.format(hub.url) in text, text
+        assert "let the first render download it" in text
 
 
 # --- the real weights, when a user has them -------------------------------------------------
