@@ -150,10 +150,6 @@ def text_encoder_dir(name: str = TEXT_ENCODER) -> Path | None:
     return snap
 
 
-def hub_is_cached(repo_id: str, filename: str = "config.json") -> bool:
-    return _cached_file(repo_id, filename) is not None
-
-
 def hf_home() -> str:
     return str(hub_cache_dir())
 
