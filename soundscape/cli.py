@@ -298,11 +298,40 @@ def sfx(
                f"{result.manifest}")
 
 
+@app.command()
+def doctor(model: Annotated[str, typer.Option("--model", help="Hub id or checkpoint directory "
+                                              "to check.")] = "facebook/audiogen-medium",
+           cache_dir: CacheDir = None) -> None:
+    """Say what a render will use and cost here: device, weights, caches, disk, hub."""
+    from .doctor import MISSING, format_report, report
+
+    checks = report(model, cache_dir)
+    for line in format_report(checks):
+        typer.echo(line)
+    if any(c.status == MISSING for c in checks):
+        raise typer.Exit(1)
+
+
 @dev.command("tiny-model")
-def tiny_model(directory: Path, seed: Annotated[int, typer.Option(help="Weight seed.")] = 0
-               ) -> None:
-    """Write a tiny random AudioGen checkpoint (audiocraft export layout) for offline runs."""
+def tiny_model(
+    directory: Path, seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+    layout: Annotated[str, typer.Option(help="export: the two checkpoint files in DIR (use "
+                                        "--model DIR); hub: a Hugging Face cache in DIR "
+                                        "holding facebook/audiogen-medium and t5-large as "
+                                        "users download them (use HF_HOME=DIR).")] = "export",
+) -> None:
+    """Write a tiny random AudioGen checkpoint for offline runs."""
+    if layout not in ("export", "hub"):
+        _err(f"--layout {layout!r} is not a layout; use export or hub")
+        raise typer.Exit(1)
     with _user_errors():
+        if layout == "hub":
+            from .generate.replica import write_hub_replica
+
+            write_hub_replica(directory, seed)
+            typer.echo(f"wrote a tiny random facebook/audiogen-medium and t5-large as a Hugging "
+                       f"Face cache in {directory}; use HF_HOME={directory} HF_HUB_OFFLINE=1")
+            return
         from .generate.tiny import write_tiny_model
 
         write_tiny_model(directory, seed)

@@ -173,12 +173,12 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
     missing = list(seen.values())
     from .generate.models import locate
 
-    locate(ref)  # fail fast, before the slow import, when the weights cannot be had
+    locate(ref, log=log)  # fail fast (or download), before the slow import
     from .generate.audiogen import Generator, pick_device  # the heavy import, only now
 
     dev = pick_device(device)
     log(cost_line(len(missing), sum(r.duration_s for r in missing), dev, ref))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress)
+    gen = Generator(ref, dev, max_batch=max_batch, progress=progress, log=log)
     done: set[str] = set()
 
     def store(reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 
 GENERATOR_VERSION = "1"  # bump when a change alters the audio produced for the same request
@@ -44,3 +45,25 @@ class TakeRequest:
         """Requests with equal batch keys may share one ``generate`` call."""
         return (self.model, self.duration_s, self.temperature, self.top_k, self.top_p,
                 self.cfg_coef, self.extend_stride_s)
+
+
+class _XformersBuildWarning(logging.Filter):
+    """Drops xFormers' "can't load C++/CUDA extensions ... Please reinstall xformers" warning.
+
+    audiocraft imports xformers at module level but, with its default ``torch`` attention
+    backend, uses only xformers' Python classes (``LowerTriangularMask``) and runs attention in
+    torch's own ``scaled_dot_product_attention``. The compiled kernels the warning is about are
+    never called, and no xformers build for torch 2.11 exists yet (0.0.35, the newest, is built
+    for 2.10). Any other xformers message still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "can't load C++/CUDA extensions" not in record.getMessage()
+
+
+def quiet_xformers() -> None:
+    """Install the filter on the ``xformers`` logger (idempotent); call before importing
+    audiocraft."""
+    log = logging.getLogger("xformers")
+    if not any(isinstance(f, _XformersBuildWarning) for f in log.filters):
+        log.addFilter(_XformersBuildWarning())

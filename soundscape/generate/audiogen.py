@@ -12,17 +12,29 @@ batches also group by the tokenised prompt length (padding would change cross-at
 from __future__ import annotations
 
 import contextlib
-import os
+import re
 import time
 import typing
-from collections.abc import Callable, Iterator
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import GeneratorError, ModelNotFoundError
-from . import TakeRequest
-from .models import COMPRESSION_FILE, LM_FILE, ModelRef, hub_is_cached, locate, not_found_message
+from . import TakeRequest, quiet_xformers
+from .models import (
+    COMPRESSION_FILE,
+    LM_FILE,
+    Log,
+    ModelRef,
+    ensure_text_encoder,
+    hub_cache_dir,
+    locate,
+)
 
+quiet_xformers()
 try:
     import torch
     from audiocraft.models import builders
@@ -39,15 +51,43 @@ except ImportError as _e:  # pragma: no cover - exercised only without audiocraf
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _allow_checkpoint_types() -> None:
-    """torch >= 2.6 loads with weights_only=True. The exported files hold tensors and a YAML
-    string; the published AudioGen files also pickle omegaconf containers (audiocraft PR #534).
-    Allow exactly those types, nothing else."""
+def checkpoint_globals() -> list[typing.Any]:
+    """The only non-tensor types the published checkpoints pickle, proved on the hub replica
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``): ``xp.cfg`` is an omegaconf 2.3
+    ``DictConfig`` (audiocraft PR #534), whose metadata holds a ``collections.defaultdict``.
+    The YAML-text export layout needs none of them."""
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode
 
-    torch.serialization.add_safe_globals([DictConfig, ListConfig, ContainerMetadata, Metadata,
-                                          AnyNode, typing.Any, dict, list, int, float, str])
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any,
+            defaultdict, dict, list, int]
+
+
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True`` and exactly ``checkpoint_globals()`` allowed.
+
+    Raises:
+        ModelNotFoundError: the file is missing.
+        GeneratorError: the file pickles any other type (named in the message) or is damaged.
+    """
+    try:
+        with torch.serialization.safe_globals(checkpoint_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise ModelNotFoundError(f"checkpoint file missing: {e.filename}") from None
+    except Exception as e:
+        found = _UNSUPPORTED.search(str(e))
+        if found:
+            raise GeneratorError(
+                f"{path}: the checkpoint pickles the type {found.group(1)}, which soundscape "
+                f"does not load (only tensors, omegaconf configs and plain containers are "
+                f"allowed, so a checkpoint cannot run code); re-export it with audiocraft's "
+                f"export functions or use the published files") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GeneratorError(f"cannot load the checkpoint {path}: {first}") from None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -70,47 +110,40 @@ def pick_device(device: str = "auto") -> str:
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Keep transformers from asking the hub about files already in the cache."""
+def _hub_cache_only() -> Iterator[None]:
+    """Make transformers read T5 from the cache soundscape checked (the environment's now, not
+    the one huggingface_hub saw at import), without asking the hub about cached files."""
     from huggingface_hub import constants
 
-    old_env, old_const = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    old = constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE
     constants.HF_HUB_OFFLINE = True
+    constants.HF_HUB_CACHE = str(hub_cache_dir())
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" of T5 on every render is noise
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = old_const
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_CACHE = old
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
-def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
+def load_model(ref: ModelRef, device: str = "auto", log: Log | None = None) -> AudioGen:
     """Load AudioGen from a local export directory or the hub/HF cache (see ``models.locate``).
 
     On MPS, EnCodec stays on the CPU (audiocraft PR #612: some of its ops are missing on MPS).
     """
     device = pick_device(device)
-    directory = locate(ref)
-    _allow_checkpoint_types()
-    try:
-        lm_pkg = torch.load(directory / LM_FILE, map_location="cpu", weights_only=True)
-        comp_pkg = torch.load(directory / COMPRESSION_FILE, map_location="cpu",
-                              weights_only=True)
-    except FileNotFoundError as e:
-        raise ModelNotFoundError(f"checkpoint file missing: {e.filename}") from None
-    except Exception as e:
-        raise GeneratorError(f"cannot load the checkpoint in {directory}: {e}") from None
+    directory = locate(ref, log=log)
+    lm_pkg = load_checkpoint(directory / LM_FILE)
+    comp_pkg = load_checkpoint(directory / COMPRESSION_FILE)
+    # A pickled DictConfig (the published files) or YAML text (audiocraft's current exporter)
     lm_cfg = OmegaConf.create(lm_pkg["xp.cfg"])
     for cond in (lm_cfg.get("conditioners") or {}).values():
         if isinstance(cond, DictConfig) and cond.get("model") == "t5":
-            t5_name = cond.t5.name
-            if not hub_is_cached(t5_name):
-                raise ModelNotFoundError(not_found_message(
-                    t5_name, f"{ref.name} needs the text encoder '{t5_name}', which is not in "
-                    f"the cache"))
+            ensure_text_encoder(cond.t5.name, ref.name, log)
     comp_device = "cpu" if device == "mps" else device
     if "pretrained" in comp_pkg:
         raise GeneratorError("compression checkpoints that point at another pretrained model "
@@ -122,7 +155,9 @@ def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
     for name in ("conditioners.self_wav.chroma_stem.cache_path",
                  "conditioners.args.merge_text_conditions_p", "conditioners.args.drop_desc_p"):
         _delete_param(lm_cfg, name)
-    with _hub_offline():
+    with _hub_cache_only(), warnings.catch_warnings():
+        # EnCodec's weight_norm deprecation: audiocraft's code, nothing a user can act on
+        warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
         compression = builders.get_compression_model(comp_cfg)
         compression.load_state_dict(comp_pkg["best_state"])
         lm = builders.get_lm_model(lm_cfg)
@@ -143,7 +178,11 @@ def per_row_sampling(seeds: list[int], device: str) -> Iterator[None]:
     def multinomial(probs: torch.Tensor, num_samples: int, replacement: bool = False, *,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         if probs.shape[0] != len(generators):
-            return original(probs, num_samples, replacement, generator=generator)
+            # Never fall back to the global RNG: the take would silently depend on its batch
+            raise GeneratorError(
+                f"internal error: the sampler got {probs.shape[0]} rows for {len(generators)} "
+                f"seeded takes, so the takes would not be reproducible; please report this "
+                f"with the scene file")
         rows = []
         for row, gen in zip(probs, generators, strict=True):
             flat = row.reshape(-1, row.shape[-1])
@@ -160,6 +199,18 @@ def per_row_sampling(seeds: list[int], device: str) -> Iterator[None]:
         ac_utils.multinomial = original
 
 
+def _shape_of(value: object) -> object:
+    """Tensor shapes inside conditioner outputs: tuples (lookup table), mappings (T5's
+    ``BatchEncoding``) and tensors, as a hashable value."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, Mapping):
+        return tuple((str(k), _shape_of(v)) for k, v in sorted(value.items()))
+    if isinstance(value, tuple | list):
+        return tuple(_shape_of(v) for v in value)
+    return None
+
+
 class Generator:
     """AudioGen with seeds, batching and out-of-memory back-off.
 
@@ -169,12 +220,14 @@ class Generator:
         max_batch: most takes generated in one call.
         progress: called as ``progress(label, step, total)`` while a batch generates.
         model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it.
+        log: where download notes go (the first render on a connected machine).
     """
 
     def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
-                 progress: ProgressFn | None = None, model: AudioGen | None = None) -> None:
+                 progress: ProgressFn | None = None, model: AudioGen | None = None,
+                 log: Log | None = None) -> None:
         self.ref = ref
-        self.model = model if model is not None else load_model(ref, device)
+        self.model = model if model is not None else load_model(ref, device, log)
         self.device = str(self.model.device.type)
         self.max_batch = max(1, max_batch)
         self.progress = progress
@@ -184,13 +237,15 @@ class Generator:
     def sample_rate(self) -> int:
         return int(self.model.sample_rate)
 
-    def _prompt_shape(self, prompt: str) -> tuple:
+    def _prompt_shape(self, prompt: str) -> object:
+        """The shapes of the prompt's tokenised conditioning. T5 pads every prompt of a batch
+        to the longest and audiocraft's cross-attention has no padding mask, so only prompts
+        of equal shape (token count) may share a batch."""
         provider = self.model.lm.condition_provider
         from audiocraft.modules.conditioners import ConditioningAttributes
 
         tokens = provider.tokenize([ConditioningAttributes(text={"description": prompt})])
-        return tuple((k, tuple(v[0].shape) if isinstance(v, tuple) else None)
-                     for k, v in sorted(tokens.items()))
+        return _shape_of(tokens)
 
     def plan_batches(self, requests: list[TakeRequest]) -> list[list[int]]:
         """Indices of ``requests`` grouped into batches of equal settings and prompt shape."""

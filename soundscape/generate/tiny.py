@@ -97,6 +97,9 @@ def build_random_model(arch: str = "tiny", seed: int = 0,
                        max_duration_s: float = TINY_MAX_DURATION_S, device: str = "cpu") -> Any:
     """``(compression_model, lm, lm_cfg, compression_cfg)`` with random weights on ``device``
     (the LM in float16 off the CPU, as ``audiogen.load_model`` does)."""
+    from . import quiet_xformers
+
+    quiet_xformers()
     import torch
     from audiocraft.models import builders
     from omegaconf import OmegaConf
