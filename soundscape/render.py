@@ -150,7 +150,7 @@ def element_takes(scene: Scene, name: str, takes: list[Take], cache: TakeCache) 
         audio, sr = read_audio(e.file)
         audio = _conform(audio, sr, scene)
         if e.stereo == "decorrelate" and audio.shape[0] == 1 and scene.channels == 2:
-            audio = decorrelate(audio, scene.element_seed(name), e.width)
+            audio = decorrelate(audio, scene.element_seed(name), e.width, scene.sample_rate)
         elif audio.shape[0] == 2 and scene.channels == 2 and e.width < 1:
             audio = widen(audio, e.width)
         return [audio]
@@ -165,7 +165,8 @@ def element_takes(scene: Scene, name: str, takes: list[Take], cache: TakeCache) 
         n = min(out[0].shape[1], out[1].shape[1])
         out = [widen(np.concatenate([out[0][:, :n], out[1][:, :n]]), e.width)]
     elif scene.channels == 2 and e.stereo == "decorrelate":
-        out = [decorrelate(a, scene.element_seed(name) + i, e.width) for i, a in enumerate(out)]
+        out = [decorrelate(a, scene.element_seed(name) + i, e.width, scene.sample_rate)
+               for i, a in enumerate(out)]
     return out
 
 
