@@ -211,7 +211,9 @@ def ensure_finite(block: np.ndarray, element: str, effects: tuple[EffectSpec, ..
     """Raise a ``RenderError`` naming ``element`` (and the effect chain that produced the
     block, if any) when ``block`` holds NaN or inf; cheap when it does not (one float64 sum).
     ``start``: the block's first frame on the timeline, to say where (with ``sample_rate``)."""
-    if math.isfinite(float(np.sum(block, dtype=np.float64))):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, which is the point
+        total = float(np.sum(block, dtype=np.float64))
+    if math.isfinite(total):
         return
     bad = np.flatnonzero(~np.isfinite(block).all(axis=0))
     if bad.size == 0:
@@ -243,6 +245,7 @@ SEAM_RATE = 6000  # Hz: the coarse seam search runs on the take decimated to abo
 SEAM_HOP_S = 0.01  # frame hop of the spectral envelope (s)
 _WAVE_WEIGHT_DB = 6.0  # a correlation of 1 weighs as much as 6 dB of envelope mismatch
 _LENGTH_WEIGHT_DB = 0.25  # shortening the loop by a whole search window costs 0.25 dB
+_WAVE_STARTS = 6  # loop starts whose waveform correlation is searched
 
 
 def _band_envelope(x: np.ndarray, hop: int) -> np.ndarray:
@@ -268,7 +271,8 @@ def _segment_corr(head: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int)
     num = fftconvolve(region, head[::-1], mode="valid")
     c = np.concatenate([[0.0], np.cumsum(region**2)])
     energy = c[xf:] - c[:-xf]
-    return num / (np.sqrt(np.maximum(energy, 0.0) * np.dot(head, head)) + 1e-12)
+    # (head * head).sum(), not np.dot: BLAS threads can stall for milliseconds on a busy machine
+    return num / (np.sqrt(np.maximum(energy, 0.0) * float((head * head).sum())) + 1e-12)
 
 
 def _heads_corr(heads: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int) -> np.ndarray:
@@ -297,7 +301,8 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     (what the ear hears of noise-like beds, where waveform correlation is near zero at any
     lag), and their waveform correlation (what a tonal drone needs to cross without a dip or
     beat). The search runs on an anti-aliased decimation to about ``SEAM_RATE`` and on 10 ms
-    envelope frames; the best few candidates are refined at the full rate, sample by sample.
+    envelope frames (the waveform only for the few starts whose envelope matches best); the
+    best few candidates are refined at the full rate, sample by sample.
     Ties go to the longest loop: it repeats least audibly.
     """
     n = take.shape[1]
@@ -344,6 +349,11 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     dec_ends = np.arange(-(-(e_lo - lo) // q), (n - lo) // q + 1)  # in dec_tail's frames
     dec_ends = dec_ends[(dec_ends >= xd) & (dec_ends <= dec_tail.size)]
     e_full = lo + dec_ends * q
+    # waveform correlation only for the starts whose envelope matches best (and the take's
+    # own start): the envelope ranks starts, the waveform then finds the phase
+    row_cost = spectral.min(axis=1) + _LENGTH_WEIGHT_DB * starts / max(search, 1)
+    rows = np.union1d([0], np.argsort(row_cost, kind="stable")[:_WAVE_STARTS])
+    starts, spectral = starts[rows], spectral[rows]
     shorter = (n - e_full)[None, :] + starts[:, None]
     r = _heads_corr(np.stack([dec_head[s // q:s // q + xd] for s in starts]), dec_tail,
                     dec_ends, xd)
@@ -354,7 +364,7 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     # refine the best few at the full rate, within one decimation step either side
     best: tuple[float, int, int, float] | None = None
     flat_cost = cost.ravel()
-    order = np.argpartition(flat_cost, min(8, flat_cost.size - 1))[:8]
+    order = np.argpartition(flat_cost, min(4, flat_cost.size - 1))[:4]
     for flat in order:
         i, k = np.unravel_index(flat, cost.shape)
         s = int(starts[i])
