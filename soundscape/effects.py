@@ -276,3 +276,27 @@ def build_board(specs: tuple[EffectSpec, ...]) -> Any:
 def chain_tail_s(specs: tuple[EffectSpec, ...]) -> float:
     """How long the chain keeps sounding after its input stops (sum of tails, seconds)."""
     return sum(s.tail_s for s in specs)
+
+
+NYQUIST_FRACTION = 0.45  # frequencies at or above this share of the rate alias or blow up
+
+
+def check_effect_rates(specs: tuple[EffectSpec, ...] | list[EffectSpec], sample_rate: int,
+                       where: str = "effects") -> list[str]:
+    """One message per frequency parameter at or above ``NYQUIST_FRACTION`` x ``sample_rate``
+    (pedalboard's filters turn such cutoffs into inf/NaN), empty if all are fine.
+
+    ``where`` names the list in messages, e.g. ``elements.rain.effects`` gives
+    ``elements.rain.effects[0].lowpass.cutoff: 9000 Hz is at or above 0.45 x the 16000 Hz
+    sample rate (7200 Hz); ...``. Pure: the caller adds file:line and raises.
+    """
+    limit = NYQUIST_FRACTION * sample_rate
+    problems = []
+    for i, spec in enumerate(specs):
+        for key, value in spec.params:
+            if EFFECTS[spec.name].params[key].unit == "Hz" and value >= limit:
+                problems.append(
+                    f"{where}[{i}].{spec.name}.{key}: {value:g} Hz is at or above "
+                    f"{NYQUIST_FRACTION:g} x the {sample_rate} Hz sample rate ({limit:g} Hz); "
+                    f"set it below {limit:g} Hz or raise sample_rate")
+    return problems

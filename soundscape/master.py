@@ -3,8 +3,8 @@
 Input: the pre-master mix, float32 ``(channels, frames)``. Output: the mastered mix and a report
 of what was measured and done. Loudness and true peak are read by ``meter`` (pyloudnorm's
 K-weighting, streamed). The limiter looks ahead and works from the oversampled peak envelope
-(BS.1770-4 Annex 2; it detects at 8x, finer than the 4x meter, because 4x under-reads
-full-band peaks), so inter-sample peaks stay under the ceiling without hard clipping.
+(BS.1770-4 Annex 2's method, at 8x with the meter's own detector), so inter-sample peaks stay
+under the ceiling without hard clipping, and the release recovers with its time constant.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .effects import EffectSpec, build_board
-from .meter import Interpolator, measure
+from .meter import TRUE_PEAK, measure
 from .warnings import RenderWarning
 
 
@@ -25,12 +25,12 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
-    """True peak in dBTP (4x oversampling per BS.1770-4 Annex 2)."""
+    """True peak in dBTP (8x oversampling, ``meter.TRUE_PEAK``)."""
     return measure(audio, sample_rate).true_peak_db
 
 
-# finer and longer than the 4x meter, which under-reads full-band peaks
-LIMITER_DETECTOR = Interpolator(8, 24)
+# the meter's own detector (8x, 26 taps): the limiter holds what the manifest reports
+LIMITER_DETECTOR = TRUE_PEAK
 
 
 def _required_gain(audio: np.ndarray, ceiling: float) -> np.ndarray:
@@ -40,14 +40,52 @@ def _required_gain(audio: np.ndarray, ceiling: float) -> np.ndarray:
     return np.divide(np.float32(ceiling), env, out=env)
 
 
+def release_envelope(target_db: np.ndarray, release_frames: float, state_db: float = 0.0) \
+        -> tuple[np.ndarray, float]:
+    """Gain in dB that follows every dip of ``target_db`` at once and recovers from it
+    exponentially with time constant ``release_frames``:
+    ``g[n] = min(target[n], a * g[n-1])``, ``a = exp(-1 / release_frames)``.
+
+    ``state_db`` is ``g[-1]`` (0: no reduction); the returned state is the last gain, so a
+    signal can be processed in consecutive pieces with identical results. Vectorised in rows:
+    within a row ``g[j] = a^j * min(a * g[-1], min_{i<=j} a^-i target[i])``, and only the
+    carry from row to row is a Python loop.
+    """
+    n = target_db.size
+    a = math.exp(-1.0 / max(release_frames, 1e-9))
+    row = int(min(4096, max(1.0, 20 * release_frames)))  # a^-row stays below e^20
+    rows = -(-n // row)
+    flat = np.zeros(rows * row)
+    flat[:n] = target_db
+    powers = a ** np.arange(row)
+    # each row as if no reduction came before it
+    local = np.minimum.accumulate(flat.reshape(rows, row) / powers, axis=1) * powers
+    carry = np.empty(rows)
+    c = min(state_db, 0.0)
+    last = a ** row
+    for i in range(rows):
+        carry[i] = c  # the gain before row i
+        c = min(c * last, local[i, -1])
+    g = np.minimum(local, carry[:, None] * (powers * a)[None, :]).ravel()[:n]
+    return g, float(g[-1]) if n else state_db
+
+
 def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
           lookahead_ms: float = 5.0, release_ms: float = 60.0) -> tuple[np.ndarray, float]:
-    """True-peak limiter with look-ahead; returns ``(limited, max_gain_reduction_db)``.
+    """True-peak limiter with look-ahead and release; returns ``(limited, max_reduction_db)``.
 
-    The gain for frame n is the average, over the look-ahead window, of the minimum required
-    gain seen in that window; every frame's gain is therefore at or below what it needs, and
-    the gain moves smoothly (no hard clipping). A final trim catches the residual error of
-    applying a frame-rate gain to an oversampled peak.
+    Per frame: the required gain (ceiling over the 8x-oversampled peak envelope); its minimum
+    over the next ``lookahead_ms``; a release that follows every dip at once and recovers
+    exponentially in dB with time constant ``release_ms``; then the mean over the last
+    ``lookahead_ms``, which ramps the gain down over the look-ahead ahead of each peak. Every
+    term of that mean is at or below what the current frame needs, so no frame exceeds the
+    ceiling and nothing is hard clipped. A final trim catches the residual error of applying
+    a frame-rate gain to an oversampled peak.
+
+    Streaming: every step carries bounded state (look-ahead frames of required gain, the
+    release's last gain, the mean's last look-ahead frames), so the gain can be computed block
+    by block with the output delayed by the look-ahead; ``release_envelope`` takes and returns
+    its state for that.
     """
     from scipy.ndimage import minimum_filter1d, uniform_filter1d
 
@@ -57,11 +95,12 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
     if lowest >= 1.0:
         return audio, 0.0
     la = max(1, int(sample_rate * lookahead_ms / 1000))
-    hold = max(1, int(sample_rate * release_ms / 1000))
-    # min over [n-hold, n+la-1], then mean over [n-la+1, n]: each term <= need[n]
-    size = hold + la
-    gain = minimum_filter1d(need, size, mode="constant", cval=1.0,
-                            origin=(size - 1) // 2 - (la - 1))
+    # min over [n, n+la-1]
+    ahead = minimum_filter1d(need, la, mode="constant", cval=1.0, origin=(la - 1) // 2 - (la - 1))
+    ahead_db = 20 * np.log10(np.maximum(ahead, 1e-12).astype(np.float64))
+    gain_db, _ = release_envelope(ahead_db, release_ms * sample_rate / 1000)
+    gain = (10 ** (gain_db / 20)).astype(np.float32)
+    # mean over [n-la+1, n]: each term <= need[n]
     gain = uniform_filter1d(gain, la, mode="constant", cval=1.0, origin=(la - 1) // 2)
     np.minimum(gain, need, out=gain)  # guard the filters' rounding
     out = audio * gain

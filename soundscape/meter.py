@@ -1,4 +1,4 @@
-"""Measurement, block by block: ITU-R BS.1770-4 loudness and 4x-oversampled true peak.
+"""Measurement, block by block: ITU-R BS.1770-4 loudness and 8x-oversampled true peak.
 
 Input: float32 blocks ``(channels, frames)`` in time order, of any size. Output: integrated
 loudness (LUFS), true peak and sample peak. Nothing is kept but the filter state, one energy
@@ -12,12 +12,12 @@ The K-weighting filters are pyloudnorm's designs (``pyloudnorm.IIRfilter``), run
 the whole signal in memory as float64 and is several times slower, which is why it is not called
 per block.
 
-True peak: each gap between two samples is interpolated at 1/4, 1/2 and 3/4 (4x oversampling,
-the samples themselves being the fourth phase) with a 12-tap Kaiser-windowed sinc per phase,
-BS.1770-4 Annex 2's structure. 4x with short filters under-reads full-band material by tenths
-of a dB, so the limiter detects at 8x with longer filters. An interpolated value is bounded by
-the samples under its taps, so gaps that cannot raise the running maximum (or, for the limiter,
-cannot cross the ceiling) are skipped without being interpolated.
+True peak: each gap between two samples is interpolated at 1/8 .. 7/8 (8x oversampling, the
+samples themselves being the eighth phase) with a 26-tap Kaiser-windowed sinc per phase,
+BS.1770-4 Annex 2's structure at twice its rate: the Annex's 4x with 12 taps under-reads
+full-band material by up to 1.7 dB. An interpolated value is bounded by the samples under its
+taps, so gaps that cannot raise the running maximum (or, for the limiter, cannot cross the
+ceiling) are skipped without being interpolated.
 """
 
 from __future__ import annotations
@@ -169,7 +169,12 @@ class Interpolator:
         return env
 
 
-METER_4X = Interpolator(4, 12)  # BS.1770-4 Annex 2's shape: 48 taps over 4 phases
+# The true-peak detector of every stem, the mix and the limiter: 8x with 26 taps per phase.
+# BS.1770-4 Annex 2's 4x/12-tap shape read clipped noise 1.7 dB and near-Nyquist tones 0.35 dB
+# under an independent 8x measurement (scipy's resample_poly); this one agrees within 0.2 dB
+# (within 0.02 dB on clipped noise; the tests hold it to 0.2). 24 taps under-read clipped
+# noise by 0.11 dB, 28 over-read it by as much.
+TRUE_PEAK = Interpolator(8, 26)
 
 
 @functools.cache
@@ -192,7 +197,7 @@ class Meter:
         true_peak: interpolate for the true peak (else ``true_peak`` is the sample peak).
         gains: measure ``gains[i] * block`` as output channel i: for a mono signal that is only
             panned and scaled on its way out, the work is then done once, on the mono blocks.
-        interpolator: how the true peak is read (4x per BS.1770-4 by default).
+        interpolator: how the true peak is read (``TRUE_PEAK``, 8x, by default).
         loudness: measure loudness (off: peaks only).
 
     Give the blocks to ``add`` in order, then call ``finish()``.
@@ -200,7 +205,7 @@ class Meter:
 
     def __init__(self, sample_rate: int, channels: int, true_peak: bool = True,
                  gains: tuple[float, ...] | None = None,
-                 interpolator: Interpolator = METER_4X, loudness: bool = True) -> None:
+                 interpolator: Interpolator = TRUE_PEAK, loudness: bool = True) -> None:
         from scipy.signal import sosfilt
 
         self._sosfilt = sosfilt
@@ -312,7 +317,7 @@ class Meter:
 
 
 def measure(audio: np.ndarray, sample_rate: int, true_peak: bool = True,
-            block: int = 1 << 16, interpolator: Interpolator = METER_4X,
+            block: int = 1 << 16, interpolator: Interpolator = TRUE_PEAK,
             loudness: bool = True) -> Meter:
     """Measure a whole signal ``(channels, frames)`` in blocks."""
     meter = Meter(sample_rate, audio.shape[0], true_peak, interpolator=interpolator,

@@ -10,15 +10,18 @@ of the clip that started them; blocks of silence after a tail has died out are s
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .arrange import Clip, ElementPlan, Keypoint, LoopRun
-from .effects import WHOLE_TIMELINE, build_board, chain_tail_s
+from .effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
+from .errors import RenderError
 
 if TYPE_CHECKING:
     from .meter import Meter
@@ -69,98 +72,357 @@ def apply_fades(audio: np.ndarray, fade_in: int, fade_out: int) -> np.ndarray:
     return audio
 
 
-def downmix(audio: np.ndarray, channels: int) -> np.ndarray:
-    """At most ``channels`` channels: more are folded into two, even channels left and odd
-    right (kept as it was; ITU-R BS.775 coefficients are issue 13's work)."""
-    if audio.shape[0] <= channels:
-        return audio
-    return np.stack([audio[0::2].mean(axis=0), audio[1::2].mean(axis=0)])
+DECORRELATOR_STAGES = 4
+DECORRELATOR_DELAY_S = 0.006  # the stages' delays add up to this in both channels
 
 
-def decorrelate(audio: np.ndarray, seed: int, width: float, taps: int = 2048) -> np.ndarray:
-    """Mono ``(1, frames)`` -> stereo: the right channel is an all-pass-like decorrelated copy
-    (flat magnitude, random phase FIR), then mid/side width scales the difference."""
-    rng = np.random.default_rng(seed)
-    spectrum = np.exp(1j * rng.uniform(-np.pi, np.pi, taps // 2 + 1))
-    spectrum[0] = spectrum[-1] = 1.0
-    fir = np.fft.irfft(spectrum, taps) * np.hanning(taps)
-    fir /= np.sqrt(np.sum(fir**2))
-    from scipy.signal import fftconvolve
+def _allpass_delays(rng: np.random.Generator, total: int) -> np.ndarray:
+    weights = rng.uniform(0.5, 1.5, DECORRELATOR_STAGES)
+    delays = np.maximum(1, np.round(weights / weights.sum() * total)).astype(int)
+    delays[-1] += total - delays.sum()
+    return delays
 
-    right = fftconvolve(audio[0], fir, mode="full")[: audio.shape[1]].astype(np.float32)
-    return widen(np.stack([audio[0], right]), width)
+
+@functools.lru_cache(maxsize=64)
+def decorrelator_design(seed: int, sample_rate: int) -> tuple[tuple[np.ndarray, np.ndarray],
+                                                             tuple[np.ndarray, np.ndarray]]:
+    """Delays (frames) and gains of two Schroeder all-pass cascades, (left, right).
+
+    Both cascades are all-pass, so each channel keeps the input's magnitude at every frequency
+    (flat, and R/L is 0 dB in every band). Their delays add up to the same total: an all-pass's
+    energy-weighted mean delay is its total delay, so both channels' energy arrives centred on
+    the same instant (no precedence pull to either side). The last right gain is solved so that
+    both cascades have the same group delay at low frequencies, where sum(M (1+g)/(1-g)) rules:
+    bass stays in phase between the channels (mono-compatible) while the mids and highs are
+    decorrelated. Designs whose energy arrives earlier on one side (the first 10 % or half of
+    it more than 0.25 ms apart) are drawn again. Deterministic per seed; the design is in
+    seconds, so it sounds alike at any rate.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    total = max(2 * DECORRELATOR_STAGES, round(DECORRELATOR_DELAY_S * sample_rate))
+    for _ in range(1000):
+        dl, dr = _allpass_delays(rng, total), _allpass_delays(rng, total)
+        gl = rng.uniform(0.4, 0.7, DECORRELATOR_STAGES) * rng.choice([-1.0, 1.0],
+                                                                       DECORRELATOR_STAGES)
+        gr = rng.uniform(0.4, 0.7, DECORRELATOR_STAGES) * rng.choice([-1.0, 1.0],
+                                                                       DECORRELATOR_STAGES)
+        rest = float(np.sum(dl * (1 + gl) / (1 - gl)) - np.sum(dr[:-1] * (1 + gr[:-1])
+                                                               / (1 - gr[:-1])))
+        m = float(dr[-1])
+        if not (rest > 0 and 0.3 <= abs((rest - m) / (rest + m)) <= 0.75):
+            continue
+        gr[-1] = (rest - m) / (rest + m)
+        # the energy must also arrive alike: the first 10 % and half of it within 0.25 ms
+        arrivals = [_energy_arrivals(allpass_response(d, g, 30 * total))
+                    for d, g in ((dl, gl), (dr, gr))]
+        if np.abs(arrivals[0] - arrivals[1]).max() <= 0.00025 * sample_rate:
+            return (dl, gl), (dr, gr)
+    raise AssertionError("no decorrelator design found")  # never: most draws qualify
+
+
+def _energy_arrivals(h: np.ndarray) -> np.ndarray:
+    """Frames by which 10 % and 50 % of the response's energy have arrived."""
+    cum = np.cumsum(h**2)
+    return np.searchsorted(cum, np.array([0.1, 0.5]) * cum[-1]).astype(float)
+
+
+def allpass_response(delays: np.ndarray, gains: np.ndarray, length: int) -> np.ndarray:
+    """Impulse response (``length`` frames, float64) of a cascade of Schroeder all-passes
+    ``(-g + z^-M) / (1 - g z^-M)``."""
+    from scipy.signal import lfilter
+
+    h = np.zeros(length)
+    h[0] = 1.0
+    for m, g in zip(delays, gains, strict=True):
+        b = np.zeros(m + 1)
+        a = np.zeros(m + 1)
+        b[0], b[m], a[0], a[m] = -g, 1.0, 1.0, -g
+        h = lfilter(b, a, h)
+    return h
+
+
+def decorrelate(audio: np.ndarray, seed: int, width: float, sample_rate: int = 48000) \
+        -> np.ndarray:
+    """Mono ``(1, frames)`` -> stereo ``(2, frames)``: each channel is the input through its
+    own short all-pass cascade (``decorrelator_design``), then mid/side ``width`` scales the
+    difference. Flat and centred by construction; the responses are run as FIRs truncated
+    where less than 1e-9 of their energy is left."""
+    from scipy.signal import oaconvolve
+
+    (dl, gl), (dr, gr) = decorrelator_design(seed, sample_rate)
+    length = int(sum(dl)) * 60
+    out = []
+    for d, g in ((dl, gl), (dr, gr)):
+        h = allpass_response(d, g, length)
+        energy = np.cumsum(h[::-1] ** 2)[::-1]  # energy from each frame on
+        h = h[: max(1, int(np.count_nonzero(energy > 1e-9 * energy[0])))]
+        out.append(oaconvolve(audio[0], h.astype(np.float32))[: audio.shape[1]])
+    return widen(np.stack(out).astype(np.float32), width)
 
 
 def widen(stereo: np.ndarray, width: float) -> np.ndarray:
+    """Scale the side (L-R) of ``(2, frames)`` by ``width`` (0: mono, 1: unchanged)."""
     mid = (stereo[0] + stereo[1]) * 0.5
     side = (stereo[0] - stereo[1]) * 0.5 * np.float32(width)
     return np.stack([mid + side, mid - side]).astype(np.float32)
 
 
-def best_loop_end(take: np.ndarray, xf: int, sample_rate: int,
-                  search_s: float = 2.0) -> tuple[int, float]:
-    """Choose where the take's tail crossfades into its head: the end e (in frames) in the last
-    ``search_s`` whose segment ``take[e-xf:e]`` best matches ``take[:xf]`` (normalised
-    cross-correlation). Returns ``(e, correlation)``."""
+# ITU-R BS.775 downmix to stereo, per input layout in WAV/SMPTE channel order:
+# (left gains, right gains); the LFE is dropped.
+_S = math.sqrt(0.5)
+DOWNMIX_TO_STEREO: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    3: ((1.0, 0.0, _S), (0.0, 1.0, _S)),  # L R C
+    4: ((1.0, 0.0, _S, 0.0), (0.0, 1.0, 0.0, _S)),  # quad: L R Ls Rs
+    5: ((1.0, 0.0, _S, _S, 0.0), (0.0, 1.0, _S, 0.0, _S)),  # 5.0: L R C Ls Rs
+    6: ((1.0, 0.0, _S, 0.0, _S, 0.0), (0.0, 1.0, _S, 0.0, 0.0, _S)),  # 5.1: L R C LFE Ls Rs
+    # 7.1: L R C LFE Lrs Rrs Lss Rss
+    8: ((1.0, 0.0, _S, 0.0, _S, 0.0, _S, 0.0), (0.0, 1.0, _S, 0.0, 0.0, _S, 0.0, _S)),
+}
+
+
+def downmix(audio: np.ndarray, channels_out: int) -> np.ndarray:
+    """Fold ``(channels, frames)`` audio down to ``channels_out`` (1 or 2) channels.
+
+    More than two channels go to stereo with ITU-R BS.775 coefficients for the layouts in
+    ``DOWNMIX_TO_STEREO`` (5.1: L + 0.707 C + 0.707 Ls, R + 0.707 C + 0.707 Rs, LFE dropped;
+    WAV/SMPTE order L R C LFE Ls Rs); other counts put even channels left and odd channels
+    right, averaged. Mono is the average of the stereo pair. Fewer channels than asked are
+    returned as they are (panning places them). Returns float32.
+    """
+    if channels_out not in (1, 2):
+        raise ValueError(f"channels_out must be 1 or 2, not {channels_out}")
+    ch = audio.shape[0]
+    if ch <= channels_out:
+        return audio
+    if ch > 2:
+        if ch in DOWNMIX_TO_STEREO:
+            m = np.array(DOWNMIX_TO_STEREO[ch], dtype=np.float32)
+            audio = m @ audio.astype(np.float32, copy=False)
+        else:
+            audio = np.stack([audio[0::2].mean(axis=0), audio[1::2].mean(axis=0)])
+    if channels_out == 1:
+        audio = audio.mean(axis=0, keepdims=True)
+    return audio.astype(np.float32, copy=False)
+
+
+def ensure_finite(block: np.ndarray, element: str, effects: tuple[EffectSpec, ...] = (),
+                  start: int = 0, sample_rate: int | None = None) -> None:
+    """Raise a ``RenderError`` naming ``element`` (and the effect chain that produced the
+    block, if any) when ``block`` holds NaN or inf; cheap when it does not (one float64 sum).
+    ``start``: the block's first frame on the timeline, to say where (with ``sample_rate``)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, which is the point
+        total = float(np.sum(block, dtype=np.float64))
+    if math.isfinite(total):
+        return
+    bad = np.flatnonzero(~np.isfinite(block).all(axis=0))
+    if bad.size == 0:
+        return
+    at = "" if sample_rate is None else f" from {(start + int(bad[0])) / sample_rate:.2f} s"
+    if effects:
+        chain = " -> ".join(fx.name for fx in effects)
+        raise RenderError(f"element {element}: the effects ({chain}) produced non-finite "
+                          f"samples (NaN or inf){at}; check their parameters (a filter "
+                          f"frequency near or above half the scene's sample rate does this) "
+                          f"and the element's volume")
+    raise RenderError(f"element {element}: non-finite samples (NaN or inf){at}; the recording "
+                      f"or take holds them, or the volume or automation is out of range: fix "
+                      f"the file or the level")
+
+
+@dataclass(frozen=True)
+class LoopPoints:
+    """Where a take loops: every copy after the first starts at ``start``, every copy ends at
+    ``end``, and ``take[end - xf:end]`` crossfades into ``take[start:start + xf]`` (frames).
+    ``correlation`` is that of the two crossfaded segments (mono, full rate)."""
+
+    start: int
+    end: int
+    correlation: float
+
+
+SEAM_RATE = 6000  # Hz: the coarse seam search runs on the take decimated to about this rate
+SEAM_HOP_S = 0.01  # frame hop of the spectral envelope (s)
+_WAVE_WEIGHT_DB = 6.0  # a correlation of 1 weighs as much as 6 dB of envelope mismatch
+_LENGTH_WEIGHT_DB = 0.25  # shortening the loop by a whole search window costs 0.25 dB
+_WAVE_STARTS = 6  # loop starts whose waveform correlation is searched
+
+
+def _band_envelope(x: np.ndarray, hop: int) -> np.ndarray:
+    """Band powers of Hann-windowed frames ``x[j*hop : j*hop + 2*hop]``: ``(frames, bands)``,
+    with bands spaced about a third of an octave apart, each at least three bins wide (so no
+    band is a single noisy bin), from the lowest bins to Nyquist."""
+    size = 2 * hop
+    frames = sliding_window_view(x, size)[::hop]
+    spec = np.abs(np.fft.rfft(frames * np.hanning(size), axis=1)) ** 2
+    bins = spec.shape[1]
+    edges = [1]
+    while edges[-1] < bins:
+        edges.append(min(bins, max(edges[-1] + 3, int(edges[-1] * 2 ** (1 / 3)))))
+    return np.add.reduceat(spec, edges[:-1], axis=1)
+
+
+def _segment_corr(head: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int) -> np.ndarray:
+    """Normalised correlation of ``head`` (``xf`` frames) with ``tail[e-xf:e]`` for each of
+    the consecutive ``ends``."""
+    from scipy.signal import fftconvolve
+
+    region = tail[ends[0] - xf:ends[-1]]
+    num = fftconvolve(region, head[::-1], mode="valid")
+    c = np.concatenate([[0.0], np.cumsum(region**2)])
+    energy = c[xf:] - c[:-xf]
+    # (head * head).sum(), not np.dot: BLAS threads can stall for milliseconds on a busy machine
+    return num / (np.sqrt(np.maximum(energy, 0.0) * float((head * head).sum())) + 1e-12)
+
+
+def _heads_corr(heads: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int) -> np.ndarray:
+    """``_segment_corr`` for many heads at once ``(heads, xf)`` -> ``(heads, ends)``: the
+    tail region is transformed once."""
+    from scipy import fft
+
+    region = tail[ends[0] - xf:ends[-1]]
+    size = fft.next_fast_len(region.size + xf - 1, real=True)
+    # single precision is plenty for ranking candidates
+    spec = fft.rfft(region.astype(np.float32), size) * \
+        fft.rfft(heads[:, ::-1].astype(np.float32), size, axis=1)
+    num = fft.irfft(spec, size, axis=1)[:, xf - 1:region.size]
+    c = np.concatenate([[0.0], np.cumsum(region**2)])
+    energy = np.maximum(c[xf:] - c[:-xf], 0.0)
+    norms = np.sqrt(np.einsum("ij,ij->i", heads, heads))
+    return num / (np.sqrt(energy)[None, :] * norms[:, None] + 1e-12)
+
+
+def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
+                     search_s: float = 2.0) -> LoopPoints:
+    """Choose the loop points of a take: an end in its last ``search_s`` and a start in its
+    first ``search_s / 2`` (at most a quarter of the take) whose crossfade hides the seam best.
+
+    What is matched: the short-time spectral envelope and level of the two crossfaded segments
+    (what the ear hears of noise-like beds, where waveform correlation is near zero at any
+    lag), and their waveform correlation (what a tonal drone needs to cross without a dip or
+    beat). The search runs on an anti-aliased decimation to about ``SEAM_RATE`` and on 10 ms
+    envelope frames (the waveform only for the few starts whose envelope matches best); the
+    best few candidates are refined at the full rate, sample by sample.
+    Ties go to the longest loop: it repeats least audibly.
+    """
     n = take.shape[1]
     if xf <= 0:
-        return n, 0.0
-    mono = take.mean(axis=0).astype(np.float64)
-    lo = max(2 * xf, n - int(search_s * sample_rate), n // 2)
-    if lo >= n:
-        return n, 0.0
-    step = max(1, sample_rate // 4000)  # search on a decimated signal, refine is unnecessary
-    head = mono[:xf:step]
-    region = mono[lo - xf:n:step]
-    from scipy.signal import correlate
+        return LoopPoints(0, n, 0.0)
+    search = int(search_s * sample_rate)
+    e_lo = max(2 * xf, n - search, n // 2)
+    if e_lo >= n:
+        return LoopPoints(0, n, 0.0)
+    s_hi = max(0, min(search // 2, n // 4, e_lo - 2 * xf))
+    mono = take.mean(axis=0, dtype=np.float64)
+    q = max(1, sample_rate // SEAM_RATE)
+    hop = q * max(1, round(SEAM_HOP_S * sample_rate / q))
+    # envelope frames of the head region and of the tail region only: the cost does not
+    # grow with the take's length
+    starts = np.arange(0, s_hi + 1, hop)
+    ends = np.arange(n, e_lo - 1, -hop)[::-1]
+    nframes = xf // hop - 1
+    if nframes >= 1:
+        head_env = _band_envelope(mono[: starts[-1] + xf], hop)
+        tail0 = ends[0] - xf
+        tail_env = _band_envelope(mono[tail0:n], hop)
+        floor = 1e-5 * max(head_env.max(initial=0.0), tail_env.max(initial=0.0)) + 1e-30
 
-    num = correlate(region, head, mode="valid")
-    energy = np.convolve(region**2, np.ones(len(head)), mode="valid")
-    denom = np.sqrt(energy * np.sum(head**2)) + 1e-12
-    score = num / denom
-    # among near-best matches take the latest: longer loops repeat less audibly
-    k = int(np.nonzero(score >= score.max() - 0.02)[0][-1])
-    e = lo + k * step
-    return min(e, n), float(np.clip(score[k], -1.0, 1.0))
+        def window_db(env: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+            c = np.concatenate([np.zeros((1, env.shape[1])), np.cumsum(env, axis=0)])
+            firsts = np.clip(firsts, 0, env.shape[0] - nframes)
+            return 10 * np.log10(np.maximum((c[firsts + nframes] - c[firsts]) / nframes, floor))
+
+        h_db = window_db(head_env, starts // hop)
+        t_db = window_db(tail_env, (ends - xf - tail0 + hop // 2) // hop)
+        spectral = np.sqrt(((h_db[:, None, :] - t_db[None, :, :]) ** 2).mean(axis=2))
+    else:  # crossfades shorter than two frames: waveform only
+        spectral = np.zeros((starts.size, ends.size))
+
+    # coarse waveform correlation on an anti-aliased decimation
+    from scipy.signal import resample_poly
+
+    margin = 16 * q
+    lo = max(0, e_lo - xf - margin)
+    dec_tail = resample_poly(mono[lo:], 1, q) if q > 1 else mono[lo:]
+    dec_head = resample_poly(mono[: s_hi + xf + margin], 1, q) if q > 1 else mono
+    xd = max(1, xf // q)
+    dec_ends = np.arange(-(-(e_lo - lo) // q), (n - lo) // q + 1)  # in dec_tail's frames
+    dec_ends = dec_ends[(dec_ends >= xd) & (dec_ends <= dec_tail.size)]
+    e_full = lo + dec_ends * q
+    # waveform correlation only for the starts whose envelope matches best (and the take's
+    # own start): the envelope ranks starts, the waveform then finds the phase
+    row_cost = spectral.min(axis=1) + _LENGTH_WEIGHT_DB * starts / max(search, 1)
+    rows = np.union1d([0], np.argsort(row_cost, kind="stable")[:_WAVE_STARTS])
+    starts, spectral = starts[rows], spectral[rows]
+    shorter = (n - e_full)[None, :] + starts[:, None]
+    r = _heads_corr(np.stack([dec_head[s // q:s // q + xd] for s in starts]), dec_tail,
+                    dec_ends, xd)
+    cost = np.stack([np.interp(e_full, ends, row) for row in spectral])
+    cost += _WAVE_WEIGHT_DB * (1 - r)
+    cost += _LENGTH_WEIGHT_DB * shorter / max(search, 1)
+
+    # refine the best few at the full rate, within one decimation step either side
+    best: tuple[float, int, int, float] | None = None
+    flat_cost = cost.ravel()
+    order = np.argpartition(flat_cost, min(4, flat_cost.size - 1))[:4]
+    for flat in order:
+        i, k = np.unravel_index(flat, cost.shape)
+        s = int(starts[i])
+        e_mid = int(e_full[k])
+        cand = np.arange(max(e_lo, e_mid - q), min(n, e_mid + q) + 1)
+        if cand.size == 0:
+            continue
+        rf = _segment_corr(mono[s:s + xf], mono, cand, xf)
+        spec = np.interp(cand, ends, spectral[i])
+        c = spec + _WAVE_WEIGHT_DB * (1 - rf) + _LENGTH_WEIGHT_DB * (n - cand + s) / search
+        j = int(np.argmin(c))
+        if best is None or c[j] < best[0]:
+            best = (float(c[j]), s, int(cand[j]), float(rf[j]))
+    if best is None:
+        return LoopPoints(0, n, 0.0)
+    _, s, e, corr = best
+    return LoopPoints(s, e, float(np.clip(corr, -1.0, 1.0)))
 
 
 class LoopSource:
-    """A loop run, computed block by block: the take tiled with crossfades at a seam-matched
-    loop point, with the run's own fades at its ends.
+    """A loop run, computed block by block: the take tiled with crossfades at seam-matched
+    loop points, with the run's own fades at its ends.
 
-    The crossfade gains a=cos, b=sin are normalised by sqrt(a^2+b^2+2ab*r), r being the
-    measured correlation of the two overlapping segments, so the crossfade keeps the level
-    constant for uncorrelated (equal-power) and correlated (equal-gain) material alike.
+    Copy k of the take plays ``take[start:end]`` (the first copy ``take[:end]``, intro
+    included) with take frame i at run frame ``k * period + i``, ``period = end - start - xf``.
+    Every copy but the first fades in over ``take[start:start + xf]``; every copy followed by
+    another fades out over its last ``xf`` frames. The copy that really is last (no copy
+    starts before the run ends) plays on unfaded, so the run's end keeps the body's level
+    wherever it lands. The crossfade gains a=cos, b=sin are normalised by sqrt(a^2+b^2+2ab*r),
+    r being the measured correlation of the two overlapping segments, so the crossfade keeps
+    the level constant for uncorrelated (equal-power) and correlated (equal-gain) material
+    alike.
     """
 
     def __init__(self, take: np.ndarray, run: LoopRun, sample_rate: int, start: int,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, points: LoopPoints | None = None) -> None:
         xf = int(round(run.crossfade_s * sample_rate))
-        e, r = best_loop_end(take, xf, sample_rate)
-        xf = min(xf, e // 2)
-        self.period = e - xf
+        xf = min(xf, take.shape[1] // 2)
+        # ``points``: reuse a search already made for this take and crossfade
+        pts = best_loop_points(take, xf, sample_rate) if points is None else points
+        self.points = pts
+        s, e = pts.start, pts.end
+        xf = min(xf, (e - s) // 2)
+        self.period = e - s - xf
         if run.end_s is None:
-            length = (run.times or 1) * self.period + xf
+            length = max((run.times or 1) - 1, 0) * self.period + e
         else:
             length = int(round(run.end_s * sample_rate)) - start
         if limit is not None:
             length = min(length, limit)
         self.start, self.length, self.pan = start, max(length, 0), run.pan
         self.channels = take.shape[0]
-        self.e = e
+        self.loop_start, self.e, self.xf = s, e, xf
+        self._take = take if take.dtype == np.float32 else take.astype(np.float32)
         t = np.linspace(0.0, 1.0, xf, endpoint=False) + 0.5 / max(xf, 1)
         a, b = np.cos(t * math.pi / 2), np.sin(t * math.pi / 2)
-        norm = np.sqrt(a * a + b * b + 2 * a * b * max(r, 0.0))
-        body = take[:, :e].astype(np.float32)
-        head = body.copy()  # every copy but the first fades in over the crossfade
-        head[:, :xf] *= (b / norm).astype(np.float32)
-        tail = body.copy()  # every copy but the last fades out
-        tail[:, e - xf:] *= (a / norm).astype(np.float32)
-        both = head.copy()
-        both[:, e - xf:] *= (a / norm).astype(np.float32)
-        # [first][last]: the shapes of one copy of the take
-        self._copies = {(True, True): body, (True, False): tail,
-                        (False, True): head, (False, False): both}
+        norm = np.sqrt(a * a + b * b + 2 * a * b * max(pts.correlation, 0.0))
+        self._gain_in = (b / norm).astype(np.float32)
+        self._gain_out = (a / norm).astype(np.float32)
         self._fade_in, self._fade_out = fade_curves(
             min(int(run.fade_in_s * sample_rate), self.length),
             min(int(run.fade_out_s * sample_rate), self.length))
@@ -168,23 +430,31 @@ class LoopSource:
     def read(self, a: int, b: int) -> np.ndarray:
         """Frames [a, b) of the run (0 = its start)."""
         out = np.zeros((self.channels, b - a), dtype=np.float32)
-        e, period, length = self.e, self.period, self.length
-        if period <= 0:
+        s, e, xf, period, length = self.loop_start, self.e, self.xf, self.period, self.length
+        b = min(b, length)
+        if period <= 0 or b <= a:
             return out
         k = max(0, (a - e) // period + 1)
-        while k * period < min(b, length):
+        while k * period + (s if k else 0) < b:
             pos = k * period
-            s0, s1 = max(a, pos), min(b, pos + e, length)
-            if s1 > s0:
-                shape = self._copies[(k == 0, pos + e >= length)]
-                out[:, s0 - a:s1 - a] += shape[:, s0 - pos:s1 - pos]
+            first = s if k else 0
+            i0, i1 = max(a - pos, first), min(b - pos, e)
+            if i1 > i0:
+                seg = self._take[:, i0:i1].copy()
+                if k and i0 < s + xf:  # fades in over the crossfade
+                    j1 = min(i1, s + xf)
+                    seg[:, : j1 - i0] *= self._gain_in[i0 - s:j1 - s]
+                if (k + 1) * period + s < length and i1 > e - xf:  # another copy follows
+                    j0 = max(i0, e - xf)
+                    seg[:, j0 - i0:] *= self._gain_out[j0 - (e - xf):i1 - (e - xf)]
+                out[:, pos + i0 - a:pos + i1 - a] += seg
             k += 1
         fin, fout = self._fade_in, self._fade_out
         if fin.size and a < fin.size:
             out[:, : min(b, fin.size) - a] *= fin[a:min(b, fin.size)]
         if fout.size and b > length - fout.size:
             f0 = max(a, length - fout.size)
-            out[:, f0 - a:] *= fout[f0 - (length - fout.size):b - (length - fout.size)]
+            out[:, f0 - a:b - a] *= fout[f0 - (length - fout.size):b - (length - fout.size)]
         return out
 
 
@@ -279,6 +549,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     """
     from .meter import Meter
 
+    for take in takes:  # a recording with NaN/inf is named as such, not as the effects' fault
+        ensure_finite(take, plan.name)
     raw = element_sources(plan, takes, sample_rate, total)
     pans = {s.pan for s in raw}
     # Effects run on the mono take and the result is panned (cheaper), unless one-shots carry
@@ -319,6 +591,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             block = chunk[:, :k]
             out = _place(block, channels, pan, volume,
                          automation_gain(plan.automation, emitted, k, sample_rate))
+            ensure_finite(out, plan.name, effects, emitted, sample_rate)
             meter.add(block if mono_meter else out)
             mix[:, emitted:emitted + k] += out
             if sink is not None:

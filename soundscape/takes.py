@@ -219,7 +219,7 @@ def element_takes(scene: Scene, source: Source, cache: TakeCache) -> list[np.nda
                               f"({err})") from None
         audio = conform(audio, sr, scene)
         if e.stereo == "decorrelate" and audio.shape[0] == 1 and scene.channels == 2:
-            audio = decorrelate(audio, seed, e.width)
+            audio = decorrelate(audio, seed, e.width, scene.sample_rate)
         elif audio.shape[0] == 2 and scene.channels == 2 and e.width < 1:
             audio = widen(audio, e.width)
         return [audio]
@@ -236,5 +236,5 @@ def element_takes(scene: Scene, source: Source, cache: TakeCache) -> list[np.nda
             pairs.append(widen(np.concatenate([left[:, :n], right[:, :n]]), e.width))
         return pairs
     if scene.channels == 2 and e.stereo == "decorrelate":
-        return [decorrelate(a, seed + i, e.width) for i, a in enumerate(out)]
+        return [decorrelate(a, seed + i, e.width, scene.sample_rate) for i, a in enumerate(out)]
     return out

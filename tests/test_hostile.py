@@ -184,3 +184,22 @@ def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
         assert code == 0
         return
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
+
+
+def test_effect_frequencies_are_checked_against_each_variants_rate(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("name: r\nduration: 10\nsample_rate: 48000\nelements:\n"
+                 "  rain:\n    prompt: rain\n    effects:\n      - lowpass: {cutoff: 9 kHz}\n"
+                 "master: {effects: [{high_shelf: {cutoff: 8 kHz}}]}\n"
+                 "variants:\n  phone: {sample_rate: 16000}\n")
+    load_scene(p)  # 9 kHz is fine at 48 kHz
+    with pytest.raises(SceneError) as e:
+        load_scene(p, "phone")
+    assert e.value.lines == [
+        f"{p}:7: variant 'phone': elements.rain.effects[0].lowpass.cutoff: 9000 Hz is at or "
+        f"above 0.45 x the 16000 Hz sample rate (7200 Hz); set it below 7200 Hz or raise "
+        f"sample_rate",
+        f"{p}:9: variant 'phone': master.effects[0].high_shelf.cutoff: 8000 Hz is at or above "
+        f"0.45 x the 16000 Hz sample rate (7200 Hz); set it below 7200 Hz or raise sample_rate"]
+    code, lines = run_cli("validate", str(p))
+    assert code == 1 and lines == [f"Error: {line}" for line in e.value.lines]

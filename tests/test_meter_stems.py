@@ -13,7 +13,7 @@ import pytest
 from soundscape.arrange import LoopRun
 from soundscape.audio_io import read_audio
 from soundscape.master import LIMITER_DETECTOR
-from soundscape.meter import METER_4X, Meter, measure
+from soundscape.meter import TRUE_PEAK, Meter, measure
 from soundscape.mix import LoopSource, pan_gains, render_loop, to_channels
 from soundscape.render import render
 from soundscape.stems import plan_groups
@@ -23,20 +23,26 @@ from .conftest import wav
 SR = 48000
 
 
-def _signals() -> dict[str, np.ndarray]:
+RATES = [22050, 44100, 48000, 96000]
+
+
+def _signals(sr: int = SR, seconds: float = 12.0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(7)
-    t = np.arange(SR * 12) / SR
+    t = np.arange(int(sr * seconds)) / sr
     bursts = rng.normal(0, 0.2, (2, t.size)) * ((t % 3.0) < 0.7)  # gating has work to do
     rumble = 0.4 * np.sin(2 * np.pi * 35 * t)[None]  # the K-weighting high-pass matters
     uneven = np.stack([rng.normal(0, 0.05, t.size), 0.3 * np.sin(2 * np.pi * 3000 * t)])
     return {"bursts": bursts, "rumble": rumble, "uneven": uneven}
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
 @pytest.mark.parametrize("name", ["bursts", "rumble", "uneven"])
-def test_loudness_matches_pyloudnorm(name: str) -> None:
-    x = _signals()[name].astype(np.float32)
-    ours = measure(x, SR).integrated_loudness()
-    ref = pyloudnorm.Meter(SR).integrated_loudness(x.T.astype(np.float64))
+def test_loudness_matches_pyloudnorm(name: str, sr: int, channels: int) -> None:
+    x = _signals(sr, 7.0)[name].astype(np.float32)
+    x = np.resize(x, (channels, x.shape[1]))  # mono: the first channel; stereo: both
+    ours = measure(x, sr).integrated_loudness()
+    ref = pyloudnorm.Meter(sr).integrated_loudness(x.T.astype(np.float64))
     assert ours == pytest.approx(ref, abs=0.02)
 
 
@@ -66,17 +72,19 @@ def test_mono_measured_before_the_pan_equals_the_panned_stereo() -> None:
     assert mono.true_peak == pytest.approx(stereo.true_peak, rel=1e-5)
 
 
-def test_true_peak_finds_the_peak_between_samples() -> None:
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
+def test_true_peak_finds_the_peak_between_samples(sr: int, channels: int) -> None:
     # fs/4 sine at 45 degrees: every sample is +-0.707, the waveform peaks at 1.0 between them
-    n = np.arange(SR)
-    ramp = np.minimum(1.0, np.minimum(n, SR - n) / 4800)  # no overshoot at the edges
-    x = (ramp * np.sin(2 * np.pi * n / 4 + np.pi / 4))[None].astype(np.float32)
-    m = measure(x, SR)
+    n = np.arange(sr)
+    ramp = np.minimum(1.0, np.minimum(n, sr - n) / (sr // 10))  # no overshoot at the edges
+    x = np.tile(ramp * np.sin(2 * np.pi * n / 4 + np.pi / 4), (channels, 1)).astype(np.float32)
+    m = measure(x, sr)
     assert 20 * math.log10(m.sample_peak) == pytest.approx(-3.01, abs=0.01)
     assert m.true_peak_db == pytest.approx(0.0, abs=0.05)
 
 
-@pytest.mark.parametrize("interp", [METER_4X, LIMITER_DETECTOR], ids=["meter", "limiter"])
+@pytest.mark.parametrize("interp", [TRUE_PEAK, LIMITER_DETECTOR], ids=["meter", "limiter"])
 def test_skipping_gaps_never_changes_the_true_peak(interp: object) -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(0, 0.05, (2, 50000)).astype(np.float32)
@@ -93,13 +101,18 @@ def test_skipping_gaps_never_changes_the_true_peak(interp: object) -> None:
     assert np.all(env[~over] <= 0.5)
 
 
-def test_loop_read_in_blocks_equals_whole() -> None:
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", [16000, *RATES])
+def test_loop_read_in_blocks_equals_whole(sr: int, channels: int) -> None:
     rng = np.random.default_rng(5)
-    take = rng.normal(0, 0.1, (1, 16000 * 2)).astype(np.float32)
+    take = rng.normal(0, 0.1, (channels, sr * 2)).astype(np.float32)
+    take[:, : sr // 5] *= np.linspace(0, 1, sr // 5, dtype=np.float32)  # the loop starts later
     run = LoopRun("x", 0, 0.0, 9.0, None, 0.3, 0.5, 1.0, 0.0)
-    whole = render_loop(take, run, 16000, 16000 * 9)
-    src = LoopSource(take, run, 16000, 0)
-    cuts = [0, 1, 777, 5000, 16000, 40000, 100000, 16000 * 9]
+    whole = render_loop(take, run, sr, sr * 9)
+    src = LoopSource(take, run, sr, 0)
+    assert src.points.start > 0
+    cuts = sorted({0, 1, 777, 5000, sr, src.points.end, src.points.end + 1, 40000, 100000,
+                   sr * 9})
     parts = np.concatenate([src.read(a, b) for a, b in zip(cuts, cuts[1:], strict=False)],
                            axis=1)
     np.testing.assert_array_equal(parts, whole)

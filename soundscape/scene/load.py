@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..effects import check_effect_rates
 from ..errors import SceneError
 from ..units import show
 from . import yamlsrc
@@ -140,9 +141,29 @@ def _validate(data: Any, file: str, base_dir: Path | None, line_of: Any,
         raise SceneError(f"{file}:{line_of(()) or 1}: the scene must be a mapping of keys such "
                          f"as name, duration and elements, not {type(data).__name__}")
     try:
-        return Scene.model_validate(data, context={"base_dir": base_dir})
+        scene = Scene.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise SceneError(format_errors(e, file, line_of, variant)) from None
+    problems = rate_problems(scene, file, line_of, variant)
+    if problems:
+        raise SceneError(problems)
+    return scene
+
+
+def rate_problems(scene: Scene, file: str, line_of: Any, variant: str | None) -> list[str]:
+    """Effect frequencies the scene's rate cannot carry (a 9 kHz lowpass at 16 kHz renders
+    inf): one ``file:line: path: message`` per problem, for the base and each variant."""
+    tag = f"variant '{variant}': " if variant else ""
+    lists: list[tuple[tuple[str, ...], list[Any]]] = [
+        (("elements", name, "effects"), e.effects) for name, e in scene.elements.items()]
+    lists.append((("master", "effects"), scene.master.effects))
+    out = []
+    for loc, effects in lists:
+        line = line_of(loc)
+        where = f"{file}:{line}" if line else file
+        out += [f"{where}: {tag}{msg}" for msg in
+                check_effect_rates(tuple(effects), scene.sample_rate, ".".join(loc))]
+    return out
 
 
 MAX_FILE_BYTES = 1 << 20

@@ -1,0 +1,133 @@
+"""The true-peak meter against an independent 8x reference, and the limiter's release and
+ceiling, at every rate and channel count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.signal import resample_poly
+
+from soundscape.master import limit, release_envelope
+from soundscape.meter import measure
+
+RATES = [22050, 44100, 48000, 96000]
+
+
+def tp8(x: np.ndarray) -> float:
+    """Independent true-peak reference: 8x polyphase oversampling (scipy)."""
+    return 20 * math.log10(float(np.abs(resample_poly(x.astype(np.float64), 8, 1, axis=1)).max()))
+
+
+def hard(material: str, sr: int, channels: int, seconds: float = 2.0) -> np.ndarray:
+    """Material on which a short 4x interpolator under-reads the true peak."""
+    rng = np.random.default_rng(sr + channels)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    if material == "clipped_noise":
+        x = np.clip(rng.normal(0, 1.0, (channels, n)), -1, 1)
+    elif material == "transients":  # full-band: single-sample clicks of either sign
+        x = rng.normal(0, 0.01, (channels, n))
+        idx = rng.integers(0, n, 40)
+        x[:, idx] = rng.choice([-1.0, 1.0], (channels, 40))
+    elif material == "near_nyquist":  # 0.4 x the rate: samples fall between the crests
+        x = np.tile(0.5 * np.sin(2 * np.pi * 0.4 * sr * t + 0.3), (channels, 1))
+    else:  # square wave: overshoot between samples at every edge
+        x = np.tile(np.sign(np.sin(2 * np.pi * 997 * t)), (channels, 1))
+    return x.astype(np.float32)
+
+
+MATERIALS = ["clipped_noise", "transients", "near_nyquist", "square"]
+
+
+@pytest.mark.parametrize("material", MATERIALS)
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
+def test_reported_true_peak_agrees_with_an_8x_reference(sr: int, channels: int,
+                                                        material: str) -> None:
+    x = hard(material, sr, channels)
+    assert measure(x, sr).true_peak_db == pytest.approx(tp8(x), abs=0.2)
+
+
+@pytest.mark.parametrize("material", MATERIALS)
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", [44100, 48000, 96000])
+def test_limiter_holds_the_ceiling_by_an_8x_reference(sr: int, channels: int,
+                                                      material: str) -> None:
+    x = hard(material, sr, channels) * np.float32(10 ** (8 / 20))  # 8 dB over full scale
+    for ceiling in (-1.0, -2.0):
+        y, reduction = limit(x, sr, ceiling)
+        assert reduction == pytest.approx(tp8(x) - ceiling, abs=0.3)
+        assert tp8(y) <= ceiling + 0.1
+        assert y.shape == x.shape and np.isfinite(y).all()
+
+
+def _burst(sr: int, channels: int) -> tuple[np.ndarray, int, int]:
+    """A -26 dBFS 1 kHz tone with 0.3 s of it 32 dB louder (about 5 dB over a -1 dB ceiling);
+    returns it and the burst's first and end frames."""
+    t = np.arange(3 * sr) / sr
+    x = np.tile(0.05 * np.sin(2 * np.pi * 1000 * t), (channels, 1)).astype(np.float32)
+    b0, b1 = sr, sr + int(0.3 * sr)
+    x[:, b0:b1] *= 40.0
+    return x, b0, b1
+
+
+def _gain_db(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The gain the limiter applied, per frame (dB), where the tone is far from zero."""
+    g = np.full(x.shape[1], np.nan)
+    ok = np.abs(x[0]) > 0.5 * np.abs(x[0]).max() * 0.05 / 2.0
+    g[ok] = 20 * np.log10(y[0, ok] / x[0, ok])
+    return g
+
+
+@pytest.mark.parametrize("release_ms", [30.0, 60.0, 200.0])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
+def test_limiter_releases_with_its_time_constant(sr: int, channels: int,
+                                                 release_ms: float) -> None:
+    x, b0, b1 = _burst(sr, channels)
+    y, reduction = limit(x, sr, -1.0, lookahead_ms=5.0, release_ms=release_ms)
+    g = _gain_db(x, y)
+    held = float(np.nanmedian(g[b0 + sr // 20:b1 - sr // 20]))
+    assert held == pytest.approx(-reduction, abs=0.3)
+    assert reduction > 4.0
+    tau = int(release_ms * sr / 1000)
+    la2 = int(0.0025 * sr)  # the look-ahead mean delays the curve by half its length
+
+    def at(k: int) -> float:
+        seg = g[b1 + la2 + k - sr // 2000:b1 + la2 + k + sr // 2000]
+        return float(np.nanmean(seg))
+
+    # exponential recovery in dB: 1/e of the reduction left after one time constant
+    assert at(tau) == pytest.approx(held / math.e, abs=0.12 * reduction)
+    assert at(3 * tau) == pytest.approx(held / math.e**3, abs=0.1 * reduction)
+    # smooth: no step larger than the exponential's initial slope (dB per ms), which is a
+    # fraction of a dB per ms for these releases
+    ok = ~np.isnan(g)
+    frames = np.arange(g.size)
+    curve = np.interp(frames, frames[ok], g[ok])
+    per_ms = np.abs(np.diff(curve[b1:b1 + 5 * tau:sr // 1000]))  # dB per ms
+    assert per_ms.max() <= 1.1 * reduction / release_ms + 0.01
+    if release_ms >= 60:
+        assert per_ms.max() < 0.15
+
+
+def test_release_envelope_streams_with_carried_state() -> None:
+    rng = np.random.default_rng(0)
+    target = np.minimum(0.0, rng.normal(0, 6, 50000)) * (rng.random(50000) < 0.01)
+    whole, last = release_envelope(target, 300.0)
+    parts, state = [], 0.0
+    cuts = [0, 1, 999, 4096, 4097, 20000, 50000]
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        piece, state = release_envelope(target[a:b], 300.0, state)
+        parts.append(piece)
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-9)
+    assert state == pytest.approx(last)
+    # the definition, frame by frame
+    a = math.exp(-1 / 300.0)
+    ref, g = np.empty_like(target), 0.0
+    for i, v in enumerate(target):
+        g = min(v, a * g)
+        ref[i] = g
+    np.testing.assert_allclose(whole, ref, atol=1e-9)
