@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .effects import EffectSpec, build_board
 from .meter import TRUE_PEAK, measure
@@ -112,6 +113,71 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
         out *= np.float32(10 ** ((ceiling_db - tp - 0.02) / 20))
     reduction = -20 * math.log10(max(float(gain.min()), 1e-12))
     return out, reduction
+
+
+class LimiterStream:
+    """``limit``'s gain, computed block by block with the same result (within float rounding),
+    for masters too long to hold: give blocks to ``push`` in order, then call ``finish``; each
+    returns the limited frames that are final so far. The output lags the input by the
+    look-ahead plus the detector's reach; state is a few look-aheads of frames, whatever the
+    length. (``limit``'s final trim is a constant gain over the whole output: a streaming
+    caller measures the output's true peak and applies it in a later pass.)
+    """
+
+    def __init__(self, sample_rate: int, channels: int, ceiling_db: float = -1.0,
+                 lookahead_ms: float = 5.0, release_ms: float = 60.0) -> None:
+        self.ceiling = 10 ** (ceiling_db / 20)
+        self.la = max(1, int(sample_rate * lookahead_ms / 1000))
+        self.release_frames = release_ms * sample_rate / 1000
+        self.k = LIMITER_DETECTOR.taps + 2  # context for an exact envelope, each side
+        self.channels = channels
+        self._left = np.zeros((channels, self.k), np.float32)  # frames before _pending
+        self._pending = np.zeros((channels, 0), np.float32)  # input not yet output
+        self._need = np.zeros(0, np.float32)  # required gain of _pending's first frames
+        self._state_db = 0.0  # the release's last gain
+        self._carry = np.ones(self.la - 1)  # the last la-1 released gains (the mean's memory)
+        self.lowest = 1.0  # smallest gain applied so far
+
+    def push(self, block: np.ndarray, final: bool = False) -> np.ndarray:
+        """Add ``(channels, n)`` frames; return the limited frames now final."""
+        self._pending = np.concatenate([self._pending, np.asarray(block, np.float32)], axis=1)
+        n, known, k = self._pending.shape[1], self._need.size, self.k
+        upto = n if final else n - k  # envelope is exact where k frames follow
+        if upto > known:
+            src = np.concatenate([self._left, self._pending], axis=1)  # frame j at j + k
+            ext = src[:, known:upto + 2 * k]
+            if final:
+                ext = np.concatenate([ext, np.zeros((self.channels, k), np.float32)], axis=1)
+            self._need = np.concatenate([self._need,
+                                         _required_gain(ext, self.ceiling)[k:k + upto - known]])
+        m = self._need.size if final else self._need.size - self.la + 1
+        if m <= 0:
+            return np.zeros((self.channels, 0), np.float32)
+        need = self._need
+        if final:  # beyond the end nothing needs reduction, as limit's filters assume
+            need = np.concatenate([need, np.ones(self.la - 1, np.float32)])
+        ahead = sliding_window_view(need, self.la)[:m].min(axis=1)
+        ahead_db = 20 * np.log10(np.maximum(ahead, 1e-12).astype(np.float64))
+        gain_db, self._state_db = release_envelope(ahead_db, self.release_frames, self._state_db)
+        both = np.concatenate([self._carry, 10 ** (gain_db / 20)])
+        sums = np.cumsum(np.concatenate([[0.0], both]))
+        mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
+        if self.la > 1:
+            self._carry = both[-(self.la - 1):]
+        gain = np.minimum(mean, self._need[:m])
+        self.lowest = min(self.lowest, float(gain.min(initial=1.0)))
+        out = self._pending[:, :m] * gain
+        self._left = np.concatenate([self._left, self._pending[:, :m]], axis=1)[:, -k:]
+        self._pending, self._need = self._pending[:, m:], self._need[m:]
+        return out
+
+    def finish(self) -> np.ndarray:
+        """The remaining frames (the signal is followed by silence)."""
+        return self.push(np.zeros((self.channels, 0), np.float32), final=True)
+
+    @property
+    def reduction_db(self) -> float:
+        return -20 * math.log10(max(self.lowest, 1e-12))
 
 
 @dataclass(frozen=True)

@@ -131,3 +131,31 @@ def test_release_envelope_streams_with_carried_state() -> None:
         g = min(v, a * g)
         ref[i] = g
     np.testing.assert_allclose(whole, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("sr", [22050, 44100, 48000, 96000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_limiter_streams_block_by_block_with_the_same_gain(sr: int, channels: int) -> None:
+    from soundscape.master import LimiterStream
+
+    rng = np.random.default_rng(sr + channels)
+    x = np.clip(rng.normal(0, 0.5, (channels, sr * 2)), -1.5, 1.5).astype(np.float32)
+    x[:, sr // 2] = 3.0  # a transient far over the ceiling
+    whole, reduction = limit(x, sr, -1.0)
+    stream = LimiterStream(sr, channels, -1.0)
+    parts, pos = [], 0
+    while pos < x.shape[1]:  # blocks of any size, a single frame included
+        n = int(rng.choice([1, 17, 4096, 30000]))
+        parts.append(stream.push(x[:, pos:pos + n]))
+        pos += n
+    parts.append(stream.finish())
+    y = np.concatenate(parts, axis=1)
+    assert y.shape == x.shape
+    # limit() also trims the whole output by a constant when the frame-rate gain overshoots
+    ratio = float(np.sum(whole.astype(np.float64) * y) / np.sum(y.astype(np.float64) ** 2))
+    assert 0.5 < ratio <= 1.0 + 1e-6
+    np.testing.assert_allclose(y[:, 1:] * np.float32(ratio), whole[:, 1:], atol=2e-6)
+    # the stream also reads the gap between the silence before the signal and its first frame
+    # (the whole-array envelope skips it), so its first frame is never louder
+    assert np.all(np.abs(y[:, 0] * ratio) <= np.abs(whole[:, 0]) + 1e-6)
+    assert stream.reduction_db == pytest.approx(reduction, abs=1e-3)
