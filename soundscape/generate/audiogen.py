@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import GeneratorError, ModelNotFoundError
 from . import TakeRequest
 from .models import COMPRESSION_FILE, LM_FILE, ModelRef, hub_is_cached, locate, not_found_message
+from .precision import TORCH_DTYPES, choose_precision
 
 try:
     import torch
@@ -87,12 +88,14 @@ def _hub_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old_env
 
 
-def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
+def load_model(ref: ModelRef, device: str = "auto", precision: str = "auto") -> AudioGen:
     """Load AudioGen from a local export directory or the hub/HF cache (see ``models.locate``).
 
     On MPS, EnCodec stays on the CPU (audiocraft PR #612: some of its ops are missing on MPS).
+    The LM is loaded at ``precision`` (see ``precision.choose_precision``); EnCodec stays float32.
     """
     device = pick_device(device)
+    precision = choose_precision(precision, device)
     directory = locate(ref)
     _allow_checkpoint_types()
     try:
@@ -118,7 +121,7 @@ def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
     comp_cfg = OmegaConf.create(comp_pkg["xp.cfg"])
     comp_cfg.device = comp_device
     lm_cfg.device = device
-    lm_cfg.dtype = "float32" if device == "cpu" else "float16"
+    lm_cfg.dtype = TORCH_DTYPES[precision]
     for name in ("conditioners.self_wav.chroma_stem.cache_path",
                  "conditioners.args.merge_text_conditions_p", "conditioners.args.drop_desc_p"):
         _delete_param(lm_cfg, name)
@@ -127,10 +130,39 @@ def load_model(ref: ModelRef, device: str = "auto") -> AudioGen:
         compression.load_state_dict(comp_pkg["best_state"])
         lm = builders.get_lm_model(lm_cfg)
         lm.load_state_dict(lm_pkg["best_state"])
+    cast_lm(lm, precision)
     compression.eval()
     lm.eval()
     lm.cfg = lm_cfg
     return AudioGen(ref.name, compression, lm)
+
+
+def cast_lm(lm: typing.Any, precision: str) -> None:
+    """Put every LM weight (embeddings, output heads and the text conditioner's projection
+    too, which audiocraft's builder leaves float32) at ``precision``: fp32, bf16 or fp16."""
+    lm.to(getattr(torch, TORCH_DTYPES[precision]))
+
+
+def lm_precision(lm: typing.Any) -> str:
+    """The precision name of the LM's transformer weights."""
+    dtype = next(iter(lm.transformer.parameters())).dtype
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _fast_decoder(lm: typing.Any, loop: str) -> typing.Any:
+    from .decode import FastDecoder, unsupported
+
+    if loop not in ("auto", "fast", "stock"):
+        raise GeneratorError(f"unknown decoding loop {loop!r}; use auto, fast or stock")
+    if loop == "stock":
+        return None
+    reason = unsupported(lm)
+    if reason is not None:
+        if loop == "fast":
+            raise GeneratorError(f"the fast decoding loop does not support this model "
+                                 f"({reason}); use loop='auto' or 'stock'")
+        return None
+    return FastDecoder(lm)
 
 
 @contextlib.contextmanager
@@ -168,17 +200,28 @@ class Generator:
         device: auto, cuda, mps or cpu.
         max_batch: most takes generated in one call.
         progress: called as ``progress(label, step, total)`` while a batch generates.
-        model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it.
+        model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it, and
+            ``precision`` is the one its LM already has.
+        precision: auto, fp32, bf16 or fp16 (see ``precision.choose_precision``).
+        loop: ``fast`` (``decode.FastDecoder``), ``stock`` (audiocraft's own loop) or ``auto``
+            (fast where the model's architecture allows it).
+
+    ``device`` and ``precision`` say what the takes were actually generated with (the
+    manifest records both).
     """
 
     def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
-                 progress: ProgressFn | None = None, model: AudioGen | None = None) -> None:
+                 progress: ProgressFn | None = None, model: AudioGen | None = None,
+                 precision: str = "auto", loop: str = "auto") -> None:
         self.ref = ref
-        self.model = model if model is not None else load_model(ref, device)
+        self.model = model if model is not None else load_model(ref, device, precision)
         self.device = str(self.model.device.type)
+        self.precision = lm_precision(self.model.lm)
         self.max_batch = max(1, max_batch)
         self.progress = progress
         self.notes: list[str] = []
+        self.decoder = _fast_decoder(self.model.lm, loop)
+        self.loop = "stock" if self.decoder is None else "fast"
 
     @property
     def sample_rate(self) -> int:
@@ -256,7 +299,14 @@ class Generator:
             m.set_custom_progress_callback(callback)
         with per_row_sampling([r.seed for r in reqs], self.device):
             attributes, _ = m._prepare_tokens_and_attributes([r.prompt for r in reqs], None)
-            tokens = m._generate_tokens(attributes, None, progress=self.progress is not None)
+            if self.decoder is not None:
+                from .decode import generate_tokens
+
+                tokens = generate_tokens(m, self.decoder, attributes, m._progress_callback
+                                         if self.progress is not None else None)
+                self.notes.extend(n for n in self.decoder.notes if n not in self.notes)
+            else:
+                tokens = m._generate_tokens(attributes, None, progress=self.progress is not None)
         frames = int(round(r0.duration_s * m.sample_rate))
         out = []
         comp_device = next(iter(m.compression_model.parameters())).device
