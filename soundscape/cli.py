@@ -149,6 +149,18 @@ Device = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.")
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Take cache (default: "
                                                "$SOUNDSCAPE_CACHE_DIR or the user cache).")]
 Batch = Annotated[int, typer.Option("--max-batch", min=1, help="Most takes per batch.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16: the "
+                                        "language model's arithmetic (auto: bf16 on CPUs with "
+                                        "AVX-512 BF16 or AMX, fp16 on GPUs, else fp32).")]
+
+
+def _check_precision(precision: str) -> str:
+    from .generate.precision import PRECISIONS
+
+    if precision not in PRECISIONS:
+        _err(f"--precision {precision!r} is not supported; use one of {', '.join(PRECISIONS)}")
+        raise typer.Exit(1)
+    return precision
 
 
 @app.command()
@@ -163,7 +175,7 @@ def render(
     only: Annotated[list[str] | None, typer.Option("--only", help="Regenerate and rewrite only "
                                                    "this element (repeatable).")] = None,
     model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
-    max_batch: Batch = 8,
+    max_batch: Batch = 8, precision: Precision = "auto",
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
                                              "render stems (default: one per CPU core for "
                                              "long scenes).")] = None,
@@ -184,7 +196,8 @@ def render(
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt.lower(), bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                            progress=progress, jobs=jobs)
+                            progress=progress, jobs=jobs,
+                            precision=_check_precision(precision))
     console = Console()
     for r in results:
         for w in r.warnings:
@@ -217,7 +230,7 @@ def takes(
                                              "file (comments are kept).")] = None,
     variant: Annotated[str | None, typer.Option(help="Variant name.")] = None,
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
-    cache_dir: CacheDir = None, max_batch: Batch = 8,
+    cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
     from .keep import keep_seed
@@ -235,7 +248,7 @@ def takes(
         with _progress() as progress:
             files = audition(scene, element, n, variant=variant, out=out, model=model,
                              device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                             progress=progress)
+                             progress=progress, precision=_check_precision(precision))
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
         typer.echo(f"keep one: soundscape takes {scene} {element} --keep SEED")
@@ -245,7 +258,7 @@ def takes(
 def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
-    cache_dir: CacheDir = None, max_batch: Batch = 8,
+    cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
     fmt: Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.")] = "wav",
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
@@ -253,7 +266,8 @@ def sfx(
 
     with _user_errors(), _progress() as progress:
         manifest = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
-                              fmt=fmt, max_batch=max_batch, log=_log, progress=progress)
+                              fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
+                              precision=_check_precision(precision))
     data = json.loads(manifest.read_text())
     gen = sum(v["generated"] for v in data["variations"])
     typer.echo(f"wrote {len(data['variations'])} variations ({gen} generated) and {manifest}")

@@ -34,7 +34,6 @@ from .mix import decorrelate, widen
 from .scene import Element, Scene, load_scene
 from .stems import StemJob, choose_workers, render_stems
 
-MEDIUM_CPU_S_PER_AUDIO_S = 70.0  # measured: AudioGen-medium on a 2-core CPU, batch 1
 Log = Callable[[str], None]
 
 
@@ -91,19 +90,14 @@ def plan_takes(scene: Scene, ref: ModelRef) -> list[Take]:
     return out
 
 
-def cost_line(n: int, seconds: float, device: str, ref: ModelRef) -> str:
-    line = f"generating {n} take(s), {seconds:.1f} s of audio, on {device}"
-    if device == "cpu" and not ref.is_local:
-        est = seconds * MEDIUM_CPU_S_PER_AUDIO_S
-        line += (f"; warning: AudioGen-medium on a CPU needs about {MEDIUM_CPU_S_PER_AUDIO_S:.0f} "
-                 f"s per second of audio (about {est / 60:.0f} min here); a GPU is ~100x faster")
-    return line
-
-
 def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
                      device: str, max_batch: int, log: Log,
-                     progress: Callable[[str, int, int], None] | None = None) -> set[str]:
-    """Generate the requests whose keys are not cached; returns the keys generated now."""
+                     progress: Callable[[str, int, int], None] | None = None,
+                     precision: str = "auto") -> set[str]:
+    """Generate the requests whose keys are not cached; returns the keys generated now.
+
+    Before generating, logs how long it will take from this machine's measured cost at the
+    chosen precision (measured with a short probe the first time, then remembered)."""
     seen: dict[str, TakeRequest] = {}
     for r in requests:
         if r.key not in seen and not cache.has(r.key):
@@ -118,15 +112,26 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
 
     locate(ref)  # fail fast, before the slow import, when the weights cannot be had
     from .generate.audiogen import Generator, pick_device  # the heavy import, only now
+    from .generate.cost import cached_cost, cost_line, store_cost
+    from .generate.precision import choose_precision
 
     dev = pick_device(device)
-    log(cost_line(len(missing), sum(r.duration_s for r in missing), dev, ref))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress)
+    prec = choose_precision(precision, dev)
+    total_s = sum(r.duration_s for r in missing)
+    cost = cached_cost(ref.identity, dev, prec)
+    if cost is not None:
+        log(cost_line(len(missing), total_s, dev, prec, cost))
+    gen = Generator(ref, dev, max_batch=max_batch, progress=progress, precision=prec)
+    if cost is None:
+        cost = gen.measure_cost()
+        store_cost(ref.identity, gen.device, gen.precision, cost)
+        log(cost_line(len(missing), total_s, gen.device, gen.precision, cost))
     done: set[str] = set()
 
     def store(reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:
         for r, a in zip(reqs, audio, strict=True):
-            cache.put(r, a, gen.sample_rate, seconds / len(reqs))
+            cache.put(r, a, gen.sample_rate, seconds / len(reqs),
+                      generator={"device": gen.device, "precision": gen.precision})
             done.add(r.key)
 
     gen.generate(missing, on_batch=store)
@@ -245,6 +250,7 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
                 "prompt": t.request.prompt, "duration_s": t.request.duration_s,
                 "settings": t.request.settings, "model": t.request.model,
                 "generated": t.request.key in generated,
+                "generator": cache.generated_with(t.request.key),  # device, precision
             } for t in mine],
             "stem": str(stems[plan.name].relative_to(directory)) if plan.name in stems
             else None,
@@ -311,12 +317,14 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Callable[[str, int, int], None] | None = None,
-           jobs: int | None = None) -> list[RenderResult]:
+           jobs: int | None = None, precision: str = "auto") -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Takes shared between scenes or variants are generated once; generation runs only for
     takes missing from the cache (and, with ``only``, only for those elements). ``jobs``:
     processes that render stems (None: one per CPU core for long scenes, else one).
+    ``precision``: auto, fp32, bf16 or fp16 for the language model (see
+    ``generate.precision``); not part of a take's identity, recorded in the manifest.
     """
     log = log or (lambda s: None)
     if fmt not in FORMATS:
@@ -343,7 +351,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     for name, ref in refs.items():
         wanted = [t.request for s, ts in plans if (model or s.model) == name for t in ts
                   if only is None or t.element in only]
-        generated |= generate_missing(wanted, cache, ref, device, max_batch, log, progress)
+        generated |= generate_missing(wanted, cache, ref, device, max_batch, log, progress,
+                                      precision)
     results = []
     for s, ts in plans:
         try:
@@ -357,7 +366,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
              out: str | Path = "renders", model: str | None = None, device: str = "auto",
              cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-             progress: Callable[[str, int, int], None] | None = None) -> list[tuple[int, Path]]:
+             progress: Callable[[str, int, int], None] | None = None,
+             precision: str = "auto") -> list[tuple[int, Path]]:
     """Generate ``n`` takes of one element with distinct seeds (one batch) and write each as
     ``<out>/<scene>/takes/<element>/<element>-seed<SEED>.wav``. Returns ``(seed, path)``."""
     log = log or (lambda s: None)
@@ -372,7 +382,8 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     base = plan_takes(scene.model_copy(update={"elements": {element: e.model_copy(
         update={"variations": n, "stereo": "pan"})}}), ref)
     cache = TakeCache(cache_dir)
-    generate_missing([t.request for t in base], cache, ref, device, max_batch, log, progress)
+    generate_missing([t.request for t in base], cache, ref, device, max_batch, log, progress,
+                     precision)
     files = []
     for t in base:
         got = cache.get(t.request.key)

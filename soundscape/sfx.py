@@ -128,8 +128,10 @@ def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
 
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
-               max_batch: int = 8, log: Log | None = None, progress: Any = None) -> Path:
-    """Generate, trim, normalise and write every variation; returns the manifest path."""
+               max_batch: int = 8, log: Log | None = None, progress: Any = None,
+               precision: str = "auto") -> Path:
+    """Generate, trim, normalise and write every variation; returns the manifest path.
+    ``precision``: auto, fp32, bf16 or fp16 for the language model."""
     log = log or (lambda s: None)
     lst = load_sfx_list(path)
     d = lst.defaults
@@ -144,7 +146,7 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                         base + i)))
     cache = TakeCache(cache_dir)
     generated = generate_missing([r for _, r in plan], cache, ref, device, max_batch, log,
-                                 progress)
+                                 progress, precision)
     root = Path(out) / lst.name
     entries = []
     for s, r in plan:
@@ -163,7 +165,8 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                         "file": str(file.relative_to(root)), "duration_s": audio.shape[1] / sr,
                         "loudness_lufs": round(loudness_for_short(audio, sr), 2),
                         "true_peak_dbtp": round(true_peak_db(audio, sr), 2),
-                        "generated": r.key in generated})
+                        "generated": r.key in generated,
+                        "generator": cache.generated_with(r.key)})
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({"list": lst.name, "source": str(path),
                                             "model": ref.name, "variations": entries},

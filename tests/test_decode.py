@@ -172,3 +172,92 @@ def test_cpu_flags_from_cpuinfo(tmp_path: Path) -> None:
     assert cpu_has_native_bf16(cpu_flags(info))
     assert cpu_flags(tmp_path / "missing") == frozenset()
     assert not cpu_has_native_bf16(frozenset({"avx512f"}))
+
+
+def test_teacher_forced_logits_equal_audiocraft_forward(model) -> None:  # type: ignore[no-untyped-def]
+    """Step by step through the cache, the logits equal audiocraft's whole-sequence forward."""
+    import torch
+    from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
+
+    from soundscape.generate.decode import FastDecoder, teacher_forced_logits
+
+    codes = _tokens(model, ["a", "b"], [2, 9], 0.4, fast=False)
+    logits, valid = teacher_forced_logits(model, FastDecoder(model.lm), ["a", "b"], codes)
+    lm = model.lm
+    attrs, _ = model._prepare_tokens_and_attributes(["a", "b"], None)
+    tensors = lm.condition_provider(lm.condition_provider.tokenize(
+        attrs + ClassifierFreeGuidanceDropout(p=1.0)(attrs)))
+    with torch.no_grad():
+        both = lm.compute_predictions(torch.cat([codes, codes]), [], tensors).logits
+    cond, uncond = both.split(2)
+    expected = uncond + (cond - uncond) * 3.0
+    assert logits.shape == expected.shape == (2, 4, 20, 256)
+    assert valid.all()  # one window without a prompt: every timestep is predicted
+    # audiocraft leaves the delayed codebooks' last steps (never complete in its input) NaN
+    known = ~expected.isnan()
+    assert known.float().mean() > 0.9
+    scale = float(expected[known].abs().max())  # ~100 here: float32 rounding is ~1e-5 of it
+    torch.testing.assert_close(logits[known], expected[known], rtol=1e-5, atol=2e-5 * scale)
+
+
+def test_cost_is_measured_once_per_machine_model_and_precision(tmp_path: Path) -> None:
+    from soundscape.generate.cost import cached_cost, cost_line, store_cost
+
+    root = tmp_path / "c"
+    assert cached_cost("m1", "cpu", "bf16", root) is None
+    store_cost("m1", "cpu", "bf16", 8.25, root)
+    store_cost("m1", "cpu", "fp32", 50.0, root)
+    assert cached_cost("m1", "cpu", "bf16", root) == 8.25
+    assert cached_cost("m1", "cpu", "fp32", root) == 50.0
+    assert cached_cost("m2", "cpu", "bf16", root) is None
+    assert cached_cost("m1", "cuda", "bf16", root) is None
+    (root / "cost.json").write_text("{not json")
+    assert cached_cost("m1", "cpu", "bf16", root) is None  # damaged: measured again
+    assert cost_line(3, 4.0, "cpu", "bf16", 8.25) == (
+        "generating 3 take(s), 4.0 s of audio, on cpu at bf16; measured here: 8.2 s of compute "
+        "per second of audio, so about 33 s (less when takes share a batch); a GPU is much faster")
+    assert cost_line(1, 600.0, "cuda", "fp16", 0.5).endswith("so about 5 min (less when takes "
+                                                              "share a batch)")
+    assert cost_line(1, 2.0, "cpu", "fp32", None) == \
+        "generating 1 take(s), 2.0 s of audio, on cpu at fp32"
+
+
+def test_render_measures_cost_once_and_records_precision(tmp_path: Path, tiny_model: Path) -> None:
+    """The first render measures this machine (and says so before generating); the second
+    reuses the stored figure; the manifest says which device and precision made each take."""
+    import json
+
+    from soundscape.generate.cost import cached_cost
+    from soundscape.render import render
+
+    scene = tmp_path / "s.yaml"
+    scene.write_text(f"name: s\nduration: 1\nmodel: {tiny_model}\n"
+                     "elements:\n  rain: {prompt: rain, duration: 0.5}\n")
+    lines: list[str] = []
+    [res] = render(scene, out=tmp_path / "out", device="cpu", precision="fp32",
+                   log=lines.append)
+    gen_lines = [ln for ln in lines if ln.startswith("generating")]
+    assert len(gen_lines) == 1 and "on cpu at fp32; measured here: " in gen_lines[0]
+    identity = resolve(str(tiny_model)).identity
+    measured = cached_cost(identity, "cpu", "fp32")
+    assert measured is not None and measured > 0
+    takes = json.loads(res.manifest.read_text())["elements"][0]["takes"]
+    assert takes[0]["generator"] == {"device": "cpu", "precision": "fp32"}
+    scene.write_text(scene.read_text().replace("prompt: rain", "prompt: wind"))
+    lines.clear()
+    render(scene, out=tmp_path / "out", device="cpu", precision="fp32", log=lines.append)
+    assert f"{measured:.2g} s of compute per second" in lines[0]
+    assert cached_cost(identity, "cpu", "fp32") == measured  # not measured again
+
+
+def test_cli_rejects_unknown_precision(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    scene = tmp_path / "s.yaml"
+    scene.write_text("name: s\nduration: 1\nelements:\n  rain: {prompt: rain}\n")
+    result = CliRunner().invoke(app, ["render", str(scene), "--precision", "fp8"])
+    assert result.exit_code == 1
+    assert result.output == "Error: --precision 'fp8' is not supported; use one of auto, " \
+        "fp32, bf16, fp16\n"

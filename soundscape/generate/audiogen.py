@@ -227,6 +227,24 @@ class Generator:
     def sample_rate(self) -> int:
         return int(self.model.sample_rate)
 
+    def measure_cost(self, seconds: float = 0.4) -> float:
+        """Seconds of compute per second of audio at batch 1, from one short probe take.
+
+        The LM's decoding steps are nearly all of the cost; their median time (the first two
+        steps, which warm up, left out) times the model's frame rate is the figure.
+        """
+        stamps: list[float] = []
+        saved, self.progress = self.progress, lambda label, step, total: stamps.append(
+            time.perf_counter())
+        try:
+            self._generate_batch([TakeRequest(self.ref.identity, "probe", seconds, 1.0, 250,
+                                              0.0, 3.0, seconds, 0)])
+        finally:
+            self.progress = saved
+            self.model.set_custom_progress_callback(None)
+        steps = sorted(b - a for a, b in zip(stamps[2:], stamps[3:], strict=False))
+        return steps[len(steps) // 2] * float(self.model.frame_rate)
+
     def _prompt_shape(self, prompt: str) -> tuple:
         provider = self.model.lm.condition_provider
         from audiocraft.modules.conditioners import ConditioningAttributes
