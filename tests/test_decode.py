@@ -21,12 +21,18 @@ WINDOW_S = 1.0  # a short window, so an extended take costs few steps
 
 
 def _model(layout: bool):  # type: ignore[no-untyped-def]
+    import torch
+
     from soundscape.generate.audiogen import AudioGen
     from soundscape.generate.tiny import build_random_model
 
     compression, lm, _, _ = build_random_model("tiny", seed=3, audiogen_layout=layout)
     compression.eval()
     lm.eval()
+    with torch.no_grad():  # audiocraft/torch start biases at zero, which would hide their use
+        for name, param in lm.named_parameters():
+            if name.endswith("bias") and not name.endswith("norm.bias"):
+                param.normal_(0.0, 0.5)
     model = AudioGen("tiny", compression, lm)
     model.max_duration = WINDOW_S  # the LM has no fixed window; audiocraft chunks by this
     return model
