@@ -244,11 +244,11 @@ def test_killed_render_resumes_without_partial_files(tmp_path: Path, tiny_model:
     cache = Path(os.environ["SOUNDSCAPE_CACHE_DIR"])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(cache.rglob("*.json"))) < 3:
+    while time.time() < deadline and len(list((cache / "takes").rglob("*.json"))) < 3:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(cache.rglob("*.json")))
+    done = len(list((cache / "takes").rglob("*.json")))  # sidecars, not cost.json
     assert 3 <= done < 13
     assert not list(tmp_path.rglob(".*.tmp*"))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
