@@ -56,6 +56,9 @@ p.add_argument("--kl-seconds", type=float, default=0.5,
 p.add_argument("--threads", type=int, default=0,
                help="torch threads for both (0: torch's default). On a machine shared with "
                     "other busy processes one thread can be several times faster than two")
+p.add_argument("--layers", type=int, default=0,
+               help="medium only: build this many of its 48 transformer layers (0: all). The "
+                    "decoding cost is per layer, so a few layers give the ratio in less time")
 args = p.parse_args()
 if args.threads:
     torch.set_num_threads(args.threads)
@@ -68,6 +71,25 @@ if args.model or args.arch == "tiny":
     ref = resolve(str(model_dir))
     stock = Generator(ref, device, precision="fp32").model
     label, arch = str(model_dir), "tiny" if not args.model else "model"
+elif args.layers:
+    from audiocraft.models import builders
+    from omegaconf import OmegaConf
+
+    from soundscape.generate.tiny import tiny_configs
+
+    lm_cfg, comp_cfg = tiny_configs(10.0, "medium")
+    lm_cfg["transformer_lm"]["num_layers"] = args.layers
+    lm_cfg["device"] = comp_cfg["device"] = device
+    torch.manual_seed(0)
+    compression = builders.get_compression_model(OmegaConf.create(comp_cfg))
+    lm = builders.get_lm_model(OmegaConf.create(lm_cfg))
+    lm.cfg = OmegaConf.create(lm_cfg)
+    compression.eval()
+    lm.eval()
+    ref = ModelRef("random/audiogen-medium-shape", None)
+    stock = AudioGen(ref.name, compression, lm)
+    label, arch = f"AudioGen-medium architecture, {args.layers} of 48 layers, random weights", \
+        f"medium, {args.layers} of 48 layers"
 else:
     compression, lm, _, _ = build_random_model("medium", max_duration_s=10.0, device=device)
     compression.eval()
@@ -160,6 +182,6 @@ for b in args.batches:
 if args.kl_seconds > 0 and precision != "fp32":
     kl = precision_kl(args.kl_seconds)
     print(f"mean KL(fp32 || {precision}) of next-token distributions over a "
-          f"{args.kl_seconds:g} s generation: {kl:.4f} nats")
+          f"{args.kl_seconds:g} s generation: {kl:.3g} nats")
 if 1 in speedups:
     print(f"speedup vs stock audiocraft ({arch}, batch 1): {speedups[1]:.2f}x")
