@@ -20,7 +20,8 @@ from .takes import Log, Progress, generate_missing, take_requests
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
              out: str | Path = "renders", model: str | None = None, device: str = "auto",
              cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-             progress: Progress | None = None) -> list[tuple[int, Path]]:
+             progress: Progress | None = None, precision: str = "auto") \
+        -> list[tuple[int, Path]]:
     """Generate ``n`` takes of one element with distinct seeds (one batch) and write each.
 
     Returns ``(seed, path)`` per take, seeds in order.
@@ -39,7 +40,7 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     takes = take_requests(one, element, ref.identity)
     cache = TakeCache(cache_dir)
     _, warnings = generate_missing([t.request for t in takes], cache, ref, device, max_batch,
-                                   log, progress)
+                                   log, progress, precision)
     for w in warnings:
         log(f"warning: {w}")
     files = []

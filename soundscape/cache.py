@@ -93,8 +93,9 @@ class TakeCache:
         return take, sr
 
     def put(self, request: TakeRequest, audio: np.ndarray, sample_rate: int,
-            generation_s: float) -> Path:
-        """Store a take; returns the sidecar path."""
+            generation_s: float, generator: dict[str, str] | None = None) -> Path:
+        """Store a take; returns the sidecar path. ``generator``: how it was made (device,
+        precision), recorded in the sidecar and reported by ``generated_with``."""
         from pedalboard.io import AudioFile
 
         key = request.key
@@ -122,9 +123,17 @@ class TakeCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "generation_s": round(generation_s, 3),
             "generator_version": GENERATOR_VERSION,
+            **({"generator": generator} if generator else {}),
         }
         atomic_write_text(self.sidecar_path(key), json.dumps(meta, indent=2))
         return self.sidecar_path(key)
+
+    def generated_with(self, key: str) -> dict[str, str] | None:
+        """The device and precision a stored take was generated with (None: not recorded)."""
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            got = json.loads(self.sidecar_path(key).read_text(encoding="utf-8")).get("generator")
+            return got if isinstance(got, dict) else None
+        return None
 
     def audio_path(self, key: str) -> Path | None:
         side = self.sidecar_path(key)

@@ -178,6 +178,11 @@ BitDepth = Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Take cache (default: "
                                                "$SOUNDSCAPE_CACHE_DIR or the user cache).")]
 Batch = Annotated[int, typer.Option("--max-batch", min=1, help="Most takes per batch.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16: the "
+                                        "language model's arithmetic (auto: bf16 on CPUs with "
+                                        "AVX-512 BF16 or AMX, fp16 on GPUs, else fp32).",
+                                        callback=_one_of("--precision",
+                                                         ("auto", "fp32", "bf16", "fp16")))]
 
 
 @app.command()
@@ -194,7 +199,7 @@ def render(
     force: Annotated[bool, typer.Option("--force", help="Render every stem again, even those "
                                         "that have not changed.")] = False,
     model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
-    max_batch: Batch = 8,
+    max_batch: Batch = 8, precision: Precision = "auto",
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
                                              "render stems (default: one per CPU core for "
                                              "long scenes).")] = None,
@@ -215,7 +220,7 @@ def render(
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                            progress=progress, jobs=jobs, force=force)
+                            progress=progress, jobs=jobs, force=force, precision=precision)
     console = Console()
     printed: set[str] = set()
     for r in results:
@@ -255,7 +260,7 @@ def takes(
                                              "file (comments are kept).")] = None,
     variant: Annotated[str | None, typer.Option(help="Variant name.")] = None,
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
-    cache_dir: CacheDir = None, max_batch: Batch = 8,
+    cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
     from .audition import audition
@@ -273,7 +278,7 @@ def takes(
         with _progress() as progress:
             files = audition(scene, element, n, variant=variant, out=out, model=model,
                              device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                             progress=progress)
+                             progress=progress, precision=precision)
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
         typer.echo(f"keep one: soundscape takes {scene} {element} --keep SEED")
@@ -283,7 +288,7 @@ def takes(
 def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
-    cache_dir: CacheDir = None, max_batch: Batch = 8,
+    cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
     fmt: Format = "wav",
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
@@ -291,7 +296,8 @@ def sfx(
 
     with _user_errors(), _progress() as progress:
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
-                            fmt=fmt, max_batch=max_batch, log=_log, progress=progress)
+                            fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
+                            precision=precision)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "

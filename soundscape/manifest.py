@@ -39,12 +39,14 @@ class TakeRecord:
     settings: dict[str, float | int]
     model: str
     generated: bool
+    generator: dict[str, str] | None = None  # the device and precision that made it
 
     @classmethod
-    def of(cls, t: Take, generated: bool) -> TakeRecord:
+    def of(cls, t: Take, generated: bool, generator: dict[str, str] | None = None) \
+            -> TakeRecord:
         r = t.request
         return cls(t.index, r.key, r.seed, r.prompt, r.duration_s, r.settings, r.model,
-                   generated)
+                   generated, generator)
 
 
 def placement_json(p: LoopRun | Clip) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
-                 generated: set[str]) -> StemRecord:
+                 generated: set[str], cache: TakeCache) -> StemRecord:
     d = p.decisions[name]
     if d.keep is not None:
         return replace(d.keep, rendered=False,
@@ -174,7 +174,8 @@ def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool
         element=name, source="file" if src.is_file else "prompt", file=src.file,
         placements=tuple(map(placement_json, plan.loops))
         + tuple(map(placement_json, plan.clips)),
-        takes=tuple(TakeRecord.of(t, t.request.key in generated) for t in src.takes),
+        takes=tuple(TakeRecord.of(t, t.request.key in generated,
+                                  cache.generated_with(t.request.key)) for t in src.takes),
         stem=str(path.relative_to(p.directory)) if written else None,
         loudness_lufs=db(measure.loudness_lufs), true_peak_dbtp=db(measure.true_peak_dbtp),
         sample_peak=round(measure.sample_peak, 6), key=p.keys[name] if written else "",
@@ -220,7 +221,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
                 f"before the master and is clipped in its {out.fmt} file (the mix is not); lower "
                 f"its volume or write stems as 32-bit float wav (--bit-depth 32)", name,
                 None, 1.0, measure.sample_peak))
-        records.append(_stem_record(p, name, measure, name in written, generated))
+        records.append(_stem_record(p, name, measure, name in written, generated, cache))
     m = scene.master
     mastered, report = master(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects))
     del mix
@@ -271,7 +272,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
-           force: bool = False) -> list[RenderResult]:
+           force: bool = False, precision: str = "auto") -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -279,6 +280,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     are kept, and a render with nothing changed writes nothing (``up_to_date``). ``only``:
     generate and write only these elements' takes and stems. ``force``: render every stem
     again. ``jobs``: processes that render stems (None: one per CPU core for long scenes).
+    ``precision``: auto, fp32, bf16 or fp16 for the language model (``generate.precision``);
+    not part of a take's identity, recorded per take in the manifest.
     """
     log = log or (lambda s: None)
     if isinstance(sources, str | Path | Scene):
@@ -313,7 +316,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
         wanted = [t.request for p in plans if p.model == ref.name
                   for n, src in p.sources.items() if p.needs_audio(n)
                   and (only_set is None or n in only_set) for t in src.takes]
-        done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress)
+        done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
+                                       precision)
         generated |= done
         shared += warns
     results = []

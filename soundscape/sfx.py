@@ -143,6 +143,7 @@ class SfxVariation:
     loudness_lufs: float | None
     true_peak_dbtp: float | None
     generated: bool
+    generator: dict[str, str] | None = None  # the device and precision that made it
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,10 @@ def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]
 
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
-               max_batch: int = 8, log: Log | None = None, progress: Any = None) -> SfxResult:
-    """Generate, trim, normalise and write every variation of an SFX list."""
+               max_batch: int = 8, log: Log | None = None, progress: Any = None,
+               precision: str = "auto") -> SfxResult:
+    """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
+    auto, fp32, bf16 or fp16 for the language model."""
     log = log or (lambda s: None)
     lst = load_sfx_list(path)
     d = lst.defaults
@@ -186,7 +189,7 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
     plan = sfx_requests(lst, ref.identity)
     cache = TakeCache(cache_dir)
     generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
-                                           log, progress)
+                                           log, progress, precision)
     root = Path(out) / lst.name
     entries = []
     for s, r in plan:
@@ -203,7 +206,8 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         write_audio(file, audio, sr)
         entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, str(file.relative_to(root)),
                                     audio.shape[1] / sr, db(loudness_for_short(audio, sr)),
-                                    db(true_peak_db(audio, sr)), r.key in generated))
+                                    db(true_peak_db(audio, sr)), r.key in generated,
+                                    cache.generated_with(r.key)))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
         "list": lst.name, "source": str(path), "model": ref.name,

@@ -29,7 +29,6 @@ from .warnings import RenderWarning
 
 # Bump when conforming or a stereo mode changes the audio built from the same takes.
 TAKES_VERSION = "2"
-MEDIUM_CPU_S_PER_AUDIO_S = 70.0  # measured: AudioGen-medium on a 2-core CPU, batch 1, fp32
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
 
@@ -146,21 +145,14 @@ def plan_sources(scene: Scene, ref: ModelRef) -> dict[str, Source]:
     return out
 
 
-def cost_line(n: int, seconds: float, device: str, ref: ModelRef) -> str:
-    line = f"generating {n} take(s), {seconds:.1f} s of audio, on {device}"
-    if device == "cpu" and not ref.is_local:
-        est = seconds * MEDIUM_CPU_S_PER_AUDIO_S
-        line += (f"; warning: AudioGen-medium on a CPU needs about {MEDIUM_CPU_S_PER_AUDIO_S:.0f} "
-                 f"s per second of audio (about {est / 60:.0f} min here); a GPU is ~100x faster")
-    return line
-
-
 def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
                      device: str, max_batch: int, log: Log, progress: Progress | None = None,
-                     ) -> tuple[set[str], list[RenderWarning]]:
+                     precision: str = "auto") -> tuple[set[str], list[RenderWarning]]:
     """Generate the requests whose keys are not cached, storing each batch as it finishes.
 
-    Returns the keys generated now and the warnings of the cache and the generator.
+    Before generating, logs how long it will take from this machine's measured cost at the
+    chosen precision (measured with a short probe the first time, then remembered). Returns
+    the keys generated now and the warnings of the cache and the generator.
     """
     seen: dict[str, TakeRequest] = {}
     for r in requests:
@@ -175,15 +167,26 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
 
     locate(ref, log=log)  # fail fast (or download), before the slow import
     from .generate.audiogen import Generator, pick_device  # the heavy import, only now
+    from .generate.cost import cached_cost, cost_line, store_cost
+    from .generate.precision import choose_precision
 
     dev = pick_device(device)
-    log(cost_line(len(missing), sum(r.duration_s for r in missing), dev, ref))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress, log=log)
+    prec = choose_precision(precision, dev)
+    total_s = sum(r.duration_s for r in missing)
+    cost = cached_cost(ref.identity, dev, prec)
+    if cost is not None:
+        log(cost_line(len(missing), total_s, dev, prec, cost))
+    gen = Generator(ref, dev, max_batch=max_batch, progress=progress, log=log, precision=prec)
+    if cost is None:
+        cost = gen.measure_cost()
+        store_cost(ref.identity, gen.device, gen.precision, cost)
+        log(cost_line(len(missing), total_s, gen.device, gen.precision, cost))
     done: set[str] = set()
 
     def store(reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:
         for r, a in zip(reqs, audio, strict=True):
-            cache.put(r, a, gen.sample_rate, seconds / len(reqs))
+            cache.put(r, a, gen.sample_rate, seconds / len(reqs),
+                      generator={"device": gen.device, "precision": gen.precision})
             done.add(r.key)
 
     gen.generate(missing, on_batch=store)

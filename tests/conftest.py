@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random AudioGen checkpoint in audiocraft's export layout (imports audiocraft)."""
+    import torch
+
     from soundscape.generate.tiny import write_tiny_model
 
+    # Tiny models cost only per-op overhead; a second thread adds OpenMP hand-offs that take
+    # 10-50x longer than the work on a shared machine (measured: 0.27 s vs 12.9 s per take).
+    torch.set_num_threads(1)
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 

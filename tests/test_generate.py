@@ -252,11 +252,11 @@ def test_killed_render_resumes_without_partial_files(tmp_path: Path, tiny_model:
     cache = Path(os.environ["SOUNDSCAPE_CACHE_DIR"])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(cache.rglob("*.json"))) < 3:
+    while time.time() < deadline and len(list((cache / "takes").rglob("*.json"))) < 3:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(cache.rglob("*.json")))
+    done = len(list((cache / "takes").rglob("*.json")))  # sidecars, not cost.json
     assert 3 <= done < 13
     assert not list(tmp_path.rglob(".*.tmp*"))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -280,7 +280,7 @@ def test_two_renders_share_one_cache_at_once(tmp_path: Path, tiny_model: Path) -
     ma, mb = manifest(tmp_path / "a", "small"), manifest(tmp_path / "b", "small")
     keys = {t["key"] for e in ma["elements"] for t in e["takes"]}
     assert keys == {t["key"] for e in mb["elements"] for t in e["takes"]} and len(keys) == 3
-    assert len(list(cache.rglob("*.json"))) == 3  # one entry per take, whoever wrote it
+    assert len(list((cache / "takes").rglob("*.json"))) == 3  # one entry per take
     assert not list(cache.rglob(".*.tmp*"))
     for name in ("rain", "drip"):  # same seeds, same takes, same stems
         a, _ = read_audio(tmp_path / "a/small/stems" / f"{name}.wav")

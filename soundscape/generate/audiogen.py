@@ -33,6 +33,7 @@ from .models import (
     hub_cache_dir,
     locate,
 )
+from .precision import TORCH_DTYPES, choose_precision
 
 quiet_xformers()
 try:
@@ -130,12 +131,15 @@ def _hub_cache_only() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(ref: ModelRef, device: str = "auto", log: Log | None = None) -> AudioGen:
+def load_model(ref: ModelRef, device: str = "auto", log: Log | None = None,
+               precision: str = "auto") -> AudioGen:
     """Load AudioGen from a local export directory or the hub/HF cache (see ``models.locate``).
 
     On MPS, EnCodec stays on the CPU (audiocraft PR #612: some of its ops are missing on MPS).
+    The LM is loaded at ``precision`` (see ``precision.choose_precision``); EnCodec stays float32.
     """
     device = pick_device(device)
+    precision = choose_precision(precision, device)
     directory = locate(ref, log=log)
     lm_pkg = load_checkpoint(directory / LM_FILE)
     comp_pkg = load_checkpoint(directory / COMPRESSION_FILE)
@@ -151,7 +155,7 @@ def load_model(ref: ModelRef, device: str = "auto", log: Log | None = None) -> A
     comp_cfg = OmegaConf.create(comp_pkg["xp.cfg"])
     comp_cfg.device = comp_device
     lm_cfg.device = device
-    lm_cfg.dtype = "float32" if device == "cpu" else "float16"
+    lm_cfg.dtype = TORCH_DTYPES[precision]
     for name in ("conditioners.self_wav.chroma_stem.cache_path",
                  "conditioners.args.merge_text_conditions_p", "conditioners.args.drop_desc_p"):
         _delete_param(lm_cfg, name)
@@ -162,10 +166,39 @@ def load_model(ref: ModelRef, device: str = "auto", log: Log | None = None) -> A
         compression.load_state_dict(comp_pkg["best_state"])
         lm = builders.get_lm_model(lm_cfg)
         lm.load_state_dict(lm_pkg["best_state"])
+    cast_lm(lm, precision)
     compression.eval()
     lm.eval()
     lm.cfg = lm_cfg
     return AudioGen(ref.name, compression, lm)
+
+
+def cast_lm(lm: typing.Any, precision: str) -> None:
+    """Put every LM weight (embeddings, output heads and the text conditioner's projection
+    too, which audiocraft's builder leaves float32) at ``precision``: fp32, bf16 or fp16."""
+    lm.to(getattr(torch, TORCH_DTYPES[precision]))
+
+
+def lm_precision(lm: typing.Any) -> str:
+    """The precision name of the LM's transformer weights."""
+    dtype = next(iter(lm.transformer.parameters())).dtype
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _fast_decoder(lm: typing.Any, loop: str) -> typing.Any:
+    from .decode import FastDecoder, unsupported
+
+    if loop not in ("auto", "fast", "stock"):
+        raise GeneratorError(f"unknown decoding loop {loop!r}; use auto, fast or stock")
+    if loop == "stock":
+        return None
+    reason = unsupported(lm)
+    if reason is not None:
+        if loop == "fast":
+            raise GeneratorError(f"the fast decoding loop does not support this model "
+                                 f"({reason}); use loop='auto' or 'stock'")
+        return None
+    return FastDecoder(lm)
 
 
 @contextlib.contextmanager
@@ -219,23 +252,51 @@ class Generator:
         device: auto, cuda, mps or cpu.
         max_batch: most takes generated in one call.
         progress: called as ``progress(label, step, total)`` while a batch generates.
-        model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it.
+        model: an ``AudioGen`` already built (benchmarks); ``ref`` then only names it, and
+            ``precision`` is the one its LM already has.
+        precision: auto, fp32, bf16 or fp16 (see ``precision.choose_precision``).
+        loop: ``fast`` (``decode.FastDecoder``), ``stock`` (audiocraft's own loop) or ``auto``
+            (fast where the model's architecture allows it).
+
+    ``device`` and ``precision`` say what the takes were actually generated with (the
+    manifest records both).
         log: where download notes go (the first render on a connected machine).
     """
 
     def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
                  progress: ProgressFn | None = None, model: AudioGen | None = None,
-                 log: Log | None = None) -> None:
+                 log: Log | None = None, precision: str = "auto", loop: str = "auto") -> None:
         self.ref = ref
-        self.model = model if model is not None else load_model(ref, device, log)
+        self.model = model if model is not None else load_model(ref, device, log, precision)
         self.device = str(self.model.device.type)
+        self.precision = lm_precision(self.model.lm)
         self.max_batch = max(1, max_batch)
         self.progress = progress
         self.notes: list[str] = []
+        self.decoder = _fast_decoder(self.model.lm, loop)
+        self.loop = "stock" if self.decoder is None else "fast"
 
     @property
     def sample_rate(self) -> int:
         return int(self.model.sample_rate)
+
+    def measure_cost(self, seconds: float = 0.4) -> float:
+        """Seconds of compute per second of audio at batch 1, from one short probe take.
+
+        The LM's decoding steps are nearly all of the cost; their median time (the first two
+        steps, which warm up, left out) times the model's frame rate is the figure.
+        """
+        stamps: list[float] = []
+        saved, self.progress = self.progress, lambda label, step, total: stamps.append(
+            time.perf_counter())
+        try:
+            self._generate_batch([TakeRequest(self.ref.identity, "probe", seconds, 1.0, 250,
+                                              0.0, 3.0, seconds, 0)])
+        finally:
+            self.progress = saved
+            self.model.set_custom_progress_callback(None)
+        steps = sorted(b - a for a, b in zip(stamps[2:], stamps[3:], strict=False))
+        return steps[len(steps) // 2] * float(self.model.frame_rate)
 
     def _prompt_shape(self, prompt: str) -> object:
         """The shapes of the prompt's tokenised conditioning. T5 pads every prompt of a batch
@@ -311,7 +372,14 @@ class Generator:
             m.set_custom_progress_callback(callback)
         with per_row_sampling([r.seed for r in reqs], self.device):
             attributes, _ = m._prepare_tokens_and_attributes([r.prompt for r in reqs], None)
-            tokens = m._generate_tokens(attributes, None, progress=self.progress is not None)
+            if self.decoder is not None:
+                from .decode import generate_tokens
+
+                tokens = generate_tokens(m, self.decoder, attributes, m._progress_callback
+                                         if self.progress is not None else None)
+                self.notes.extend(n for n in self.decoder.notes if n not in self.notes)
+            else:
+                tokens = m._generate_tokens(attributes, None, progress=self.progress is not None)
         frames = int(round(r0.duration_s * m.sample_rate))
         out = []
         comp_device = next(iter(m.compression_model.parameters())).device

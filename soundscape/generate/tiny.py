@@ -17,8 +17,15 @@ TINY_FRAME_RATE = 50  # 16 kHz / hop 320, the same token rate as AudioGen-medium
 TINY_MAX_DURATION_S = 3.0  # short window, so tests exercise extended generation cheaply
 
 
+# The attention layout of the published AudioGen checkpoints (audiocraft's audiogen_lm.yaml and
+# lm/default.yaml): audiocraft's own attention with packed projections, no biases, GELU.
+AUDIOGEN_LAYOUT = {"memory_efficient": True, "bias_ff": False, "bias_attn": False,
+                   "activation": "gelu"}
+
+
 def tiny_configs(
     max_duration_s: float = TINY_MAX_DURATION_S, arch: str = "tiny",
+    audiogen_layout: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The hydra-style configs (LM, compression) of a random model, as plain dicts.
 
@@ -26,6 +33,8 @@ def tiny_configs(
     shape (48 layers, dim 1536, 24 heads, 4 codebooks of 2048, cross-attention to 1024-d text
     states, EnCodec at 16 kHz / 50 Hz), about 1.8 B parameters, for timing without the weights;
     its text states come from a lookup table instead of T5-large (a negligible share of the cost).
+    ``audiogen_layout`` (default: for medium) uses the published checkpoints' attention layout
+    (``AUDIOGEN_LAYOUT``) instead of torch's ``nn.MultiheadAttention`` with biases and ReLU.
     """
     if arch not in ("tiny", "medium"):
         raise ValueError(f"unknown arch {arch!r}; use tiny or medium")
@@ -90,11 +99,16 @@ def tiny_configs(
         },
         "rvq": {"n_q": n_q, "bins": card, "kmeans_init": False},
     }
+    if audiogen_layout is None:
+        audiogen_layout = medium
+    if audiogen_layout:
+        lm_cfg["transformer_lm"].update(AUDIOGEN_LAYOUT)
     return lm_cfg, compression_cfg
 
 
 def build_random_model(arch: str = "tiny", seed: int = 0,
-                       max_duration_s: float = TINY_MAX_DURATION_S, device: str = "cpu") -> Any:
+                       max_duration_s: float = TINY_MAX_DURATION_S, device: str = "cpu",
+                       audiogen_layout: bool | None = None) -> Any:
     """``(compression_model, lm, lm_cfg, compression_cfg)`` with random weights on ``device``
     (the LM in float16 off the CPU, as ``audiogen.load_model`` does)."""
     from . import quiet_xformers
@@ -104,7 +118,7 @@ def build_random_model(arch: str = "tiny", seed: int = 0,
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
-    lm_cfg, compression_cfg = tiny_configs(max_duration_s, arch)
+    lm_cfg, compression_cfg = tiny_configs(max_duration_s, arch, audiogen_layout)
     lm_cfg["device"] = compression_cfg["device"] = device
     lm_cfg["dtype"] = "float32" if device == "cpu" else "float16"
     torch.manual_seed(seed)
