@@ -59,15 +59,22 @@ def release_envelope(target_db: np.ndarray, release_frames: float, state_db: flo
     flat = np.zeros(rows * row)
     flat[:n] = target_db
     powers = a ** np.arange(row)
-    # each row as if no reduction came before it
-    local = np.minimum.accumulate(flat.reshape(rows, row) / powers, axis=1) * powers
+    # each row as if no reduction came before it; rows without a dip stay at 0 dB (most of a
+    # mix), so only the others are worked
+    grid = flat.reshape(rows, row)
+    local = np.zeros_like(grid)
+    dips = np.flatnonzero(grid.min(axis=1) < 0.0)
+    local[dips] = np.minimum.accumulate(grid[dips] / powers, axis=1) * powers
     carry = np.empty(rows)
     c = min(state_db, 0.0)
     last = a ** row
     for i in range(rows):
         carry[i] = c  # the gain before row i
         c = min(c * last, local[i, -1])
-    g = np.minimum(local, carry[:, None] * (powers * a)[None, :]).ravel()[:n]
+    recovering = np.flatnonzero(carry < 0.0)
+    local[recovering] = np.minimum(local[recovering],
+                                   carry[recovering, None] * (powers * a)[None, :])
+    g = local.ravel()[:n]
     return g, float(g[-1]) if n else state_db
 
 
@@ -98,9 +105,13 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
     la = max(1, int(sample_rate * lookahead_ms / 1000))
     # min over [n, n+la-1]
     ahead = minimum_filter1d(need, la, mode="constant", cval=1.0, origin=(la - 1) // 2 - (la - 1))
-    ahead_db = 20 * np.log10(np.maximum(ahead, 1e-12).astype(np.float64))
+    ahead_db = np.zeros(ahead.size)
+    low = np.flatnonzero(ahead < 1.0)  # logarithms only where there is a reduction
+    ahead_db[low] = 20 * np.log10(np.maximum(ahead[low], 1e-12).astype(np.float64))
     gain_db, _ = release_envelope(ahead_db, release_ms * sample_rate / 1000)
-    gain = (10 ** (gain_db / 20)).astype(np.float32)
+    gain = np.ones(gain_db.size, dtype=np.float32)
+    low = np.flatnonzero(gain_db < 0.0)
+    gain[low] = 10 ** (gain_db[low] / 20)
     # mean over [n-la+1, n]: each term <= need[n]
     gain = uniform_filter1d(gain, la, mode="constant", cval=1.0, origin=(la - 1) // 2)
     np.minimum(gain, need, out=gain)  # guard the filters' rounding

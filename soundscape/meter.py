@@ -94,6 +94,12 @@ class Interpolator:
         """Pad ``ext`` to whole sub-blocks; return it, the gap count and the gaps whose
         interpolated values could exceed ``floor`` (by the bound above, with the taps' maximum
         taken over the gap's sub-block and its reach)."""
+        ext, n, rows, _ = self._rows_bounds(ext, floor)
+        return ext, n, rows
+
+    def _rows_bounds(self, ext: np.ndarray, floor: float) \
+            -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """``_rows`` and each returned gap's bound."""
         taps = self.taps
         n = ext.shape[1] - taps + 1
         nsub = -(-n // SUB)
@@ -112,12 +118,14 @@ class Interpolator:
             sub_max = np.maximum(sub_max, part[:, :keep].max(axis=1))
         candidates = np.flatnonzero(sub_max * (near_w + far_w) > floor)
         if candidates.size == 0:
-            return ext, n, candidates
+            return ext, n, candidates, np.zeros(0, np.float32)
         rows = (candidates[:, None] * SUB + np.arange(SUB)).ravel()
         left = self.left
         near = np.maximum(mag[rows + left], mag[rows + left + 1])
         far = np.repeat(sub_max[candidates], SUB)
-        return ext, n, rows[near * near_w + far * far_w > floor]
+        bounds = near * near_w + far * far_w
+        keep = bounds > floor
+        return ext, n, rows[keep], bounds[keep]
 
     def _interpolate(self, ext: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """|interpolated values| at gaps ``rows``: ``(channels, rows, factor - 1)``."""
@@ -138,10 +146,26 @@ class Interpolator:
             full[rows] = _channel_max(_channel_max(np.moveaxis(v, 2, 0)))
         return full[:n]
 
-    def max_gap_peak(self, ext: np.ndarray, floor: float) -> float:
-        """``gap_peaks(ext, floor).max()``, without building the per-gap array."""
-        ext, _, rows = self._rows(ext, floor)
-        return float(self._interpolate(ext, rows).max()) if rows.size else 0.0
+    def max_gap_peak(self, ext: np.ndarray, floor: float, chunk: int = 256) -> float:
+        """``max(floor, gap_peaks(ext, floor).max())`` where that exceeds ``floor`` (else at
+        most ``floor``), without building the per-gap array.
+
+        The ``chunk`` gaps with the largest bounds are interpolated first, and the peak found
+        raises the floor for the rest: a gap whose bound is at most that peak cannot exceed it,
+        so the answer is exact while many gaps of steady material are never interpolated.
+        """
+        ext, _, rows, bounds = self._rows_bounds(ext, floor)
+        if rows.size <= chunk:
+            return float(self._interpolate(ext, rows).max()) if rows.size else 0.0
+        # two rounds at most: the gaps with the largest bounds, then the rest that could
+        # still beat what they found
+        top = np.argpartition(bounds, rows.size - chunk)[rows.size - chunk:]
+        peak = float(self._interpolate(ext, rows[top]).max())
+        rest = bounds > max(floor, peak)
+        rest[top] = False
+        if rest.any():
+            peak = max(peak, float(self._interpolate(ext, rows[rest]).max()))
+        return peak
 
     def envelope(self, audio: np.ndarray, floor: float = 0.0,
                  block: int = 1 << 16) -> np.ndarray:

@@ -159,3 +159,20 @@ def test_the_limiter_streams_block_by_block_with_the_same_gain(sr: int, channels
     # (the whole-array envelope skips it), so its first frame is never louder
     assert np.all(np.abs(y[:, 0] * ratio) <= np.abs(whole[:, 0]) + 1e-6)
     assert stream.reduction_db == pytest.approx(reduction, abs=1e-3)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_max_gap_peak_is_exact_above_its_floor(channels: int) -> None:
+    from soundscape.meter import TRUE_PEAK as ip
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(0, 0.1, (channels, 20000)).astype(np.float32)
+    x[:, rng.integers(0, 20000, 30)] = rng.uniform(-0.9, 0.9, (channels, 30))
+    ext = np.pad(x, ((0, 0), (ip.left, ip.right)))
+    brute = float(ip.gap_peaks(ext, -1.0).max())
+    for floor in (0.0, 0.2, 0.5, 0.8, brute - 1e-4, brute + 1e-3):
+        got = ip.max_gap_peak(ext, floor, chunk=64)
+        if brute > floor:
+            assert got == brute
+        else:
+            assert got <= floor
