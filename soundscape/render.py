@@ -31,6 +31,7 @@ from .generate import TakeRequest
 from .generate.models import ModelRef, resolve
 from .master import master
 from .mix import decorrelate, widen
+from .page import loop_extras, write_page, write_takes_page
 from .scene import Element, Scene, load_scene
 from .stems import StemJob, choose_workers, render_stems
 
@@ -234,12 +235,16 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
             "file": e.file,
             "placements": [
                 {"type": "loop", "start_s": lp.start_s, "end_s": lp.end_s, "times": lp.times,
-                 "crossfade_s": lp.crossfade_s} for lp in plan.loops
+                 "crossfade_s": lp.crossfade_s,
+                 **loop_extras(audio[plan.name][lp.take], lp, sr, total)} for lp in plan.loops
             ] + [
                 {"type": "play", "start_s": round(c.start_s, 6), "length_s": round(c.length_s, 6),
-                 "take": c.take, "gain_db": round(c.gain_db, 3), "pan": round(c.pan, 4)}
+                 "take": c.take, "gain_db": round(c.gain_db, 3), "pan": round(c.pan, 4),
+                 "fade_in_s": c.fade_in_s, "fade_out_s": c.fade_out_s}
                 for c in plan.clips
             ],
+            "volume_db": _db(e.volume),
+            "automation": [{"time_s": k.time, "level_db": k.level} for k in e.automation],
             "takes": [{
                 "index": t.index, "key": t.request.key, "seed": t.request.seed,
                 "prompt": t.request.prompt, "duration_s": t.request.duration_s,
@@ -271,6 +276,7 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
         "channels": ch,
         "format": fmt,
         "model": scene.model,
+        "seed": scene.seed,
         "rendered": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "only": list(only) if only else None,
         "mix": {"file": mix_path.name, "loudness_lufs": _db(report.output_lufs),
@@ -286,6 +292,7 @@ def mix_scene(scene: Scene, takes: list[Take], cache: TakeCache, out: Path, fmt:
     }
     manifest_path = directory / "manifest.json"
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    write_page(directory)
     return RenderResult(scene.name, scene.variant, directory, mix_path, stems, manifest_path,
                         n_gen, len(takes) - n_gen, elements_report, report.output_lufs,
                         report.true_peak_dbtp, warnings)
@@ -383,4 +390,5 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
         path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
         write_audio(path, got[0], got[1])
         files.append((t.request.seed, path))
+    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files)
     return files
