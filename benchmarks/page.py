@@ -60,9 +60,10 @@ def measure(fn, path: Path) -> tuple[float, float, int]:  # type: ignore[no-unty
     q: mp.Queue = ctx.Queue()
     p = ctx.Process(target=fn, args=(path, q))
     p.start()
-    got = q.get()
     p.join()
-    return got
+    if p.exitcode != 0:
+        raise SystemExit(f"{fn.__name__} failed in its child process (exit {p.exitcode})")
+    return q.get()
 
 
 def main() -> None:

@@ -105,8 +105,9 @@ def _template(name: str) -> str:
 
 
 def _json_block(data: Any) -> str:
-    # "</" would end the script element early; JSON allows "<\/" for "</"
-    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    # "</script" or "<!--" in a string would end or upset the script element: JSON may
+    # spell "<" as "\u003c" (it only occurs inside strings)
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
 
 
 def _fill(template: str, title: str, blocks: dict[str, Any]) -> str:
@@ -208,7 +209,10 @@ def _refresh_links(page: Path) -> None:
     match = next((mt for mt in _DATA.finditer(text) if mt.group("id") == "data"), None)
     if match is None:
         return
-    data = json.loads(match.group("json").replace("<\\/", "</"))
+    try:
+        data = json.loads(match.group("json"))
+    except ValueError:
+        return  # not a page this version wrote; it keeps its links
     data["siblings"] = siblings(page.parent, data["manifest"])
     new = text[:match.start("json")] + _json_block(data) + text[match.end("json"):]
     if new != text:

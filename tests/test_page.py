@@ -258,3 +258,22 @@ def test_open_without_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert code == 1
     assert text.strip().splitlines() == [f"Error: no web browser could be started; open {url} "
                                          f"yourself"]
+
+
+def test_takes_page_keeps_odd_text_inside_its_data(tmp_path: Path) -> None:
+    """A prompt that holds "</script>" or "<!--" cannot break out of the embedded data, and a
+    scene path with a space is quoted in the command to copy."""
+    from soundscape.page import write_takes_page
+
+    folder = tmp_path / "takes/drip"
+    takes = [(s, wav(folder / f"drip-seed{s}.wav", np.full((1, 800), 0.1 * s, np.float32), 8000))
+             for s in (1, 2)]
+    prompt = "a drip </script><!-- <script>alert(1)</script>"
+    page = write_takes_page(folder, "my scene", "my scenes/a b.yaml", "drip", prompt, takes)
+    data = embedded(page)
+    assert data["prompt"] == prompt
+    assert [t["keep"] for t in data["takes"]] == [
+        f"soundscape takes 'my scenes/a b.yaml' drip --keep {s}" for s in (1, 2)]
+    assert [t["file"] for t in data["takes"]] == ["drip-seed1.wav", "drip-seed2.wav"]
+    assert [t["peak_db"][0] for t in data["takes"]] == [-20, -14]
+    assert page.read_text().count("</script>") == 2  # the data block's and the code's

@@ -93,8 +93,16 @@ def check_page_matches_manifest(page: Any, manifest: dict) -> None:
                 f'.lane[data-element="{e["element"]}"] .marker[data-type="{kind}"]',
                 "ms => ms.map(m => parseFloat(m.dataset.start))")
             assert sorted(got) == pytest.approx(want), (e["element"], kind)
+        lane = f'.lane[data-element="{e["element"]}"]'
         seams = sum(len(p.get("seams_s", [])) for p in e["placements"])
-        assert page.locator(f'.lane[data-element="{e["element"]}"] .seam').count() == seams
+        assert page.locator(f"{lane} .seam").count() == seams
+        fades = [(k, p[f"fade_{k}_s"] > 0) for p in e["placements"] for k in ("in", "out")]
+        assert page.locator(f"{lane} .fade").count() == sum(f for _, f in fades)
+        points = page.eval_on_selector_all(f"{lane} svg.automation polyline",
+                                           "ls => ls.map(l => l.getAttribute('points'))")
+        # the line holds the keyframes plus the held levels at the scene's start and end
+        assert [len(p.split()) for p in points] == \
+            ([len(e["automation"]) + 2] if e["automation"] else [])
     assert page.locator(".marker").count() == sum(len(e["placements"])
                                                   for e in manifest["elements"])
 
