@@ -13,6 +13,7 @@ from .audio_io import write_audio
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
 from .generate.models import resolve
+from .page import write_takes_page
 from .scene import load_scene
 from .takes import Log, Progress, generate_missing, take_requests
 
@@ -51,4 +52,5 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
         path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
         write_audio(path, got[0], got[1])
         files.append((t.request.seed, path))
+    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files)
     return files

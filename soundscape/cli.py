@@ -318,6 +318,30 @@ def doctor(model: Annotated[str, typer.Option("--model", help="Hub id or checkpo
         raise typer.Exit(1)
 
 
+@app.command("open")
+def open_page(
+    scene: Annotated[str, typer.Argument(help="Scene file, or the scene's name.")],
+    variant: Annotated[str | None, typer.Option(help="Open this variant's page.")] = None,
+    out: Out = Path("renders"),
+) -> None:
+    """Open a render's audition page (index.html) in the web browser."""
+    import webbrowser
+
+    from .page import find_page
+
+    with _user_errors():
+        name = scene
+        if scene.endswith((".yaml", ".yml")) or Path(scene).is_file():
+            from .scene import load_scene
+
+            name = load_scene(scene, variant).name
+        page = find_page(out, name, variant)
+        url = page.resolve().as_uri()
+        if not webbrowser.open(url):
+            raise SoundscapeError(f"no web browser could be started; open {url} yourself")
+    typer.echo(f"opened {url}")
+
+
 @dev.command("tiny-model")
 def tiny_model(
     directory: Path, seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,

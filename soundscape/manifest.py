@@ -54,7 +54,8 @@ def placement_json(p: LoopRun | Clip) -> dict[str, Any]:
         return {"type": "loop", "start_s": p.start_s, "end_s": p.end_s, "times": p.times,
                 "crossfade_s": p.crossfade_s}
     return {"type": "play", "start_s": round(p.start_s, 6), "length_s": round(p.length_s, 6),
-            "take": p.take, "gain_db": round(p.gain_db, 3), "pan": round(p.pan, 4)}
+            "take": p.take, "gain_db": round(p.gain_db, 3), "pan": round(p.pan, 4),
+            "fade_in_s": p.fade_in_s, "fade_out_s": p.fade_out_s}
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class StemRecord:
     key: str = ""  # everything that changes the stem (incremental renders)
     rendered: bool = True  # re-rendered by this render (False: kept from an earlier one)
     bytes: int = 0  # size of the stem file, to notice a replaced or truncated file
+    volume_db: float | None = 0.0  # None: silent (-inf)
+    automation: tuple[dict[str, float], ...] = ()  # {time_s, level_db}, as the page draws it
 
     @property
     def generated(self) -> int:
@@ -104,6 +107,7 @@ class Manifest:
     format: str
     bit_depth: int | None
     model: str  # the model actually used (the --model override, else the scene's)
+    seed: int  # the scene's
     rendered: str  # local time of the render, ISO 8601
     only: tuple[str, ...] | None
     mix: MixRecord
@@ -142,6 +146,7 @@ class Manifest:
             raise KeyError("manifest_version")
         elements = tuple(
             StemRecord(**{**e, "placements": tuple(e["placements"]),
+                          "automation": tuple(e.get("automation", ())),
                           "takes": tuple(TakeRecord(**t) for t in e["takes"])})
             for e in data["elements"])
         return cls(**{**data, "mix": MixRecord(**data["mix"]), "elements": elements,

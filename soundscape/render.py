@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .arrange import Arrangement, arrange
 from .audio_io import AtomicAudioWriter, output_problem
 from .cache import TakeCache
@@ -45,6 +47,7 @@ from .manifest import (
     versions,
 )
 from .master import master
+from .page import loop_extras, write_page
 from .scene import Scene, load_scene
 from .stems import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
 from .takes import Log, Progress, Source, element_takes, generate_missing, plan_sources
@@ -161,7 +164,8 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
-                 generated: set[str], cache: TakeCache) -> StemRecord:
+                 generated: set[str], cache: TakeCache,
+                 audio: list[np.ndarray] | None) -> StemRecord:
     d = p.decisions[name]
     if d.keep is not None:
         return replace(d.keep, rendered=False,
@@ -172,8 +176,12 @@ def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool
     assert measure is not None
     return StemRecord(
         element=name, source="file" if src.is_file else "prompt", file=src.file,
-        placements=tuple(map(placement_json, plan.loops))
+        placements=tuple({**placement_json(lp), **loop_extras(audio[lp.take], lp,
+                                                                p.out.sample_rate, p.out.frames)}
+                         if audio is not None else placement_json(lp) for lp in plan.loops)
         + tuple(map(placement_json, plan.clips)),
+        volume_db=db(plan.volume_db),
+        automation=tuple({"time_s": k.time_s, "level_db": k.level_db} for k in plan.automation),
         takes=tuple(TakeRecord.of(t, t.request.key in generated,
                                   cache.generated_with(t.request.key)) for t in src.takes),
         stem=str(path.relative_to(p.directory)) if written else None,
@@ -188,6 +196,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
     scene, out = p.scene, p.out
     warnings = list(p.arrangement.warnings) + shared
     jobs: list[StemJob] = []
+    audio_of: dict[str, list[np.ndarray]] = {}
     kept: list[Path] = []
     present: list[str] = []
     for name in p.keys:
@@ -202,6 +211,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
                                           f"excluded by --only); left out of the mix", name))
             continue
         present.append(name)
+        audio_of[name] = audio
         jobs.append(StemJob(p.arrangement.plan(name), audio,
                             p.path(name) if d.write else None, out.sample_rate,
                             scene.duration))
@@ -221,7 +231,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
                 f"before the master and is clipped in its {out.fmt} file (the mix is not); lower "
                 f"its volume or write stems as 32-bit float wav (--bit-depth 32)", name,
                 None, 1.0, measure.sample_peak))
-        records.append(_stem_record(p, name, measure, name in written, generated, cache))
+        records.append(_stem_record(p, name, measure, name in written, generated, cache,
+                                    audio_of.get(name)))
     m = scene.master
     mastered, report = master(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects))
     del mix
@@ -239,7 +250,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         scene=scene.name, variant=scene.variant,
         scene_file=str(scene.path) if scene.path else None, duration_s=scene.duration,
         sample_rate=out.sample_rate, channels=out.channels, format=out.fmt,
-        bit_depth=out.bit_depth, model=p.model, rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        bit_depth=out.bit_depth, model=p.model, seed=scene.seed,
+        rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         only=tuple(sorted(only)) if only else None,
         mix=MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
                       db(report.input_lufs), round(report.gain_db, 3),
@@ -249,6 +261,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         warnings=tuple(warnings), versions=versions())
     manifest_path = p.directory / "manifest.json"
     manifest.write(manifest_path)
+    write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 

@@ -1,0 +1,282 @@
+"""Audition page stage: a render's folder -> ``index.html``, a DAW-like view to look and listen.
+
+Input: a render folder (``manifest.json``, ``mix.<fmt>``, ``stems/``) or a folder of auditioned
+takes. Output: one self-contained, offline HTML file beside them: the page's code and styles are
+inlined from the templates in ``web/``, the manifest and each stem's overview (peak and RMS per
+bin, in dB) are embedded as JSON, and the audio is referenced by relative links. Pages opened
+from ``file://`` may not ``fetch()`` local files, which is why the data is embedded rather than
+loaded.
+
+Overviews are computed by reading each file back block by block, so memory stays flat whatever
+the length of the render.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arrange import LoopRun
+from .audio_io import atomic_write_text
+from .errors import SoundscapeError
+
+OVERVIEW_BINS = 2000
+FLOOR_DB = -90  # overviews are clipped here; quieter reads as silence
+READ_FRAMES = 1 << 16
+PAGE = "index.html"
+_DATA = re.compile(r'(<script id="(?P<id>[a-z-]+)" type="application/json">)(?P<json>.*?)'
+                   r"(</script>)", re.S)
+
+
+def overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
+    """Peak and RMS of an audio file in ``bins`` equal slices, in whole dBFS.
+
+    The file is streamed in blocks, so memory does not grow with its length. Every channel
+    counts: a bin's peak is the largest absolute sample, its RMS the mean power of all
+    channels.
+
+    Returns:
+        ``{"bins": n, "seconds_per_bin": s, "peak_db": [...], "rms_db": [...]}``; values are
+        ints from ``FLOOR_DB`` to 0 (or above, for a stem that clips).
+    """
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)) as f:
+        frames, sr = int(f.frames), float(f.samplerate)
+        n = max(1, min(bins, frames))
+        # bin k covers frames [edges[k], edges[k + 1])
+        edges = np.linspace(0, frames, n + 1).round().astype(np.int64)
+        peak = np.zeros(n, dtype=np.float64)
+        power = np.zeros(n, dtype=np.float64)
+        counts = np.diff(edges).astype(np.float64) * f.num_channels
+        pos = 0
+        while pos < frames:
+            block = f.read(min(READ_FRAMES, frames - pos))
+            m = block.shape[1]
+            if m == 0:
+                break
+            idx = np.searchsorted(edges, pos + np.arange(m), side="right") - 1
+            starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+            absmax = np.abs(block).max(axis=0)
+            sq = np.square(block, dtype=np.float64).sum(axis=0)
+            b = idx[starts]
+            peak[b] = np.maximum(peak[b], np.maximum.reduceat(absmax, starts))
+            power[b] += np.add.reduceat(sq, starts)
+            pos += m
+
+    def db(x: np.ndarray) -> list[int]:
+        with np.errstate(divide="ignore"):
+            v = 20 * np.log10(x)
+        return np.clip(np.nan_to_num(v, neginf=FLOOR_DB), FLOOR_DB, 24).round() \
+            .astype(int).tolist()
+
+    rms = np.sqrt(power / np.maximum(counts, 1))
+    return {"bins": n, "seconds_per_bin": frames / n / sr if sr else 0.0,
+            "peak_db": db(peak), "rms_db": db(rms)}
+
+
+def loop_extras(take: np.ndarray, run: LoopRun, sample_rate: int, total: int) -> dict[str, Any]:
+    """What the manifest tells about a loop run beyond its plan: its real length and its seams.
+
+    The mixer picks the loop point from the audio, so the seams are asked of the same
+    ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
+    crossfade; ``seams_s`` holds the scene times where each crossfade starts.
+    """
+    from .mix import LoopSource
+
+    start = int(round(run.start_s * sample_rate))
+    src = LoopSource(take, run, sample_rate, start, max(0, total - start))
+    xf = src.xf
+    # copy k >= 1 plays take[loop_start:end] from run frame k * period + loop_start
+    seams = []
+    k = 1
+    while src.period > 0 and k * src.period + src.loop_start < src.length:
+        seams.append(round((start + k * src.period + src.loop_start) / sample_rate, 6))
+        k += 1
+    return {"length_s": round(src.length / sample_rate, 6), "seams_s": seams,
+            "seam_crossfade_s": round(xf / sample_rate, 6),
+            "fade_in_s": run.fade_in_s, "fade_out_s": run.fade_out_s}
+
+
+def _template(name: str) -> str:
+    return resources.files(__package__).joinpath("web", name).read_text(encoding="utf-8")
+
+
+def _json_block(data: Any) -> str:
+    # "</script" or "<!--" in a string would end or upset the script element: JSON may
+    # spell "<" as "\u003c" (it only occurs inside strings)
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+
+
+def _fill(template: str, title: str, blocks: dict[str, Any]) -> str:
+    page = template.replace("/*CSS*/", _template("page.css"))
+    page = page.replace("{{title}}", html.escape(title))
+    for key, value in blocks.items():
+        page = page.replace(f"{{{{{key}}}}}", _json_block(value))
+    return page
+
+
+def _element_warnings(names: list[str], warnings: list[Any]) -> tuple[dict[str, list[str]],
+                                                                      list[str]]:
+    """Deal the render's warnings to the elements they name (the manifest's typed warnings
+    carry the element; plain strings are matched by name); the rest concern the scene."""
+    mine: dict[str, list[str]] = {n: [] for n in names}
+    rest = []
+    for item in warnings:
+        w = item["message"] if isinstance(item, dict) else str(item)
+        named = item.get("element") if isinstance(item, dict) else None
+        hit = [named] if named in mine else [
+            n for n in names if w.startswith((f"{n} ", f"{n}:")) or f"stem {n} " in w]
+        for n in hit:
+            mine[n].append(w)
+        if not hit:
+            rest.append(w)
+    return mine, rest
+
+
+def _base_dir(directory: Path, manifest: dict[str, Any]) -> Path:
+    return directory.parent if manifest.get("variant") else directory
+
+
+def siblings(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scene's renders next to this one (base and variants), as links relative to
+    ``directory``; the current one is marked."""
+    base = _base_dir(directory, manifest)
+    found: list[tuple[str | None, Path]] = []
+    if (base / "manifest.json").is_file():
+        found.append((None, base))
+    for sub in sorted(base.iterdir()) if base.is_dir() else []:
+        if sub.is_dir() and (sub / "manifest.json").is_file():
+            found.append((sub.name, sub))
+    here = directory.resolve()
+    up = "../" if manifest.get("variant") else ""
+    return [{"variant": variant, "href": f"{up}{variant + '/' if variant else ''}{PAGE}",
+             "current": d.resolve() == here} for variant, d in found]
+
+
+def page_data(directory: Path) -> dict[str, Any]:
+    """The data a render page embeds: the manifest, overviews of mix and stems, warnings per
+    element and the sibling renders."""
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SoundscapeError(f"{manifest_path} not found; render the scene first "
+                              f"(soundscape render SCENE)") from None
+    except (OSError, ValueError) as err:
+        raise SoundscapeError(f"{manifest_path} is not a readable manifest ({err}); render the "
+                              f"scene again") from None
+    names = [e["element"] for e in manifest["elements"]]
+    per_element, general = _element_warnings(names, manifest.get("warnings", []))
+    overviews: dict[str, Any] = {}
+    for e in manifest["elements"]:
+        stem = directory / e["stem"] if e.get("stem") else None
+        if stem is None:  # --only left the old stem in place
+            guess = directory / "stems" / f"{e['element']}.{manifest['format']}"
+            stem = guess if guess.is_file() else None
+        if stem is not None and stem.is_file():
+            overviews[e["element"]] = {"file": stem.relative_to(directory).as_posix(),
+                                       **overview(stem)}
+    mix = directory / manifest["mix"]["file"]
+    mix_overview = overview(mix) if mix.is_file() else None
+    return {"manifest": manifest, "overviews": overviews, "mix_overview": mix_overview,
+            "warnings": {"elements": per_element, "scene": general},
+            "siblings": siblings(directory, manifest)}
+
+
+def write_page(directory: str | Path) -> Path:
+    """Write ``index.html`` into a render folder and refresh the sibling pages' variant links.
+
+    Returns the page's path.
+    """
+    directory = Path(directory)
+    data = page_data(directory)
+    m = data["manifest"]
+    title = f"{m['scene']}{' / ' + m['variant'] if m.get('variant') else ''} — soundscape"
+    path = directory / PAGE
+    atomic_write_text(path, _fill(_template("render.html"), title, {"data": data}))
+    for link in data["siblings"]:
+        if not link["current"]:
+            _refresh_links(directory / link["href"])
+    return path
+
+
+def _refresh_links(page: Path) -> None:
+    """Rewrite only the list of sibling renders embedded in an existing page (cheap: no
+    overview is recomputed)."""
+    try:
+        text = page.read_text(encoding="utf-8")
+    except OSError:
+        return
+    match = next((mt for mt in _DATA.finditer(text) if mt.group("id") == "data"), None)
+    if match is None:
+        return
+    try:
+        data = json.loads(match.group("json"))
+    except ValueError:
+        return  # not a page this version wrote; it keeps its links
+    data["siblings"] = siblings(page.parent, data["manifest"])
+    new = text[:match.start("json")] + _json_block(data) + text[match.end("json"):]
+    if new != text:
+        atomic_write_text(page, new)
+
+
+def write_takes_page(directory: str | Path, scene: str, scene_file: str, element: str,
+                     prompt: str, takes: list[tuple[int, Path]]) -> Path:
+    """Write ``index.html`` beside auditioned takes: waveform, player and seed of each, with
+    the ``--keep SEED`` command to copy.
+
+    Args:
+        directory: the folder holding the take files.
+        scene: the scene's label; scene_file: the path to give ``soundscape takes``.
+        takes: ``(seed, path)`` of each take.
+    """
+    directory = Path(directory)
+    items = []
+    for seed, path in takes:
+        items.append({"seed": seed, "file": Path(path).relative_to(directory).as_posix(),
+                      "keep": f"soundscape takes {_shell(scene_file)} {_shell(element)} "
+                              f"--keep {seed}",
+                      **overview(path)})
+    data = {"scene": scene, "scene_file": scene_file, "element": element, "prompt": prompt,
+            "takes": items}
+    path = directory / PAGE
+    atomic_write_text(path, _fill(_template("takes.html"), f"{element} takes — {scene}",
+                                  {"data": data}))
+    return path
+
+
+def _shell(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
+
+
+def page_path(out: str | Path, scene: str, variant: str | None) -> Path:
+    """Where the page of a scene (or variant) render lives under ``out``."""
+    d = Path(out) / scene
+    return (d / variant if variant else d) / PAGE
+
+
+def find_page(out: str | Path, scene: str, variant: str | None) -> Path:
+    """The page of a render, written now from its manifest if the render predates pages.
+
+    Raises:
+        SoundscapeError: when there is no such render.
+    """
+    page = page_path(out, scene, variant)
+    if page.is_file():
+        return page
+    if (page.parent / "manifest.json").is_file():
+        return write_page(page.parent)
+    label = f"{scene}{' --variant ' + variant if variant else ''}"
+    raise SoundscapeError(f"no render of {label} in {page.parent}; render it first "
+                          f"(soundscape render SCENE{' --variant ' + variant if variant else ''}"
+                          f"{'' if str(out) == 'renders' else ' --out ' + str(out)})")
+
