@@ -76,8 +76,8 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
     from soundscape.audio_io import read_audio, resample, write_audio
     from soundscape.effects import build_board
     from soundscape.master import master
-    from soundscape.mix import to_channels
     from soundscape.scene import load_scene
+    from soundscape.stereo import to_channels
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

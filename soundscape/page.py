@@ -88,7 +88,7 @@ def loop_extras(take: np.ndarray, run: LoopRun, sample_rate: int, total: int) ->
     ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
     crossfade; ``seams_s`` holds the scene times where each crossfade starts.
     """
-    from .mix import LoopSource
+    from .loops import LoopSource
 
     start = int(round(run.start_s * sample_rate))
     src = LoopSource(take, run, sample_rate, start, max(0, total - start))

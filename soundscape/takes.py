@@ -197,7 +197,7 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
 def conform(audio: np.ndarray, sr: int, scene: Scene) -> np.ndarray:
     """A take or recording at the scene's rate, with at most two channels."""
     from .audio_io import resample
-    from .mix import downmix
+    from .stereo import downmix
 
     return downmix(resample(audio, sr, scene.sample_rate), 2)
 
@@ -209,7 +209,7 @@ def element_takes(scene: Scene, source: Source, cache: TakeCache) -> list[np.nda
     ``decorrelate`` widens each mono take with a decorrelated copy.
     """
     from .audio_io import read_audio
-    from .mix import decorrelate, widen
+    from .stereo import decorrelate, widen
 
     name = source.element
     e = scene.elements[name]

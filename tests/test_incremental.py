@@ -64,7 +64,9 @@ def test_one_volume_edit_rewrites_that_stem_the_mix_and_the_manifest(
     [res] = render(scene, out=out, fmt=fmt, bit_depth=bit_depth, jobs=1)
     after = mtimes(out)
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed == {f"inc/stems/hum.{fmt}", f"inc/mix.{fmt}", "inc/manifest.json"}
+    # and the audition page, which draws the manifest
+    assert changed == {f"inc/stems/hum.{fmt}", f"inc/mix.{fmt}", "inc/manifest.json",
+                       "inc/index.html"}
     assert rendered(res) == {"bed": False, "drip": False, "hum": True, "room": False}
     m = json.loads(res.manifest_path.read_text())
     assert [e["rendered"] for e in m["elements"]] == [False, False, True, False]
@@ -89,7 +91,8 @@ def test_master_change_keeps_every_stem(scene: Path, tmp_path: Path) -> None:
     edit(scene, loudness="-14 LUFS")
     [res] = render(scene, out=out, jobs=1)
     after = mtimes(out)
-    assert {k for k in after if after[k] != before[k]} == {"inc/mix.wav", "inc/manifest.json"}
+    assert {k for k in after if after[k] != before[k]} == {"inc/mix.wav", "inc/manifest.json",
+                                                           "inc/index.html"}
     assert set(rendered(res).values()) == {False}
     assert res.mix_lufs == pytest.approx(-14, abs=0.5)
 
@@ -139,4 +142,5 @@ def test_format_change_replaces_the_old_stems(scene: Path, tmp_path: Path) -> No
     [res] = render(scene, out=out, fmt="flac", jobs=1)
     assert set(rendered(res).values()) == {True}
     assert sorted(p.name for p in (out / "inc").rglob("*.*") if p.is_file()) == [
-        "bed.flac", "drip.flac", "hum.flac", "manifest.json", "mix.flac", "room.flac"]
+        "bed.flac", "drip.flac", "hum.flac", "index.html", "manifest.json", "mix.flac",
+        "room.flac"]

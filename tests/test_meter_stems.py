@@ -12,11 +12,12 @@ import pytest
 
 from soundscape.arrange import LoopRun
 from soundscape.audio_io import read_audio
+from soundscape.loops import LoopSource, render_loop
 from soundscape.master import LIMITER_DETECTOR
 from soundscape.meter import TRUE_PEAK, Meter, measure
-from soundscape.mix import LoopSource, pan_gains, render_loop, to_channels
 from soundscape.render import render
 from soundscape.stems import plan_groups
+from soundscape.stereo import pan_gains, to_channels
 
 from .conftest import wav
 

@@ -11,10 +11,11 @@ from scipy.signal import resample_poly
 
 from soundscape.arrange import LoopRun, arrange
 from soundscape.audio_io import read_audio
+from soundscape.loops import render_loop
 from soundscape.master import integrated_loudness, limit, master
-from soundscape.mix import pan_gains, render_loop, to_channels
 from soundscape.render import render
 from soundscape.scene import load_scene, scene_from_dict
+from soundscape.stereo import pan_gains, to_channels
 
 from .conftest import wav
 

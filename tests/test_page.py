@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from soundscape.arrange import LoopRun
 from soundscape.cli import app
-from soundscape.mix import best_loop_points
+from soundscape.loops import best_loop_points
 from soundscape.page import FLOOR_DB, PAGE, loop_extras, overview
 
 from .conftest import ROOT, wav
