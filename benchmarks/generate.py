@@ -38,7 +38,8 @@ from soundscape.generate.audiogen import (
     per_row_sampling,
     pick_device,
 )
-from soundscape.generate.decode import FastDecoder, kl_divergence, teacher_forced_logits
+from soundscape.generate.decode import FastDecoder
+from soundscape.generate.diagnostics import kl_divergence, teacher_forced_logits
 from soundscape.generate.models import ModelRef, resolve
 from soundscape.generate.precision import choose_precision
 from soundscape.generate.tiny import build_random_model, write_tiny_model

@@ -137,7 +137,7 @@ def test_bf16_generator(tiny_model: Path) -> None:
 def test_kl_of_equal_logits_is_zero_and_grows() -> None:
     import torch
 
-    from soundscape.generate.decode import kl_divergence
+    from soundscape.generate.diagnostics import kl_divergence
 
     a = torch.tensor([[2.0, 1.0, 0.0]])
     assert kl_divergence(a, a) == 0.0
@@ -185,7 +185,8 @@ def test_teacher_forced_logits_equal_audiocraft_forward(model) -> None:  # type:
     import torch
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
 
-    from soundscape.generate.decode import FastDecoder, teacher_forced_logits
+    from soundscape.generate.decode import FastDecoder
+    from soundscape.generate.diagnostics import teacher_forced_logits
 
     codes = _tokens(model, ["a", "b"], [2, 9], 0.4, fast=False)
     logits, valid = teacher_forced_logits(model, FastDecoder(model.lm), ["a", "b"], codes)
