@@ -17,15 +17,20 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import locks
 from .cache import TakeCache
 from .errors import RenderError
 from .generate import TakeRequest
 from .generate.models import ModelRef
 from .scene import Element, Scene
 from .warnings import RenderWarning
+
+if TYPE_CHECKING:
+    from .generate.audiogen import Generator
 
 # Bump when conforming or a stereo mode changes the audio built from the same takes.
 TAKES_VERSION = "2"
@@ -160,35 +165,69 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
                      ) -> tuple[set[str], list[RenderWarning]]:
     """Generate the requests whose keys are not cached, storing each batch as it finishes.
 
-    Returns the keys generated now and the warnings of the cache and the generator.
+    A key is generated only under its cache lock: keys another render is generating are waited
+    for and then read from the cache (or generated here, if that render died first), so two
+    renders at once never generate one take twice. Returns the keys generated now and the
+    warnings of the cache and the generator.
     """
-    seen: dict[str, TakeRequest] = {}
+    pending: dict[str, TakeRequest] = {}
     for r in requests:
-        if r.key not in seen and not cache.has(r.key):
-            seen[r.key] = r
+        if r.key not in pending and not cache.has(r.key):
+            pending[r.key] = r
+    done: set[str] = set()
+    notes: list[str] = []
+    gen = None
+    while pending:
+        held: dict[str, int] = {}
+        try:
+            for key in list(pending):
+                fd = cache.try_lock(key)
+                if fd is None:
+                    continue
+                if cache.has(key):  # finished by another render since we looked
+                    locks.unlock(fd)
+                    del pending[key]
+                else:
+                    held[key] = fd
+            if held:
+                mine = [pending.pop(k) for k in held]
+                if gen is None:
+                    gen = _generator(ref, device, max_batch, progress)
+                log(cost_line(len(mine), sum(r.duration_s for r in mine), gen.device, ref))
+                gen.generate(mine, on_batch=functools.partial(
+                    _store, cache, gen.sample_rate, held, done))
+        finally:
+            for fd in held.values():
+                locks.unlock(fd)
+        for key in list(pending):  # held by other renders: wait for them, then look again
+            locks.unlock(cache.wait_lock(key))
+            if cache.has(key):
+                del pending[key]
+    if gen is not None:
+        notes = gen.notes
     warnings = [RenderWarning("cache", p) for p in cache.problems]
     cache.problems.clear()
-    if not seen:
-        return set(), warnings
-    missing = list(seen.values())
+    return done, warnings + [RenderWarning("generate", note) for note in notes]
+
+
+def _store(cache: TakeCache, sample_rate: int, held: dict[str, int], done: set[str],
+           reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:
+    """Store one finished batch and release its keys' locks (a waiting render reads them)."""
+    for r, a in zip(reqs, audio, strict=True):
+        cache.put(r, a, sample_rate, seconds / len(reqs))
+        done.add(r.key)
+        locks.unlock(held.pop(r.key))
+
+
+def _generator(ref: ModelRef, device: str, max_batch: int, progress: Progress | None
+               ) -> Generator:
+    """Load the model; the heavy import happens only now."""
     from .generate.models import locate
 
     locate(ref)  # fail fast, before the slow import, when the weights cannot be had
-    from .generate.audiogen import Generator, pick_device  # the heavy import, only now
+    from .generate.audiogen import Generator, pick_device
 
-    dev = pick_device(device)
-    log(cost_line(len(missing), sum(r.duration_s for r in missing), dev, ref))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress)
-    done: set[str] = set()
-
-    def store(reqs: list[TakeRequest], audio: list[np.ndarray], seconds: float) -> None:
-        for r, a in zip(reqs, audio, strict=True):
-            cache.put(r, a, gen.sample_rate, seconds / len(reqs))
-            done.add(r.key)
-
-    gen.generate(missing, on_batch=store)
-    warnings += [RenderWarning("generate", note) for note in gen.notes]
-    return done, warnings
+    return Generator(ref, pick_device(device), max_batch=max_batch, progress=progress)
 
 
 def conform(audio: np.ndarray, sr: int, scene: Scene) -> np.ndarray:

@@ -40,6 +40,7 @@ MAX_PLAYS = 10_000  # at: times, and automation keyframes
 MAX_EFFECTS = 32
 RESERVED_VARIANTS = ("stems", "takes", "loops", "pools")  # folders of the base render
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+UNSTABLE_ABOVE_NYQUIST = ("highpass", "lowpass")
 
 _NUM_OR_STR = [{"type": "number"}, {"type": "string"}]
 
@@ -396,6 +397,28 @@ class Scene(_Model):
                              f"render keeps its {', '.join(RESERVED_VARIANTS)} folders under "
                              f"that name; rename it, e.g. '{taken[0]}_v'")
         return v
+
+    @model_validator(mode="after")
+    def _one_sample(self) -> Scene:
+        if round(self.duration * self.sample_rate) < 1:
+            raise ValueError(f"duration {self.duration:g} s is shorter than one sample at "
+                             f"{self.sample_rate} Hz; give at least {1 / self.sample_rate:.3g} s")
+        return self
+
+    @model_validator(mode="after")
+    def _below_nyquist(self) -> Scene:
+        # pedalboard's high- and low-pass filters turn unstable (infinite output) with a cutoff
+        # above half the sample rate; shelves and bells stay stable there.
+        nyquist = self.sample_rate / 2
+        chains = [(f"elements.{n}.effects", e.effects) for n, e in self.elements.items()]
+        for where, effects in [*chains, ("master.effects", self.master.effects)]:
+            for i, fx in enumerate(effects):
+                if fx.name in UNSTABLE_ABOVE_NYQUIST and fx.param("cutoff") > nyquist:
+                    raise ValueError(
+                        f"{where}[{i}]: {fx.name} cutoff {fx.param('cutoff'):g} Hz is above "
+                        f"{nyquist:g} Hz, half the {self.sample_rate} Hz sample rate; use a "
+                        f"lower cutoff or a higher sample_rate")
+        return self
 
     @model_validator(mode="after")
     def _model_path(self, info: ValidationInfo) -> Scene:
