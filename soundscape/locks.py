@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover - Windows
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (any user's)."""
+    """Whether a process with this id runs on this machine (any user's); a zombie is dead."""
     if pid <= 0:
         return False
     try:
@@ -34,7 +34,11 @@ def pid_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:  # a killed process whose parent has not reaped it (PID 1 in a container may never)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): signal 0 reached it
+    return state not in ("Z", "X")
 
 
 def _open(path: Path) -> int:

@@ -66,6 +66,20 @@ def segments(pid: int) -> list[str]:
     return [p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}{pid}-*")]
 
 
+@linux_only
+def test_a_killed_but_unreaped_process_counts_as_dead() -> None:
+    from soundscape.locks import pid_alive
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert pid_alive(p.pid)
+    os.kill(p.pid, signal.SIGKILL)  # not waited for: a zombie, as orphans are until reaped
+    deadline = time.time() + 5
+    while time.time() < deadline and alive(p.pid):
+        time.sleep(0.01)
+    assert not pid_alive(p.pid)
+    p.wait()
+
+
 def test_stale_temps_of_dead_writers_go_and_live_ones_stay(tmp_path: Path) -> None:
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
