@@ -164,7 +164,9 @@ def test_random_file_scenes_render_or_fail_in_one_line(recordings: Path,
         f"{type(res.exception).__name__}: {res.exception}\n{text}"
     assert "Traceback" not in text and "unexpected failure" not in text, text
     if res.exit_code == 1:
-        assert len([ln for ln in text.splitlines() if ln.startswith("Error:")]) == 1, text
+        errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+        # one line, or one per problem of an invalid scene file, each at its file:line
+        assert len(errors) == 1 or all(ln.startswith(f"Error: {path}:") for ln in errors), text
         assert not (out / "fuzz" / f"mix.{args[1]}").exists()
         return
     assert res.exit_code == 0, text
@@ -201,3 +203,13 @@ def test_a_filter_cutoff_above_half_the_rate_is_refused(tmp_path: Path, rate: in
                                                    f"{rate / 2:g} Hz, half the {rate} Hz sample "
                                                    f"rate; use a lower cutoff or a higher "
                                                    f"sample_rate")
+
+
+def test_a_level_past_48_db_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "s.yaml"  # 1e30 linear (+600 dB), twice, overflowed float32 to infinity
+    p.write_text("name: s\nduration: 1\nelements:\n  x: {prompt: y, automation: "
+                 "[{time: 0, level: 1.0e+30}]}\n")
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert (res.exit_code, res.output.strip()) == (
+        1, f"Error: {p}:4: elements.x.automation[0].level: 1e+30 is +600.00 dB, more than the "
+        f"+48 dB a level may add; write e.g. '+6 dB' or 2")
