@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,10 @@ import numpy as np
 
 FORMATS = ("wav", "flac", "ogg", "mp3")
 WAV_BIT_DEPTHS = (16, 24, 32)
+# A temporary file of atomic_path: ".<stem>.<writer pid>-<random>.tmp<suffix>".
+_TEMP = re.compile(r"^\..*\.(\d+)-[A-Za-z0-9_]+\.tmp(\.[^.]*)?$")
+STALE_TEMP_AGE_S = 24 * 3600.0  # past this without a write, a temp is stale whoever wrote it
+_OURS: set[str] = set()  # temps this process is writing (its pid may be a dead run's, reused)
 
 
 @contextlib.contextmanager
@@ -28,15 +34,18 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
     The temporary name keeps the target's suffix so writers that infer the format from the
-    extension (pedalboard.io) still work. On any exception, KeyboardInterrupt included, the
-    temporary file is removed and ``target`` is left as it was.
+    extension (pedalboard.io) still work, and carries the writer's process id, so that
+    ``remove_stale_temps`` can tell a file left by a killed process from one being written. On
+    any exception, KeyboardInterrupt included, the temporary file is removed and ``target`` is
+    left as it was; after ``kill -9`` only the temporary file remains, never a partial target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}",
-                                dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}-",
+                                suffix=f".tmp{target.suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
+    _OURS.add(os.path.abspath(name))
     try:
         yield tmp
         umask = os.umask(0)
@@ -47,6 +56,41 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    finally:
+        _OURS.discard(os.path.abspath(name))
+
+
+def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Remove the temporary files of ``atomic_path`` in ``folder`` left by dead processes.
+
+    A temp is stale when the process named in it is gone, or when nothing has written to it for
+    ``max_age_s`` (its pid may have been reused, or it came from another machine). Temps of live
+    writers, such as a second render running at the same time, are left alone. Returns the
+    removed paths.
+    """
+    from .locks import pid_alive
+
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
+        except OSError:
+            continue
+        pid = int(m.group(1))
+        mine = pid == os.getpid() and os.path.abspath(entry.path) not in _OURS
+        if old or mine or not pid_alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -6,6 +6,8 @@ settings, seed, model, duration, creation and generation time, and the audio fil
 plus the audio file it names. Audio is written first, then the sidecar, both atomically; a
 reader trusts an entry only if the sidecar parses and the audio's hash matches. Two renders
 writing one key never corrupt each other: each names its audio file by its own content hash.
+A render generates a key only while it holds the key's lock (``<key>.lock`` beside the entry, an
+flock released when its holder dies), so two renders at once never generate one take twice.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio_io import atomic_path, atomic_write_text
+from . import locks
+from .audio_io import atomic_path, atomic_write_text, remove_stale_temps
 from .generate import GENERATOR_VERSION, TakeRequest
 
 
@@ -46,6 +49,20 @@ class TakeCache:
 
     def sidecar_path(self, key: str) -> Path:
         return self._dir(key) / f"{key}.json"
+
+    def try_lock(self, key: str) -> int | None:
+        """Take the key's generation lock without waiting: its descriptor, or None when another
+        process holds it. Temporary files that dead writers left in the entry's folder go."""
+        d = self._dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(d)
+        return locks.try_lock(d / f"{key}.lock")
+
+    def wait_lock(self, key: str) -> int:
+        """Take the key's generation lock, waiting while another process generates it."""
+        d = self._dir(key)
+        d.mkdir(parents=True, exist_ok=True)
+        return locks.lock(d / f"{key}.lock")
 
     def entry(self, key: str) -> dict | None:
         """The sidecar of a sound entry, else None (damaged entries are noted and ignored)."""

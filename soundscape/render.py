@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .arrange import Arrangement, arrange
-from .audio_io import AtomicAudioWriter, output_problem
+from .audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
 from .generate.models import ModelRef, resolve
@@ -36,6 +36,7 @@ from .incremental import (
     stem_key,
     summable,
 )
+from .locks import locked
 from .manifest import (
     Manifest,
     MixRecord,
@@ -141,12 +142,13 @@ def output_dir(out: Path, scene: Scene) -> Path:
 
 
 def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
-          bit_depth: int | None, only: set[str] | None, force: bool) -> _Plan:
+          bit_depth: int | None, only: set[str] | None, force: bool,
+          directory: Path | None = None) -> _Plan:
     sources = plan_sources(scene, ref)
     arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
     out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
                  fmt, bit_depth)
-    directory = output_dir(out_root, scene)
+    directory = directory or output_dir(out_root, scene)
     keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
     m = scene.master
     mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
@@ -190,6 +192,19 @@ def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool
         rendered=True, bytes=path.stat().st_size if written else 0)
 
 
+def _forget_rewritten(p: _Plan) -> None:
+    """Before any file is replaced, drop the earlier manifest's records of the stems and the mix
+    this render rewrites: killed half-way, it then leaves a manifest that names only files it
+    has not touched, and the next render keeps those and renders the rest."""
+    if p.previous is None:
+        return
+    rewritten = {n for n, d in p.decisions.items() if d.keep is None and d.write}
+    interim = replace(p.previous, elements=tuple(
+        e for e in p.previous.elements if e.element not in rewritten),
+        mix=replace(p.previous.mix, key=""))
+    interim.write(p.directory / "manifest.json")
+
+
 def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWarning],
          only: set[str] | None, jobs_requested: int | None) -> RenderResult:
     """Conform, render the stems that changed, sum the kept ones, master and write."""
@@ -215,6 +230,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         jobs.append(StemJob(p.arrangement.plan(name), audio,
                             p.path(name) if d.write else None, out.sample_rate,
                             scene.duration))
+    _forget_rewritten(p)
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
     mix, measures = render_stems(jobs, out.sample_rate, out.channels, out.frames,
                                  out.bit_depth, workers)
@@ -315,11 +331,13 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
                                       f"{', '.join(map(repr, unknown))}; elements: "
                                       f"{', '.join(s.elements)}")
     refs: dict[str, ModelRef] = {}
+    ref_of: dict[str, ModelRef] = {}
     plans = []
     for s in scenes:
         name = model or s.model
         if name not in refs:
             refs[name] = resolve(name, s.base_dir)
+            ref_of[refs[name].name] = refs[name]
         plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
                            force))
     cache = TakeCache(cache_dir)
@@ -335,12 +353,42 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
         shared += warns
     results = []
     for p in plans:
-        if not p.redo_mix and p.previous is not None:
-            results.append(RenderResult(p.previous, p.directory, p.directory / "manifest.json",
-                                        True))
-            continue
         try:
-            results.append(_mix(p, cache, generated, shared, only_set, jobs))
+            results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
+                                  generated, shared, only_set, force, jobs))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
+
+
+def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
+           progress: Progress | None, cache: TakeCache, generated: set[str],
+           shared: list[RenderWarning], only: set[str] | None, force: bool,
+           jobs: int | None) -> RenderResult:
+    """The write phase of one scene or variant, under its output folder's lock.
+
+    Another render of the same folder may have finished since ``p`` was planned, so the plan is
+    made again under the lock (against the manifest now on disk); takes it then needs that are
+    still missing are generated here. Temporary files that killed renders left go first.
+    """
+    created = not p.directory.exists()
+    p.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(p.directory):
+            for folder in (p.directory, p.directory / "stems"):
+                remove_stale_temps(folder)
+            p = _plan(p.scene, ref, p.model, p.directory, p.out.fmt, p.out.bit_depth, only,
+                      force, directory=p.directory)
+            if not p.redo_mix and p.previous is not None:
+                return RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
+            wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
+                      and (only is None or n in only) for t in src.takes]
+            done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress)
+            generated |= done
+            shared += warns
+            return _mix(p, cache, generated, shared, only, jobs)
+    except BaseException:
+        if created:  # leave no empty folder behind a failed first render
+            with contextlib.suppress(OSError):
+                p.directory.rmdir()
+        raise

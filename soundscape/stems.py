@@ -9,12 +9,20 @@ summed together depends only on the scene and the worker count: the same scene r
 same bits every time with the same ``jobs``. Each extra group sums into a shared-memory buffer of
 its own; the main process renders group 0 itself and adds the others in group order. Memory is
 one mix buffer per group plus one element at a time per group, whatever the number of elements.
+
+A killed render leaves nothing running and nothing in memory: on Linux the workers ask the kernel
+to kill them when the render that started them dies (``PR_SET_PDEATHSIG``), and the shared
+buffers are named ``soundscape-<pid>-<random>`` so that a later render unlinks those whose
+creator is dead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
+import signal
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +42,9 @@ from .mix import render_element
 # Below this much work (element-seconds of audio) one process is faster than starting others:
 # measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
 PARALLEL_MIN_WORK_S = 1200.0
+SHM_PREFIX = "soundscape-"
+_SHM_NAME = re.compile(rf"^{SHM_PREFIX}(\d+)-[0-9a-f]+$")
+SHM_DIR = Path("/dev/shm")  # where Linux keeps POSIX shared memory
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,40 @@ def _worker(jobs: list[StemJob], shm_name: str, shape: tuple[int, int], sample_r
         shm.close()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: be killed with the render that started us (Linux), even by kill -9,
+    so that no worker outlives it writing files or holding its shared memory."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the render died before the request took effect
+        os._exit(1)
+
+
+def remove_stale_buffers(folder: Path = SHM_DIR) -> list[str]:
+    """Unlink the shared mix buffers of renders that are no longer running; their names."""
+    from .locks import pid_alive
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            m = _SHM_NAME.match(entry.name)
+            if m and not pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
+def _new_buffer(nbytes: int) -> shared_memory.SharedMemory:
+    return shared_memory.SharedMemory(
+        name=f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}", create=True, size=nbytes)
+
+
 def _context() -> Any:
     """fork on Linux: instant, and it needs no ``if __name__ == "__main__"`` guard in the
     user's script. The children only run numpy, scipy and pedalboard, so torch's threads in
@@ -153,13 +198,18 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
         measures = _render_group(jobs, mix, sample_rate, channels, bit_depth)
         return mix, {m.name: m for m in measures}
     nbytes = max(1, mix.nbytes)
-    buffers = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in groups[1:]]
+    remove_stale_buffers()
+    buffers: list[shared_memory.SharedMemory] = []
     partials: list[np.ndarray] = []  # views on the buffers: dropped before they are closed
     try:
-        for shm in buffers:
+        for _ in groups[1:]:
+            buffers.append(_new_buffer(nbytes))
+            shm = buffers[-1]
             partials.append(np.ndarray(mix.shape, dtype=np.float32, buffer=shm.buf))
             partials[-1][:] = 0.0
-        with ProcessPoolExecutor(len(groups) - 1, mp_context=_context()) as pool:
+        with ProcessPoolExecutor(len(groups) - 1, mp_context=_context(),
+                                 initializer=_die_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures: list[Future[list[StemMeasure]]] = [
                 pool.submit(_worker, [jobs[i] for i in g], shm.name, mix.shape, sample_rate,
                             bit_depth)

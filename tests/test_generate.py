@@ -258,11 +258,13 @@ def test_killed_render_resumes_without_partial_files(tmp_path: Path, tiny_model:
     proc.wait()
     done = len(list((cache / "takes").rglob("*.json")))  # sidecars, not cost.json
     assert 3 <= done < 13
-    assert not list(tmp_path.rglob(".*.tmp*"))
+    # a kill inside a write may leave its temporary file (never the final name); the next
+    # render removes it, as it removes every temp whose writer is dead
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     m = manifest(tmp_path / "o", "small")
     assert m["generated"] == 13 - done
+    assert not list(tmp_path.rglob(".*.tmp*"))
 
 
 def test_two_renders_share_one_cache_at_once(tmp_path: Path, tiny_model: Path) -> None:

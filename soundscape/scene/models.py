@@ -310,6 +310,13 @@ class Scene(_Model):
         return v
 
     @model_validator(mode="after")
+    def _one_sample(self) -> Scene:
+        if round(self.duration * self.sample_rate) < 1:
+            raise ValueError(f"duration {self.duration:g} s is shorter than one sample at "
+                             f"{self.sample_rate} Hz; give at least {1 / self.sample_rate:.3g} s")
+        return self
+
+    @model_validator(mode="after")
     def _model_path(self, info: ValidationInfo) -> Scene:
         base = (info.context or {}).get("base_dir")
         if base is not None and self.model not in (DEFAULT_MODEL,) and (

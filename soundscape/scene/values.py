@@ -24,6 +24,7 @@ MAX_TAKE_S = 300.0  # AudioGen extends past its 10 s window: 5 min is ~8 min of 
 MAX_ELEMENTS = 256
 MAX_PLAYS = 10_000  # at: times, and automation keyframes
 MAX_EFFECTS = 32
+MAX_LEVEL_DB = 48.0  # element volume and automation levels
 RESERVED_VARIANTS = ("stems", "takes", "loops", "pools")  # folders of the base render
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 
@@ -98,8 +99,17 @@ TakeDuration = Annotated[float, BeforeValidator(_take_duration),
 SceneDuration = Annotated[float, BeforeValidator(_scene_duration),
                           _schema("Seconds, > 0 and at most 24 h: a number or '90 s', '2 min', "
                                   "'1:30', '3 h'.")]
-Level = Annotated[float, BeforeValidator(units.parse_level_db),
-                  _schema("A level: '-6 dB', or a linear gain such as 0.5 (0 is silence).")]
+def _level(v: Any) -> float:
+    db = units.parse_level_db(v)
+    if db > MAX_LEVEL_DB:  # past this, gains multiply float32 samples into infinity
+        raise ValueError(f"{show(v)} is {db:+.2f} dB, more than the +{MAX_LEVEL_DB:g} dB a level "
+                         f"may add; write e.g. '+6 dB' or 2")
+    return db
+
+
+Level = Annotated[float, BeforeValidator(_level),
+                  _schema("A level: '-6 dB', or a linear gain such as 0.5 (0 is silence); at "
+                          "most +48 dB.")]
 Decibels = Annotated[float, BeforeValidator(units.parse_db),
                      _schema("Decibels: -3 or '-3 dB'.")]
 Pan = Annotated[float, BeforeValidator(_pan),
