@@ -355,7 +355,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     for p in plans:
         try:
             results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
-                                  generated, shared, only_set, force, jobs))
+                                  generated, shared, only_set, force, jobs, precision))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
@@ -364,7 +364,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
 def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
            progress: Progress | None, cache: TakeCache, generated: set[str],
            shared: list[RenderWarning], only: set[str] | None, force: bool,
-           jobs: int | None) -> RenderResult:
+           jobs: int | None, precision: str = "auto") -> RenderResult:
     """The write phase of one scene or variant, under its output folder's lock.
 
     Another render of the same folder may have finished since ``p`` was planned, so the plan is
@@ -383,7 +383,8 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
                 return RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (only is None or n in only) for t in src.takes]
-            done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress)
+            done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
+                                           precision)
             generated |= done
             shared += warns
             return _mix(p, cache, generated, shared, only, jobs)
