@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import resources
 from .arrange import Arrangement, arrange
 from .audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
 from .cache import TakeCache
@@ -340,6 +341,13 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
             ref_of[refs[name].name] = refs[name]
         plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
                            force))
+    for p in plans:  # before anything is generated or allocated
+        if p.redo_mix:
+            written = sum(d.write for d in p.decisions.values())
+            workers = choose_workers(len(p.keys), p.scene.duration, jobs)
+            resources.check(p.scene.label, resources.estimate(
+                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers),
+                p.directory)
     cache = TakeCache(cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []

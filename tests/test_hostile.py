@@ -203,3 +203,29 @@ def test_effect_frequencies_are_checked_against_each_variants_rate(tmp_path: Pat
         f"0.45 x the 16000 Hz sample rate (7200 Hz); set it below 7200 Hz or raise sample_rate"]
     code, lines = run_cli("validate", str(p))
     assert code == 1 and lines == [f"Error: {line}" for line in e.value.lines]
+
+
+def test_a_render_that_cannot_fit_is_refused_before_any_work(tmp_path: Path) -> None:
+    wav(tmp_path / "minute.wav", 0.1 * np.sin(np.arange(48000 * 60) / 10), 48000)
+    p = tmp_path / "crowd.yaml"  # 60 000 overlapping one-shots of a minute: ~690 GB held
+    p.write_text("name: crowd\nduration: 10 min\nelements:\n"
+                 "  voice: {file: minute.wav, scatter: {density: 6000/min, overlap: true}}\n")
+    out = tmp_path / "o"
+    code, lines = run_cli("render", str(p), "--out", str(out))
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("Error: crowd: this render would need about ")
+    assert "GiB for 60" in lines[0] and "one-shots" in lines[0] and "GiB are available" in lines[0]
+    assert not out.exists()
+
+
+def test_a_render_that_cannot_fit_on_the_disk_is_refused(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from soundscape import resources
+
+    monkeypatch.setattr(resources, "free_disk", lambda path: 1000)
+    code, lines = run_cli("render", str(_file_scene(tmp_path)), "--out", str(tmp_path / "o"))
+    assert (code, len(lines)) == (1, 1)
+    assert lines[0].startswith("Error: f: the stems and mix would take about 0.0 GB and ")
+    assert lines[0].endswith("has 0.0 GB free; free some space, write elsewhere with --out, "
+                             "or use --format flac or ogg")
+    assert not (tmp_path / "o").exists()
