@@ -51,7 +51,7 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
 
 def test_deep_nesting_and_huge_files(tmp_path: Path) -> None:
     assert one_error(tmp_path, HEAD + "  x: {prompt: " + "[" * 5000 + "]" * 5000 + "}\n") == \
-        "S:1: nesting is deeper than 50 levels"
+        "S:4: nesting is deeper than 50 levels"
     big = tmp_path / "big.yaml"
     big.write_text(HEAD + "  x: {prompt: y}\n" + "# padding\n" * 120_000)
     with pytest.raises(SceneError, match=r"the file is 1\.1 MiB; a scene is at most 1 MiB"):

@@ -17,6 +17,8 @@ from ..units import show
 Path_ = tuple[str | int, ...]
 MAX_DEPTH = 50
 MAX_NODES = 100_000  # a scene of 256 elements with every option is ~15 000 values
+# libyaml composes the node graph in C (5x faster on big files); same nodes, same marks
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
@@ -45,7 +47,7 @@ class Source:
 def load(text: str) -> Source:
     """Parse YAML text into a ``Source``; raise ``YamlProblem`` with a line on any error."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
     except yaml.YAMLError as e:
         raise YamlProblem(1, f"invalid YAML: {e}".splitlines()[0]) from None
     try:
