@@ -125,6 +125,12 @@ def _wav_data_short(path: Path) -> int:
     return 0
 
 
+def user_path(value: str, base_dir: str | Path | None) -> Path:
+    """A path written in a scene: ``~`` expanded, relative paths taken from ``base_dir``."""
+    path = Path(value).expanduser()
+    return Path(base_dir) / path if base_dir is not None and not path.is_absolute() else path
+
+
 def audio_file_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be used as audio (missing, a folder, undecodable, empty, truncated),
     or None when it can. Reads the header only."""

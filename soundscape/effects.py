@@ -205,13 +205,12 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
         if key == "ir" and definition.needs_ir:
             if not isinstance(value, str):
                 raise ValueError(f"{name}.ir: {show(value)} is not a file path")
-            path = Path(value).expanduser()
-            if base_dir is not None and not path.is_absolute():
-                path = base_dir / path
+            from .audio_io import audio_file_problem, user_path
+
+            path = user_path(value, base_dir)
             if not path.exists():
                 raise ValueError(f"{name}.ir: impulse response {show(value)} not found "
                                  f"(looked at {path}); give a path relative to the scene file")
-            from .audio_io import audio_file_problem
 
             problem = audio_file_problem(path)
             if problem is not None:

@@ -317,10 +317,6 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
-    for s in scenes:  # before anything is generated or mixed
-        problem = output_problem(fmt, s.sample_rate, s.channels, bit_depth)
-        if problem is not None:
-            raise SoundscapeError(f"{s.label}: {problem}")
     if Path(out).exists() and not Path(out).is_dir():
         raise SoundscapeError(f"--out {out} is a file; give a folder for the renders")
     only_set = set(only) if only else None
@@ -341,8 +337,11 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
             ref_of[refs[name].name] = refs[name]
         plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
                            force))
-    for p in plans:  # before anything is generated or allocated
-        if p.redo_mix:
+    for p in plans:  # before anything is generated or allocated (an up-to-date render needs
+        if p.redo_mix:  # neither, nor pedalboard's import to ask the encoder)
+            problem = output_problem(fmt, p.out.sample_rate, p.out.channels, bit_depth)
+            if problem is not None:
+                raise SoundscapeError(f"{p.scene.label}: {problem}")
             written = sum(d.write for d in p.decisions.values())
             workers = choose_workers(len(p.keys), p.scene.duration, jobs)
             resources.check(p.scene.label, resources.estimate(

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from .. import units
-from ..audio_io import audio_file_problem
+from ..audio_io import audio_file_problem, user_path
 from ..units import show
 from .values import (
     _NUM_OR_STR,
@@ -205,10 +205,7 @@ class Element(_Model):
     def _file_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
         if v is None:
             return v
-        base = (info.context or {}).get("base_dir")
-        path = Path(v).expanduser()
-        if base is not None and not path.is_absolute():
-            path = Path(base) / path
+        path = user_path(v, (info.context or {}).get("base_dir"))
         if not path.exists():
             raise ValueError(f"file {show(v)} not found (looked at {path}); give a path relative "
                              f"to the scene file")
