@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .arrange import ElementPlan
-from .audio_io import AtomicAudioWriter
+from .audio_io import AtomicAudioWriter, remove_stale_temps
 from .effects import chain_tail_s
 from .errors import RenderError
 from .mix import render_element
@@ -228,6 +228,13 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
                 raise
         for part in partials:
             mix += part
+    except BaseException:
+        # The pool has joined its workers by now. One that was idle when Ctrl-C came dies of
+        # it, the pool then counts as broken and terminates the busy ones (SIGTERM), which
+        # leaves their temporary stems behind: those of dead processes go here.
+        for folder in {j.path.parent for j in jobs if j.path is not None}:
+            remove_stale_temps(folder)
+        raise
     finally:
         partials.clear()
         for shm in buffers:

@@ -264,3 +264,35 @@ def test_interrupted_parallel_mix_leaves_no_partial_files(tmp_path: Path) -> Non
     for stem in out.rglob("*.wav"):  # whatever was finished is whole
         audio, sr = read_audio(stem)
         assert audio.shape == (2, 300 * sr)
+
+
+def test_worker_killed_mid_stem_leaves_no_temp(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that dies while writing its stem (terminated by a broken pool, or kill -9)
+    cannot clean up after itself: the render does, and says what happened."""
+    import os
+    import signal
+
+    from soundscape import stems
+    from soundscape.errors import RenderError
+
+    rng = np.random.default_rng(5)
+    wav(tmp_path / "n.wav", rng.normal(0, 0.1, 48000), 48000)
+    scene = tmp_path / "s.yaml"
+    scene.write_text("name: s\nduration: 20\nelements:\n"
+                     + "".join(f"  e{i}: {{file: n.wav, loop: true}}\n" for i in range(3)))
+    parent = os.getpid()
+    real = stems.render_element
+
+    def dying(plan, takes, sample_rate, channels, total, mix, sink):  # type: ignore[no-untyped-def]
+        if os.getpid() == parent or sink is None:
+            return real(plan, takes, sample_rate, channels, total, mix, sink)
+        sink(np.zeros((channels, 4800), np.float32))  # the temporary stem now exists
+        import time
+        time.sleep(0.5)  # let the writer thread put it on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(stems, "render_element", dying)
+    with pytest.raises(RenderError, match="worker process died"):
+        render(scene, out=tmp_path / "o", jobs=2)
+    assert not list((tmp_path / "o").rglob(".*tmp*"))
