@@ -24,6 +24,7 @@ from .loops import LoopSource
 from .stereo import pan_gains, to_channels
 
 if TYPE_CHECKING:
+    from .bus import Bus
     from .meter import Meter
 
 
@@ -129,9 +130,10 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
-                   total: int, mix: np.ndarray, sink: StemSink | None = None) -> Meter:
-    """Render one element's stem block by block: add it to ``mix`` in place, pass every block
-    to ``sink``, and measure it. Volume, automation and effects come from ``plan``.
+                   total: int, mix: Bus | None, sink: StemSink | None = None) -> Meter:
+    """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
+    sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
+    from ``plan``.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -181,7 +183,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                          automation_gain(plan.automation, emitted, k, sample_rate))
             ensure_finite(out, plan.name, effects, emitted, sample_rate)
             meter.add(block if mono_meter else out)
-            mix[:, emitted:emitted + k] += out
+            if mix is not None:
+                mix.add(emitted, out)
             if sink is not None:
                 sink(out)
         emitted += k
