@@ -346,7 +346,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
             written = sum(d.write for d in p.decisions.values())
             workers = choose_workers(len(p.keys), p.scene.duration, jobs)
             resources.check(p.scene.label, resources.estimate(
-                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers),
+                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers,
+                tuple(p.scene.master.effects)),
                 p.directory)
     cache = TakeCache(cache_dir)
     generated: set[str] = set()

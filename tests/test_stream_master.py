@@ -155,3 +155,32 @@ def test_a_render_on_disk_writes_the_same_files_as_in_memory(
     assert abs(mem.manifest.mix.loudness_lufs + 16) <= 0.1
     leftovers = [p.name for p in (tmp_path / "disk").rglob("*") if p.name.startswith(".")]
     assert leftovers == []
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_one_shot_read_in_pieces_is_the_whole_play(sr: int, channels: int) -> None:
+    """One-shots apply gain and fades as they are read: any split into reads gives the play
+    (gain, then the equal-power fades over its own length) bit for bit."""
+    from soundscape.arrange import Clip
+    from soundscape.fades import apply_fades
+    from soundscape.mix import ClipSource
+
+    rng = np.random.default_rng(sr + channels)
+    take = rng.normal(0, 0.3, (channels, 3 * sr)).astype(np.float32)
+    clip = Clip("e", 0, start_s=1.0, offset_s=0.25, length_s=2.0, gain_db=-4.5,
+                fade_in_s=0.3, fade_out_s=1.5)
+    src = ClipSource(clip, take, sr, total=10 * sr)
+    a0 = int(round(0.25 * sr))
+    want = take[:, a0:a0 + 2 * sr] * np.float32(10 ** (-4.5 / 20))
+    want = apply_fades(want, int(0.3 * sr), int(1.5 * sr))
+    assert src.start == sr and src.length == 2 * sr
+    cuts = np.unique(np.concatenate([[0, src.length], rng.integers(0, src.length, 9)]))
+    got = np.concatenate([src.read(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])],
+                         axis=1)
+    assert np.array_equal(got, want)
+    assert got[:, 0].max() < want.max() and abs(float(got[0, -1])) < 0.01  # faded ends
+    cut = ClipSource(clip, take, sr, total=2 * sr)  # the timeline ends inside the play
+    short = take[:, a0:a0 + sr] * np.float32(10 ** (-4.5 / 20))
+    assert cut.length == sr
+    assert np.array_equal(cut.read(0, sr), apply_fades(short, int(0.3 * sr), sr))
