@@ -10,7 +10,7 @@ changes because another element was added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,11 +98,13 @@ def _warn(warnings: list[RenderWarning], name: str, message: str, old: float | N
 
 
 def _cut(name: str, start: float, length: float, duration: float,
-         warnings: list[RenderWarning]) -> float | None:
+         warnings: list[RenderWarning], overhang: float = 0.0) -> float | None:
     if start >= duration:
         _warn(warnings, name, f"{name} at {start:.1f} s starts after the {duration:.1f} s scene "
               f"ends; skipped", start, duration)
         return None
+    if overhang:  # a loopable mix: what plays past the end is folded onto the start
+        return min(length, duration + overhang - start)
     if start + length > duration + 1e-9:
         new = duration - start
         _warn(warnings, name, f"{name} at {start:.1f} s + {length:.1f} s exceeds the "
@@ -155,7 +157,7 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
             clips.extend(_scatter(scene, name, L, warnings))
         else:
             for t in e.starts_s:
-                length = _cut(name, t, L, D, warnings)
+                length = _cut(name, t, L, D, warnings, scene.master.loopable or 0.0)
                 if length is not None:
                     clips.append(Clip(name, 0, t, 0.0, length, 0.0, e.pan, e.fade_in,
                                       min(e.fade_out, length)))
@@ -163,7 +165,8 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
                             key=lambda k: k.time_s))
         plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
                                  tuple(e.effects)))
-    return Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
+    arr = Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
+    return wrap_around(arr, scene.master.loopable) if scene.master.loopable else arr
 
 
 def _scatter(scene: Scene, name: str, L: float, warnings: list[RenderWarning]) -> list[Clip]:
@@ -188,7 +191,7 @@ def _scatter(scene: Scene, name: str, L: float, warnings: list[RenderWarning]) -
         take = int(rng.integers(e.variations))
         jitter_db = float(rng.uniform(-sc.level_jitter, sc.level_jitter))
         pan = float(np.clip(e.pan + rng.uniform(-sc.pan_jitter, sc.pan_jitter), -1.0, 1.0))
-        length = min(L, scene.duration - t)
+        length = min(L, scene.duration + (scene.master.loopable or 0.0) - t)
         clips.append(Clip(name, take, t, 0.0, length, jitter_db, pan, min(e.fade_in, length),
                           min(e.fade_out, length)))
         step = gap()
@@ -222,3 +225,21 @@ def describe(arr: Arrangement) -> list[str]:
         if not plan.loops and not plan.clips:
             lines.append("  (nothing plays)")
     return lines
+
+
+def wrap_around(arr: Arrangement, crossfade_s: float) -> Arrangement:
+    """The arrangement of a loopable mix, whose frames past the end are added onto its start
+    (``Bus.fold``): loop runs that reach the end play on ``crossfade_s`` past it, fading out
+    over that stretch, and those that also start the scene fade in over it, so the run
+    crossfades into itself at the wrap (the element's own fades there are dropped). One-shots
+    and effect tails ring on past the end and are heard at the start."""
+    end = arr.duration_s
+
+    def run(r: LoopRun) -> LoopRun:
+        if r.end_s is None or r.end_s < end - 1e-9:
+            return r
+        r = replace(r, end_s=end + crossfade_s, fade_out_s=crossfade_s)
+        return replace(r, fade_in_s=crossfade_s) if r.start_s <= 1e-9 else r
+
+    return replace(arr, elements=tuple(replace(p, loops=tuple(map(run, p.loops)))
+                                       for p in arr.elements))

@@ -112,6 +112,19 @@ class Bus:
             if block.any():
                 self.add(start, block)
 
+    def fold(self, frames: int) -> None:
+        """Make the bus a loop of ``frames``: what lies past them (the tails and loops that
+        play on past the end) is added onto the start, as a circular timeline would hear it,
+        and the bus ends at ``frames``. (Loops that span the wrap fade out past the end and in
+        at the start, so the sum crossfades them: ``arrange.wrap_around``.)"""
+        wrap = self.frames - frames
+        if wrap <= 0:
+            return
+        if wrap > frames:
+            raise ValueError(f"cannot fold {wrap} frames onto a loop of {frames}")
+        self.add(0, self.read(frames, wrap))
+        self.frames = frames
+
     def close(self) -> None:
         if self.fd is not None:
             with contextlib.suppress(OSError):

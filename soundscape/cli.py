@@ -203,6 +203,9 @@ def render(
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
                                              "render stems (default: one per CPU core for "
                                              "long scenes).")] = None,
+    loopable: Annotated[bool, typer.Option("--loopable", help="Master the mix so that its end "
+                                           "flows into its start (a 2 s crossfade unless the "
+                                           "scene sets master.loopable).")] = False,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest.
 
@@ -220,7 +223,8 @@ def render(
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                            progress=progress, jobs=jobs, force=force, precision=precision)
+                            progress=progress, jobs=jobs, force=force, precision=precision,
+                            loopable=loopable)
     console = Console()
     printed: set[str] = set()
     for r in results:

@@ -9,8 +9,9 @@ under the ceiling without hard clipping, and the release recovers with its time 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -229,7 +230,7 @@ class _Pass:
 
 def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db: float,
                effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
-               scratch: Path | None = None) -> MasterReport:
+               scratch: Path | None = None, loop: bool = False) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
@@ -240,9 +241,12 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
 
     Every pass reads the bus block by block and the limiter's output is staged in a second
     bus (on disk beside ``scratch`` when long), so memory stays flat at any length.
+
+    ``loop``: the bus is a loop (``Bus.fold``): the effects and the limiter start with the
+    state its end leaves them in, and the limiter looks ahead across the wrap into its start.
     """
     channels, frames = bus.channels, bus.frames
-    measured = _effects_pass(bus, sample_rate, effects)
+    measured = _effects_pass(bus, sample_rate, effects, loop)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
     if target_lufs is not None:
@@ -252,14 +256,14 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         else:
             gain_db = target_lufs - measured
     with Bus.temporary(channels, frames, scratch) as staged:
-        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db)
+        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
         if target_lufs is not None and not math.isinf(measured):
             for _ in range(3):
                 now = done.loudness_after
                 if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
                     break
                 gain_db += target_lufs - now
-                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db)
+                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
         trim = np.float32(10 ** (done.trim_db / 20))
         result = Meter(sample_rate, channels)
         for _, block in staged.blocks():
@@ -279,7 +283,17 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         done.reduction_db, tuple(warnings))
 
 
-def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...]) -> float:
+def _wrap_frames(bus: Bus, sample_rate: int) -> int:
+    """How much of a loop's end primes the effects and the limiter before its start: long
+    enough for the release (60 ms) and short tails to settle, at most the loop itself."""
+    return min(bus.frames, sample_rate * WRAP_PRIME_S)
+
+
+WRAP_PRIME_S = 2
+
+
+def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
+                  loop: bool = False) -> float:
     """Run the master effects over the bus in place; return the integrated loudness of the
     result. A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole timeline at
     once, as it does on an element."""
@@ -296,9 +310,16 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...]) -
             meter.add(wet[:, start:start + BLOCK])
         return meter.finish().integrated_loudness()
     emitted = 0  # output lags the input while a plugin withholds latency
+    skip = 0  # output still to drop: what the primer (a loop's end) produced
+    if loop:
+        prime = _wrap_frames(bus, sample_rate)
+        skip = prime
+        primer = bus.read(bus.frames - prime, prime)
 
     def emit(wet: np.ndarray) -> None:
-        nonlocal emitted
+        nonlocal emitted, skip
+        drop = min(skip, wet.shape[1])
+        wet, skip = wet[:, drop:], skip - drop
         k = min(wet.shape[1], bus.frames - emitted)
         if k > 0:  # behind what has been read: writing over the bus is safe
             block = np.ascontiguousarray(wet[:, :k], np.float32)
@@ -306,6 +327,9 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...]) -
             meter.add(block)
             emitted += k
 
+    if loop:
+        for start in range(0, primer.shape[1], BLOCK):
+            emit(board(primer[:, start:start + BLOCK], sample_rate, reset=False))
     for _, block in bus.blocks():
         emit(board(block, sample_rate, reset=False))
     zeros = np.zeros((bus.channels, BLOCK), np.float32)
@@ -320,20 +344,35 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...]) -
 
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
-                ceiling_db: float) -> _Pass:
-    """Gain and limit the bus into ``staged``, measuring the output as it goes."""
+                ceiling_db: float, loop: bool = False) -> _Pass:
+    """Gain and limit the bus into ``staged``, measuring the output as it goes. A loop is
+    limited as it plays repeated: its end goes in first (that output is dropped) and its start
+    follows its end (so the look-ahead sees across the wrap)."""
     gain = np.float32(10 ** (gain_db / 20))
     limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
     meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
     pos = 0
-    for _, block in bus.blocks():
-        out = limiter.push(block * gain)
-        staged.write(pos, out)
-        meter.add(out)
-        pos += out.shape[1]
-    out = limiter.finish()
-    staged.write(pos, out)
-    meter.add(out)
+    skip = 0
+
+    def take(out: np.ndarray) -> None:
+        nonlocal pos, skip
+        drop = min(skip, out.shape[1])
+        out, skip = out[:, drop:], skip - drop
+        out = out[:, :bus.frames - pos]
+        if out.shape[1]:
+            staged.write(pos, out)
+            meter.add(out)
+            pos += out.shape[1]
+
+    blocks: Iterable[np.ndarray] = (block for _, block in bus.blocks())
+    if loop:
+        prime = _wrap_frames(bus, sample_rate)
+        skip = prime
+        after = bus.read(0, prime)
+        blocks = itertools.chain([bus.read(bus.frames - prime, prime)], blocks, [after])
+    for block in blocks:
+        take(limiter.push(block * gain))
+    take(limiter.finish())
     meter.finish()
     tp = meter.true_peak_db
     trim = ceiling_db - tp - 0.02 if tp > ceiling_db else 0.0

@@ -142,10 +142,12 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
-                   total: int, mix: Bus | None, sink: StemSink | None = None) -> Meter:
+                   total: int, mix: Bus | None, sink: StemSink | None = None,
+                   stem_frames: int | None = None) -> Meter:
     """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
     sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
-    from ``plan``.
+    from ``plan``. ``stem_frames``: only the first this many frames go to ``sink`` and the
+    meter (a loopable mix sums what rings past the end; the stem file stops there).
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -178,6 +180,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     first = 0
     emitted = 0  # frames of output so far; lags the input while a plugin withholds latency
     zeros = np.zeros((channels, BLOCK), dtype=np.float32)
+    stem_end = total if stem_frames is None else min(stem_frames, total)
 
     def emit(chunk: np.ndarray | None, k: int) -> None:
         """Output the next ``k`` frames: ``chunk`` (effects output) or silence (None)."""
@@ -185,20 +188,21 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
         k = min(k, total - emitted)
         if k <= 0:
             return
+        s = max(0, min(k, stem_end - emitted))  # of these, frames of the stem
         if chunk is None:
-            meter.add(zeros[: 1 if mono_meter else channels, :k])
-            if sink is not None:
-                sink(zeros[:, :k])
+            meter.add(zeros[: 1 if mono_meter else channels, :s])
+            if sink is not None and s:
+                sink(zeros[:, :s])
         else:
             block = chunk[:, :k]
             out = _place(block, channels, pan, volume,
                          automation_gain(plan.automation, emitted, k, sample_rate))
             ensure_finite(out, plan.name, effects, emitted, sample_rate)
-            meter.add(block if mono_meter else out)
+            meter.add((block if mono_meter else out)[:, :s])
             if mix is not None:
                 mix.add(emitted, out)
-            if sink is not None:
-                sink(out)
+            if sink is not None and s:
+                sink(out[:, :s])
         emitted += k
 
     if board is not None and any(fx.name in WHOLE_TIMELINE for fx in effects):

@@ -125,6 +125,7 @@ class _Plan:
     decisions: dict[str, Decision]
     previous: Manifest | None
     redo_mix: bool
+    wrap: int = 0  # frames rendered past the end and folded onto the start (loopable mix)
 
     def path(self, name: str) -> Path:
         return self.directory / "stems" / f"{name}.{self.out.fmt}"
@@ -135,7 +136,12 @@ class _Plan:
         d = self.decisions[name]
         if not self.redo_mix:
             return False
-        return d.keep is None or not summable(d.keep, self.out)
+        return d.keep is None or not self.sums(d.keep)
+
+    def sums(self, keep: StemRecord) -> bool:
+        """Whether a kept stem's file can be summed into the mix as it is: exact enough, and
+        no loopable mix needs what rings past its end."""
+        return summable(keep, self.out) and not self.wrap
 
 
 def output_dir(out: Path, scene: Scene) -> Path:
@@ -148,13 +154,13 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
           directory: Path | None = None) -> _Plan:
     sources = plan_sources(scene, ref)
     arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
+    m = scene.master
     out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
                  fmt, bit_depth)
     directory = directory or output_dir(out_root, scene)
     keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
-    m = scene.master
     mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
-                          "ceiling": m.ceiling}, out)
+                          "ceiling": m.ceiling, "loopable": m.loopable}, out)
     previous = read_manifest(directory / "manifest.json")
     paths = {n: directory / "stems" / f"{n}.{fmt}" for n in keys}
     decisions = decide(list(keys), keys, paths, previous, directory, only, force)
@@ -163,8 +169,9 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
             or bool(stale_files(previous, directory,
                                 {*paths.values(), directory / f"mix.{fmt}"}))
             or not (directory / "manifest.json").is_file())
+    wrap = int(round(m.loopable * scene.sample_rate)) if m.loopable else 0
     return _Plan(scene, model, sources, arr, out, directory, keys, mkey, decisions, previous,
-                 redo)
+                 redo, wrap)
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
@@ -218,7 +225,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
     present: list[str] = []
     for name in p.keys:
         d = p.decisions[name]
-        if d.keep is not None and summable(d.keep, out):
+        if d.keep is not None and p.sums(d.keep):
             kept.append(p.directory / d.keep.stem)  # type: ignore[operator]
             present.append(name)
             continue
@@ -235,9 +242,10 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
     _forget_rewritten(p)
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with Bus.temporary(out.channels, out.frames, p.directory) as mix:
+    with Bus.temporary(out.channels, out.frames + p.wrap, p.directory) as mix:
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
-                                p.directory)
+                                p.directory, out.frames)
+        mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
         for path in kept:
             add_stem_file(path, mix)
         written = {j.plan.name for j in jobs if j.path is not None}
@@ -257,7 +265,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
                                background=True) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
-                                w.write, p.directory)
+                                w.write, p.directory, loop=p.wrap > 0)
     warnings.extend(report.warnings)
     for stale in stale_files(p.previous, p.directory, {mix_path, *map(p.path, p.keys)}):
         with contextlib.suppress(FileNotFoundError):
@@ -283,6 +291,25 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 
+LOOPABLE_CROSSFADE_S = 2.0  # --loopable on a scene that does not set master.loopable
+
+
+def loop_scene(scene: Scene, crossfade_s: float) -> Scene:
+    """``scene`` with a loopable mix (``master.loopable``), unless it already has one.
+
+    Raises:
+        SoundscapeError: the scene is shorter than twice the crossfade.
+    """
+    if scene.master.loopable:
+        return scene
+    if 2 * crossfade_s > scene.duration:
+        raise SoundscapeError(f"--loopable: {scene.label} lasts {scene.duration:g} s; a loopable "
+                              f"mix crossfades its end into its start over {crossfade_s:g} s and "
+                              f"needs at least {2 * crossfade_s:g} s")
+    return scene.model_copy(update={"master": scene.master.model_copy(
+        update={"loopable": crossfade_s})})
+
+
 def select_scenes(source: str | Path | Scene, variant: str | None = None,
                   all_variants: bool = False) -> list[Scene]:
     base = source if isinstance(source, Scene) else load_scene(source)
@@ -303,7 +330,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
-           force: bool = False, precision: str = "auto") -> list[RenderResult]:
+           force: bool = False, precision: str = "auto",
+           loopable: bool = False) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -312,12 +340,15 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     generate and write only these elements' takes and stems. ``force``: render every stem
     again. ``jobs``: processes that render stems (None: one per CPU core for long scenes).
     ``precision``: auto, fp32, bf16 or fp16 for the language model (``generate.precision``);
-    not part of a take's identity, recorded per take in the manifest.
+    not part of a take's identity, recorded per take in the manifest. ``loopable``: make
+    every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
     """
     log = log or (lambda s: None)
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
+    if loopable:
+        scenes = [loop_scene(s, LOOPABLE_CROSSFADE_S) for s in scenes]
     if Path(out).exists() and not Path(out).is_dir():
         raise SoundscapeError(f"--out {out} is a file; give a folder for the renders")
     only_set = set(only) if only else None

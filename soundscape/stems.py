@@ -117,31 +117,31 @@ def choose_workers(elements: int, duration_s: float, requested: int | None) -> i
 
 
 def _render_group(jobs: list[StemJob], mix: Bus, sample_rate: int, channels: int,
-                  bit_depth: int | None) -> list[StemMeasure]:
+                  bit_depth: int | None, stem_frames: int | None = None) -> list[StemMeasure]:
     measures = []
     for job in jobs:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
-                                   None if w is None else w.write)
+                                   None if w is None else w.write, stem_frames)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak))
     return measures
 
 
 def _worker(jobs: list[StemJob], part: str, shape: tuple[int, int], sample_rate: int,
-            bit_depth: int | None) -> list[StemMeasure]:
+            bit_depth: int | None, stem_frames: int | None) -> list[StemMeasure]:
     """Render a group of stems into the parent's ``part``: a shared-memory buffer's name, or
     the path of a bus file on disk."""
     if part.startswith("/"):
         with Bus.named(*shape, Path(part), create=False) as bus:
-            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth)
+            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth, stem_frames)
     shm = shared_memory.SharedMemory(name=part)
     try:
         bus = Bus(*shape, array=np.ndarray(shape, dtype=np.float32, buffer=shm.buf))
         try:
-            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth)
+            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth, stem_frames)
         finally:
             bus.close()  # drops the view before the buffer is closed
     finally:
@@ -193,8 +193,10 @@ def _context() -> Any:
 
 
 def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int | None,
-                 workers: int = 1, scratch: Path | None = None) -> dict[str, StemMeasure]:
-    """Render, write and measure every job's stem, adding each into the ``mix`` bus.
+                 workers: int = 1, scratch: Path | None = None,
+                 stem_frames: int | None = None) -> dict[str, StemMeasure]:
+    """Render, write and measure every job's stem, adding each into the ``mix`` bus
+    (``stem_frames``: the stems' length when the bus runs on past it, for a loopable mix).
 
     With several workers, each other process renders its group into a part of its own (a
     shared-memory buffer, or for a bus on disk a file in ``scratch``, by default the system
@@ -204,7 +206,7 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
         list(range(len(jobs)))]
     measures: list[StemMeasure] = []
     if len(groups) == 1:
-        measures = _render_group(jobs, mix, sample_rate, mix.channels, bit_depth)
+        measures = _render_group(jobs, mix, sample_rate, mix.channels, bit_depth, stem_frames)
         return {m.name: m for m in measures}
     shape = (mix.channels, mix.frames)
     remove_stale_buffers()
@@ -228,11 +230,12 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
                                  initializer=_die_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             futures: list[Future[list[StemMeasure]]] = [
-                pool.submit(_worker, [jobs[i] for i in g], name, shape, sample_rate, bit_depth)
+                pool.submit(_worker, [jobs[i] for i in g], name, shape, sample_rate, bit_depth,
+                            stem_frames)
                 for g, name in zip(groups[1:], names, strict=True)]
             try:
                 measures = _render_group([jobs[i] for i in groups[0]], mix, sample_rate,
-                                         mix.channels, bit_depth)
+                                         mix.channels, bit_depth, stem_frames)
                 for f in futures:
                     measures.extend(f.result())
             except BrokenProcessPool:

@@ -176,8 +176,8 @@ def test_a_one_shot_read_in_pieces_is_the_whole_play(sr: int, channels: int) -> 
     want = apply_fades(want, int(0.3 * sr), int(1.5 * sr))
     assert src.start == sr and src.length == 2 * sr
     cuts = np.unique(np.concatenate([[0, src.length], rng.integers(0, src.length, 9)]))
-    got = np.concatenate([src.read(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])],
-                         axis=1)
+    pieces = zip(cuts[:-1], cuts[1:], strict=True)
+    got = np.concatenate([src.read(int(a), int(b)) for a, b in pieces], axis=1)
     assert np.array_equal(got, want)
     assert got[:, 0].max() < want.max() and abs(float(got[0, -1])) < 0.01  # faded ends
     cut = ClipSource(clip, take, sr, total=2 * sr)  # the timeline ends inside the play

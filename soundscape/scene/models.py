@@ -246,6 +246,10 @@ class Master(_Model):
                                   description="Master effects, in order.")
     loudness: Loudness = Field(-18.0, description="Integrated loudness target (BS.1770).")
     ceiling: Ceiling = Field(-1.0, description="True-peak ceiling of the limiter (dBTP).")
+    loopable: PositiveDuration | None = Field(
+        None, description="Make the mix loop seamlessly: what rings past its end crossfades "
+        "into its start over this long (e.g. '2 s'); loops run on past the end and element "
+        "fades at the scene's edges are dropped. The limiter and meters run across the wrap.")
 
 
 class Scene(_Model):
@@ -305,6 +309,14 @@ class Scene(_Model):
                              f"render keeps its {', '.join(RESERVED_VARIANTS)} folders under "
                              f"that name; rename it, e.g. '{taken[0]}_v'")
         return v
+
+    @model_validator(mode="after")
+    def _wrap_fits(self) -> Scene:
+        x = self.master.loopable
+        if x is not None and 2 * x > self.duration:
+            raise ValueError(f"master.loopable: a {x:g} s crossfade needs a scene of at least "
+                             f"{2 * x:g} s (this one is {self.duration:g} s); shorten it")
+        return self
 
     @model_validator(mode="after")
     def _one_sample(self) -> Scene:
