@@ -384,3 +384,29 @@ def test_levels_of_a_loop_count_the_wrap() -> None:
     # at 1 kHz, -0.691 offset) and a true peak of -6.02 dBTP
     assert lufs == pytest.approx(20 * math.log10(0.5) - 3.01, abs=0.1)
     assert peak == pytest.approx(20 * math.log10(0.5), abs=0.05)
+
+
+def test_readme_pool_example_runs_on_a_real_export(tmp_path: Path) -> None:
+    import contextlib
+    import io
+    import os
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+                if "pools.json" in block)
+    scene = _scatter_scene(tmp_path)
+    render(scene, out=tmp_path / "renders", export=["pools"])
+    (tmp_path / "renders/rainy_cafe").symlink_to(tmp_path / "renders/pooled")
+    out = io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["knock", "tap"]
+    assert lines[0].startswith("knock: play pools/knock/knock-1.wav at ")
+    gain = float(re.search(r"at ([+-][\d.]+) dB", lines[0]).group(1))  # type: ignore[union-attr]
+    assert -7.0 <= gain <= -1.0  # -4 dB +/- 3 dB
