@@ -13,6 +13,7 @@ in its size), and the RIFF size counts everything after itself. Chunks are littl
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def _text(value: str, size: int) -> bytes:
 
 def _centi(value: float | None) -> int:
     """A ``bext`` v2 loudness field: hundredths as int16; 0x7FFF when unknown (EBU 3285)."""
-    if value is None:
+    if value is None or not math.isfinite(value):  # silence measures -inf
         return 0x7FFF
     return max(-0x8000, min(0x7FFE, round(value * 100)))
 

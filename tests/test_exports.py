@@ -317,6 +317,14 @@ def test_chunks_are_laid_out_to_the_byte_and_replaced_not_added(tmp_path: Path,
     assert info.smpl.sample_loops[0].end == 1000
 
 
+def test_silence_reads_as_unknown_loudness(tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "s.wav", np.zeros((1, 4800), np.float32), 48000)
+    assert tag_file(path, Tags("t", "d", "s", loudness_lufs=-math.inf,
+                               true_peak_dbtp=-math.inf))
+    b = WavInfoReader(path).bext
+    assert b.loudness_value == b.max_true_peak == 327.67  # 0x7FFF: no value
+
+
 def test_rf64_and_foreign_files_are_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "x.wav"
     path.write_bytes(b"RF64" + b"\xff" * 4 + b"WAVE" + b"\0" * 40)
