@@ -351,6 +351,11 @@ class ExportRequest:
     def __bool__(self) -> bool:
         return self.loops or self.pools
 
+    def with_scene(self, scene: Scene) -> ExportRequest:
+        """This request plus the scene's own ``exports:``."""
+        return ExportRequest(self.loops or "loops" in scene.exports,
+                             self.pools or "pools" in scene.exports)
+
 
 NO_EXPORTS = ExportRequest()
 

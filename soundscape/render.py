@@ -403,7 +403,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     for p in plans:
         try:
             results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
-                                  generated, shared, only_set, force, jobs, precision, want))
+                                  generated, shared, only_set, force, jobs, precision,
+                                  want.with_scene(p.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results

@@ -418,3 +418,14 @@ def test_readme_pool_example_runs_on_a_real_export(tmp_path: Path) -> None:
     assert lines[0].startswith("knock: play pools/knock/knock-1.wav at ")
     gain = float(re.search(r"at ([+-][\d.]+) dB", lines[0]).group(1))  # type: ignore[union-attr]
     assert -7.0 <= gain <= -1.0  # -4 dB +/- 3 dB
+
+
+def test_scene_level_exports_and_a_variant_without_loops(tmp_path: Path) -> None:
+    scene = _loop_scene(tmp_path, 48000, 1)
+    scene.write_text(scene.read_text() + "exports: [loops]\nvariants:\n  still:\n    elements:\n"
+                     "      drone: {loop: null, at: 1 s}\n")
+    base, still = render(scene, out=tmp_path / "o", all_variants=True)  # no --loops
+    assert list(base.loops) == ["drone"] and base.loops["drone"].is_file()
+    assert still.loops == {} and [str(w) for w in still.export_warnings] == [
+        "--loops: loopy/still has no looped element; no loop file written"]
+    assert not (tmp_path / "o/loopy/still/loops").exists()
