@@ -35,7 +35,7 @@ import numpy as np
 
 from . import __version__
 from .arrange import Arrangement, ElementPlan, LoopRun
-from .audio_io import atomic_path, atomic_write_text, write_audio
+from .audio_io import atomic_path, atomic_write_text, remove_stale_temps, write_audio
 from .cache import TakeCache
 from .effects import build_board, chain_tail_s
 from .errors import SoundscapeError
@@ -409,6 +409,9 @@ def write_exports(scene: Scene, arrangement: Arrangement, sources: dict[str, Sou
     """
     from .manifest import ExportRecord
 
+    for folder in [directory / LOOPS_DIR, directory / POOLS_DIR,
+                   *(directory / POOLS_DIR).glob("*/")]:
+        remove_stale_temps(folder)  # what a killed render left
     old = {(r.kind, r.element): r for r in previous}
     records: list[ExportRecord] = []
     written: list[Path] = []

@@ -429,3 +429,15 @@ def test_scene_level_exports_and_a_variant_without_loops(tmp_path: Path) -> None
     assert still.loops == {} and [str(w) for w in still.export_warnings] == [
         "--loops: loopy/still has no looped element; no loop file written"]
     assert not (tmp_path / "o/loopy/still/loops").exists()
+
+
+def test_temps_of_a_killed_export_are_swept(tmp_path: Path) -> None:
+    scene = _scatter_scene(tmp_path)
+    render(scene, out=tmp_path / "o", export=["pools"], loops=True)
+    dead = 2**22 + 12345  # above Linux's default pid_max: no such process
+    temps = [tmp_path / f"o/pooled/loops/.bed.{dead}-abc.tmp.wav",
+             tmp_path / f"o/pooled/pools/knock/.knock-1.{dead}-abc.tmp.wav"]
+    for t in temps:
+        t.write_bytes(b"half")
+    render(scene, out=tmp_path / "o", export=["pools"], loops=True)  # up to date otherwise
+    assert not any(t.exists() for t in temps)
