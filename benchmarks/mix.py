@@ -69,6 +69,42 @@ def run_soundscape(scene: Path, out: Path, q: mp.Queue, jobs: int | None = None)
     q.put((elapsed, grown))
 
 
+def make_long_scene(root: Path, hours: float) -> Path:
+    """Three elements over ``hours``: a crossfaded bed, a filtered drone, scattered hits."""
+    from soundscape.audio_io import write_audio
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    sr = 16000
+    write_audio(root / "bed.wav", rng.normal(0, 0.1, (1, sr * 8)).astype(np.float32), sr,
+                bit_depth=32)
+    hit = (np.sin(np.arange(sr // 2) / 3.0) * np.hanning(sr // 2))[None].astype(np.float32)
+    write_audio(root / "hit.wav", hit, sr, bit_depth=32)
+    path = root / "long.yaml"
+    path.write_text(f"""name: long
+duration: {hours * 60} min
+master: {{loudness: -18 LUFS}}
+elements:
+  bed: {{file: bed.wav, loop: {{crossfade: 1 s}}, pan: -0.3}}
+  drone: {{file: bed.wav, loop: true, pan: 0.4, volume: -6 dB,
+          effects: [{{lowpass: {{cutoff: 2 kHz}}}}]}}
+  hits: {{file: hit.wav, scatter: {{interval: [2 s, 6 s], pan_jitter: 0.5}}}}
+""")
+    return path
+
+
+def run_long(scene: Path, out: Path, q: mp.Queue) -> None:
+    """Render ``scene``; report the time and the absolute peak RSS of this process and of its
+    largest stem worker (both in KiB)."""
+    from soundscape.render import render
+
+    t0 = time.perf_counter()
+    render(scene, out=out)
+    elapsed = time.perf_counter() - t0
+    q.put((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+           resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+
+
 def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
     import pedalboard
 
@@ -108,7 +144,7 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
     q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
 
 
-def measure(fn, scene: Path, out: Path, *extra) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def measure(fn, scene: Path, out: Path, *extra) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
     q: mp.Queue = mp.Queue()
     proc = mp.get_context("fork").Process(target=fn, args=(scene, out, q, *extra))
     proc.start()
@@ -122,6 +158,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--elements", type=int, default=12)
+    p.add_argument("--long-hours", type=float, default=3.0,
+                   help="length of the long-scene case (0: skip it)")
     p.add_argument("--tmp", help="where scenes and renders go (default: the system temp "
                    "folder); a tmpfs such as /dev/shm leaves the disk out of the timing")
     args = p.parse_args()
@@ -153,3 +191,15 @@ if __name__ == "__main__":
             peaks[n] = measure(run_soundscape, sc, root / f"o{n}", 1)[1]
         print("soundscape peak memory (one process) by element count: " + ", ".join(
             f"{n}: +{peaks[n] / 1024:.0f} MiB" for n in sorted(peaks)))
+        if args.long_hours > 0:
+            scene = make_long_scene(root / "long", args.long_hours)
+            t_long, rss, worker = measure(run_long, scene, root / "olong")
+            whole = 2 * 48000 * args.long_hours * 3600 * 4  # its mix as one float32 array
+            peak = max(rss, worker)  # each process's own peak; they overlap only in part
+            print(f"{args.long_hours:g}-hour scene, 3 elements, stereo 48 kHz: "
+                  f"{args.long_hours * 3600 / t_long:.1f}x realtime; peak RSS {rss / 1024:.0f} "
+                  f"MiB (render) and {worker / 1024:.0f} MiB (largest stem worker), against "
+                  f"{whole / 2**30:.1f} GiB for its mix held as one array")
+            print(f"long-scene peak memory: {(rss + worker) / 1024:.0f} MiB in all "
+                  f"({peak / 1024:.0f} MiB in one process); memory ratio against one mix "
+                  f"array: {(rss + worker) * 1024 / whole:.3f}")

@@ -10,13 +10,16 @@ under the ceiling without hard clipping, and the release recovers with its time 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .effects import EffectSpec, build_board
-from .meter import TRUE_PEAK, measure
+from .bus import BLOCK, Bus
+from .effects import WHOLE_TIMELINE, EffectSpec, build_board
+from .meter import TRUE_PEAK, Meter, measure
 from .warnings import RenderWarning
 
 
@@ -204,16 +207,43 @@ class MasterReport:
 def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
            ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
         -> tuple[np.ndarray, MasterReport]:
-    """Run the master ``effects``, normalise to ``target_lufs`` (None: leave the level) and
-    limit to ``ceiling_db``.
+    """``master_bus`` for a mix held as one ``(channels, frames)`` array (left unchanged)."""
+    out: list[np.ndarray] = []
+    with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
+        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append)
+    return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
 
-    Limiting lowers loudness a little; the gain is corrected and the limiter re-run until the
-    result is within 0.1 LU of the target (at most three passes).
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one limiter pass measured of its output, before and after the final trim."""
+    loudness: float  # LUFS, before the trim
+    true_peak_db: float  # before the trim
+    reduction_db: float
+    trim_db: float  # <= 0: the constant gain that brings the true peak under the ceiling
+
+    @property
+    def loudness_after(self) -> float:
+        return self.loudness + self.trim_db
+
+
+def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db: float,
+               effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
+               scratch: Path | None = None) -> MasterReport:
+    """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
+
+    The master ``effects`` run first (streamed, their output written back over the bus);
+    the result is normalised to ``target_lufs`` (None: leave the level) and limited to
+    ``ceiling_db``. Limiting lowers loudness a little, so the gain is corrected and the limiter
+    run again until the result is within 0.1 LU of the target (at most three more passes).
+    A last constant trim catches the limiter's residual error against the true-peak meter.
+
+    Every pass reads the bus block by block and the limiter's output is staged in a second
+    bus (on disk beside ``scratch`` when long), so memory stays flat at any length.
     """
-    if effects:
-        mix = np.ascontiguousarray(build_board(effects)(mix, sample_rate), dtype=np.float32)
+    channels, frames = bus.channels, bus.frames
+    measured = _effects_pass(bus, sample_rate, effects)
     warnings: list[RenderWarning] = []
-    measured = integrated_loudness(mix, sample_rate)
     gain_db = 0.0
     if target_lufs is not None:
         if math.isinf(measured):
@@ -221,23 +251,90 @@ def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
                                           "loudness not normalised"))
         else:
             gain_db = target_lufs - measured
-    out, reduction = limit(mix * np.float32(10 ** (gain_db / 20)), sample_rate, ceiling_db)
-    result = measure(out, sample_rate)
+    with Bus.temporary(channels, frames, scratch) as staged:
+        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db)
+        if target_lufs is not None and not math.isinf(measured):
+            for _ in range(3):
+                now = done.loudness_after
+                if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
+                    break
+                gain_db += target_lufs - now
+                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db)
+        trim = np.float32(10 ** (done.trim_db / 20))
+        result = Meter(sample_rate, channels)
+        for _, block in staged.blocks():
+            if done.trim_db:
+                block *= trim
+            result.add(block)
+            sink(block)
+        result.finish()
     if target_lufs is not None and not math.isinf(measured):
-        for _ in range(3):
-            now = result.integrated_loudness()
-            if abs(now - target_lufs) <= 0.1 or reduction == 0.0:
-                break
-            gain_db += target_lufs - now
-            out, reduction = limit(mix * np.float32(10 ** (gain_db / 20)), sample_rate,
-                                   ceiling_db)
-            result = measure(out, sample_rate)
         final = result.integrated_loudness()
         if abs(final - target_lufs) > 0.5:
             warnings.append(RenderWarning(
                 "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
-                f"{ceiling_db:.1f} dBTP limits {reduction:.1f} dB; lower the target or raise "
-                f"the ceiling", None, target_lufs, None, final))
-    report = MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
-                          reduction, tuple(warnings))
-    return out, report
+                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB; lower the target or "
+                f"raise the ceiling", None, target_lufs, None, final))
+    return MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
+                        done.reduction_db, tuple(warnings))
+
+
+def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...]) -> float:
+    """Run the master effects over the bus in place; return the integrated loudness of the
+    result. A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole timeline at
+    once, as it does on an element."""
+    meter = Meter(sample_rate, bus.channels, true_peak=False)
+    if not effects:
+        for _, block in bus.blocks():
+            meter.add(block)
+        return meter.finish().integrated_loudness()
+    board = build_board(effects)
+    if any(fx.name in WHOLE_TIMELINE for fx in effects):
+        wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
+        bus.write(0, wet)
+        for start in range(0, bus.frames, BLOCK):
+            meter.add(wet[:, start:start + BLOCK])
+        return meter.finish().integrated_loudness()
+    emitted = 0  # output lags the input while a plugin withholds latency
+
+    def emit(wet: np.ndarray) -> None:
+        nonlocal emitted
+        k = min(wet.shape[1], bus.frames - emitted)
+        if k > 0:  # behind what has been read: writing over the bus is safe
+            block = np.ascontiguousarray(wet[:, :k], np.float32)
+            bus.write(emitted, block)
+            meter.add(block)
+            emitted += k
+
+    for _, block in bus.blocks():
+        emit(board(block, sample_rate, reset=False))
+    zeros = np.zeros((bus.channels, BLOCK), np.float32)
+    for _ in range(64):  # drain what latency still holds back
+        if emitted >= bus.frames:
+            break
+        emit(board(zeros, sample_rate, reset=False))
+    if emitted < bus.frames:
+        bus.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
+        meter.add(np.zeros((bus.channels, bus.frames - emitted), np.float32))
+    return meter.finish().integrated_loudness()
+
+
+def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
+                ceiling_db: float) -> _Pass:
+    """Gain and limit the bus into ``staged``, measuring the output as it goes."""
+    gain = np.float32(10 ** (gain_db / 20))
+    limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
+    pos = 0
+    for _, block in bus.blocks():
+        out = limiter.push(block * gain)
+        staged.write(pos, out)
+        meter.add(out)
+        pos += out.shape[1]
+    out = limiter.finish()
+    staged.write(pos, out)
+    meter.add(out)
+    meter.finish()
+    tp = meter.true_peak_db
+    trim = ceiling_db - tp - 0.02 if tp > ceiling_db else 0.0
+    return _Pass(meter.integrated_loudness(), tp, limiter.reduction_db, trim)

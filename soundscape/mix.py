@@ -19,11 +19,12 @@ import numpy as np
 from .arrange import Clip, ElementPlan, Keypoint
 from .effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
 from .errors import RenderError
-from .fades import apply_fades
+from .fades import fade_curves
 from .loops import LoopSource
 from .stereo import pan_gains, to_channels
 
 if TYPE_CHECKING:
+    from .bus import Bus
     from .meter import Meter
 
 
@@ -56,21 +57,33 @@ def ensure_finite(block: np.ndarray, element: str, effects: tuple[EffectSpec, ..
 
 
 class ClipSource:
-    """One play of a take, gains and fades applied."""
+    """One play of a take, gains and fades applied as it is read (nothing is copied up front,
+    so thousands of one-shots over hours hold only their takes)."""
 
     def __init__(self, clip: Clip, take: np.ndarray, sample_rate: int, total: int) -> None:
         self.start = int(round(clip.start_s * sample_rate))
-        off = int(round(clip.offset_s * sample_rate))
-        n = min(int(round(clip.length_s * sample_rate)), take.shape[1] - off, total - self.start)
-        audio = take[:, off:off + max(n, 0)].astype(np.float32, copy=True)
-        if clip.gain_db:
-            audio *= np.float32(10 ** (clip.gain_db / 20))
-        self.audio = apply_fades(audio, int(clip.fade_in_s * sample_rate),
-                                 int(clip.fade_out_s * sample_rate))
-        self.length, self.channels, self.pan = self.audio.shape[1], self.audio.shape[0], clip.pan
+        self.offset = int(round(clip.offset_s * sample_rate))
+        n = min(int(round(clip.length_s * sample_rate)), take.shape[1] - self.offset,
+                total - self.start)
+        self.take, self.length = take, max(n, 0)
+        self.gain = np.float32(10 ** (clip.gain_db / 20)) if clip.gain_db else None
+        self.fade_in, self.fade_out = fade_curves(
+            min(int(clip.fade_in_s * sample_rate), self.length),
+            min(int(clip.fade_out_s * sample_rate), self.length))
+        self.channels, self.pan = take.shape[0], clip.pan
 
     def read(self, a: int, b: int) -> np.ndarray:
-        return self.audio[:, a:b]
+        out = self.take[:, self.offset + a:self.offset + b].astype(np.float32, copy=True)
+        if self.gain is not None:
+            out *= self.gain
+        fin, fout = self.fade_in, self.fade_out
+        if a < fin.size:
+            out[:, :min(b, fin.size) - a] *= fin[a:min(b, fin.size)]
+        tail = self.length - fout.size  # where the fade-out starts
+        if b > tail:
+            lo = max(a, tail)
+            out[:, lo - a:] *= fout[lo - tail:b - tail]
+        return out
 
 
 class PannedSource:
@@ -129,9 +142,10 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
-                   total: int, mix: np.ndarray, sink: StemSink | None = None) -> Meter:
-    """Render one element's stem block by block: add it to ``mix`` in place, pass every block
-    to ``sink``, and measure it. Volume, automation and effects come from ``plan``.
+                   total: int, mix: Bus | None, sink: StemSink | None = None) -> Meter:
+    """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
+    sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
+    from ``plan``.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -181,7 +195,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                          automation_gain(plan.automation, emitted, k, sample_rate))
             ensure_finite(out, plan.name, effects, emitted, sample_rate)
             meter.add(block if mono_meter else out)
-            mix[:, emitted:emitted + k] += out
+            if mix is not None:
+                mix.add(emitted, out)
             if sink is not None:
                 sink(out)
         emitted += k

@@ -24,6 +24,7 @@ import numpy as np
 from . import resources
 from .arrange import Arrangement, arrange
 from .audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
+from .bus import Bus
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
 from .exports import (
@@ -57,7 +58,7 @@ from .manifest import (
     read_manifest,
     versions,
 )
-from .master import master
+from .master import master_bus
 from .page import loop_extras, write_page
 from .scene import Scene, load_scene
 from .stems import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
@@ -250,35 +251,36 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
                             scene.duration))
     _forget_rewritten(p)
     workers = choose_workers(len(jobs), scene.duration, jobs_requested)
-    mix, measures = render_stems(jobs, out.sample_rate, out.channels, out.frames,
-                                 out.bit_depth, workers)
-    for path in kept:
-        add_stem_file(path, mix)
-    written = {j.plan.name for j in jobs if j.path is not None}
-    for name in written:  # metadata, before the records take the files' sizes
-        tag_file(p.path(name), element_tags(scene, name, p.sources[name], name, p.keys[name],
-                                            loudness_lufs=measures[name].loudness_lufs,
-                                            true_peak_dbtp=measures[name].true_peak_dbtp))
-    records = []
-    for name in present:
-        measure = measures.get(name)
-        if name in written and measure is not None and measure.sample_peak > 1.0 \
-                and not out.float_stems:
-            warnings.append(RenderWarning(
-                "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} dBFS "
-                f"before the master and is clipped in its {out.fmt} file (the mix is not); lower "
-                f"its volume or write stems as 32-bit float wav (--bit-depth 32)", name,
-                None, 1.0, measure.sample_peak))
-        records.append(_stem_record(p, name, measure, name in written, generated, cache,
-                                    audio_of.get(name)))
-    m = scene.master
-    mastered, report = master(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects))
-    del mix
-    warnings.extend(report.warnings)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth) as w:
-        w.write(mastered)
-    del mastered
+    with Bus.temporary(out.channels, out.frames, p.directory) as mix:
+        measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
+                                p.directory)
+        for path in kept:
+            add_stem_file(path, mix)
+        written = {j.plan.name for j in jobs if j.path is not None}
+        for name in written:  # metadata, before the records take the files' sizes
+            tag_file(p.path(name), element_tags(
+                scene, name, p.sources[name], name, p.keys[name],
+                loudness_lufs=measures[name].loudness_lufs,
+                true_peak_dbtp=measures[name].true_peak_dbtp))
+        records = []
+        for name in present:
+            measure = measures.get(name)
+            if name in written and measure is not None and measure.sample_peak > 1.0 \
+                    and not out.float_stems:
+                warnings.append(RenderWarning(
+                    "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} "
+                    f"dBFS before the master and is clipped in its {out.fmt} file (the mix is "
+                    f"not); lower its volume or write stems as 32-bit float wav "
+                    f"(--bit-depth 32)", name, None, 1.0, measure.sample_peak))
+            records.append(_stem_record(p, name, measure, name in written, generated, cache,
+                                        audio_of.get(name)))
+        m = scene.master
+        with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
+                               background=True) as w:
+            report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
+                                w.write, p.directory)
+    warnings.extend(report.warnings)
     tag_file(mix_path, mix_tags(scene, p.model, p.mix_key, report.output_lufs,
                                 report.true_peak_dbtp))
     for stale in stale_files(p.previous, p.directory, {mix_path, *map(p.path, p.keys)}):
@@ -386,7 +388,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
             written = sum(d.write for d in p.decisions.values())
             workers = choose_workers(len(p.keys), p.scene.duration, jobs)
             resources.check(p.scene.label, resources.estimate(
-                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers),
+                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers,
+                tuple(p.scene.master.effects)),
                 p.directory)
     cache = TakeCache(cache_dir)
     generated: set[str] = set()

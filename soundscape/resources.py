@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .arrange import Arrangement
+from .bus import on_disk
+from .effects import EffectSpec
 from .errors import SoundscapeError
 
-MASTER_COPIES = 5  # the mix, its gained copy, the limiter's envelope and gain, the output
+BUS_COPIES = 2  # the sum, and the limiter's output staged for the final trim (``master_bus``)
 WHOLE_TIMELINE_COPIES = 3  # a chain that cannot stream holds its element's timeline in and out
+STREAMING = 64 * 2**20  # blocks in flight, meters, the limiter's state: flat at any length
 LOSSY_BYTES_PER_SAMPLE = 0.25  # ogg and mp3 at their default quality, generously
 
 
@@ -29,13 +32,20 @@ class Need:
 
 
 def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: int | None,
-             written_stems: int, workers: int = 1) -> Need:
-    """Bytes of memory and disk a render of ``arr`` asks for, at most."""
+             written_stems: int, workers: int = 1,
+             master_effects: tuple[EffectSpec, ...] = ()) -> Need:
+    """Bytes of memory and disk a render of ``arr`` asks for, at most.
+
+    The sum, its staged master and the stem processes' parts are held in memory when short
+    and in temporary files on the output disk when long (``bus.on_disk``)."""
     from .effects import WHOLE_TIMELINE
 
     mix = channels * frames * 4
-    master = MASTER_COPIES * mix
-    groups = max(0, workers - 1) * mix
+    buses = (BUS_COPIES + max(0, workers - 1)) * mix
+    scratch = buses if on_disk(channels, frames) else 0
+    master = STREAMING + (buses - scratch)
+    if any(fx.name in WHOLE_TIMELINE for fx in master_effects):
+        master += WHOLE_TIMELINE_COPIES * mix
     clips = 0
     whole = 0
     for plan in arr.elements:
@@ -44,18 +54,16 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
         clips += sum(int(c.length_s * arr.sample_rate) * per_clip for c in plan.clips)
         if any(fx.name in WHOLE_TIMELINE for fx in plan.effects):
             whole = max(whole, WHOLE_TIMELINE_COPIES * mix)
-    memory = master + groups + clips + whole
+    memory = master + clips + whole
     if fmt == "wav":
         per_sample = (bit_depth or 24) / 8
     elif fmt == "flac":
         per_sample = min(bit_depth or 24, 24) / 8  # uncompressed, at worst
     else:
         per_sample = LOSSY_BYTES_PER_SAMPLE
-    disk = int((written_stems + 1) * channels * frames * per_sample)
+    disk = int((written_stems + 1) * channels * frames * per_sample) + scratch
     detail = (f"{_gib(master)} GiB for the mix and its master, {_gib(clips)} GiB for "
               f"{sum(len(p.clips) for p in arr.elements)} one-shots")
-    if groups:
-        detail += f", {_gib(groups)} GiB for {workers - 1} more stem processes"
     if whole:
         detail += f", {_gib(whole)} GiB for a pitch_shift chain over its whole timeline"
     return Need(memory, disk, detail)
@@ -103,6 +111,7 @@ def check(label: str, need: Need, directory: Path) -> None:
     disk = free_disk(directory)
     if disk is not None and need.disk > disk:
         raise SoundscapeError(
-            f"{label}: the stems and mix would take about {need.disk / 1e9:.1f} GB and "
+            f"{label}: the stems and mix (and the render's temporary files) would take about "
+            f"{need.disk / 1e9:.1f} GB and "
             f"{directory} has {disk / 1e9:.1f} GB free; free some space, write elsewhere with "
             f"--out, or use --format flac or ogg")

@@ -24,6 +24,7 @@ import re
 import secrets
 import signal
 import sys
+import tempfile
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import numpy as np
 
 from .arrange import ElementPlan
 from .audio_io import AtomicAudioWriter, remove_stale_temps
+from .bus import Bus
 from .effects import chain_tail_s
 from .errors import RenderError
 from .mix import render_element
@@ -114,30 +116,34 @@ def choose_workers(elements: int, duration_s: float, requested: int | None) -> i
     return max(1, min(cpu_count(), elements))
 
 
-def _render_group(jobs: list[StemJob], mix: np.ndarray, sample_rate: int, channels: int,
+def _render_group(jobs: list[StemJob], mix: Bus, sample_rate: int, channels: int,
                   bit_depth: int | None) -> list[StemMeasure]:
-    total = mix.shape[1]
     measures = []
     for job in jobs:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
         with writer as w:
-            meter = render_element(job.plan, job.takes, sample_rate, channels, total, mix,
+            meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
                                    None if w is None else w.write)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak))
     return measures
 
 
-def _worker(jobs: list[StemJob], shm_name: str, shape: tuple[int, int], sample_rate: int,
+def _worker(jobs: list[StemJob], part: str, shape: tuple[int, int], sample_rate: int,
             bit_depth: int | None) -> list[StemMeasure]:
-    shm = shared_memory.SharedMemory(name=shm_name)
+    """Render a group of stems into the parent's ``part``: a shared-memory buffer's name, or
+    the path of a bus file on disk."""
+    if part.startswith("/"):
+        with Bus.named(*shape, Path(part), create=False) as bus:
+            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth)
+    shm = shared_memory.SharedMemory(name=part)
     try:
-        mix: np.ndarray = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+        bus = Bus(*shape, array=np.ndarray(shape, dtype=np.float32, buffer=shm.buf))
         try:
-            return _render_group(jobs, mix, sample_rate, shape[0], bit_depth)
+            return _render_group(jobs, bus, sample_rate, shape[0], bit_depth)
         finally:
-            del mix
+            bus.close()  # drops the view before the buffer is closed
     finally:
         shm.close()
 
@@ -186,37 +192,47 @@ def _context() -> Any:
     return mp.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
-def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: int,
-                 bit_depth: int | None, workers: int = 1) -> \
-        tuple[np.ndarray, dict[str, StemMeasure]]:
-    """Render, write and measure every job's stem; return the pre-master mix and measures."""
-    mix = np.zeros((channels, total), dtype=np.float32)
+def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int | None,
+                 workers: int = 1, scratch: Path | None = None) -> dict[str, StemMeasure]:
+    """Render, write and measure every job's stem, adding each into the ``mix`` bus.
+
+    With several workers, each other process renders its group into a part of its own (a
+    shared-memory buffer, or for a bus on disk a file in ``scratch``, by default the system
+    temp folder), added into ``mix`` at the end.
+    """
     groups = plan_groups(jobs, workers) if workers > 1 and len(jobs) > 1 else [
         list(range(len(jobs)))]
     measures: list[StemMeasure] = []
     if len(groups) == 1:
-        measures = _render_group(jobs, mix, sample_rate, channels, bit_depth)
-        return mix, {m.name: m for m in measures}
-    nbytes = max(1, mix.nbytes)
+        measures = _render_group(jobs, mix, sample_rate, mix.channels, bit_depth)
+        return {m.name: m for m in measures}
+    shape = (mix.channels, mix.frames)
     remove_stale_buffers()
     buffers: list[shared_memory.SharedMemory] = []
-    partials: list[np.ndarray] = []  # views on the buffers: dropped before they are closed
+    parts: list[Bus] = []
+    names: list[str] = []
     try:
         for _ in groups[1:]:
-            buffers.append(_new_buffer(nbytes))
-            shm = buffers[-1]
-            partials.append(np.ndarray(mix.shape, dtype=np.float32, buffer=shm.buf))
-            partials[-1][:] = 0.0
+            if mix.in_memory:
+                buffers.append(_new_buffer(max(1, mix.channels * mix.frames * 4)))
+                view = np.ndarray(shape, dtype=np.float32, buffer=buffers[-1].buf)
+                view[:] = 0.0
+                parts.append(Bus(*shape, array=view))
+                names.append(buffers[-1].name)
+            else:
+                folder = scratch or Path(tempfile.gettempdir())
+                path = folder / f".sum.{os.getpid()}-{secrets.token_hex(6)}.tmp.f32"
+                parts.append(Bus.named(*shape, path, create=True))
+                names.append(str(path.absolute()))
         with ProcessPoolExecutor(len(groups) - 1, mp_context=_context(),
                                  initializer=_die_with_parent,
                                  initargs=(os.getpid(),)) as pool:
             futures: list[Future[list[StemMeasure]]] = [
-                pool.submit(_worker, [jobs[i] for i in g], shm.name, mix.shape, sample_rate,
-                            bit_depth)
-                for g, shm in zip(groups[1:], buffers, strict=True)]
+                pool.submit(_worker, [jobs[i] for i in g], name, shape, sample_rate, bit_depth)
+                for g, name in zip(groups[1:], names, strict=True)]
             try:
                 measures = _render_group([jobs[i] for i in groups[0]], mix, sample_rate,
-                                         channels, bit_depth)
+                                         mix.channels, bit_depth)
                 for f in futures:
                     measures.extend(f.result())
             except BrokenProcessPool:
@@ -226,8 +242,8 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
                 for f in futures:
                     f.cancel()
                 raise
-        for part in partials:
-            mix += part
+        for part in parts:
+            mix.add_bus(part)
     except BaseException:
         # The pool has joined its workers by now. One that was idle when Ctrl-C came dies of
         # it, the pool then counts as broken and terminates the busy ones (SIGTERM), which
@@ -236,17 +252,17 @@ def render_stems(jobs: list[StemJob], sample_rate: int, channels: int, total: in
             remove_stale_temps(folder)
         raise
     finally:
-        partials.clear()
+        for part in parts:
+            part.close()  # views dropped before their buffers are closed; files removed
         for shm in buffers:
             with contextlib.suppress(BufferError):
                 shm.close()
             shm.unlink()
     by_name = {m.name: m for m in measures}
-    return mix, {j.plan.name: by_name[j.plan.name] for j in jobs}
+    return {j.plan.name: by_name[j.plan.name] for j in jobs}
 
 
-
-def add_stem_file(path: Path, mix: np.ndarray, block: int = 1 << 18) -> None:
+def add_stem_file(path: Path, mix: Bus, block: int = 1 << 18) -> None:
     """Add a stem written by an earlier render into ``mix``, read block by block.
 
     Raises:
@@ -256,15 +272,15 @@ def add_stem_file(path: Path, mix: np.ndarray, block: int = 1 << 18) -> None:
 
     try:
         with AudioFile(str(path)) as f:
-            if f.num_channels != mix.shape[0] or f.frames != mix.shape[1]:
+            if f.num_channels != mix.channels or f.frames != mix.frames:
                 raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
-                                  f"{mix.shape[0]} x {mix.shape[1]}; render with --force")
+                                  f"{mix.channels} x {mix.frames}; render with --force")
             pos = 0
-            while pos < mix.shape[1]:
-                chunk = f.read(min(block, mix.shape[1] - pos))
+            while pos < mix.frames:
+                chunk = f.read(min(block, mix.frames - pos))
                 if chunk.shape[1] == 0:
                     raise RenderError(f"{path} ends early; render with --force")
-                mix[:, pos:pos + chunk.shape[1]] += chunk
+                mix.add(pos, chunk)
                 pos += chunk.shape[1]
     except RenderError:
         raise

@@ -24,6 +24,23 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+SHIPPED = sorted(p.name for p in (ROOT / "scenes").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def shipped_renders(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) \
+        -> dict[str, list[Path]]:
+    """Every scene in scenes/ with all its variants, rendered at full length with the tiny
+    model, once per test session: scene file name -> its output folders (base first)."""
+    from soundscape.render import render
+
+    root = tmp_path_factory.mktemp("shipped")
+    return {name: [r.directory for r in render(ROOT / "scenes" / name, all_variants=True,
+                                                model=str(tiny_model), out=root / "r",
+                                                cache_dir=root / "cache")]
+            for name in SHIPPED}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"

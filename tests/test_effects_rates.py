@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from soundscape.arrange import arrange
+from soundscape.bus import Bus
 from soundscape.cli import app
 from soundscape.effects import EffectSpec, check_effect_rates, parse_effect
 from soundscape.errors import RenderError
@@ -69,12 +70,12 @@ def test_a_filter_that_blows_up_stops_the_render_instead_of_writing_inf() -> Non
     blowup = (EffectSpec("lowpass", (("cutoff", 9000.0),)),)  # above Nyquist at 16 kHz
     plan = replace(arrange(scene, {"hiss": 1.0}).elements[0], effects=blowup)
     take = np.random.default_rng(0).normal(0, 0.1, (1, sr)).astype(np.float32)
-    mix = np.zeros((2, 2 * sr), np.float32)
+    mix = Bus(2, 2 * sr, array=np.zeros((2, 2 * sr), np.float32))
     stems: list[np.ndarray] = []
     with pytest.raises(RenderError, match=r"^element hiss: the effects \(lowpass\) produced "
                                           r"non-finite samples \(NaN or inf\) from 0\.0\d s"):
         render_element(plan, [take], sr, 2, 2 * sr, mix, stems.append)
-    assert stems == [] and np.isfinite(mix).all()
+    assert stems == [] and mix.array is not None and np.isfinite(mix.array).all()
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])

@@ -225,7 +225,8 @@ def test_a_render_that_cannot_fit_on_the_disk_is_refused(tmp_path: Path,
     monkeypatch.setattr(resources, "free_disk", lambda path: 1000)
     code, lines = run_cli("render", str(_file_scene(tmp_path)), "--out", str(tmp_path / "o"))
     assert (code, len(lines)) == (1, 1)
-    assert lines[0].startswith("Error: f: the stems and mix would take about 0.0 GB and ")
+    assert lines[0].startswith("Error: f: the stems and mix (and the render's temporary files) "
+                               "would take about 0.0 GB and ")
     assert lines[0].endswith("has 0.0 GB free; free some space, write elsewhere with --out, "
                              "or use --format flac or ogg")
     assert not (tmp_path / "o").exists()

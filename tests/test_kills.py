@@ -206,7 +206,7 @@ def test_interrupted_rewrite_never_leaves_a_manifest_naming_replaced_stems(
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(render_module, "master", killed)
+        m.setattr(render_module, "master_bus", killed)
         with pytest.raises(KeyboardInterrupt):
             render(scene, out=out, jobs=1)
     quieter, _ = read_audio(out / "s/stems/a.wav")

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from soundscape.cli import app
 
-from .conftest import ROOT
+from .conftest import ROOT, SHIPPED
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -211,48 +211,18 @@ def test_takes_page(tmp_path: Path, tiny_model: Path, browser: Browser) -> None:
     assert browser.clean() == []
 
 
-SHORT_S = 20
-
-
-def shortened(scene: Path, folder: Path) -> Path:
-    """A copy of ``scene`` cut to ``SHORT_S`` seconds with 1 s takes, so that every scene
-    renders in seconds with the tiny model; placements past the end are skipped (and warned
-    about) exactly as in a real render, so the page must still match its manifest."""
-    data = yaml.safe_load(scene.read_text())
-
-    def cut(part: dict) -> None:
-        if "duration" in part:
-            part["duration"] = f"{SHORT_S} s"
-        for e in (part.get("elements") or {}).values():
-            if isinstance(e, dict) and "duration" in e:
-                e["duration"] = "1 s"
-
-    cut(data)
-    data.setdefault("defaults", {})["duration"] = "1 s"
-    for v in (data.get("variants") or {}).values():
-        if isinstance(v, dict):
-            cut(v)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / scene.name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-@pytest.mark.parametrize("scene", sorted(p.name for p in (ROOT / "scenes").glob("*.yaml")))
-def test_every_scene_page(scene: str, tmp_path: Path, tiny_model: Path,
+@pytest.mark.parametrize("scene", SHIPPED)
+def test_every_scene_page(scene: str, shipped_renders: dict[str, list[Path]],
                           browser: Browser) -> None:
-    short = shortened(ROOT / "scenes" / scene, tmp_path / "scenes")
-    out = tmp_path / "r"
-    code, text = run_cli("render", str(short), "--all-variants", "--model", str(tiny_model),
-                         "--out", str(out))
-    assert code == 0, text
-    manifests = sorted(out.rglob("manifest.json"))
-    declared = yaml.safe_load(short.read_text()).get("variants") or {}
-    assert len(manifests) == 1 + len(declared)
-    for mf in manifests:
-        manifest = json.loads(mf.read_text())
-        page = browser.open(mf.parent / "index.html")
+    """The page of every scene in scenes/ and of each variant, rendered whole with the tiny
+    model, loads cleanly and matches its manifest; its variant links name the others."""
+    folders = shipped_renders[scene]
+    declared = yaml.safe_load((ROOT / "scenes" / scene).read_text()).get("variants") or {}
+    assert len(folders) == 1 + len(declared)
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        page = browser.open(folder / "index.html")
         check_page_matches_manifest(page, manifest)
         links = page.eval_on_selector_all("#variants a", "as => as.map(a => a.dataset.variant)")
         assert links == ([""] + sorted(declared) if declared else [])
-        assert browser.clean() == [], mf
+        assert browser.clean() == [], folder
