@@ -169,6 +169,18 @@ def _one_of(option: str, allowed: tuple[Any, ...]) -> Callable[[Any], Any]:
     return check
 
 
+def _each_of(option: str, allowed: tuple[str, ...]) -> Callable[[Any], Any]:
+    """``_one_of`` for a repeatable option."""
+    one = _one_of(option, allowed)
+
+    def check(values: Any) -> Any:
+        for v in values or ():
+            one(v)
+        return values
+
+    return check
+
+
 Device = Annotated[str, typer.Option("--device", help="auto, cuda, mps or cpu.",
                                      callback=_one_of("--device", ("auto", "cuda", "mps", "cpu")))]
 Format = Annotated[str, typer.Option("--format", help="wav, flac, ogg or mp3.",
@@ -206,6 +218,13 @@ def render(
     loopable: Annotated[bool, typer.Option("--loopable", help="Master the mix so that its end "
                                            "flows into its start (a 2 s crossfade unless the "
                                            "scene sets master.loopable).")] = False,
+    loops: Annotated[bool, typer.Option("--loops", help="Also write loops/<element>.wav for "
+                                        "every looped element: one seamless period with a "
+                                        "smpl loop for game engines.")] = False,
+    export: Annotated[list[str] | None, typer.Option(
+        "--export", help="Also write pools: each scattered element's one-shots and "
+        "pools/pools.json, for an engine's random container (repeatable; loops = --loops).",
+        callback=_each_of("--export", ("pools", "loops")))] = None,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest.
 
@@ -224,13 +243,17 @@ def render(
                             fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
                             progress=progress, jobs=jobs, force=force, precision=precision,
-                            loopable=loopable)
+                            loopable=loopable, loops=loops, export=export or ())
     console = Console()
     printed: set[str] = set()
     for r in results:
         label = f"{r.scene}{'/' + r.variant if r.variant else ''}"
         if r.up_to_date:
             typer.echo(f"{label}: up to date ({r.directory})")
+            for w in r.export_warnings:
+                _log(f"warning: {label}: {w}")
+            if r.exported:
+                typer.echo(f"{label}: wrote {len(r.exported)} export file(s) in {r.directory}")
             continue
         for w in r.warnings:
             line = f"warning: {label}: {w}" if w.stage not in ("cache", "generate") else \
@@ -249,6 +272,8 @@ def render(
                           e.stem or "(not written)")
         table.add_row("mix", "", "", _fmt(r.mix_lufs), _fmt(r.mix_true_peak_dbtp), str(r.mix))
         console.print(table)
+        if r.exported:
+            typer.echo(f"{label}: wrote {len(r.exported)} export file(s) (loops, pools)")
         typer.echo(f"wrote {r.directory}")
 
 

@@ -97,6 +97,19 @@ class MixRecord:
 
 
 @dataclass(frozen=True)
+class ExportRecord:
+    """Files written for an engine or an editor from one element (``exports``): its loop file
+    (``kind`` "loop") or its pool's one-shots ("pool"), relative to the render's folder."""
+
+    kind: str
+    element: str
+    files: tuple[str, ...]
+    key: str  # everything that changes these files
+    bytes: int  # their total size, to notice a replaced or truncated file
+    duration_s: float  # a loop file's period; a pool's longest one-shot
+
+
+@dataclass(frozen=True)
 class Manifest:
     scene: str
     variant: str | None
@@ -117,6 +130,7 @@ class Manifest:
     warnings: tuple[RenderWarning, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
+    exports: tuple[ExportRecord, ...] = ()  # loop files and pools (absent before exports)
 
     def element(self, name: str) -> StemRecord | None:
         return next((e for e in self.elements if e.element == name), None)
@@ -141,7 +155,8 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        """Read a manifest written by this version; raises KeyError/TypeError otherwise."""
+        """Read a manifest written by this version (with or without ``exports``); raises
+        KeyError/TypeError otherwise."""
         if data.get("manifest_version") != MANIFEST_VERSION:
             raise KeyError("manifest_version")
         elements = tuple(
@@ -149,8 +164,11 @@ class Manifest:
                           "automation": tuple(e.get("automation", ())),
                           "takes": tuple(TakeRecord(**t) for t in e["takes"])})
             for e in data["elements"])
+        exports = tuple(ExportRecord(**{**x, "files": tuple(x["files"])})
+                        for x in data.get("exports", ()))
         return cls(**{**data, "mix": MixRecord(**data["mix"]), "elements": elements,
                       "only": tuple(data["only"]) if data["only"] else None,
+                      "exports": exports,
                       "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
 
 

@@ -27,6 +27,15 @@ from .audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
 from .bus import Bus
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
+from .exports import (
+    NO_EXPORTS,
+    ExportRequest,
+    check_request,
+    element_tags,
+    mix_tags,
+    tag_file,
+    write_exports,
+)
 from .generate.models import ModelRef, resolve
 from .incremental import (
     Decision,
@@ -64,7 +73,9 @@ class RenderResult:
     manifest: Manifest
     directory: Path
     manifest_path: Path
-    up_to_date: bool  # nothing had changed: nothing was written
+    up_to_date: bool  # nothing had changed: nothing was written (exports aside)
+    exported: tuple[Path, ...] = ()  # loop files and pools written by this render
+    export_warnings: tuple[RenderWarning, ...] = ()  # about them, for this render only
 
     @property
     def scene(self) -> str:
@@ -107,7 +118,13 @@ class RenderResult:
 
     @property
     def warnings(self) -> tuple[RenderWarning, ...]:
-        return self.manifest.warnings
+        return self.manifest.warnings + self.export_warnings
+
+    @property
+    def loops(self) -> dict[str, Path]:
+        """The loop files on disk (``--loops``), by element."""
+        return {x.element: self.directory / x.files[0] for x in self.manifest.exports
+                if x.kind == "loop"}
 
 
 @dataclass
@@ -249,6 +266,11 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         for path in kept:
             add_stem_file(path, mix)
         written = {j.plan.name for j in jobs if j.path is not None}
+        for name in written:  # metadata, before the records take the files' sizes
+            tag_file(p.path(name), element_tags(
+                scene, name, p.sources[name], name, p.keys[name],
+                loudness_lufs=measures[name].loudness_lufs,
+                true_peak_dbtp=measures[name].true_peak_dbtp))
         records = []
         for name in present:
             measure = measures.get(name)
@@ -267,6 +289,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
                                 w.write, p.directory, loop=p.wrap > 0)
     warnings.extend(report.warnings)
+    tag_file(mix_path, mix_tags(scene, p.model, p.mix_key, report.output_lufs,
+                                report.true_peak_dbtp))
     for stale in stale_files(p.previous, p.directory, {mix_path, *map(p.path, p.keys)}):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
@@ -310,6 +334,18 @@ def loop_scene(scene: Scene, crossfade_s: float) -> Scene:
         update={"loopable": crossfade_s})})
 
 
+def _export(p: _Plan, r: RenderResult, cache: TakeCache, want: ExportRequest) -> RenderResult:
+    """Write the loop files and pools asked for (and keep the earlier ones still current),
+    recording them in the manifest; from the element's takes, independent of the mix."""
+    done = write_exports(p.scene, p.arrangement, p.sources, cache, p.directory,
+                         p.out.bit_depth, p.previous.exports if p.previous else (), want)
+    manifest = r.manifest
+    if done.records != manifest.exports:
+        manifest = replace(manifest, exports=done.records)
+        manifest.write(r.manifest_path)
+    return replace(r, manifest=manifest, exported=done.written, export_warnings=done.warnings)
+
+
 def select_scenes(source: str | Path | Scene, variant: str | None = None,
                   all_variants: bool = False) -> list[Scene]:
     base = source if isinstance(source, Scene) else load_scene(source)
@@ -330,8 +366,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            only: Sequence[str] | None = None, model: str | None = None, device: str = "auto",
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
-           force: bool = False, precision: str = "auto",
-           loopable: bool = False) -> list[RenderResult]:
+           force: bool = False, precision: str = "auto", loopable: bool = False,
+           loops: bool = False, export: Sequence[str] = ()) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -342,8 +378,12 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     ``precision``: auto, fp32, bf16 or fp16 for the language model (``generate.precision``);
     not part of a take's identity, recorded per take in the manifest. ``loopable``: make
     every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
+    ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
+    also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
+    (as ``loops``).
     """
     log = log or (lambda s: None)
+    want = ExportRequest.of(loops, export)
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
@@ -369,6 +409,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
             ref_of[refs[name].name] = refs[name]
         plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
                            force))
+    if want:
+        check_request([(p.scene, p.arrangement) for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
         if p.redo_mix:  # neither, nor pedalboard's import to ask the encoder)
             problem = output_problem(fmt, p.out.sample_rate, p.out.channels, bit_depth)
@@ -395,7 +437,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     for p in plans:
         try:
             results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
-                                  generated, shared, only_set, force, jobs, precision))
+                                  generated, shared, only_set, force, jobs, precision,
+                                  want.with_scene(p.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
@@ -404,7 +447,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
 def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
            progress: Progress | None, cache: TakeCache, generated: set[str],
            shared: list[RenderWarning], only: set[str] | None, force: bool,
-           jobs: int | None, precision: str = "auto") -> RenderResult:
+           jobs: int | None, precision: str = "auto",
+           want: ExportRequest = NO_EXPORTS) -> RenderResult:
     """The write phase of one scene or variant, under its output folder's lock.
 
     Another render of the same folder may have finished since ``p`` was planned, so the plan is
@@ -420,14 +464,15 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
             p = _plan(p.scene, ref, p.model, p.directory, p.out.fmt, p.out.bit_depth, only,
                       force, directory=p.directory)
             if not p.redo_mix and p.previous is not None:
-                return RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
+                same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
+                return _export(p, same, cache, want) if want else same
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (only is None or n in only) for t in src.takes]
             done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
                                            precision)
             generated |= done
             shared += warns
-            return _mix(p, cache, generated, shared, only, jobs)
+            return _export(p, _mix(p, cache, generated, shared, only, jobs), cache, want)
     except BaseException:
         if created:  # leave no empty folder behind a failed first render
             with contextlib.suppress(OSError):

@@ -1,11 +1,15 @@
 """SFX stage: a game's list of one-shots -> N trimmed, loudness-normalised variations each.
 
-Input: a YAML or JSON list (``name``, ``defaults``, ``sounds: [{name, prompt, duration,
-variations, seed}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` and a manifest.
+Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, prompt, duration,
+variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
+``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``), each tagged with
+its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -13,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import ucs
 from .audio_io import atomic_write_text, write_audio
 from .cache import TakeCache
 from .errors import SceneError
+from .exports import Tags, now_iso, tag_file
 from .generate import TakeRequest
 from .generate.models import resolve
 from .manifest import db
@@ -55,6 +61,46 @@ class SfxDefaults(_M):
     cfg_coef: float = Field(3.0, ge=0, le=30)
 
 
+class UcsList(_M):
+    """UCS naming for every sound of a list (each sound may override a field)."""
+
+    category: str | None = Field(None, description="UCS CatID, e.g. DOORWood.")
+    creator: str | None = Field(None, description="UCS CreatorID (default: SNDSCP).")
+    source: str | None = Field(None, description="UCS SourceID (default: the list's name).")
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, v: str | None) -> str | None:
+        problem = None if v is None else ucs.catid_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("creator", "source")
+    @classmethod
+    def _ids(cls, v: str | None, info: Any) -> str | None:
+        block = "CreatorID" if info.field_name == "creator" else "SourceID"
+        problem = None if v is None else ucs.id_problem(block, v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
+class UcsSound(UcsList):
+    """A sound's UCS fields; ``name`` is its FXName (default: from the sound's name)."""
+
+    name: str | None = Field(None, description="UCS FXName, e.g. 'Creak Open' (25 characters "
+                             "at most).")
+
+    @field_validator("name")
+    @classmethod
+    def _fxname(cls, v: str | None) -> str | None:
+        problem = None if v is None else ucs.fxname_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+
 class Sound(_M):
     name: str = Field(pattern=NAME_PATTERN)
     prompt: str = Field(min_length=1)
@@ -62,6 +108,7 @@ class Sound(_M):
     variations: int | None = Field(None, ge=1, le=64)
     seed: int | None = Field(None, ge=0)
     loudness: Loudness | None = None
+    ucs: UcsSound | None = None
 
 
 class SfxList(_M):
@@ -69,7 +116,50 @@ class SfxList(_M):
     model: str = DEFAULT_MODEL
     seed: int = Field(0, ge=0)
     defaults: SfxDefaults = Field(default_factory=lambda: SfxDefaults())
+    ucs: UcsList | None = None
     sounds: list[Sound] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Ucs:
+    """A sound's resolved UCS blocks."""
+
+    category: str
+    fxname: str
+    creator: str
+    source: str
+
+    @property
+    def name(self) -> str:
+        return ucs.ucs_name(self.category, self.fxname, self.creator, self.source)
+
+
+def sound_ucs(lst: SfxList, s: Sound) -> Ucs | None:
+    """The sound's UCS blocks (its own fields over the list's), None without UCS naming;
+    ValueError naming the field when the result is not a valid UCS name."""
+    if lst.ucs is None and s.ucs is None:
+        return None
+    own = s.ucs or UcsSound()
+    common = lst.ucs or UcsList()
+    category = own.category or common.category
+    if category is None:
+        raise ValueError("ucs: no category (CatID); add e.g. 'category: DOORWood' to the "
+                         "sound's ucs or to the list's")
+    fxname = own.name or ucs.default_fxname(s.name)
+    problem = ucs.fxname_problem(fxname)
+    if problem is not None:
+        raise ValueError(f"ucs: the FXName made from the sound's name: {problem}; set "
+                         f"ucs.name")
+    source = own.source or common.source or ucs.default_source(lst.name)
+    return Ucs(category, fxname, own.creator or common.creator or ucs.CREATOR_DEFAULT, source)
+
+
+def variation_file(lst: SfxList, s: Sound, seed: int, fmt: str) -> str:
+    """A variation's path in the list's folder: ``<sound>/<sound>-seed<seed>.<fmt>``, or with
+    UCS ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``."""
+    u = sound_ucs(lst, s)
+    stem = s.name if u is None else u.name
+    return f"{s.name}/{stem}-seed{seed}.{fmt}"
 
 
 def load_sfx_list(path: str | Path) -> SfxList:
@@ -94,9 +184,19 @@ def load_sfx_list(path: str | Path) -> SfxList:
     if dupes:
         raise SceneError(f"{path}: sound names must be unique; repeated: {', '.join(dupes)}")
     try:
-        return SfxList.model_validate(data)
+        lst = SfxList.model_validate(data)
     except ValidationError as e:
         raise SceneError(format_errors(e, str(path), src.line_of, None)) from None
+    problems = []
+    for i, s in enumerate(lst.sounds):
+        try:
+            sound_ucs(lst, s)
+        except ValueError as err:
+            line = src.line_of(("sounds", i, "ucs") if s.ucs is not None else ("sounds", i))
+            problems.append(f"{path}:{line}: sounds[{i}] ({s.name}): {err}")
+    if problems:
+        raise SceneError(problems)
+    return lst
 
 
 def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
@@ -144,6 +244,26 @@ class SfxVariation:
     true_peak_dbtp: float | None
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
+    ucs: dict[str, str] | None = None  # CatID, FXName, CreatorID, SourceID
+
+
+CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
+                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID")
+
+
+def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
+    """``catalog.csv``: one row per file, the UCS columns empty for sounds without UCS."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CATALOG_COLUMNS)
+    for v in variations:
+        u = v.ucs or {}
+        w.writerow([v.file, v.sound, v.prompt, v.seed, f"{v.duration_s:.6f}",
+                    "" if v.loudness_lufs is None else v.loudness_lufs,
+                    "" if v.true_peak_dbtp is None else v.true_peak_dbtp,
+                    u.get("CatID", ""), u.get("FXName", ""), u.get("CreatorID", ""),
+                    u.get("SourceID", "")])
+    return buf.getvalue()
 
 
 @dataclass(frozen=True)
@@ -192,7 +312,13 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                            log, progress, precision)
     root = Path(out) / lst.name
     entries = []
-    for s, r in plan:
+    created = now_iso()
+    files = [variation_file(lst, s, r.seed, fmt) for s, r in plan]
+    dupes = sorted({f for f in files if files.count(f) > 1})
+    if dupes:
+        raise SceneError(f"{path}: two variations would both be written as {dupes[0]}; give "
+                         f"the sounds different seeds or UCS names")
+    for (s, r), rel in zip(plan, files, strict=True):
         got = cache.get(r.key)
         if got is None:
             raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
@@ -202,12 +328,20 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         measured = loudness_for_short(audio, sr)
         gain = 0.0 if target is None or math.isinf(measured) else target - measured
         audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
-        file = root / s.name / f"{s.name}-seed{r.seed}.{fmt}"
+        file = root / rel
         write_audio(file, audio, sr)
-        entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, str(file.relative_to(root)),
-                                    audio.shape[1] / sr, db(loudness_for_short(audio, sr)),
-                                    db(true_peak_db(audio, sr)), r.key in generated,
-                                    cache.generated_with(r.key)))
+        lufs, peak = db(loudness_for_short(audio, sr)), db(true_peak_db(audio, sr))
+        u = sound_ucs(lst, s)
+        tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
+                            lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
+                            lufs, peak))
+        entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, rel,
+                                    audio.shape[1] / sr, lufs, peak, r.key in generated,
+                                    cache.generated_with(r.key),
+                                    None if u is None else {
+                                        "CatID": u.category, "FXName": u.fxname,
+                                        "CreatorID": u.creator, "SourceID": u.source}))
+    atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
         "list": lst.name, "source": str(path), "model": ref.name,

@@ -269,6 +269,10 @@ class Scene(_Model):
     elements: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Element] = Field(
         description="The layers, by name (at most 256).")
     master: Master = Field(default_factory=lambda: Master(), description="Master bus.")
+    exports: list[Literal["loops", "pools"]] = Field(
+        default_factory=list, description="Files for game engines written with every render "
+        "(as --loops and --export pools): loops (loops/<element>.wav, one seamless period with a "
+        "smpl loop) and pools (each scattered element's one-shots and pools/pools.json).")
     variants: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(
         default_factory=dict, description="Named overrides deep-merged onto the base scene; "
         "null removes a key or an element. Not named stems, takes, loops or pools (folders of "
