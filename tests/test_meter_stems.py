@@ -284,9 +284,9 @@ def test_worker_killed_mid_stem_leaves_no_temp(tmp_path: Path,
     parent = os.getpid()
     real = stems.render_element
 
-    def dying(plan, takes, sample_rate, channels, total, mix, sink):  # type: ignore[no-untyped-def]
+    def dying(plan, takes, sample_rate, channels, total, mix, sink, *rest):  # type: ignore[no-untyped-def]
         if os.getpid() == parent or sink is None:
-            return real(plan, takes, sample_rate, channels, total, mix, sink)
+            return real(plan, takes, sample_rate, channels, total, mix, sink, *rest)
         sink(np.zeros((channels, 4800), np.float32))  # the temporary stem now exists
         import time
         time.sleep(0.5)  # let the writer thread put it on disk
