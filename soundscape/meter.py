@@ -44,6 +44,9 @@ def _channel_max(a: np.ndarray) -> np.ndarray:
     return out
 
 
+DENSE_MIN = 4096  # rows from which ``Interpolator._interpolate`` works a whole span
+
+
 @dataclass(frozen=True)
 class Interpolator:
     """Band-limited interpolation of every gap between samples at ``factor - 1`` positions,
@@ -128,9 +131,27 @@ class Interpolator:
         return ext, n, rows[keep], bounds[keep]
 
     def _interpolate(self, ext: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """|interpolated values| at gaps ``rows``: ``(channels, rows, factor - 1)``."""
-        return np.abs(np.stack([sliding_window_view(ch, self.taps)[rows] @ self.kernels
-                                for ch in ext]))
+        """|interpolated values| at gaps ``rows``: ``(channels, rows, factor - 1)``.
+
+        Summed tap by tap in the same order whichever way the rows come, so a gap's value does
+        not depend on which other gaps were asked for (the pruning in ``max_gap_peak`` and the
+        limiter's envelope rely on that, to the bit). Where the rows cover most of their span
+        (steady material, most of the time) the whole span is worked over contiguous arrays,
+        about twice as fast as gathering each gap's window; scattered rows gather windows.
+        """
+        acc: np.ndarray
+        if rows.size >= DENSE_MIN and rows.size * 2 >= int(rows.max()) - int(rows.min()) + 1:
+            lo, hi = int(rows.min()), int(rows.max()) + 1
+            n = hi - lo
+            acc = np.zeros((ext.shape[0], self.factor - 1, n), np.float32)
+            for j, k in enumerate(self.kernels):
+                acc += k[None, :, None] * ext[:, None, lo + j:lo + j + n]
+            return np.abs(acc[:, :, rows - lo]).transpose(0, 2, 1)
+        win = np.stack([sliding_window_view(ch, self.taps)[rows] for ch in ext])
+        acc = np.zeros((ext.shape[0], rows.size, self.factor - 1), np.float32)
+        for j, k in enumerate(self.kernels):
+            acc += win[:, :, j, None] * k[None, None, :]
+        return np.abs(acc)
 
     def gap_peaks(self, ext: np.ndarray, floor: float) -> np.ndarray:
         """Peak of the interpolated signal in each gap, max over channels and positions.
