@@ -252,11 +252,14 @@ def test_killed_render_resumes_without_partial_files(tmp_path: Path, tiny_model:
     cache = Path(os.environ["SOUNDSCAPE_CACHE_DIR"])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((cache / "takes").rglob("*.json"))) < 3:
+    def finished() -> int:  # sidecars, written last (not cost.json, nor a sidecar's temp file)
+        return sum(not p.name.startswith(".") for p in (cache / "takes").rglob("*.json"))
+
+    while time.time() < deadline and finished() < 3:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list((cache / "takes").rglob("*.json")))  # sidecars, not cost.json
+    done = finished()
     assert 3 <= done < 13
     # a kill inside a write may leave its temporary file (never the final name); the next
     # render removes it, as it removes every temp whose writer is dead
