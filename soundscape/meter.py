@@ -127,7 +127,7 @@ class Interpolator:
         near = np.maximum(mag[rows + left], mag[rows + left + 1])
         far = np.repeat(sub_max[candidates], SUB)
         bounds = near * near_w + far * far_w
-        keep = bounds > floor
+        keep = (bounds > floor) & (rows < n)  # the padding to whole sub-blocks has no gaps
         return ext, n, rows[keep], bounds[keep]
 
     def _interpolate(self, ext: np.ndarray, rows: np.ndarray) -> np.ndarray:

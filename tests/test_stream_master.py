@@ -184,3 +184,38 @@ def test_a_one_shot_read_in_pieces_is_the_whole_play(sr: int, channels: int) -> 
     short = take[:, a0:a0 + sr] * np.float32(10 ** (-4.5 / 20))
     assert cut.length == sr
     assert np.array_equal(cut.read(0, sr), apply_fades(short, int(0.3 * sr), sr))
+
+
+@pytest.mark.parametrize("block", [1000, 4097, 65536 - 28])
+def test_the_true_peak_does_not_depend_on_how_the_signal_is_cut(block: int) -> None:
+    """Blocks that are not whole 64-frame sub-blocks once read a step to the padding's zeros
+    as a gap (+1.1 dB on a 50 Hz sine), and the streamed master trimmed itself by it."""
+    from soundscape.meter import Meter
+
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    x = np.stack([0.5 * np.sin(2 * np.pi * 50 * t), 0.4 * np.sin(2 * np.pi * 73 * t)])
+    x = x.astype(np.float32)
+    whole = measure(x, sr)
+    cut = Meter(sr, 2)
+    for i in range(0, x.shape[1], block):
+        cut.add(x[:, i:i + block])
+    cut.finish()
+    assert cut.true_peak == pytest.approx(whole.true_peak, abs=1e-7)
+    assert whole.true_peak_db == pytest.approx(20 * math.log10(0.5), abs=0.01)
+
+
+@pytest.mark.parametrize("hz", [55, 73, 80])
+def test_a_loud_low_sine_is_mastered_as_the_whole_array_master_does(hz: int,
+                                                                   tmp_path: Path) -> None:
+    sr = 48000
+    t = np.arange(3 * sr + 17) / sr
+    x = np.stack([0.98 * np.sin(2 * np.pi * hz * t)] * 2).astype(np.float32)
+    ref, _ = whole_array_master(x, sr, None, -1.0)
+    blocks: list[np.ndarray] = []
+    with Bus.temporary(2, x.shape[1], tmp_path) as bus:
+        bus.add(0, x)
+        report = master_bus(bus, sr, None, -1.0, (), blocks.append, tmp_path)
+    assert float(np.abs(np.concatenate(blocks, axis=1) - ref).max()) <= 1e-6
+    assert report.true_peak_dbtp == pytest.approx(measure(ref, sr).true_peak_db, abs=1e-4)
+    assert report.true_peak_dbtp > -1.05  # not trimmed below the ceiling by a misread peak
