@@ -49,6 +49,7 @@ class LoopRun:
     fade_in_s: float
     fade_out_s: float
     pan: float
+    wraps: bool = False  # a loopable mix's run over the whole scene: it crossfades into itself
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,29 @@ def _cut(name: str, start: float, length: float, duration: float,
         _warn(warnings, name, f"{name} at {start:.1f} s starts after the {duration:.1f} s scene "
               f"ends; skipped", start, duration)
         return None
-    if overhang:  # a loopable mix: what plays past the end is folded onto the start
-        return min(length, duration + overhang - start)
+    if overhang and start + length > duration + overhang + 1e-9:
+        # a loopable mix hears the overhang at its start: longer plays fade out over it
+        new = duration + overhang - start
+        _warn(warnings, name, f"{name} at {start:.1f} s + {length:.1f} s rings past the loop's "
+              f"{overhang:.1f} s wrap; faded out over it, {new:.1f} s", length, new, new)
+        return new
+    if overhang:
+        return length
     if start + length > duration + 1e-9:
         new = duration - start
         _warn(warnings, name, f"{name} at {start:.1f} s + {length:.1f} s exceeds the "
               f"{duration:.1f} s scene; trimmed to {new:.1f} s", length, duration - start, new)
         return new
     return length
+
+
+def _fade_out(scene: Scene, start: float, length: float, full: float, fade: float) -> float:
+    """A play's fade-out: the element's, or in a loopable mix, when the play was cut at the
+    end of the stretch that is folded onto the start, a fade over that stretch (no step)."""
+    x = scene.master.loopable
+    if x and length < full - 1e-9 and start + length >= scene.duration + x - 1e-9:
+        fade = max(fade, min(x, length))
+    return min(fade, length)
 
 
 def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
@@ -160,7 +176,7 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
                 length = _cut(name, t, L, D, warnings, scene.master.loopable or 0.0)
                 if length is not None:
                     clips.append(Clip(name, 0, t, 0.0, length, 0.0, e.pan, e.fade_in,
-                                      min(e.fade_out, length)))
+                                      _fade_out(scene, t, length, L, e.fade_out)))
         auto = tuple(sorted((Keypoint(k.time, max(k.level, -120.0)) for k in e.automation),
                             key=lambda k: k.time_s))
         plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
@@ -193,7 +209,7 @@ def _scatter(scene: Scene, name: str, L: float, warnings: list[RenderWarning]) -
         pan = float(np.clip(e.pan + rng.uniform(-sc.pan_jitter, sc.pan_jitter), -1.0, 1.0))
         length = min(L, scene.duration + (scene.master.loopable or 0.0) - t)
         clips.append(Clip(name, take, t, 0.0, length, jitter_db, pan, min(e.fade_in, length),
-                          min(e.fade_out, length)))
+                          _fade_out(scene, t, length, L, e.fade_out)))
         step = gap()
         if not sc.overlap:
             step = max(step, L)
@@ -239,7 +255,7 @@ def wrap_around(arr: Arrangement, crossfade_s: float) -> Arrangement:
         if r.end_s is None or r.end_s < end - 1e-9:
             return r
         r = replace(r, end_s=end + crossfade_s, fade_out_s=crossfade_s)
-        return replace(r, fade_in_s=crossfade_s) if r.start_s <= 1e-9 else r
+        return replace(r, fade_in_s=crossfade_s, wraps=True) if r.start_s <= 1e-9 else r
 
     return replace(arr, elements=tuple(replace(p, loops=tuple(map(run, p.loops)))
                                        for p in arr.elements))

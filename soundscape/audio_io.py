@@ -60,13 +60,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         _OURS.discard(os.path.abspath(name))
 
 
-def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S,
+                       dead: frozenset[int] = frozenset()) -> list[Path]:
     """Remove the temporary files of ``atomic_path`` in ``folder`` left by dead processes.
 
     A temp is stale when the process named in it is gone, or when nothing has written to it for
     ``max_age_s`` (its pid may have been reused, or it came from another machine). Temps of live
-    writers, such as a second render running at the same time, are left alone. Returns the
-    removed paths.
+    writers, such as a second render running at the same time, are left alone; ``dead``: pids
+    known to be gone (or going) whatever the system still says. Returns the removed paths.
     """
     from .locks import pid_alive
 
@@ -86,7 +87,7 @@ def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_TEMP_AGE_S) 
             continue
         pid = int(m.group(1))
         mine = pid == os.getpid() and os.path.abspath(entry.path) not in _OURS
-        if old or mine or not pid_alive(pid):
+        if old or mine or pid in dead or not pid_alive(pid):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

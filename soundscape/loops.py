@@ -216,6 +216,25 @@ class LoopSource:
         self._fade_in, self._fade_out = fade_curves(
             min(int(run.fade_in_s * sample_rate), self.length),
             min(int(run.fade_out_s * sample_rate), self.length))
+        if run.wraps and 0 < self._fade_in.size == self._fade_out.size < self.length:
+            self._normalise_wrap()
+
+    def _normalise_wrap(self) -> None:
+        """A run that crossfades into itself at a loopable mix's wrap (its fade-out past the
+        end is added onto its fade-in): normalise the two fades by the correlation of what
+        they overlap, as the seams are, so a tonal bed keeps its level across the wrap
+        instead of summing to +3 dB."""
+        fin, fout = self._fade_in, self._fade_out
+        self._fade_in = self._fade_out = np.zeros(0, np.float32)
+        k = fin.size
+        head, tail = self.read(0, k), self.read(self.length - k, self.length)
+        energy = math.sqrt(float(np.sum(head.astype(np.float64) ** 2))
+                           * float(np.sum(tail.astype(np.float64) ** 2)))
+        r = float(np.sum(head.astype(np.float64) * tail)) / energy if energy > 0 else 0.0
+        norm = np.sqrt(fin.astype(np.float64) ** 2 + fout.astype(np.float64) ** 2
+                       + 2 * fin * fout * max(min(r, 1.0), 0.0))
+        self._fade_in = (fin / norm).astype(np.float32)
+        self._fade_out = (fout / norm).astype(np.float32)
 
     def read(self, a: int, b: int) -> np.ndarray:
         """Frames [a, b) of the run (0 = its start)."""

@@ -213,6 +213,7 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
     buffers: list[shared_memory.SharedMemory] = []
     parts: list[Bus] = []
     names: list[str] = []
+    pids: set[int] = set()  # the workers', for the sweep after a failure
     try:
         for _ in groups[1:]:
             if mix.in_memory:
@@ -233,6 +234,7 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
                 pool.submit(_worker, [jobs[i] for i in g], name, shape, sample_rate, bit_depth,
                             stem_frames)
                 for g, name in zip(groups[1:], names, strict=True)]
+            pids.update(getattr(pool, "_processes", None) or {})
             try:
                 measures = _render_group([jobs[i] for i in groups[0]], mix, sample_rate,
                                          mix.channels, bit_depth, stem_frames)
@@ -251,8 +253,11 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
         # The pool has joined its workers by now. One that was idle when Ctrl-C came dies of
         # it, the pool then counts as broken and terminates the busy ones (SIGTERM), which
         # leaves their temporary stems behind: those of dead processes go here.
+        for pid in pids:  # normally gone already; one still dying must not write on
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         for folder in {j.path.parent for j in jobs if j.path is not None}:
-            remove_stale_temps(folder)
+            remove_stale_temps(folder, dead=frozenset(pids))
         raise
     finally:
         for part in parts:

@@ -144,3 +144,40 @@ def test_a_loopable_scene_too_short_for_its_crossfade_is_one_error(tmp_path: Pat
         "Error: --loopable: u lasts 3 s; a loopable mix crossfades its end into its start over "
         "2 s and needs at least 4 s"]
     assert load_scene(tmp_path / "u.yaml").master.loopable is None
+
+
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_a_tonal_bed_keeps_its_level_across_the_wrap(tmp_path: Path, sr: int) -> None:
+    """A sine bed whose end and start overlap in phase summed to +3 dB with equal-power fades;
+    the wrap's fades are normalised by the correlation, as the loop's own seams are."""
+    t = np.arange(3 * sr) / sr
+    wav(tmp_path / "tone.wav", 0.3 * np.sin(2 * np.pi * 220 * t), sr)
+    (tmp_path / "s.yaml").write_text(
+        f"name: s\nduration: 10 s\nsample_rate: {sr}\n"
+        "master: {loudness: -20 LUFS, loopable: 2 s}\n"
+        "elements:\n  tone: {file: tone.wav, loop: {crossfade: 500 ms}}\n")
+    [res] = render(tmp_path / "s.yaml", out=tmp_path / "o")
+    y, _ = read_audio(res.mix)
+    n = sr // 20
+    levels = windows_db(y, n)
+    body = float(np.median(levels))
+    assert np.abs(levels - body).max() <= 0.5, levels[:45] - body
+
+
+def test_a_one_shot_longer_than_the_wrap_fades_out_over_it_and_says_so(tmp_path: Path) -> None:
+    sr = 48000
+    t = np.arange(5 * sr) / sr
+    wav(tmp_path / "boom.wav", 0.5 * np.sin(2 * np.pi * 110 * t), sr)
+    (tmp_path / "s.yaml").write_text(
+        "name: s\nduration: 10 s\nmaster: {loudness: -20 LUFS, loopable: 2 s}\n"
+        "elements:\n  boom: {file: boom.wav, at: [9 s]}\n")
+    [res] = render(tmp_path / "s.yaml", out=tmp_path / "o")
+    y, _ = read_audio(res.mix)
+    # heard at the start (the second past the end), faded to nothing by the wrap's end
+    assert rms_db(y[:, : sr // 10]) > -30
+    assert rms_db(y[:, 2 * sr - sr // 100: 2 * sr]) < rms_db(y[:, : sr // 10]) - 30
+    step, inside = wrap_step_ok(y[:, : 2 * sr + 100])
+    assert float(np.abs(np.diff(y[:, 2 * sr - 200: 2 * sr + 200])).max()) <= inside
+    [w] = [w for w in res.warnings if w.element == "boom"]
+    assert w.message == ("boom at 9.0 s + 5.0 s rings past the loop's 2.0 s wrap; faded out "
+                         "over it, 3.0 s")
