@@ -283,13 +283,13 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         done.reduction_db, tuple(warnings))
 
 
+WRAP_PRIME_S = 2
+
+
 def _wrap_frames(bus: Bus, sample_rate: int) -> int:
     """How much of a loop's end primes the effects and the limiter before its start: long
     enough for the release (60 ms) and short tails to settle, at most the loop itself."""
     return min(bus.frames, sample_rate * WRAP_PRIME_S)
-
-
-WRAP_PRIME_S = 2
 
 
 def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],

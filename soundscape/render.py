@@ -142,10 +142,15 @@ class _Plan:
     decisions: dict[str, Decision]
     previous: Manifest | None
     redo_mix: bool
-    wrap: int = 0  # frames rendered past the end and folded onto the start (loopable mix)
 
     def path(self, name: str) -> Path:
         return self.directory / "stems" / f"{name}.{self.out.fmt}"
+
+    @property
+    def wrap(self) -> int:
+        """Frames rendered past the end and folded onto the start (a loopable mix), or 0."""
+        x = self.scene.master.loopable
+        return int(round(x * self.out.sample_rate)) if x else 0
 
     def needs_audio(self, name: str) -> bool:
         """Whether this element's takes are needed: to render its stem, or to sum a kept stem
@@ -186,9 +191,8 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
             or bool(stale_files(previous, directory,
                                 {*paths.values(), directory / f"mix.{fmt}"}))
             or not (directory / "manifest.json").is_file())
-    wrap = int(round(m.loopable * scene.sample_rate)) if m.loopable else 0
     return _Plan(scene, model, sources, arr, out, directory, keys, mkey, decisions, previous,
-                 redo, wrap)
+                 redo)
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
