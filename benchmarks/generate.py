@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from soundscape.generate import TakeRequest
+from soundscape.generate import audiogen_request
 from soundscape.generate.audiogen import (
     AudioGen,
     Generator,
@@ -132,7 +132,7 @@ def run_stock(prompts: list[str]) -> float:
 def run_ours(prompts: list[str]) -> float:
     at(precision)
     gen = Generator(ref, device, max_batch=len(prompts), model=stock)
-    reqs = [TakeRequest("bench", pr, args.seconds, 1.0, 250, 0.0, 3.0, 5.0, i)
+    reqs = [audiogen_request("bench", pr, args.seconds, 1.0, 250, 0.0, 3.0, 5.0, i)
             for i, pr in enumerate(prompts)]
     sync()
     t0 = time.perf_counter()

@@ -12,10 +12,9 @@ from pathlib import Path
 from .audio_io import write_audio
 from .cache import TakeCache
 from .errors import RenderError, SoundscapeError
-from .generate.models import resolve
 from .page import write_takes_page
 from .scene import load_scene
-from .takes import Log, Progress, generate_missing, take_requests
+from .takes import Log, Models, Progress, check_engine_fits, generate_missing, take_requests
 
 
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
@@ -35,13 +34,15 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     e = scene.elements[element]
     if e.prompt is None:
         raise SoundscapeError(f"{element} plays a file, not a prompt; nothing to audition")
-    ref = resolve(model or scene.model, scene.base_dir)
+    models = Models(model, log)
     one = scene.model_copy(update={"elements": {element: e.model_copy(
         update={"variations": n, "stereo": "pan"})}})
-    takes = take_requests(one, element, ref.identity)
+    pinned = models.of_element(one, element)
+    check_engine_fits(one, element, pinned.ref.spec)
+    takes = take_requests(one, element, pinned)
     cache = TakeCache(cache_dir)
-    _, warnings = generate_missing([t.request for t in takes], cache, ref, device, max_batch,
-                                   log, progress, precision)
+    _, warnings = generate_missing([t.request for t in takes], cache, models, device,
+                                   max_batch, log, progress, precision)
     for w in warnings:
         log(f"warning: {w}")
     files = []

@@ -554,6 +554,7 @@ def _pool(scene: Scene, plan: ElementPlan, source: Source, rec: Any, directory: 
 
 def variation_seeds(scene: Scene, source: Source) -> tuple[int, ...]:
     """The seed of each variation (with ``two_takes``, its left take's); empty for a file."""
-    takes = source.takes[::2] if two_takes(scene.elements[source.element], scene) \
-        else source.takes
+    e = scene.elements[source.element]
+    paired = len(source.takes) == 2 * e.variations and two_takes(e, scene)
+    takes = source.takes[::2] if paired else source.takes
     return tuple(t.request.seed for t in takes)

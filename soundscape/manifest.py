@@ -40,13 +40,20 @@ class TakeRecord:
     model: str
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
+    engine: str = "audiogen"
+    revision: str = ""  # the hub commit or the local files' hash
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
 
     @classmethod
     def of(cls, t: Take, generated: bool, generator: dict[str, str] | None = None) \
             -> TakeRecord:
+        from .generate.engines import ENGINES
+
         r = t.request
+        lic = ENGINES[r.engine].licence
         return cls(t.index, r.key, r.seed, r.prompt, r.duration_s, r.settings, r.model,
-                   generated, generator)
+                   generated, generator, r.engine, r.revision, lic.name, lic.commercial)
 
 
 def placement_json(p: LoopRun | Clip) -> dict[str, Any]:
@@ -131,6 +138,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
     exports: tuple[ExportRecord, ...] = ()  # loop files and pools (absent before exports)
+    licences: tuple[dict[str, Any], ...] = ()  # see ``licence_summary``
 
     def element(self, name: str) -> StemRecord | None:
         return next((e for e in self.elements if e.element == name), None)
@@ -169,7 +177,49 @@ class Manifest:
         return cls(**{**data, "mix": MixRecord(**data["mix"]), "elements": elements,
                       "only": tuple(data["only"]) if data["only"] else None,
                       "exports": exports,
+                      "licences": tuple(data.get("licences", ())),
                       "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
+
+
+def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], ...]:
+    """The licences of the weights a render's takes came from: per licence, its name, whether
+    it allows commercial use, its terms, the notice it asks for, and the elements under it."""
+    from .generate.engines import ENGINES
+
+    by: dict[str, dict[str, Any]] = {}
+    for e in elements:
+        for t in e.takes:
+            lic = ENGINES[t.engine].licence
+            entry = by.setdefault(lic.name, {
+                "licence": lic.name, "url": lic.url, "commercial": lic.commercial,
+                "terms": lic.terms, "notice": lic.notice, "engines": [], "elements": []})
+            if ENGINES[t.engine].title not in entry["engines"]:
+                entry["engines"].append(ENGINES[t.engine].title)
+            if e.element not in entry["elements"]:
+                entry["elements"].append(e.element)
+    return tuple(by.values())
+
+
+NOTICE_FILE = "NOTICE.txt"
+
+
+def notice_text(licences: tuple[dict[str, Any], ...]) -> str | None:
+    """What ``NOTICE.txt`` beside a render says, or None when no licence asks for a notice
+    or names a restriction (AudioGen's non-commercial licence is listed too)."""
+    lines = []
+    for lic in licences:
+        if lic.get("notice"):
+            lines.append(f"{lic['notice']}.")
+            lines.append(f"Sounds in this render ({', '.join(lic['elements'])}) were made with "
+                         f"{' and '.join(lic['engines'])}, licensed under the {lic['licence']} "
+                         f"({lic['url']}).")
+        elif not lic.get("commercial", True):
+            lines.append(f"Non-commercial: {', '.join(lic['elements'])} were made with "
+                         f"{' and '.join(lic['engines'])} under {lic['licence']} "
+                         f"({lic['url']}): {lic['terms']}.")
+    if not any(lic.get("notice") for lic in licences):
+        return None
+    return "\n".join(lines) + "\n"
 
 
 def read_manifest(path: Path) -> Manifest | None:

@@ -36,7 +36,7 @@ from .exports import (
     tag_file,
     write_exports,
 )
-from .generate.models import ModelRef, resolve
+from .generate.engines import ENGINES
 from .incremental import (
     Decision,
     Output,
@@ -49,11 +49,14 @@ from .incremental import (
 )
 from .locks import locked
 from .manifest import (
+    NOTICE_FILE,
     Manifest,
     MixRecord,
     StemRecord,
     TakeRecord,
     db,
+    licence_summary,
+    notice_text,
     placement_json,
     read_manifest,
     versions,
@@ -62,7 +65,15 @@ from .master import master_bus
 from .page import loop_extras, write_page
 from .scene import Scene, load_scene
 from .stems import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
-from .takes import Log, Progress, Source, element_takes, generate_missing, plan_sources
+from .takes import (
+    Log,
+    Models,
+    Progress,
+    Source,
+    element_takes,
+    generate_missing,
+    plan_sources,
+)
 from .warnings import RenderWarning
 
 
@@ -171,10 +182,10 @@ def output_dir(out: Path, scene: Scene) -> Path:
     return d / scene.variant if scene.variant else d
 
 
-def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
+def _plan(scene: Scene, models: Models, model: str, out_root: Path, fmt: str,
           bit_depth: int | None, only: set[str] | None, force: bool,
           directory: Path | None = None) -> _Plan:
-    sources = plan_sources(scene, ref)
+    sources = plan_sources(scene, models)
     arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
     m = scene.master
     out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
@@ -312,11 +323,27 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
                       round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
                       p.mix_key, mix_path.stat().st_size),
         elements=tuple(records), generated=n_gen, cached=n_takes - n_gen,
-        warnings=tuple(warnings), versions=versions())
+        warnings=tuple(warnings), versions=versions(),
+        licences=licence_summary(tuple(records)))
     manifest_path = p.directory / "manifest.json"
+    write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def write_notice(directory: Path, licences: tuple[dict, ...]) -> None:
+    """``NOTICE.txt`` beside the outputs when a licence asks for a notice (Stable Audio:
+    "Powered by Stability AI"); an earlier one goes when it no longer applies."""
+    from .audio_io import atomic_write_text
+
+    text = notice_text(licences)
+    path = directory / NOTICE_FILE
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    atomic_write_text(path, text)
 
 
 LOOPABLE_CROSSFADE_S = 2.0  # --loopable on a scene that does not set master.loopable
@@ -371,7 +398,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
            force: bool = False, precision: str = "auto", loopable: bool = False,
-           loops: bool = False, export: Sequence[str] = ()) -> list[RenderResult]:
+           loops: bool = False, export: Sequence[str] = (),
+           commercial: bool = False) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -403,16 +431,12 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
                 raise SoundscapeError(f"--only: {s.label} has no element "
                                       f"{', '.join(map(repr, unknown))}; elements: "
                                       f"{', '.join(s.elements)}")
-    refs: dict[str, ModelRef] = {}
-    ref_of: dict[str, ModelRef] = {}
+    models = Models(model, log)
     plans = []
     for s in scenes:
-        name = model or s.model
-        if name not in refs:
-            refs[name] = resolve(name, s.base_dir)
-            ref_of[refs[name].name] = refs[name]
-        plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
-                           force))
+        plans.append(_plan(s, models, _model_name(model or s.model, s.base_dir), Path(out), fmt,
+                           bit_depth, only_set, force))
+    check_commercial(plans, commercial)
     if want:
         check_request([(p.scene, p.arrangement) for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
@@ -429,18 +453,16 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     cache = TakeCache(cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []
-    for ref in refs.values():
-        wanted = [t.request for p in plans if p.model == ref.name
-                  for n, src in p.sources.items() if p.needs_audio(n)
-                  and (only_set is None or n in only_set) for t in src.takes]
-        done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                       precision)
-        generated |= done
-        shared += warns
+    wanted = [t.request for p in plans for n, src in p.sources.items() if p.needs_audio(n)
+              and (only_set is None or n in only_set) for t in src.takes]
+    done, warns = generate_missing(wanted, cache, models, device, max_batch, log, progress,
+                                   precision)
+    generated |= done
+    shared += warns
     results = []
     for p in plans:
         try:
-            results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
+            results.append(_write(p, models, device, max_batch, log, progress, cache,
                                   generated, shared, only_set, force, jobs, precision,
                                   want.with_scene(p.scene)))
         except OSError as e:
@@ -448,7 +470,41 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     return results
 
 
-def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
+def _model_name(model: str, base_dir: Path) -> str:
+    """The scene's model as the manifest names it (a short name as its hub id)."""
+    from .generate.engines import by_short_name
+
+    named = by_short_name(model)
+    return named.repo if named is not None else model
+
+
+def check_commercial(plans: list[_Plan], commercial: bool) -> None:
+    """With ``--commercial`` (or ``commercial: true`` in a scene), refuse elements whose
+    model's licence forbids commercial use, before anything is generated.
+
+    Raises:
+        SoundscapeError: one line naming the elements, their engine and licence.
+    """
+    bad: dict[str, list[str]] = {}
+    for p in plans:
+        if not (commercial or p.scene.commercial):
+            continue
+        for name, src in p.sources.items():
+            for t in src.takes[:1]:
+                lic = ENGINES[t.request.engine].licence
+                if not lic.commercial:
+                    bad.setdefault(f"{ENGINES[t.request.engine].title} ({lic.name}, "
+                                   f"{lic.terms.split(':')[0]})", []).append(
+                        f"{p.scene.label}/{name}")
+    if bad:
+        what, names = next(iter(bad.items()))
+        raise SoundscapeError(
+            f"commercial use was asked for (--commercial or commercial: true) but "
+            f"{', '.join(names)} would be made with {what}; give those elements a model whose "
+            f"licence allows it, e.g. model: stable-audio-open-small, or drop --commercial")
+
+
+def _write(p: _Plan, models: Models, device: str, max_batch: int, log: Log,
            progress: Progress | None, cache: TakeCache, generated: set[str],
            shared: list[RenderWarning], only: set[str] | None, force: bool,
            jobs: int | None, precision: str = "auto",
@@ -465,15 +521,15 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
         with locked(p.directory):
             for folder in (p.directory, p.directory / "stems"):
                 remove_stale_temps(folder)
-            p = _plan(p.scene, ref, p.model, p.directory, p.out.fmt, p.out.bit_depth, only,
+            p = _plan(p.scene, models, p.model, p.directory, p.out.fmt, p.out.bit_depth, only,
                       force, directory=p.directory)
             if not p.redo_mix and p.previous is not None:
                 same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
                 return _export(p, same, cache, want) if want else same
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (only is None or n in only) for t in src.takes]
-            done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                           precision)
+            done, warns = generate_missing(wanted, cache, models, device, max_batch, log,
+                                           progress, precision)
             generated |= done
             shared += warns
             return _export(p, _mix(p, cache, generated, shared, only, jobs), cache, want)

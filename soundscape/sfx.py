@@ -24,8 +24,8 @@ from .audio_io import atomic_write_text, write_audio
 from .cache import TakeCache
 from .errors import SceneError
 from .exports import Tags, now_iso, tag_file
-from .generate import TakeRequest
-from .generate.models import resolve
+from .generate import Setting, TakeRequest
+from .generate.engines import settings_for
 from .manifest import db
 from .master import integrated_loudness, limit, true_peak_db
 from .scene import (
@@ -40,7 +40,7 @@ from .scene import (
     format_errors,
     yamlsrc,
 )
-from .takes import Log, generate_missing
+from .takes import Log, Models, PinnedModel, generate_missing
 from .warnings import RenderWarning
 
 
@@ -114,6 +114,8 @@ class Sound(_M):
 class SfxList(_M):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = DEFAULT_MODEL
+    commercial: bool = Field(False, description="Refuse models whose licence forbids "
+                             "commercial use, as --commercial.")
     seed: int = Field(0, ge=0)
     defaults: SfxDefaults = Field(default_factory=lambda: SfxDefaults())
     ucs: UcsList | None = None
@@ -245,10 +247,13 @@ class SfxVariation:
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
     ucs: dict[str, str] | None = None  # CatID, FXName, CreatorID, SourceID
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
 
 
 CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
-                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID")
+                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "licence",
+                   "commercial")
 
 
 def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
@@ -262,7 +267,7 @@ def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> st
                     "" if v.loudness_lufs is None else v.loudness_lufs,
                     "" if v.true_peak_dbtp is None else v.true_peak_dbtp,
                     u.get("CatID", ""), u.get("FXName", ""), u.get("CreatorID", ""),
-                    u.get("SourceID", "")])
+                    u.get("SourceID", ""), v.licence, "yes" if v.commercial else "no"])
     return buf.getvalue()
 
 
@@ -282,34 +287,50 @@ class SfxResult:
         return sum(v.generated for v in self.variations)
 
 
-def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]:
-    """Every variation's take request (seeds seed, seed+1, ... per sound)."""
+def sfx_requests(lst: SfxList, model: PinnedModel) -> list[tuple[Sound, TakeRequest]]:
+    """Every variation's take request (seeds seed, seed+1, ... per sound). The list's sampling
+    defaults are AudioGen's; another engine runs at its own defaults."""
     d = lst.defaults
-    stride = Defaults().extend_stride  # one-shots are short; the scene default applies
+    spec = model.ref.spec
+    given: dict[str, Setting] = {"temperature": d.temperature, "top_k": d.top_k,
+                                 "top_p": d.top_p, "cfg_coef": d.cfg_coef,
+                                 "extend_stride": Defaults().extend_stride}
+    settings = settings_for(spec, given if spec.name == "audiogen" else {})
     plan = []
     for s in lst.sounds:
         base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
+        duration = s.duration or d.duration
+        if not spec.extends and duration > spec.max_take_s:
+            raise SceneError(f"{lst.name}: sound {s.name}: a {duration:g} s take is longer "
+                             f"than the {spec.max_take_s:g} s {spec.title} makes; shorten it")
         for i in range(s.variations or d.variations):
-            plan.append((s, TakeRequest(identity, s.prompt, s.duration or d.duration,
-                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, stride,
-                                        base + i)))
+            plan.append((s, TakeRequest.of(spec.name, model.ref.identity, model.revision,
+                                           s.prompt, duration, base + i, settings)))
     return plan
 
 
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto") -> SfxResult:
+               precision: str = "auto", commercial: bool = False) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model."""
     log = log or (lambda s: None)
     lst = load_sfx_list(path)
     d = lst.defaults
-    ref = resolve(model or lst.model, Path(path).parent)
-    plan = sfx_requests(lst, ref.identity)
+    models = Models(None, log)
+    pinned = models.pin(model or lst.model, Path(path).parent)
+    ref = pinned.ref
+    lic = ref.spec.licence
+    if (commercial or lst.commercial) and not lic.commercial:
+        raise SceneError(f"{path}: commercial use was asked for (--commercial or commercial: "
+                         f"true) but {ref.spec.title}'s weights are {lic.name} ({lic.terms}); "
+                         f"use a model whose licence allows it, e.g. --model "
+                         f"stable-audio-open-small, or drop --commercial")
+    plan = sfx_requests(lst, pinned)
     cache = TakeCache(cache_dir)
-    generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
-                                           log, progress, precision)
+    generated, warnings = generate_missing([r for _, r in plan], cache, models, device,
+                                           max_batch, log, progress, precision)
     root = Path(out) / lst.name
     entries = []
     created = now_iso()
@@ -340,11 +361,19 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                     cache.generated_with(r.key),
                                     None if u is None else {
                                         "CatID": u.category, "FXName": u.fxname,
-                                        "CreatorID": u.creator, "SourceID": u.source}))
+                                        "CreatorID": u.creator, "SourceID": u.source},
+                                    lic.name, lic.commercial))
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
-        "list": lst.name, "source": str(path), "model": ref.name,
+        "list": lst.name, "source": str(path), "model": ref.name, "engine": ref.engine,
+        "revision": pinned.revision,
+        "licences": [{"licence": lic.name, "url": lic.url, "commercial": lic.commercial,
+                      "terms": lic.terms, "notice": lic.notice,
+                      "non_commercial": [] if lic.commercial else [s.name for s in lst.sounds]}],
         "variations": [asdict(v) for v in entries],
         "warnings": [w.to_json() for w in warnings]}, indent=2))
+    if lic.notice:
+        atomic_write_text(root / "NOTICE.txt", f"{lic.notice}.\nThese sounds were made with "
+                          f"{ref.spec.title}, licensed under the {lic.name} ({lic.url}).\n")
     return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))

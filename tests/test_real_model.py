@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from soundscape.cli import app
 from soundscape.errors import GeneratorError
-from soundscape.generate import TakeRequest
+from soundscape.generate import TakeRequest, audiogen_request
 from soundscape.generate.models import (
     cached_hub_dir,
     hub_cache_dir,
@@ -74,7 +74,7 @@ def t5_generator(hub_replica: Path):  # type: ignore[no-untyped-def]
 
 
 def req(prompt: str, seed: int, duration: float = 1.0) -> TakeRequest:
-    return TakeRequest("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
+    return audiogen_request("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
 
 
 def run_cli(*args: str) -> tuple[int, str]:
