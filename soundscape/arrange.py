@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .effects import EffectSpec
+from .dsp.effects import EffectSpec
+from .notices import RenderWarning
 from .scene import Scene, derive_seed
 from .units import format_duration
-from .warnings import RenderWarning
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .bus import BLOCK, Bus
-from .effects import WHOLE_TIMELINE, EffectSpec, build_board
-from .meter import TRUE_PEAK, Meter, measure
-from .warnings import RenderWarning
+from .dsp.bus import BLOCK, Bus
+from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board
+from .dsp.meter import TRUE_PEAK, Meter, measure
+from .notices import RenderWarning
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:

@@ -16,7 +16,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random AudioGen checkpoint in audiocraft's export layout (imports audiocraft)."""
     import torch
 
-    from soundscape.generate.tiny import write_tiny_model
+    from soundscape.generate.dev.tiny import write_tiny_model
 
     # Tiny models cost only per-op overhead; a second thread adds OpenMP hand-offs that take
     # 10-50x longer than the work on a shared machine (measured: 0.27 s vs 12.9 s per take).
@@ -32,7 +32,7 @@ def shipped_renders(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) 
         -> dict[str, list[Path]]:
     """Every scene in scenes/ with all its variants, rendered at full length with the tiny
     model, once per test session: scene file name -> its output folders (base first)."""
-    from soundscape.render import render
+    from soundscape.pipelines.render import render
 
     root = tmp_path_factory.mktemp("shipped")
     return {name: [r.directory for r in render(ROOT / "scenes" / name, all_variants=True,

@@ -15,11 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from soundscape.audio_io import read_audio
-from soundscape.cache import TakeCache
 from soundscape.cli import app
 from soundscape.errors import GeneratorError, ModelNotFoundError
 from soundscape.generate import TakeRequest
 from soundscape.generate.models import locate, resolve
+from soundscape.takes.store import TakeCache
 
 ROOT = Path(__file__).resolve().parents[1]
 

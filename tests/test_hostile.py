@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from soundscape.cli import app
 from soundscape.errors import SceneError
 from soundscape.scene import load_scene
-
-from .conftest import wav
+from tests.conftest import wav
 
 HEAD = "name: h\nduration: 10 s\nelements:\n"
 
@@ -220,7 +219,7 @@ def test_a_render_that_cannot_fit_is_refused_before_any_work(tmp_path: Path) -> 
 
 def test_a_render_that_cannot_fit_on_the_disk_is_refused(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from soundscape import resources
+    from soundscape.mixer import budget as resources
 
     monkeypatch.setattr(resources, "free_disk", lambda path: 1000)
     code, lines = run_cli("render", str(_file_scene(tmp_path)), "--out", str(tmp_path / "o"))

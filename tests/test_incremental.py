@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from soundscape.audio_io import read_audio
-from soundscape.render import render
-
-from .conftest import wav
+from soundscape.pipelines.render import render
+from tests.conftest import wav
 
 SCENE = """\
 name: inc

@@ -14,10 +14,9 @@ from typer.testing import CliRunner
 
 from soundscape.arrange import LoopRun
 from soundscape.cli import app
-from soundscape.loops import best_loop_points
-from soundscape.page import FLOOR_DB, PAGE, loop_extras, overview
-
-from .conftest import ROOT, wav
+from soundscape.mixer.loops import best_loop_points
+from soundscape.outputs.page import FLOOR_DB, PAGE, loop_extras, overview
+from tests.conftest import ROOT, wav
 
 SMALL = """\
 name: small
@@ -87,7 +86,7 @@ def test_overview_of_a_file_shorter_than_the_bins(tmp_path: Path) -> None:
 
 def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file longer than one read block gives the same bins as one read at once."""
-    import soundscape.page as page
+    import soundscape.outputs.page as page
 
     rng = np.random.default_rng(1)
     audio = (rng.normal(0, 0.1, (2, 300_001)) * np.linspace(0, 1, 300_001)).astype(np.float32)
@@ -175,7 +174,7 @@ def test_render_page_embeds_manifest_overviews_and_links(tmp_path: Path, tiny_mo
 
 
 def test_warnings_go_to_the_lane_they_name() -> None:
-    from soundscape.page import _element_warnings
+    from soundscape.outputs.page import _element_warnings
 
     mine, rest = _element_warnings(
         ["cups", "cup"], ["cups: only 2 of 5 one-shots fit", "stem cup peaks at +1.0 dBFS",
@@ -264,7 +263,7 @@ def test_open_without_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_takes_page_keeps_odd_text_inside_its_data(tmp_path: Path) -> None:
     """A prompt that holds "</script>" or "<!--" cannot break out of the embedded data, and a
     scene path with a space is quoted in the command to copy."""
-    from soundscape.page import write_takes_page
+    from soundscape.outputs.page import write_takes_page
 
     folder = tmp_path / "takes/drip"
     takes = [(s, wav(folder / f"drip-seed{s}.wav", np.full((1, 800), 0.1 * s, np.float32), 8000))

@@ -17,8 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from soundscape.cli import app
-
-from .conftest import ROOT, SHIPPED
+from tests.conftest import ROOT, SHIPPED
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -190,7 +189,7 @@ def test_rainy_cafe_page(rainy_cafe: Path, browser: Browser, tmp_path: Path) -> 
 
 
 def test_takes_page(tmp_path: Path, tiny_model: Path, browser: Browser) -> None:
-    from .test_page import SMALL
+    from tests.test_page import SMALL
 
     scene = tmp_path / "small.yaml"
     scene.write_text(SMALL)

@@ -18,15 +18,9 @@ from typer.testing import CliRunner
 from soundscape.cli import app
 from soundscape.errors import GeneratorError
 from soundscape.generate import TakeRequest
-from soundscape.generate.models import (
-    cached_hub_dir,
-    hub_cache_dir,
-    resolve,
-    text_encoder_dir,
-)
-from soundscape.generate.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
-
-from .hubstub import HubStub
+from soundscape.generate.dev.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
+from soundscape.generate.models import cached_hub_dir, hub_cache_dir, resolve, text_encoder_dir
+from tests.hubstub import HubStub
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_HUB_CACHE = hub_cache_dir()  # the user's cache, read before conftest isolates each test
@@ -46,7 +40,7 @@ master: {loudness: -20 LUFS}
 @pytest.fixture(scope="session")
 def hub_replica(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``HF_HOME`` holding the tiny replica of facebook/audiogen-medium and t5-large."""
-    from soundscape.generate.replica import write_hub_replica
+    from soundscape.generate.dev.replica import write_hub_replica
 
     return write_hub_replica(tmp_path_factory.mktemp("hf_replica"))
 

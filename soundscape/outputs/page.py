@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .arrange import LoopRun
-from .audio_io import atomic_write_text
-from .errors import SoundscapeError
+from ..arrange import LoopRun
+from ..audio_io import atomic_write_text
+from ..errors import SoundscapeError
 
 OVERVIEW_BINS = 2000
 FLOOR_DB = -90  # overviews are clipped here; quieter reads as silence
@@ -88,7 +88,7 @@ def loop_extras(take: np.ndarray, run: LoopRun, sample_rate: int, total: int) ->
     ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
     crossfade; ``seams_s`` holds the scene times where each crossfade starts.
     """
-    from .loops import LoopSource
+    from ..mixer.loops import LoopSource
 
     start = int(round(run.start_s * sample_rate))
     src = LoopSource(take, run, sample_rate, start, max(0, total - start))

@@ -19,17 +19,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .arrange import ElementPlan
+from ..arrange import ElementPlan
+from ..takes.plan import Source, file_digest
 from .manifest import Manifest, StemRecord
-from .takes import Source, file_digest
 
 # Bump when mixing or mastering changes the output for the same inputs.
 MIXER_VERSION = "2"
+EXPORTS_VERSION = "1"  # bump when an export's audio changes for the same inputs
 LOSSLESS = ("wav", "flac")
 
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def export_key(*parts: Any) -> str:
+    """The key of one export file (a loop file, a pool's one-shot) from what it is made of."""
+    return hashlib.sha256(json.dumps([EXPORTS_VERSION, *parts], sort_keys=True,
+                                     default=repr).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

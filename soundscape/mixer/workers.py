@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from .arrange import ElementPlan
-from .audio_io import AtomicAudioWriter, remove_stale_temps
-from .bus import Bus
-from .effects import chain_tail_s
-from .errors import RenderError
-from .mix import render_element
+from ..arrange import ElementPlan
+from ..audio_io import AtomicAudioWriter, remove_stale_temps
+from ..dsp.bus import Bus
+from ..dsp.effects import chain_tail_s
+from ..errors import RenderError
+from .element import render_element
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
 # measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
@@ -164,7 +164,7 @@ def _die_with_parent(parent: int) -> None:
 
 def remove_stale_buffers(folder: Path = SHM_DIR) -> list[str]:
     """Unlink the shared mix buffers of renders that are no longer running; their names."""
-    from .locks import pid_alive
+    from ..locks import pid_alive
 
     removed = []
     with contextlib.suppress(OSError):

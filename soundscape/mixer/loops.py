@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .arrange import LoopRun
-from .fades import fade_curves
+from ..arrange import LoopRun
+from ..dsp.fades import fade_curves
 
 
 @dataclass(frozen=True)

@@ -21,23 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import resources
-from .arrange import Arrangement, arrange
-from .audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
-from .bus import Bus
-from .cache import TakeCache
-from .errors import RenderError, SoundscapeError
-from .exports import (
-    NO_EXPORTS,
-    ExportRequest,
-    check_request,
-    element_tags,
-    mix_tags,
-    tag_file,
-    write_exports,
-)
-from .generate.models import ModelRef, resolve
-from .incremental import (
+from ..arrange import Arrangement, arrange
+from ..audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
+from ..dsp.bus import Bus
+from ..errors import RenderError, SoundscapeError
+from ..generate.models import ModelRef, resolve
+from ..locks import locked
+from ..master import master_bus
+from ..mixer import budget as resources
+from ..mixer.workers import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
+from ..notices import RenderWarning
+from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
+from ..outputs.incremental import (
     Decision,
     Output,
     decide,
@@ -47,8 +42,7 @@ from .incremental import (
     stem_key,
     summable,
 )
-from .locks import locked
-from .manifest import (
+from ..outputs.manifest import (
     Manifest,
     MixRecord,
     StemRecord,
@@ -58,12 +52,13 @@ from .manifest import (
     read_manifest,
     versions,
 )
-from .master import master_bus
-from .page import loop_extras, write_page
-from .scene import Scene, load_scene
-from .stems import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
-from .takes import Log, Progress, Source, element_takes, generate_missing, plan_sources
-from .warnings import RenderWarning
+from ..outputs.page import loop_extras, write_page
+from ..outputs.tags import element_tags, mix_tags, tag_file
+from ..scene import Scene, load_scene
+from ..takes.conform import element_takes
+from ..takes.plan import Log, Progress, Source, plan_sources
+from ..takes.run import generate_missing
+from ..takes.store import TakeCache
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .arrange import Clip, LoopRun
-from .takes import Take
-from .warnings import RenderWarning
+from .. import __version__
+from ..arrange import Clip, LoopRun
+from ..notices import RenderWarning
+from ..takes.plan import Take
 
 MANIFEST_VERSION = 2
 
@@ -149,7 +149,7 @@ class Manifest:
         return out
 
     def write(self, path: Path) -> None:
-        from .audio_io import atomic_write_text
+        from ..audio_io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json(), indent=2))
 

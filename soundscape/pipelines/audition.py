@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .audio_io import write_audio
-from .cache import TakeCache
-from .errors import RenderError, SoundscapeError
-from .generate.models import resolve
-from .page import write_takes_page
-from .scene import load_scene
-from .takes import Log, Progress, generate_missing, take_requests
+from ..audio_io import write_audio
+from ..errors import RenderError, SoundscapeError
+from ..generate.models import resolve
+from ..outputs.page import write_takes_page
+from ..scene import load_scene
+from ..takes.plan import Log, Progress, take_requests
+from ..takes.run import generate_missing
+from ..takes.store import TakeCache
 
 
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,

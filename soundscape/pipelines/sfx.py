@@ -1,0 +1,150 @@
+"""SFX stage: a game's list of one-shots -> N trimmed, loudness-normalised variations each.
+
+Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, prompt, duration,
+variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
+``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``), each tagged with
+its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio_io import atomic_write_text, write_audio
+from ..errors import SceneError
+from ..generate import TakeRequest
+from ..generate.models import resolve
+from ..master import integrated_loudness, limit, true_peak_db
+from ..notices import RenderWarning
+from ..outputs.catalog import SfxVariation, catalog_csv
+from ..outputs.manifest import db
+from ..outputs.tags import Tags, now_iso, tag_file
+from ..scene import (
+    Defaults,
+    derive_seed,
+)
+from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
+from ..takes.plan import Log
+from ..takes.run import generate_missing
+from ..takes.store import TakeCache
+
+
+def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
+                 pad_ms: float = 10.0) -> np.ndarray:
+    """Cut leading and trailing frames quieter than ``threshold_db`` below the peak, keeping
+    ``pad_ms`` of margin and a 5 ms fade at each cut so no click is created."""
+    env = np.abs(audio).max(axis=0)
+    peak = float(env.max(initial=0.0))
+    if peak == 0:
+        return audio
+    above = np.nonzero(env >= peak * 10 ** (threshold_db / 20))[0]
+    pad = int(pad_ms * sample_rate / 1000)
+    a, b = max(0, int(above[0]) - pad), min(audio.shape[1], int(above[-1]) + 1 + pad)
+    out = audio[:, a:b].copy()
+    k = min(int(0.005 * sample_rate), out.shape[1] // 2)
+    if k > 0:
+        ramp = np.linspace(0, 1, k, dtype=np.float32)
+        if a > 0:
+            out[:, :k] *= ramp
+        if b < audio.shape[1]:
+            out[:, -k:] *= ramp[::-1]
+    return out
+
+
+def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness; sounds under 0.4 s are measured looped to 0.4 s (BS.1770 needs one
+    gating block), which reads the loudness of the sound while it plays."""
+    if audio.shape[1] < int(0.4 * sample_rate):
+        reps = int(math.ceil(0.4 * sample_rate / max(audio.shape[1], 1))) + 1
+        audio = np.tile(audio, reps)
+    return integrated_loudness(audio, sample_rate)
+
+
+@dataclass(frozen=True)
+class SfxResult:
+    """What ``render_sfx`` wrote: the variations and the manifest beside them."""
+
+    name: str
+    directory: Path
+    manifest: Path
+    model: str
+    variations: tuple[SfxVariation, ...]
+    warnings: tuple[RenderWarning, ...] = ()
+
+    @property
+    def generated(self) -> int:
+        return sum(v.generated for v in self.variations)
+
+
+def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]:
+    """Every variation's take request (seeds seed, seed+1, ... per sound)."""
+    d = lst.defaults
+    stride = Defaults().extend_stride  # one-shots are short; the scene default applies
+    plan = []
+    for s in lst.sounds:
+        base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
+        for i in range(s.variations or d.variations):
+            plan.append((s, TakeRequest(identity, s.prompt, s.duration or d.duration,
+                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, stride,
+                                        base + i)))
+    return plan
+
+
+def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
+               device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
+               max_batch: int = 8, log: Log | None = None, progress: Any = None,
+               precision: str = "auto") -> SfxResult:
+    """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
+    auto, fp32, bf16 or fp16 for the language model."""
+    log = log or (lambda s: None)
+    lst = load_sfx_list(path)
+    d = lst.defaults
+    ref = resolve(model or lst.model, Path(path).parent)
+    plan = sfx_requests(lst, ref.identity)
+    cache = TakeCache(cache_dir)
+    generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
+                                           log, progress, precision)
+    root = Path(out) / lst.name
+    entries = []
+    created = now_iso()
+    files = [variation_file(lst, s, r.seed, fmt) for s, r in plan]
+    dupes = sorted({f for f in files if files.count(f) > 1})
+    if dupes:
+        raise SceneError(f"{path}: two variations would both be written as {dupes[0]}; give "
+                         f"the sounds different seeds or UCS names")
+    for (s, r), rel in zip(plan, files, strict=True):
+        got = cache.get(r.key)
+        if got is None:
+            raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
+        audio, sr = got
+        audio = trim_silence(audio, sr, d.trim_threshold)
+        target = s.loudness if s.loudness is not None else d.loudness
+        measured = loudness_for_short(audio, sr)
+        gain = 0.0 if target is None or math.isinf(measured) else target - measured
+        audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
+        file = root / rel
+        write_audio(file, audio, sr)
+        lufs, peak = db(loudness_for_short(audio, sr)), db(true_peak_db(audio, sr))
+        u = sound_ucs(lst, s)
+        tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
+                            lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
+                            lufs, peak))
+        entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, rel,
+                                    audio.shape[1] / sr, lufs, peak, r.key in generated,
+                                    cache.generated_with(r.key),
+                                    None if u is None else {
+                                        "CatID": u.category, "FXName": u.fxname,
+                                        "CreatorID": u.creator, "SourceID": u.source}))
+    atomic_write_text(root / "catalog.csv", catalog_csv(entries))
+    manifest = root / "manifest.json"
+    atomic_write_text(manifest, json.dumps({
+        "list": lst.name, "source": str(path), "model": ref.name,
+        "variations": [asdict(v) for v in entries],
+        "warnings": [w.to_json() for w in warnings]}, indent=2))
+    return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))
