@@ -340,7 +340,7 @@ class Generator:
 
     def _generate_batch(self, reqs: list[TakeRequest]) -> list[np.ndarray]:
         r0 = reqs[0]
-        s = r0.settings
+        s: dict[str, typing.Any] = r0.settings
         m = self.model
         stride = float(s["extend_stride"])  # type: ignore[arg-type]
         if stride >= m.max_duration:

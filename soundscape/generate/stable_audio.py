@@ -104,10 +104,10 @@ def load_sao1(directory: Path, device: str, precision: str) -> Sao1Model:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # weight_norm deprecation inside diffusers' Oobleck
         try:
-            tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer",
-                                                      local_files_only=True)
-            text_encoder = T5EncoderModel.from_pretrained(directory / "text_encoder",
-                                                          local_files_only=True)
+            tokenizer: Any = AutoTokenizer.from_pretrained(directory / "tokenizer",
+                                                           local_files_only=True)
+            text_encoder: Any = T5EncoderModel.from_pretrained(str(directory / "text_encoder"),
+                                                               local_files_only=True)
             projection = StableAudioProjectionModel.from_pretrained(
                 directory / "projection_model", local_files_only=True)
             transformer = StableAudioDiTModel.from_pretrained(
@@ -357,17 +357,18 @@ class StableAudioOpen1:
         the median DiT step (after the first, which warms up) times the default step count,
         plus the decoder, over a ``seconds`` probe take."""
         stamps: list[float] = []
+        defaults: dict[str, Any] = self.spec.settings
         seconds = min(seconds, self.model.max_seconds)
         t0 = time.perf_counter()
         latents = denoise(self.model, ["probe"], [None], seconds, [0], probe_steps,
-                          float(self.spec.settings["cfg_coef"]), "dpmpp-2m-sde", self.dit,
+                          float(defaults["cfg_coef"]), "dpmpp-2m-sde", self.dit,
                           lambda i, n: stamps.append(time.perf_counter()))
-        steps = sorted(b - a for a, b in zip([t0, *stamps][1:], stamps[1:], strict=False))
+        steps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
         step_s = steps[len(steps) // 2] if steps else stamps[0] - t0
         t1 = time.perf_counter()
         decode(self.model, latents, int(round(seconds * self.sample_rate)))
         decode_s = time.perf_counter() - t1
-        return (step_s * int(self.spec.settings["steps"]) + decode_s) / seconds  # type: ignore
+        return (step_s * int(defaults["steps"]) + decode_s) / seconds
 
     def plan_batches(self, requests: list[TakeRequest]) -> list[list[int]]:
         """Indices grouped by equal length and settings (the latent length and the schedule
@@ -395,7 +396,7 @@ class StableAudioOpen1:
 
     def _batch(self, reqs: list[TakeRequest]) -> list[np.ndarray]:
         r0 = reqs[0]
-        s = r0.settings
+        s: dict[str, Any] = r0.settings
         if r0.duration_s > self.model.max_seconds + 1e-9:
             raise GeneratorError(f"a {r0.duration_s:g} s take is longer than Stable Audio Open "
                                  f"1.0's {self.model.max_seconds:.2f} s window; use a shorter "

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .replica import _train_spiece, write_repo
 
@@ -52,16 +53,13 @@ UNREAD_FILES = ("model.ckpt", "model.safetensors", "model_config.json", "README.
 
 def sao1_files(seed: int = 0) -> dict[str, bytes]:
     """The published diffusers layout of a tiny Stable Audio Open 1.0, by relative path."""
+    import diffusers
     import torch
-    from diffusers import (
-        AutoencoderOobleck,
-        CosineDPMSolverMultistepScheduler,
-        StableAudioDiTModel,
-    )
+    import transformers
     from diffusers.pipelines.stable_audio.modeling_stable_audio import (
         StableAudioProjectionModel,
     )
-    from transformers import T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import T5Config, T5EncoderModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -70,7 +68,7 @@ def sao1_files(seed: int = 0) -> dict[str, bytes]:
         d = Path(tmp)
         (d / "spiece").mkdir()
         (d / "spiece" / "spiece.model").write_bytes(_train_spiece(seed))
-        tok = T5TokenizerFast(vocab_file=str(d / "spiece" / "spiece.model"),
+        tok = getattr(transformers, "T5TokenizerFast")(  # noqa: B009 - typed stubs lack itvocab_file=str(d / "spiece" / "spiece.model"),
                               model_max_length=TOKEN_MAX_LENGTH, extra_ids=100)
         tok.save_pretrained(str(d / "tokenizer"))
         config = T5Config(vocab_size=-(-len(tok) // 64) * 64, d_model=T5_DIM, d_kv=4,
@@ -81,7 +79,7 @@ def sao1_files(seed: int = 0) -> dict[str, bytes]:
         StableAudioProjectionModel(text_encoder_dim=T5_DIM, conditioning_dim=T5_DIM,
                                    min_value=0, max_value=512).save_pretrained(
             str(d / "projection_model"))
-        dit = StableAudioDiTModel(sample_size=1024, in_channels=8, num_layers=2,
+        dit: Any = diffusers.StableAudioDiTModel(sample_size=1024, in_channels=8, num_layers=2,
                                   attention_head_dim=8, num_attention_heads=4,
                                   num_key_value_attention_heads=2, out_channels=8,
                                   cross_attention_dim=16, time_proj_dim=16,
@@ -90,12 +88,13 @@ def sao1_files(seed: int = 0) -> dict[str, bytes]:
         with torch.no_grad():  # a useful output level from random weights
             dit.proj_out.weight.mul_(8.0)
         dit.save_pretrained(str(d / "transformer"))
-        AutoencoderOobleck(encoder_hidden_size=4, downsampling_ratios=[2, 4, 4, 8, 8],
-                           channel_multiples=[1, 2, 4, 8, 16], decoder_channels=4,
-                           decoder_input_channels=8, audio_channels=2,
-                           sampling_rate=44100).save_pretrained(str(d / "vae"))
-        CosineDPMSolverMultistepScheduler(**PUBLISHED_SCHEDULER).save_pretrained(
-            str(d / "scheduler"))
+        vae: Any = diffusers.AutoencoderOobleck(
+            encoder_hidden_size=4, downsampling_ratios=[2, 4, 4, 8, 8],
+            channel_multiples=[1, 2, 4, 8, 16], decoder_channels=4, decoder_input_channels=8,
+            audio_channels=2, sampling_rate=44100)
+        vae.save_pretrained(str(d / "vae"))
+        scheduler: Any = diffusers.CosineDPMSolverMultistepScheduler(**PUBLISHED_SCHEDULER)
+        scheduler.save_pretrained(str(d / "scheduler"))
         out = {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
                if p.is_file() and not p.relative_to(d).as_posix().startswith("spiece/")}
     out["model_index.json"] = json.dumps(MODEL_INDEX, indent=2).encode()

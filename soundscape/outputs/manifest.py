@@ -11,15 +11,18 @@ import contextlib
 import json
 import math
 import platform
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .arrange import Clip, LoopRun
-from .takes import Take
-from .warnings import RenderWarning
+from .. import __version__
+from ..arrange import Arrangement, Clip, ElementPlan, LoopRun
+from ..generate.engines import ENGINES
+from ..notices import RenderWarning
+from ..takes.plan import Source, Take
 
 MANIFEST_VERSION = 2
 
@@ -36,7 +39,7 @@ class TakeRecord:
     seed: int
     prompt: str
     duration_s: float
-    settings: dict[str, float | int]
+    settings: dict[str, float | int | str | None]
     model: str
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
@@ -48,8 +51,6 @@ class TakeRecord:
     @classmethod
     def of(cls, t: Take, generated: bool, generator: dict[str, str] | None = None) \
             -> TakeRecord:
-        from .generate.engines import ENGINES
-
         r = t.request
         lic = ENGINES[r.engine].licence
         return cls(t.index, r.key, r.seed, r.prompt, r.duration_s, r.settings, r.model,
@@ -157,7 +158,7 @@ class Manifest:
         return out
 
     def write(self, path: Path) -> None:
-        from .audio_io import atomic_write_text
+        from ..audio_io import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json(), indent=2))
 
@@ -181,20 +182,68 @@ class Manifest:
                       "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
 
 
-def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], ...]:
-    """The licences of the weights a render's takes came from: per licence, its name, whether
-    it allows commercial use, its terms, the notice it asks for, and the elements under it."""
-    from .generate.engines import ENGINES
+def stem_record(plan: ElementPlan, source: Source, stem: str | None, key: str,
+                loudness_lufs: float | None, true_peak_dbtp: float | None, sample_peak: float,
+                nbytes: int, generated: Callable[[str], bool],
+                generated_with: Callable[[str], dict[str, str] | None],
+                loop_seams: Sequence[dict[str, Any]] | None = None) -> StemRecord:
+    """The record of one stem rendered now: where it plays (``loop_seams``: per loop run, the
+    length and seams the mixer chose), its takes (``generated``: whether a take's key was made by
+    this render; ``generated_with``: the device and precision that made it) and its file
+    (``stem`` None when --only left it unwritten)."""
+    loops = tuple({**placement_json(lp), **(loop_seams[i] if loop_seams is not None else {})}
+                  for i, lp in enumerate(plan.loops))
+    return StemRecord(
+        element=plan.name, source="file" if source.is_file else "prompt", file=source.file,
+        placements=loops + tuple(map(placement_json, plan.clips)),
+        volume_db=db(plan.volume_db),
+        automation=tuple({"time_s": k.time_s, "level_db": k.level_db} for k in plan.automation),
+        takes=tuple(TakeRecord.of(t, generated(t.request.key), generated_with(t.request.key))
+                    for t in source.takes),
+        stem=stem, loudness_lufs=db(loudness_lufs), true_peak_dbtp=db(true_peak_dbtp),
+        sample_peak=round(sample_peak, 6), key=key if stem is not None else "",
+        rendered=True, bytes=nbytes)
 
+
+def kept_record(rec: StemRecord) -> StemRecord:
+    """An earlier render's stem kept as it is: not rendered now, none of its takes generated."""
+    return replace(rec, rendered=False, takes=tuple(replace(t, generated=False)
+                                                   for t in rec.takes))
+
+
+def render_manifest(arrangement: Arrangement, model: str, fmt: str, bit_depth: int | None,
+                    only: Collection[str] | None, mix: MixRecord,
+                    elements: Sequence[StemRecord], warnings: Sequence[RenderWarning]) \
+        -> Manifest:
+    """The manifest of one scene or variant render, from its typed parts."""
+    n_gen = sum(r.generated for r in elements)
+    n_takes = sum(len(r.takes) for r in elements)
+    scene = arrangement.scene
+    return Manifest(
+        scene=scene.name, variant=scene.variant, scene_file=scene.file,
+        duration_s=arrangement.duration_s, sample_rate=arrangement.sample_rate,
+        channels=arrangement.channels, format=fmt,
+        bit_depth=bit_depth, model=model, seed=scene.seed,
+        rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        only=tuple(sorted(only)) if only else None, mix=mix, elements=tuple(elements),
+        generated=n_gen, cached=n_takes - n_gen, warnings=tuple(warnings), versions=versions(),
+        licences=licence_summary(tuple(elements)))
+
+
+def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], ...]:
+    """The licences of the weights a render's takes came from: per licence its name, whether
+    it allows commercial use, its terms, the notice it asks for, its engines and the elements
+    under it (so the elements under a non-commercial licence are listed)."""
     by: dict[str, dict[str, Any]] = {}
     for e in elements:
         for t in e.takes:
-            lic = ENGINES[t.engine].licence
+            spec = ENGINES[t.engine]
+            lic = spec.licence
             entry = by.setdefault(lic.name, {
                 "licence": lic.name, "url": lic.url, "commercial": lic.commercial,
                 "terms": lic.terms, "notice": lic.notice, "engines": [], "elements": []})
-            if ENGINES[t.engine].title not in entry["engines"]:
-                entry["engines"].append(ENGINES[t.engine].title)
+            if spec.title not in entry["engines"]:
+                entry["engines"].append(spec.title)
             if e.element not in entry["elements"]:
                 entry["elements"].append(e.element)
     return tuple(by.values())
@@ -203,22 +252,22 @@ def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], .
 NOTICE_FILE = "NOTICE.txt"
 
 
-def notice_text(licences: tuple[dict[str, Any], ...]) -> str | None:
-    """What ``NOTICE.txt`` beside a render says, or None when no licence asks for a notice
-    or names a restriction (AudioGen's non-commercial licence is listed too)."""
-    lines = []
-    for lic in licences:
-        if lic.get("notice"):
-            lines.append(f"{lic['notice']}.")
-            lines.append(f"Sounds in this render ({', '.join(lic['elements'])}) were made with "
-                         f"{' and '.join(lic['engines'])}, licensed under the {lic['licence']} "
-                         f"({lic['url']}).")
-        elif not lic.get("commercial", True):
-            lines.append(f"Non-commercial: {', '.join(lic['elements'])} were made with "
-                         f"{' and '.join(lic['engines'])} under {lic['licence']} "
-                         f"({lic['url']}): {lic['terms']}.")
+def notice_text(licences: Sequence[dict[str, Any]]) -> str | None:
+    """What ``NOTICE.txt`` beside a render says: the notice a licence asks for ("Powered by
+    Stability AI") with the elements it covers, and any non-commercial licence beside it;
+    None when no licence asks for a notice."""
     if not any(lic.get("notice") for lic in licences):
         return None
+    lines = []
+    for lic in licences:
+        names = ", ".join(lic["elements"])
+        made = " and ".join(lic["engines"])
+        if lic.get("notice"):
+            lines += [f"{lic['notice']}.", f"Sounds in this render ({names}) were made with "
+                      f"{made}, licensed under the {lic['licence']} ({lic['url']})."]
+        elif not lic.get("commercial", True):
+            lines.append(f"Non-commercial: {names} were made with {made} under "
+                         f"{lic['licence']} ({lic['url']}); {lic['terms']}.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,155 @@
+"""SFX stage: a game's list of one-shots -> N trimmed, loudness-normalised variations each.
+
+Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, prompt, duration,
+variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
+``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``), each tagged with
+its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio_io import atomic_write_text, write_audio
+from ..dsp.fades import trim_silence
+from ..dsp.meter import sound_levels
+from ..errors import SceneError
+from ..generate import Setting, TakeRequest
+from ..generate.engines import settings_for
+from ..master import limit
+from ..notices import RenderWarning
+from ..options import GenerationOptions, Log, quiet
+from ..outputs.catalog import SfxVariation, catalog_csv
+from ..outputs.manifest import NOTICE_FILE, db
+from ..outputs.tags import Tags, now_iso, tag_file
+from ..scene import (
+    Defaults,
+    derive_seed,
+)
+from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
+from ..takes.plan import Models, PinnedModel
+from ..takes.run import generate_missing
+from ..takes.store import TakeCache
+
+
+@dataclass(frozen=True)
+class SfxResult:
+    """What ``render_sfx`` wrote: the variations and the manifest beside them."""
+
+    name: str
+    directory: Path
+    manifest: Path
+    model: str
+    variations: tuple[SfxVariation, ...]
+    warnings: tuple[RenderWarning, ...] = ()
+
+    @property
+    def generated(self) -> int:
+        return sum(v.generated for v in self.variations)
+
+
+def sfx_requests(lst: SfxList, model: PinnedModel) -> list[tuple[Sound, TakeRequest]]:
+    """Every variation's take request (seeds seed, seed+1, ... per sound)."""
+    d = lst.defaults
+    stride = Defaults().extend_stride  # one-shots are short; the scene default applies
+    spec = model.ref.spec
+    given: dict[str, Setting] = {"temperature": d.temperature, "top_k": d.top_k,
+                                 "top_p": d.top_p, "cfg_coef": d.cfg_coef,
+                                 "extend_stride": stride}
+    # the list's sampling defaults are AudioGen's; another engine runs at its own defaults
+    settings = settings_for(spec, given if spec.name == "audiogen" else {})
+    plan = []
+    for s in lst.sounds:
+        base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
+        duration = s.duration or d.duration
+        if not spec.extends and duration > spec.max_take_s:
+            raise SceneError(f"{lst.name}: sound {s.name}: a {duration:g} s take is longer "
+                             f"than the {spec.max_take_s:g} s {spec.title} makes; shorten it")
+        for i in range(s.variations or d.variations):
+            plan.append((s, TakeRequest.of(spec.name, model.ref.identity, model.revision,
+                                           s.prompt, duration, base + i, settings)))
+    return plan
+
+
+def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
+               device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
+               max_batch: int = 8, log: Log | None = None, progress: Any = None,
+               precision: str = "auto", commercial: bool = False) -> SfxResult:
+    """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
+    auto, fp32, bf16 or fp16 for the language model. The keywords are ``GenerationOptions``
+    spelled out; ``render_sfx_list`` takes that value."""
+    gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
+                            precision, log or quiet, progress, commercial)
+    return render_sfx_list(path, gen, Path(out), fmt)
+
+
+def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
+                    fmt: str = "wav") -> SfxResult:
+    """The SFX pipeline: load the list, generate what is missing, then trim, normalise, tag and
+    write each variation, the catalog and the manifest."""
+    lst = load_sfx_list(path)
+    d = lst.defaults
+    models = Models(None, gen.log)
+    pinned = models.pin(gen.model or lst.model, Path(path).parent)
+    ref = pinned.ref
+    lic = ref.spec.licence
+    if (gen.commercial or lst.commercial) and not lic.commercial:
+        raise SceneError(f"{path}: commercial use was asked for (--commercial or commercial: "
+                         f"true) but {ref.spec.title}'s weights are {lic.name}, non-commercial "
+                         f"use only; use a model whose licence allows it, e.g. --model "
+                         f"stable-audio-open-small, or drop --commercial")
+    plan = sfx_requests(lst, pinned)
+    cache = TakeCache(gen.cache_dir)
+    generated, warnings = generate_missing([r for _, r in plan], cache, models, gen)
+    root = out / lst.name
+    entries = []
+    created = now_iso()
+    files = [variation_file(lst, s, r.seed, fmt) for s, r in plan]
+    dupes = sorted({f for f in files if files.count(f) > 1})
+    if dupes:
+        raise SceneError(f"{path}: two variations would both be written as {dupes[0]}; give "
+                         f"the sounds different seeds or UCS names")
+    for (s, r), rel in zip(plan, files, strict=True):
+        got = cache.get(r.key)
+        if got is None:
+            raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
+        audio, sr = got
+        audio = trim_silence(audio, sr, d.trim_threshold)
+        target = s.loudness if s.loudness is not None else d.loudness
+        measured = sound_levels(audio, sr)[0]
+        gain = 0.0 if target is None or math.isinf(measured) else target - measured
+        audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
+        file = root / rel
+        write_audio(file, audio, sr)
+        lufs, peak = map(db, sound_levels(audio, sr))
+        u = sound_ucs(lst, s)
+        tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
+                            lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
+                            lufs, peak))
+        entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, rel,
+                                    audio.shape[1] / sr, lufs, peak, r.key in generated,
+                                    cache.generated_with(r.key),
+                                    None if u is None else {
+                                        "CatID": u.category, "FXName": u.fxname,
+                                        "CreatorID": u.creator, "SourceID": u.source},
+                                    lic.name, lic.commercial))
+    atomic_write_text(root / "catalog.csv", catalog_csv(entries))
+    manifest = root / "manifest.json"
+    atomic_write_text(manifest, json.dumps({
+        "list": lst.name, "source": str(path), "model": ref.name, "engine": ref.engine,
+        "revision": pinned.revision,
+        "licences": [{"licence": lic.name, "url": lic.url, "commercial": lic.commercial,
+                      "terms": lic.terms, "notice": lic.notice,
+                      "non_commercial": [] if lic.commercial else [s.name for s in lst.sounds]}],
+        "variations": [asdict(v) for v in entries],
+        "warnings": [w.to_json() for w in warnings]}, indent=2))
+    if lic.notice:
+        atomic_write_text(root / NOTICE_FILE, f"{lic.notice}.\nThese sounds were made with "
+                          f"{ref.spec.title}, licensed under the {lic.name} ({lic.url}).\n")
+    return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))
