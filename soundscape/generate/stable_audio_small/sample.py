@@ -193,9 +193,10 @@ def generate_small(model: SmallModel, prompts: Sequence[str], durations_s: Seque
         idx = torch.tensor(rows)
         lat = denoise(model, gens, length, cross[idx], glob[idx], steps, cfg_coef,
                       None if neg_cross is None else neg_cross[idx], precision)
-        audio = decode(model, lat, precision)
-        for j, i in enumerate(rows):
-            out[i] = audio[j, :, :frames[i]].numpy().astype(np.float32, copy=True)
+        for j, i in enumerate(rows):  # row by row, as stable-audio-tools' iterate_batch: a
+            # batched conv's kernels round differently from a single row's
+            audio = decode(model, lat[j:j + 1], precision)
+            out[i] = audio[0, :, :frames[i]].numpy().astype(np.float32, copy=True)
     return [a for a in out if a is not None]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import CKPT_FILE, CONFIG_FILE, parse_config, published_config
-from .sat_layout import DIT, state_shapes
+from .sat_layout import DECODER, DIT, state_shapes
 
 SMALL_REPO = "stabilityai/stable-audio-open-small"
 T5_BASE_REPO = "t5-base"
@@ -31,6 +31,7 @@ def tiny_state_dict(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     cfg = parse_config(config)
     g = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {}
+    last_conv_g = f"{DECODER}layers.{len(cfg.ae_strides) + 2}.weight_g"
     for key, shape in state_shapes(cfg).items():
         if key.endswith("rotary_pos_emb.inv_freq"):  # RotaryEmbedding's own buffer
             n = 2 * shape[0]
@@ -39,8 +40,12 @@ def tiny_state_dict(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
             out[key] = torch.zeros(shape)
         elif key.endswith((".gamma", "_norm.weight")):
             out[key] = 1.0 + 0.1 * torch.randn(shape, generator=g)
-        elif key.endswith(".weight_g"):
-            out[key] = 0.2 + 0.1 * torch.rand(shape, generator=g)
+        elif key == last_conv_g:  # a useful output level (about -20 dBFS) for mixing tests
+            out[key] = 40.0 + 20.0 * torch.rand(shape, generator=g)
+        elif key.endswith(".weight_g"):  # per output channel gain of a weight-normed conv
+            out[key] = 0.4 + 0.2 * torch.rand(shape, generator=g)
+        elif key.startswith("pretransform") and key.endswith(".bias"):
+            out[key] = torch.zeros(shape)  # the audio follows the latents, not constant offsets
         elif len(shape) == 1:  # biases, snake's log-scale alpha and beta, number features
             out[key] = 0.1 * torch.randn(shape, generator=g)
         else:
