@@ -425,13 +425,14 @@ def _write_tiny_stable_audio(engine: str, directory: Path, seed: int, layout: st
 
         write_hub, write_dir = write_sao1_hub, write_tiny_sao1
     else:
-        from .generate.dev.sa_small_replica import write_small_hub, write_tiny_small_dir
+        from .generate.stable_audio_small.tiny import write_small_hub_replica, write_tiny_small
 
-        write_hub, write_dir = write_small_hub, write_tiny_small_dir
+        write_hub, write_dir = write_small_hub_replica, write_tiny_small
     if layout == "hub":
         write_hub(directory, seed)
-        return (f"wrote a tiny random {spec.repo} as a Hugging Face cache in {directory}; use "
-                f"HF_HOME={directory} HF_HUB_OFFLINE=1 and model: {spec.short_names[0]}")
+        return (f"wrote a tiny random {spec.repo} (with its text encoder) as a Hugging Face "
+                f"cache in {directory}; use HF_HOME={directory} HF_HUB_OFFLINE=1 and model: "
+                f"{spec.short_names[0]}")
     write_dir(directory, seed)
     return f"wrote a tiny random {spec.title} to {directory}; use --model {directory}"
 

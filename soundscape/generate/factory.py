@@ -24,7 +24,7 @@ def open_engine(ref: ModelRef, device: str = "auto", max_batch: int = 8,
         return StableAudioOpen1(ref, device, max_batch=max_batch, progress=progress, log=log,
                                 precision=precision)
     if ref.engine == SAO_SMALL:
-        from .stable_audio_engine_small import StableAudioOpenSmall
+        from .sao_small import StableAudioOpenSmall
 
         return StableAudioOpenSmall(ref, device, max_batch=max_batch, progress=progress,
                                     log=log, precision=precision)

@@ -131,6 +131,9 @@ def _hub_engine(repo_id: str) -> str:
 # AudioGen's text encoder. Every published AudioGen config names it; audiocraft loads it with
 # transformers' from_pretrained, so it must sit in the Hugging Face cache beside the model.
 TEXT_ENCODER = "t5-large"
+# The text encoder each engine loads from the cache beside its own repository (Stable Audio Open
+# 1.0 holds its own in text_encoder/; Small's config names t5-base)
+TEXT_ENCODERS = {"audiogen": TEXT_ENCODER, "stable-audio-open-small": "t5-base"}
 # What transformers reads for a T5 encoder and its tokenizer; the repository's TensorFlow, Flax,
 # Rust and ONNX weights (gigabytes) are never fetched. Optional names may be absent.
 TEXT_ENCODER_FILES = ("config.json", "spiece.model")
@@ -375,8 +378,8 @@ def locate(ref: ModelRef, timeout_s: float | None = None, log: Log | None = None
     if ref.local_dir is not None:
         return ref.local_dir
     model_dir = cached_model_dir(ref)
-    audiogen = ref.engine == "audiogen"
-    has_encoder = not audiogen or text_encoder_dir(TEXT_ENCODER) is not None
+    encoder = TEXT_ENCODERS.get(ref.engine)
+    has_encoder = encoder is None or text_encoder_dir(encoder) is not None
     if model_dir is not None and has_encoder:
         return model_dir
     if offline():
@@ -385,12 +388,12 @@ def locate(ref: ModelRef, timeout_s: float | None = None, log: Log | None = None
                 ref.name, "HF_HUB_OFFLINE is set and the weights are not in the cache",
                 ref.engine))
         raise ModelNotFoundError(not_found_message(
-            TEXT_ENCODER, f"HF_HUB_OFFLINE is set and {ref.name}'s text encoder "
-                          f"'{TEXT_ENCODER}' is not in the cache"))
+            str(encoder), f"HF_HUB_OFFLINE is set and {ref.name}'s text encoder "
+                          f"'{encoder}' is not in the cache"))
     if model_dir is None:
         model_dir = download(ref.name, log=log, timeout_s=timeout_s, engine=ref.engine)
-    if not has_encoder:
-        download(TEXT_ENCODER, text_encoder=True, log=log, timeout_s=timeout_s)
+    if encoder is not None and not has_encoder:
+        download(encoder, text_encoder=True, log=log, timeout_s=timeout_s)
     return model_dir
 
 
