@@ -259,7 +259,7 @@ def notice_text(licences: Sequence[dict[str, Any]]) -> str | None:
     if not any(lic.get("notice") for lic in licences):
         return None
     lines = []
-    for lic in licences:
+    for lic in sorted(licences, key=lambda x: not x.get("notice")):  # the notice first
         names = ", ".join(lic["elements"])
         made = " and ".join(lic["engines"])
         if lic.get("notice"):
