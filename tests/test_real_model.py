@@ -172,7 +172,7 @@ def test_rainy_cafe_renders_through_t5_offline_and_repeats_without_audiocraft(
     assert abs(m["mix"]["loudness_lufs"] - (-18)) <= 0.5
     probe = ("import sys; from soundscape.cli import app; from typer.testing import CliRunner; "
              "r = CliRunner().invoke(app, sys.argv[1:]); assert r.exit_code == 0, r.output; "
-             "print(sorted(m for m in ('torch', 'audiocraft', 'transformers') "
+             "print(sorted(m for m in ('torch', 'audiocraft', 'transformers', 'diffusers') "
              "if m in sys.modules))")
     written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     res = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,
