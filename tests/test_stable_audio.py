@@ -310,3 +310,17 @@ def test_a_render_measures_and_keys_its_cost_by_engine_and_revision(
     assert [k.split("|")[1:4] for k in costs] == [
         ["stable-audio-open-1.0", f"hub:{SAO_1_REPO}", commit]]
     assert os.path.exists(tmp_path / "o" / "bells" / "NOTICE.txt")
+    code, text = run_cli("doctor", "--model", "stable-audio-open-1.0")
+    line = next(x for x in text.splitlines() if x.startswith("engine SAO 1.0"))
+    assert "Stability AI Community License, commercial use allowed under US$1M" in line
+    assert f"{SAO_1_REPO} cached, gated: accept the licence at https://huggingface.co/" \
+        f"{SAO_1_REPO}" in line
+    assert "s of compute per second of audio at" in line and "measured here" in line
+    assert f"SAO 1.0 weights   ok       {SAO_1_REPO} in " in text
+    ag = next(x for x in text.splitlines() if x.startswith("engine AudioGen"))
+    assert "CC-BY-NC-4.0, non-commercial use only" in ag and "not gated" in ag
+    # other weights under the same id (the real ones where the replica was): not measured
+    monkeypatch.setenv("HF_HOME", str(write_sao1_hub(tmp_path / "real", seed=1)))
+    code, text = run_cli("doctor", "--model", "stable-audio-open-1.0")
+    line = next(x for x in text.splitlines() if x.startswith("engine SAO 1.0"))
+    assert line.endswith("speed not measured here")
