@@ -221,3 +221,18 @@ def test_write_tiny_small_writes_the_two_published_files(tmp_path: Path, replica
     m = load_small(d, t5)
     (take,) = S.generate_small(m, ["x"], [0.2], [0], steps=2)
     assert take.shape == (2, round(0.2 * SR))
+
+
+def test_seconds_total_says_the_takes_length(model) -> None:
+    """A 0.3 s take is conditioned on seconds_total = 0.3, not on the model's 11.9 s window."""
+    (take,) = S.generate_small(model, ["door"], [0.3], [2], steps=3)
+    states = S.encode_text(model, ["door"])
+    own = {}
+    for secs in (0.3, model.config.max_duration_s):
+        cross, glob = S.conditioning(model, states, [secs])
+        lat = S.denoise(model, [torch.Generator().manual_seed(2)], 7, cross, glob, 3, 1.0, None,
+                        "fp32")
+        own[secs] = S.decode(model, lat, chunk=None)[0, :, :take.shape[1]].numpy()
+    np.testing.assert_array_equal(take, own[0.3])
+    assert float(np.abs(take - own[model.config.max_duration_s]).max()) > 1e-3 * float(
+        np.abs(take).max())

@@ -21,7 +21,7 @@ import torch
 from ...errors import GeneratorError
 from .model import SmallModel
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: CUDA only
 DECODE_CHUNK_LATENTS = 64  # about 3 s of audio per decoder call
 DECODE_OVERLAP_LATENTS = 16  # each side; the decoder's receptive field is about 8 latents
 
@@ -39,10 +39,24 @@ def latent_length(model: SmallModel, frames: int) -> int:
     return max(1, -(-frames // model.config.downsampling_ratio))
 
 
+def device_of(model: SmallModel) -> torch.device:
+    return next(model.dit.parameters()).device
+
+
+def to_device(model: SmallModel, device: str) -> SmallModel:
+    """Move every module to ``device`` (``cpu``, ``cuda``); seeds stay device-independent
+    because the noise is always drawn on the CPU."""
+    for m in (model.dit, model.seconds, model.prompt_proj, model.decoder, model.text_encoder):
+        m.to(device)
+    return model
+
+
 @contextlib.contextmanager
-def _autocast(precision: str) -> Iterator[None]:
-    if precision == "bf16":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+def _autocast(precision: str, device: torch.device | None = None) -> Iterator[None]:
+    kind = "cpu" if device is None else device.type
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        with torch.autocast(kind, dtype=dtype):
             yield
     else:
         yield
@@ -55,8 +69,9 @@ def encode_text(model: SmallModel, prompts: Sequence[str]) -> torch.Tensor:
     row's states do not depend on the other prompts of the batch)."""
     enc = model.tokenizer(list(prompts), truncation=True, max_length=model.config.t5_max_length,
                           padding="max_length", return_tensors="pt")
-    mask = enc["attention_mask"].bool()
-    states = model.text_encoder(input_ids=enc["input_ids"], attention_mask=mask
+    dev = device_of(model)
+    mask = enc["attention_mask"].bool().to(dev)
+    states = model.text_encoder(input_ids=enc["input_ids"].to(dev), attention_mask=mask
                                 ).last_hidden_state.float()
     states = model.prompt_proj(states)
     return states * mask[..., None].float()
@@ -69,6 +84,7 @@ def conditioning(model: SmallModel, text_states: torch.Tensor, seconds_total: Se
     cfg = model.config
     secs = torch.tensor([float(s) for s in seconds_total]).clamp(cfg.seconds_min,
                                                                  cfg.seconds_max)
+    secs = secs.to(device_of(model))
     secs_emb = model.seconds((secs - cfg.seconds_min) / (cfg.seconds_max - cfg.seconds_min))
     by_id = {"prompt": text_states, "seconds_total": secs_emb[:, None, :]}
     cross = torch.cat([by_id[i] for i in cfg.cross_attn_ids], dim=1)
@@ -86,17 +102,18 @@ def denoise(model: SmallModel, noise_gens: Sequence[torch.Generator], length: in
     the conditional and unconditional (zero or negative-prompt) rows share one forward pass.
     """
     b, c = len(noise_gens), model.config.latent_dim
-    x = torch.stack([torch.randn(c, length, generator=g) for g in noise_gens])
+    dev = device_of(model)
+    x = torch.stack([torch.randn(c, length, generator=g) for g in noise_gens]).to(dev)
     t = schedule(steps)
     dit = model.dit
-    with _autocast(precision):
+    with _autocast(precision, dev):
         if cfg_coef == 1.0:
             cond, g_emb = dit.project_cond(cross, glob)
         else:
             uncond = torch.zeros_like(cross) if neg_cross is None else neg_cross
             cond, g_emb = dit.project_cond(torch.cat((cross, uncond)), torch.cat((glob, glob)))
         for i in range(steps):
-            ts = torch.full((b,), float(t[i]))
+            ts = torch.full((b,), float(t[i]), device=dev)
             if cfg_coef == 1.0:
                 v = dit(x, ts, cond, g_emb).float()
             else:
@@ -106,7 +123,8 @@ def denoise(model: SmallModel, noise_gens: Sequence[torch.Generator], length: in
             denoised = x - t[i] * v
             t_next = float(t[i + 1])
             if t_next > 0:
-                fresh = torch.stack([torch.randn(c, length, generator=g) for g in noise_gens])
+                fresh = torch.stack([torch.randn(c, length, generator=g)
+                                     for g in noise_gens]).to(dev)
                 x = (1 - t_next) * denoised + t_next * fresh
             else:
                 x = denoised
@@ -123,16 +141,17 @@ def decode(model: SmallModel, latents: torch.Tensor, precision: str = "fp32",
     context on both sides that are cut away, so memory is bounded by the chunk while the result
     equals a whole decode up to float rounding (the context exceeds the receptive field).
     """
-    z = latents.float() * model.config.pretransform_scale
+    dev = device_of(model)
+    z = latents.float().to(dev) * model.config.pretransform_scale
     r, n = model.config.downsampling_ratio, z.shape[-1]
-    with _autocast(precision):
+    with _autocast(precision, dev):
         if chunk is None or n <= chunk + 2 * overlap:
-            return model.decoder(z).float()
+            return model.decoder(z).float().cpu()
         out = torch.empty(z.shape[0], model.config.audio_channels, n * r)
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             a, b = max(0, start - overlap), min(n, end + overlap)
-            y = model.decoder(z[:, :, a:b]).float()
+            y = model.decoder(z[:, :, a:b]).float().cpu()
             out[:, :, start * r:end * r] = y[:, :, (start - a) * r:(end - a) * r]
     return out
 
@@ -148,7 +167,8 @@ def _check(prompts: Sequence[str], durations_s: Sequence[float], seeds: Sequence
     if steps < 1:
         raise GeneratorError(f"generate_small: steps is {steps}; use 1 or more (Small: 8)")
     if precision not in PRECISIONS:
-        raise GeneratorError(f"generate_small: precision {precision!r}; use fp32 or bf16")
+        raise GeneratorError(f"generate_small: precision {precision!r}; use fp32, bf16 or "
+                             f"fp16 (CUDA)")
     for d in durations_s:
         if not (d > 0 and math.isfinite(d)):
             raise GeneratorError(f"generate_small: duration {d!r} s; use a positive length")
