@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import TakeRequest
+from . import TakeRequest, quiet_xformers
 from .engines import SAO_SMALL_SPEC, EngineSpec, ProgressFn
 from .models import Log, ModelRef, locate
 from .precision import choose_precision
@@ -31,6 +31,7 @@ class StableAudioOpenSmall:
     def __init__(self, ref: ModelRef, device: str = "cpu", max_batch: int = 8,
                  progress: ProgressFn | None = None, log: Log | None = None,
                  precision: str = "auto", model: SmallModel | None = None) -> None:
+        quiet_xformers()  # load_small imports diffusers, which imports xformers
         self.ref = ref
         self.notes: list[str] = []
         if device != "cpu":

@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeneratorError
-from . import TakeRequest
+from . import TakeRequest, quiet_xformers
 from .device import pick_device
 from .engines import SAO_1_SAMPLERS, SAO_1_SPEC, EngineSpec
 from .models import Log, ModelRef, locate
 from .precision import TORCH_DTYPES, choose_precision
 
+quiet_xformers()  # diffusers imports xformers; see generate.quiet_xformers
 try:
     import torch
     from diffusers import (
