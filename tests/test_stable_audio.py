@@ -324,3 +324,27 @@ def test_a_render_measures_and_keys_its_cost_by_engine_and_revision(
     code, text = run_cli("doctor", "--model", "stable-audio-open-1.0")
     line = next(x for x in text.splitlines() if x.startswith("engine SAO 1.0"))
     assert line.endswith("speed not measured here")
+
+
+def test_dev_tiny_model_writes_the_published_layouts(tmp_path: Path) -> None:
+    from soundscape.generate.dev.sa_replica import MODEL_INDEX
+    from soundscape.generate.models import resolve
+
+    code, text = run_cli("dev", "tiny-model", str(tmp_path / "m"), "--engine",
+                         "stable-audio-open-1.0")
+    assert code == 0, text
+    assert json.loads((tmp_path / "m/model_index.json").read_text()) == MODEL_INDEX
+    for folder in ("vae", "projection_model", "transformer", "scheduler"):
+        config = json.loads(next((tmp_path / "m" / folder).glob("*config.json")).read_text())
+        assert config["_class_name"] == MODEL_INDEX[folder][1]
+    t5 = json.loads((tmp_path / "m/text_encoder/config.json").read_text())
+    assert t5["model_type"] == "t5" and t5["architectures"] == ["T5EncoderModel"]
+    tok = json.loads((tmp_path / "m/tokenizer/tokenizer_config.json").read_text())
+    assert tok["model_max_length"] == 128
+    assert resolve(str(tmp_path / "m")).engine == "stable-audio-open-1.0"
+    code, text = run_cli("dev", "tiny-model", str(tmp_path / "hf"), "--engine",
+                         "stable-audio-open-1.0", "--layout", "hub")
+    assert code == 0, text
+    snaps = list((tmp_path / "hf/hub" / repo_folder(SAO_1_REPO) / "snapshots").glob("*"))
+    assert len(snaps) == 1 and (snaps[0] / "model_index.json").is_file()
+    assert (snaps[0] / "model.ckpt").is_file()  # beside the diffusers folders, as published
