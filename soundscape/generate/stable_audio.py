@@ -275,6 +275,8 @@ def denoise(model: Sao1Model, prompts: list[str], negatives: list[str | None], s
     rotary = tuple(r.to(model.device) for r in rotary)
     dit = dit or _Dit(model, [])
     total = len(scheduler.timesteps)
+    if on_step is not None:
+        on_step(0, total)  # conditioning and noise are done; the steps start
     with warnings.catch_warnings():
         # torchsde: "Should have tb<=t1 but got tb=500.00006": float32 rounding of the ends
         warnings.filterwarnings("ignore", message="Should have", category=UserWarning)

@@ -68,7 +68,7 @@ def _ours(model: Sao1Model, seconds: float, batch: int, steps: int, timed: int,
     latents = denoise(model, prompts, [None] * batch, seconds, list(range(batch)), timed, cfg,
                       "dpmpp-2m-sde", on_step=lambda i, n: stamps.append(time.perf_counter()))
     step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    prefix = stamps[0] - t0 - step  # tokenizer, T5, conditioning, noise
+    prefix = stamps[0] - t0  # tokenizer, T5, conditioning, noise (stamp 0: before step 1)
     t1 = time.perf_counter()
     frames = int(round(seconds * model.sample_rate))
     for i in range(batch):
@@ -95,7 +95,7 @@ def _stock(model: Sao1Model, seconds: float, steps: int, timed: int,
          callback=lambda i, t, x: stamps.append(time.perf_counter()))
     end = time.perf_counter()
     step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    prefix = stamps[0] - t0 - step
+    prefix = max(0.0, stamps[0] - t0 - step)  # the pipeline stamps after each step only
     dec = end - stamps[-1]
     total = prefix + steps * step + dec
     return {"prefix_s": prefix, "step_s": step, "decode_s": dec, "total_s": total,
