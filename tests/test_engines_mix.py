@@ -79,7 +79,7 @@ def test_a_scene_mixing_audiogen_and_stable_audio_renders_by_numbers(
     assert side_path.is_file() and (take_sr, bell_take.shape) == (44100, (2, 44100))
     hum_side = json.loads(next((_isolated_cache / "takes").rglob(
         f"{takes['hum'][0]['key']}.json")).read_text())
-    assert (hum_side["sample_rate"], hum_side["generator"]["licence"]) == (16000, "CC-BY-NC-4.0")
+    assert (hum_side["sample_rate"], hum_side["licence"]) == (16000, "CC-BY-NC-4.0")
     # where each sound lands, in the stems (pre-master)
     hum, _ = read(d / "stems/hum.wav")
     bell, _ = read(d / "stems/bell.wav")

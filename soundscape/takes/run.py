@@ -85,15 +85,17 @@ def _store(cache: TakeCache, gen: Engine, held: dict[str, int], done: set[str],
     """Store one finished batch and release its keys' locks (a waiting render reads them)."""
     for r, a in zip(reqs, audio, strict=True):
         cache.put(r, a, gen.sample_rate, seconds / len(reqs),
-                  generator={"device": gen.device, "precision": gen.precision,
-                             "engine": gen.spec.name, "licence": gen.spec.licence.name})
+                  generator={"device": gen.device, "precision": gen.precision})
         done.add(r.key)
         locks.unlock(held.pop(r.key))
 
 
 def cost_model(ref: ModelRef, revision: str) -> str:
     """What a measured cost is remembered by: the engine and the exact weights, so a
-    replica's speed is never reported as the real model's."""
+    replica's speed is never reported as the real model's. A local folder's identity is the
+    hash of its files and pins both already."""
+    if ref.local_dir is not None:
+        return ref.identity
     return f"{ref.engine}|{ref.identity}|{revision}"
 
 
