@@ -14,6 +14,7 @@ from ..errors import RenderError, SoundscapeError
 from ..generate.models import resolve
 from ..outputs.page import write_takes_page
 from ..scene import load_scene
+from ..takes.cluster import ClusterSpec
 from ..takes.plan import Log, Progress, take_requests
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
@@ -22,7 +23,8 @@ from ..takes.store import TakeCache
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
              out: str | Path = "renders", model: str | None = None, device: str = "auto",
              cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-             progress: Progress | None = None, precision: str = "auto") \
+             progress: Progress | None = None, precision: str = "auto",
+             cluster: ClusterSpec | None = None) \
         -> list[tuple[int, Path]]:
     """Generate ``n`` takes of one element with distinct seeds (one batch) and write each.
 
@@ -42,7 +44,7 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     takes = take_requests(one, element, ref.identity)
     cache = TakeCache(cache_dir)
     _, warnings = generate_missing([t.request for t in takes], cache, ref, device, max_batch,
-                                   log, progress, precision)
+                                   log, progress, precision, cluster)
     for w in warnings:
         log(f"warning: {w}")
     files = []

@@ -55,6 +55,7 @@ from ..outputs.manifest import (
 from ..outputs.page import loop_extras, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
+from ..takes.cluster import ClusterSpec
 from ..takes.conform import element_takes
 from ..takes.plan import Log, Progress, Source, plan_sources
 from ..takes.run import generate_missing
@@ -366,7 +367,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
            force: bool = False, precision: str = "auto", loopable: bool = False,
-           loops: bool = False, export: Sequence[str] = ()) -> list[RenderResult]:
+           loops: bool = False, export: Sequence[str] = (),
+           cluster: ClusterSpec | None = None) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -379,7 +381,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
     ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
     also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
-    (as ``loops``).
+    (as ``loops``). ``cluster``: generate missing takes on that Ray cluster (``takes.cluster``).
     """
     log = log or (lambda s: None)
     want = ExportRequest.of(loops, export)
@@ -429,7 +431,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
                   for n, src in p.sources.items() if p.needs_audio(n)
                   and (only_set is None or n in only_set) for t in src.takes]
         done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                       precision)
+                                       precision, cluster)
         generated |= done
         shared += warns
     results = []
@@ -437,7 +439,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
         try:
             results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
                                   generated, shared, only_set, force, jobs, precision,
-                                  want.with_scene(p.scene)))
+                                  want.with_scene(p.scene), cluster))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
@@ -447,7 +449,8 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
            progress: Progress | None, cache: TakeCache, generated: set[str],
            shared: list[RenderWarning], only: set[str] | None, force: bool,
            jobs: int | None, precision: str = "auto",
-           want: ExportRequest = NO_EXPORTS) -> RenderResult:
+           want: ExportRequest = NO_EXPORTS,
+           cluster: ClusterSpec | None = None) -> RenderResult:
     """The write phase of one scene or variant, under its output folder's lock.
 
     Another render of the same folder may have finished since ``p`` was planned, so the plan is
@@ -468,7 +471,7 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (only is None or n in only) for t in src.takes]
             done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                           precision)
+                                           precision, cluster)
             generated |= done
             shared += warns
             return _export(p, _mix(p, cache, generated, shared, only, jobs), cache, want)

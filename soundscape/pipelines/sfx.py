@@ -30,6 +30,7 @@ from ..scene import (
     derive_seed,
 )
 from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
+from ..takes.cluster import ClusterSpec
 from ..takes.plan import Log
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
@@ -99,7 +100,7 @@ def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto") -> SfxResult:
+               precision: str = "auto", cluster: ClusterSpec | None = None) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model."""
     log = log or (lambda s: None)
@@ -109,7 +110,7 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
     plan = sfx_requests(lst, ref.identity)
     cache = TakeCache(cache_dir)
     generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
-                                           log, progress, precision)
+                                           log, progress, precision, cluster)
     root = Path(out) / lst.name
     entries = []
     created = now_iso()

@@ -21,11 +21,13 @@ from .store import TakeCache
 
 if TYPE_CHECKING:
     from ..generate.audiogen import Generator
+    from .cluster import ClusterSpec
 
 
 def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
                      device: str, max_batch: int, log: Log, progress: Progress | None = None,
-                     precision: str = "auto") -> tuple[set[str], list[RenderWarning]]:
+                     precision: str = "auto", cluster: ClusterSpec | None = None,
+                     ) -> tuple[set[str], list[RenderWarning]]:
     """Generate the requests whose keys are not cached, storing each batch as it finishes.
 
     A key is generated only under its cache lock: keys another render is generating are waited
@@ -33,7 +35,8 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
     renders at once never generate one take twice. Before generating, logs how long it will
     take from this machine's measured cost at the chosen precision (measured with a short probe
     the first time, then remembered). Returns the keys generated now and the warnings of the
-    cache and the generator.
+    cache and the generator. ``cluster``: generate on that Ray cluster instead (``cluster``),
+    under the same locks.
     """
     pending: dict[str, TakeRequest] = {}
     for r in requests:
@@ -56,12 +59,19 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
                     held[key] = fd
             if held:
                 mine = [pending.pop(k) for k in held]
-                if gen is None:
-                    gen = _generator(ref, device, max_batch, progress, log, precision,
-                                     mine)
+                if cluster is not None:
+                    from .cluster.job import generate_on_cluster
+
+                    generate_on_cluster(held, mine, cache, ref, device, max_batch, precision,
+                                        cluster, done, log, progress)
                 else:
-                    log(_cost_line(gen, ref, mine))
-                gen.generate(mine, on_batch=functools.partial(_store, cache, gen, held, done))
+                    if gen is None:
+                        gen = _generator(ref, device, max_batch, progress, log, precision,
+                                         mine)
+                    else:
+                        log(_cost_line(gen, ref, mine))
+                    gen.generate(mine,
+                                 on_batch=functools.partial(_store, cache, gen, held, done))
         finally:
             for fd in held.values():
                 locks.unlock(fd)
