@@ -30,7 +30,7 @@ from soundscape.generate import TakeRequest
 from soundscape.generate.audiogen import Generator
 from soundscape.generate.dev.tiny import write_tiny_model
 from soundscape.generate.models import resolve
-from soundscape.takes.cluster import ClusterSpec
+from soundscape.options import ClusterSpec, GenerationOptions
 from soundscape.takes.cluster.job import current_pools
 from soundscape.takes.run import generate_missing
 from soundscape.takes.store import TakeCache
@@ -72,13 +72,17 @@ def local() -> float:
     return time.perf_counter() - t0
 
 
+def on(actors: int) -> GenerationOptions:
+    return GenerationOptions(device="cpu", max_batch=args.max_batch, precision="fp32",
+                             cluster=ClusterSpec("ray", actors=actors))
+
+
 def cluster(actors: int) -> float:
     global runs
     runs += 1
     t0 = time.perf_counter()
     done, _ = generate_missing(requests(f"cluster{runs}", args.takes),
-                               TakeCache(tmp / f"cluster{runs}"), ref, "cpu", args.max_batch,
-                               lambda s: None, None, "fp32", ClusterSpec("ray", actors=actors))
+                               TakeCache(tmp / f"cluster{runs}"), ref, on(actors))
     assert len(done) == args.takes
     return time.perf_counter() - t0
 
@@ -92,8 +96,7 @@ print(f"ray.init: {time.perf_counter() - t0:.2f} s (once per command)")
 for actors in (1, 2):  # warm-up: start the actors (import torch, load the model) once
     t0 = time.perf_counter()
     generate_missing(requests(f"warm{actors}", 2 * actors * args.max_batch),
-                     TakeCache(tmp / f"warm{actors}"), ref, "cpu", args.max_batch,
-                     lambda s: None, None, "fp32", ClusterSpec("ray", actors=actors))
+                     TakeCache(tmp / f"warm{actors}"), ref, on(actors))
     # an actor still loading while the others did the warm-up would load in a timed job
     ray.get([a.starting for pool in current_pools() for a in pool.actors])
     print(f"starting {actors} actor(s) and a warm-up job: {time.perf_counter() - t0:.2f} s "

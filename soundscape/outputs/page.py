@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..arrange import LoopRun
 from ..audio_io import atomic_write_text
 from ..errors import SoundscapeError
 
@@ -81,29 +80,6 @@ def overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
             "peak_db": db(peak), "rms_db": db(rms)}
 
 
-def loop_extras(take: np.ndarray, run: LoopRun, sample_rate: int, total: int) -> dict[str, Any]:
-    """What the manifest tells about a loop run beyond its plan: its real length and its seams.
-
-    The mixer picks the loop point from the audio, so the seams are asked of the same
-    ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
-    crossfade; ``seams_s`` holds the scene times where each crossfade starts.
-    """
-    from ..mixer.loops import LoopSource
-
-    start = int(round(run.start_s * sample_rate))
-    src = LoopSource(take, run, sample_rate, start, max(0, total - start))
-    xf = src.xf
-    # copy k >= 1 plays take[loop_start:end] from run frame k * period + loop_start
-    seams = []
-    k = 1
-    while src.period > 0 and k * src.period + src.loop_start < src.length:
-        seams.append(round((start + k * src.period + src.loop_start) / sample_rate, 6))
-        k += 1
-    return {"length_s": round(src.length / sample_rate, 6), "seams_s": seams,
-            "seam_crossfade_s": round(xf / sample_rate, 6),
-            "fade_in_s": run.fade_in_s, "fade_out_s": run.fade_out_s}
-
-
 def _template(name: str) -> str:
     return resources.files(__package__).joinpath("web", name).read_text(encoding="utf-8")
 
@@ -124,19 +100,13 @@ def _fill(template: str, title: str, blocks: dict[str, Any]) -> str:
 
 def _element_warnings(names: list[str], warnings: list[Any]) -> tuple[dict[str, list[str]],
                                                                       list[str]]:
-    """Deal the render's warnings to the elements they name (the manifest's typed warnings
-    carry the element; plain strings are matched by name); the rest concern the scene."""
+    """Deal the manifest's warnings to the elements they are about (each typed warning names its
+    element, or none); the rest concern the scene."""
     mine: dict[str, list[str]] = {n: [] for n in names}
-    rest = []
+    rest: list[str] = []
     for item in warnings:
-        w = item["message"] if isinstance(item, dict) else str(item)
-        named = item.get("element") if isinstance(item, dict) else None
-        hit = [named] if named in mine else [
-            n for n in names if w.startswith((f"{n} ", f"{n}:")) or f"stem {n} " in w]
-        for n in hit:
-            mine[n].append(w)
-        if not hit:
-            rest.append(w)
+        named = item.get("element")
+        mine.get(named, rest).append(item["message"])
     return mine, rest
 
 

@@ -26,7 +26,6 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +33,12 @@ from ... import locks
 from ...errors import GeneratorError
 from ...generate import TakeRequest
 from ...generate.models import ModelRef
+from ...options import ClusterSpec, GenerationOptions, Log, Progress
 from ..store import TakeCache
-from . import ClusterError, ClusterSpec
+from . import ClusterError
 from .connect import Connection, connect
 from .worker import TakeWorker
 
-Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
 MAX_ATTEMPTS = 3  # a take whose worker died this often is reported, not retried again
 WAIT_S = 1.0  # how often the progress bar and the actors' health are looked at
 
@@ -330,28 +328,30 @@ def default_actors(conn: Connection, device: str) -> tuple[int, bool]:
 
 
 def generate_on_cluster(held: dict[str, int], requests: list[TakeRequest], cache: TakeCache,
-                        ref: ModelRef, device: str, max_batch: int, precision: str,
-                        spec: ClusterSpec, done: set[str], log: Log,
-                        progress: Progress | None) -> None:
-    """Generate ``requests`` (whose store locks ``held`` maps key -> descriptor) on the cluster.
+                        ref: ModelRef, options: GenerationOptions, done: set[str]) -> None:
+    """Generate ``requests`` (whose store locks ``held`` maps key -> descriptor) on
+    ``options.cluster``, with ``options``' device, batch size, precision, log and progress.
 
     Each lock is let go as its take is stored; ``done`` gains the keys generated. Raises
     ``GeneratorError`` with one line per take that failed for a reason a retry cannot fix,
     after every other take has finished.
     """
+    spec, log = options.cluster, options.log
+    assert spec is not None
     s = session(spec, log)
-    actors, gpus = default_actors(s.conn, device)
+    actors, gpus = default_actors(s.conn, options.device)
     if spec.actors is not None:
         actors = spec.actors
-    key = (ref.identity, device, precision, max_batch, gpus)
+    key = (ref.identity, options.device, options.precision, options.max_batch, gpus)
     pool = s.pools.get(key)
     if pool is None:
-        pool = s.pools[key] = Pool(s.conn, ref, device, precision, max_batch, gpus)
-    job = Job(pool, cache, held, done, log, progress)
-    n_batches = len(batches(requests, max_batch))
+        pool = s.pools[key] = Pool(s.conn, ref, options.device, options.precision,
+                                   options.max_batch, gpus)
+    job = Job(pool, cache, held, done, log, options.progress)
+    n_batches = len(batches(requests, options.max_batch))
     log(f"cluster: {len(requests)} take(s) in {n_batches} batch(es) on "
         f"{min(actors, n_batches)} actor(s) ({'one GPU' if gpus else 'one CPU'} each)")
-    job.run(requests, max_batch, actors)
+    job.run(requests, options.max_batch, actors)
     if job.failed:
         raise GeneratorError("\n".join(job.failed + [
             f"{len(job.failed)} of {job.total} take(s) failed; the others are cached"]))
