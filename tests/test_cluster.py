@@ -238,3 +238,29 @@ def test_unreachable_cluster_is_one_error_line_in_30_s(how: str, tiny_model: Pat
         f"refused); check the address and that the cluster runs ('ray status' on its head "
         f"node), or use --cluster local"]
     assert not list((tmp_path / "c").rglob("*.json"))
+
+
+def test_a_take_that_cannot_be_stored_is_one_error_line_and_the_rest_finish(
+        cluster: None, tiny_model: Path, files: dict[str, Path], local: Path,
+        tmp_path: Path) -> None:
+    ref = takes(local / "cache")
+    m = json.loads((local / "out/kit/manifest.json").read_text())
+    keys = [v["key"] for v in m["variations"]]
+    bad = keys[1]
+    # A folder where the worker's write of this one take's audio file must go
+    shard = tmp_path / "cache/takes" / bad[:2]
+    (shard / ref[bad]["audio_file"]).mkdir(parents=True)
+    (shard / ref[bad]["audio_file"] / "x").write_text("")
+    code, text = cli("sfx", str(files["sfx"]), "--model", str(tiny_model), "--cache-dir",
+                     str(tmp_path / "cache"), "--out", str(tmp_path / "out"), "--cluster", "ray",
+                     "--actors", "2")
+    assert code == 1
+    errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 2, text
+    assert errors[0].startswith(f"Error: take {bad[:12]} ('{m['variations'][1]['prompt']}', "
+                                f"seed {m['variations'][1]['seed']}) failed on "
+                                f"{socket.gethostname()}: ")
+    assert "Is a directory" in errors[0]
+    assert errors[1] == "Error: 1 of 4 take(s) failed; the others are cached"
+    assert_same_takes(local / "cache", tmp_path / "cache", set(keys) - {bad})
+    assert bad not in takes(tmp_path / "cache")

@@ -234,20 +234,25 @@ class Job:
         a.busy, a.batch = None, []
         try:
             out = self.ray.get(ref)
-        except self.ray.exceptions.RayTaskError as e:  # the engine raised: not the worker's fault
-            if len(batch) > 1:  # find the take that fails: each alone, at the front
-                queue.extendleft([r] for r in reversed(batch))
-            else:
-                self._fail(batch[0], f"failed on {a.info.get('host', '?')}: {_cause(e)}")
+        except self.ray.exceptions.RayTaskError as e:  # the engine or a write raised there
+            left = [r for r in batch if not (a.shared and self._stored(r))]
+            if len(left) > 1:  # find the take that fails: each alone, at the front
+                queue.extendleft([r] for r in reversed(left))
+            elif left:
+                self._fail(left[0], f"failed on {a.info.get('host', '?')}: {_cause(e)}")
             return
         except Exception as e:  # the actor, its process or its node died: retry elsewhere
             self._lost(a, batch, queue, e)
             return
         for r, got in zip(batch, out, strict=True):
             if "audio" in got:
-                self.cache.put(r, got["audio"], int(a.info["sample_rate"]), got["seconds"],
-                               generator={k: str(a.info[k])
-                                          for k in ("device", "precision", "host", "node")})
+                try:
+                    self.cache.put(r, got["audio"], int(a.info["sample_rate"]), got["seconds"],
+                                   generator={k: str(a.info[k])
+                                              for k in ("device", "precision", "host", "node")})
+                except OSError as e:
+                    self._fail(r, f"could not be stored here: {e}")
+                    continue
             elif not self.cache.has(r.key):  # written where this process cannot read it
                 a.shared = False
                 queue.appendleft([r])
@@ -260,8 +265,7 @@ class Job:
         self.pool.drop(a)
         again = []
         for r in batch:
-            if a.shared and self.cache.has(r.key):
-                self._finish(r)
+            if a.shared and self._stored(r):
                 continue
             self.attempts[r.key] = self.attempts.get(r.key, 0) + 1
             if self.attempts[r.key] >= MAX_ATTEMPTS:
@@ -275,6 +279,13 @@ class Job:
         if self.replacements > 0 and (queue or len(self.pool.actors) == 0):
             self.replacements -= 1
             self.pool.grow(len(self.pool.actors) + 1)
+
+    def _stored(self, r: TakeRequest) -> bool:
+        """Whether a sharing worker stored ``r`` before its batch failed (then it is done)."""
+        if self.cache.has(r.key):
+            self._finish(r)
+            return True
+        return False
 
     def _finish(self, r: TakeRequest) -> None:
         self.done.add(r.key)
