@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,7 +162,10 @@ def test_actor_killed_mid_job(cluster: None, tiny_model: Path, files: dict[str, 
     first = threading.Event()
     stop = threading.Event()
 
+    bar: list[tuple[str, int, int]] = []
+
     def progress(label: str, step: int, total: int) -> None:
+        bar.append((label, step, total))
         if label.startswith("takes on the cluster") and step >= 1:
             first.set()
 
@@ -191,6 +195,10 @@ def test_actor_killed_mid_job(cluster: None, tiny_model: Path, files: dict[str, 
     assert [ln for ln in lines if "take(s) in" in ln] == [
         "cluster: 4 take(s) in 4 batch(es) on 2 actor(s) (one CPU each)"]
     assert r.generated == 4
+    # one bar over the job: takes done of the total, actors alive, takes per minute
+    assert {t for _, _, t in bar} == {4} and bar[-1][1] == 4
+    assert all(re.fullmatch(r"takes on the cluster \([012] actors alive, [\d.]+ takes/min\)",
+                            label) for label, _, _ in bar), bar
     assert_same_takes(local / "cache", tmp_path / "cache",
                       {t.key for e in r.elements for t in e.takes})
     assert digest(r.mix) == digest(local / "out/small/mix.wav")
