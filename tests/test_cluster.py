@@ -272,3 +272,20 @@ def test_a_take_that_cannot_be_stored_is_one_error_line_and_the_rest_finish(
     assert errors[1] == "Error: 1 of 4 take(s) failed; the others are cached"
     assert_same_takes(local / "cache", tmp_path / "cache", set(keys) - {bad})
     assert bad not in takes(tmp_path / "cache")
+
+
+@pytest.mark.parametrize(("resources", "device", "expected"), [
+    ({"CPU": 32.0, "GPU": 4.0}, "auto", (4, True)),  # one actor per GPU, each holding one
+    ({"CPU": 32.0, "GPU": 4.0}, "cpu", (31, False)),  # --device cpu: CPU actors
+    ({"CPU": 8.0}, "auto", (7, False)),  # no GPUs: one per CPU but one
+    ({"CPU": 1.0}, "auto", (1, False)),
+])
+def test_default_actors(resources: dict[str, float], device: str,
+                        expected: tuple[int, bool]) -> None:
+    from soundscape.takes.cluster.job import default_actors
+
+    class Conn:
+        def resources(self) -> dict[str, float]:
+            return resources
+
+    assert default_actors(Conn(), device) == expected  # type: ignore[arg-type]
