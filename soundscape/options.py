@@ -49,11 +49,6 @@ class ClusterSpec:
             raise SoundscapeError(f"--actors {actors}: give at least 1")
         return cls(address, actors)
 
-    def host_port(self) -> tuple[str, int] | None:
-        """``(host, port)`` of a ``ray://`` address, else None."""
-        m = _REMOTE.match(self.address)
-        return (m["host"], int(m["port"])) if m else None
-
 
 @dataclass(frozen=True)
 class GenerationOptions:

@@ -51,10 +51,12 @@ sounds:
 """
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
     """A local Ray cluster for the session, which ``--cluster ray`` then joins (a process
-    already connected to Ray uses that connection)."""
+    already connected to Ray uses that connection). Only this module uses it, so it is started
+    once and stopped when the module ends: the rest of the suite runs without Ray's processes
+    and threads beside it (and forks no process with them)."""
     from soundscape.takes.cluster.job import close_session
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -70,14 +70,12 @@ class Pool:
         self.remote = self.ray.remote(TakeWorker).options(**options)
         self.args = (ref, "cuda" if gpus and device == "auto" else device, precision, max_batch)
         self.actors: list[_Actor] = []
-        self.started = 0
 
     def grow(self, n: int) -> None:
         """Start actors until ``n`` are alive or starting."""
         while len(self.actors) < n:
             handle = self.remote.remote(*self.args)
             self.actors.append(_Actor(handle, handle.where.remote()))
-            self.started += 1
 
     def drop(self, actor: _Actor) -> None:
         with contextlib.suppress(Exception):
