@@ -179,7 +179,8 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
                                       _fade_out(scene, t, length, L, e.fade_out)))
         auto = tuple(sorted((Keypoint(k.time, max(k.level, -120.0)) for k in e.automation),
                             key=lambda k: k.time_s))
-        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
+        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops),
+                                 -float('inf') if e.mute else e.volume, auto,
                                  tuple(e.effects)))
     arr = Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
     return wrap_around(arr, scene.master.loopable) if scene.master.loopable else arr

@@ -52,5 +52,6 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
         path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
         write_audio(path, got[0], got[1])
         files.append((t.request.seed, path))
-    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files)
+    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files,
+                     variant)
     return files

@@ -299,10 +299,9 @@ def takes(
         if keep is not None:
             from .scene import load_scene
 
-            if element not in load_scene(scene).elements:
-                raise SoundscapeError(f"{scene}: no element '{element}'")
-            keep_seed(scene, element, keep)
-            typer.echo(f"{scene}: elements.{element}.seed = {keep}")
+            load_scene(scene, variant)  # a scene that does not load gets its errors first
+            where = keep_seed(scene, element, keep, variant)
+            typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return
         with _progress() as progress:
             files = audition(scene, element, n, variant=variant, out=out, model=model,
@@ -310,7 +309,9 @@ def takes(
                              progress=progress, precision=precision)
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
-        typer.echo(f"keep one: soundscape takes {scene} {element} --keep SEED")
+        typer.echo(f"page: {files[0][1].parent / 'index.html'}")
+        v = f" --variant {variant}" if variant else ""
+        typer.echo(f"keep one: soundscape takes {scene} {element}{v} --keep SEED")
 
 
 @app.command()
