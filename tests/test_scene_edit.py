@@ -115,9 +115,9 @@ def test_problems_are_errors_with_a_line() -> None:
 
 
 def load_scene_text(text: str) -> object:
-    from soundscape.scene.load import scene_from_dict
-
     import yaml
+
+    from soundscape.scene.load import scene_from_dict
 
     return scene_from_dict(yaml.safe_load(text))
 
