@@ -50,7 +50,6 @@ elements:
     file: hum.wav
     loop: {crossfade: 100 ms}
     volume: -18 dB
-master: {loudness: null}
 """
 
 

@@ -108,6 +108,9 @@ async def _plain(send: Send, status: int, text: str) -> None:
 
 
 def _fail(e: BaseException) -> JSONResponse:
+    if isinstance(e, BodyTooLarge):
+        return JSONResponse({"error": f"Error: the request body is over {MAX_BODY_BYTES} bytes"},
+                            status_code=413)
     if isinstance(e, AccessError):
         status = 404 if "no such file" in str(e) else 403
     elif isinstance(e, SceneError):

@@ -129,15 +129,19 @@ class Service:
     def _load(self, scene: str, variant: str | None = None) -> Any:
         from ..scene import load_scene
 
-        s = load_scene(self.scene_file(scene), variant)
+        path = self.scene_file(scene)
+        s = load_scene(path, variant)
+        where = self.rel(path)
         for name, e in s.elements.items():
             if e.file is not None:
                 f = (s.base_dir / e.file).resolve()
                 if not _within(f, self.root):
-                    raise AccessError(f"elements.{name}.file: {e.file} is outside the server's "
-                                      f"root; copy the recording under it")
-        if Path(s.model).is_absolute() and not _within(Path(s.model).resolve(), self.root):
-            raise AccessError(f"model: {s.model} is outside the server's root")
+                    raise AccessError(f"{where}: elements.{name}.file: {e.file} is outside the "
+                                      f"server's root; copy the recording under it")
+        model = Path(s.model)
+        if model.is_absolute() and model.exists() and not _within(model.resolve(), self.root) \
+                and str(model) != self.settings.model:
+            raise AccessError(f"{where}: model: {s.model} is outside the server's root")
         return s
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
