@@ -360,8 +360,12 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
             watcher.cancel()
             await asyncio.to_thread(jobs.wait_all, 30.0)
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
+        Route("/favicon.ico", no_icon),
         Route("/api/validate", validate, methods=["POST"]),
         Route("/api/plan", plan, methods=["POST"]),
         Route("/api/jobs", start_job, methods=["POST"]),

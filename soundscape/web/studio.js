@@ -18,6 +18,15 @@
   };
   const num = (x, d = 1) => (x === null || x === undefined) ? "-inf" : Number(x).toFixed(d);
 
+  document.head.append(el("style", {text: `
+    #studio { margin: 8px 0 12px; } #studio h2 { font-size: 1em; margin: 0 8px 0 0;
+      display: inline; } #studio .hint { display: inline; opacity: .7; }
+    #studio-status { margin-left: 12px; } #studio-status.bad { color: #ff6b6b; }
+    #studio-status.busy { color: #ffc857; }
+    #studio table { border-collapse: collapse; margin-top: 6px; }
+    #studio td, #studio th { padding: 2px 10px 2px 0; text-align: left; }
+    #studio input.volume { width: 260px; } #studio input.pan { width: 120px; }
+    #studio output { display: inline-block; min-width: 3.5em; }`}));
   const panel = el("section", {id: "studio", class: "studio"},
     el("h2", {text: "studio"}),
     el("div", {class: "hint", text: `${scene}${variant ? " / " + variant : ""}: changes are ` +
