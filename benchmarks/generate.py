@@ -39,10 +39,10 @@ from soundscape.generate.audiogen import (
     pick_device,
 )
 from soundscape.generate.decode import FastDecoder
-from soundscape.generate.diagnostics import kl_divergence, teacher_forced_logits
+from soundscape.generate.dev.diagnostics import kl_divergence, teacher_forced_logits
+from soundscape.generate.dev.tiny import build_random_model, write_tiny_model
 from soundscape.generate.models import ModelRef, resolve
 from soundscape.generate.precision import choose_precision
-from soundscape.generate.tiny import build_random_model, write_tiny_model
 
 p = argparse.ArgumentParser()
 p.add_argument("--arch", choices=["tiny", "medium"], default="tiny")
@@ -76,7 +76,7 @@ elif args.layers:
     from audiocraft.models import builders
     from omegaconf import OmegaConf
 
-    from soundscape.generate.tiny import tiny_configs
+    from soundscape.generate.dev.tiny import tiny_configs
 
     lm_cfg, comp_cfg = tiny_configs(10.0, "medium")
     lm_cfg["transformer_lm"]["num_layers"] = args.layers

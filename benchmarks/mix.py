@@ -52,9 +52,9 @@ def make_scene(root: Path, minutes: float, elements: int) -> Path:
 
 
 def run_soundscape(scene: Path, out: Path, q: mp.Queue, jobs: int | None = None) -> None:
-    from soundscape.render import render
+    from soundscape.mixer.workers import choose_workers
+    from soundscape.pipelines.render import render
     from soundscape.scene import load_scene
-    from soundscape.stems import choose_workers
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -96,7 +96,7 @@ elements:
 def run_long(scene: Path, out: Path, q: mp.Queue) -> None:
     """Render ``scene``; report the time and the absolute peak RSS of this process and of its
     largest stem worker (both in KiB)."""
-    from soundscape.render import render
+    from soundscape.pipelines.render import render
 
     t0 = time.perf_counter()
     render(scene, out=out)
@@ -110,10 +110,11 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
 
     from soundscape.arrange import arrange
     from soundscape.audio_io import read_audio, resample, write_audio
-    from soundscape.effects import build_board
-    from soundscape.master import master
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.effects import build_board
+    from soundscape.dsp.stereo import to_channels
+    from soundscape.master import master_bus
     from soundscape.scene import load_scene
-    from soundscape.stereo import to_channels
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -139,7 +140,10 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
         write_audio(out / f"{plan.name}.wav", stem, sr)
         stems.append(stem)
     mix = np.sum(stems, axis=0)
-    y, _ = master(mix, sr, -18, -1)
+    chunks: list[np.ndarray] = []  # the whole mix in memory, mastered as one array
+    with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
+        master_bus(bus, sr, -18, -1, (), chunks.append)
+    y = np.concatenate(chunks, axis=1)
     write_audio(out / "mix.wav", y, sr)
     q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
 
@@ -163,7 +167,7 @@ if __name__ == "__main__":
     p.add_argument("--tmp", help="where scenes and renders go (default: the system temp "
                    "folder); a tmpfs such as /dev/shm leaves the disk out of the timing")
     args = p.parse_args()
-    from soundscape.stems import cpu_count
+    from soundscape.mixer.workers import cpu_count
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp)

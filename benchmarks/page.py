@@ -3,7 +3,8 @@
     uv run python benchmarks/page.py [--minutes 10] [--render renders/rainy_cafe]
 
 Writes a long stereo 48 kHz 24-bit stem of noise, then measures, each in a fresh child process,
-the time and peak memory growth (RSS) of ``soundscape.page.overview`` (read block by block) and
+the time and peak memory growth (RSS) of ``soundscape.outputs.page.overview`` (read block by
+block) and
 of a naive baseline that reads the whole file and bins it with numpy, and prints the ratios.
 Then the overview's memory for a file twice as long, to show that it does not grow with the
 length. With ``--render DIR`` (a finished render folder) it also times ``write_page`` there and
@@ -34,7 +35,7 @@ def make_stem(path: Path, minutes: float) -> Path:
 
 
 def streamed(path: Path, q: mp.Queue) -> None:
-    from soundscape.page import overview
+    from soundscape.outputs.page import overview
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"overview (streamed, {n} bins):         {t_s:6.2f} s  {m_s:7.1f} MiB")
         print(f"overview at {2 * args.minutes:g} min:                       {m_2:7.1f} MiB")
     if args.render is not None:
-        from soundscape.page import write_page
+        from soundscape.outputs.page import write_page
 
         t0 = time.perf_counter()
         page = write_page(args.render)

@@ -18,11 +18,11 @@ def __getattr__(name: str) -> Any:
 
         return getattr(scene, name)
     if name == "render":
-        from .render import render
+        from .pipelines.render import render
 
         return render
     if name == "render_sfx":
-        from .sfx import render_sfx
+        from .pipelines.sfx import render_sfx
 
         return render_sfx
     raise AttributeError(name)

@@ -145,7 +145,7 @@ def plan(scene: Path, variant: Annotated[str | None, typer.Option(help="Variant 
     """Print the arrangement as a timeline (no audio is generated)."""
     from .arrange import arrange, describe
     from .scene import load_scene
-    from .takes import take_length_s
+    from .takes.plan import take_length_s
 
     with _user_errors():
         s = load_scene(scene, variant)
@@ -233,7 +233,7 @@ def render(
     from rich.console import Console
     from rich.table import Table
 
-    from .render import render as do_render
+    from .pipelines.render import render as do_render
 
     if variant and all_variants:
         _err("give --variant NAME or --all-variants, not both")
@@ -292,7 +292,7 @@ def takes(
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
-    from .audition import audition
+    from .pipelines.audition import audition
     from .scene.keep import keep_seed
 
     with _user_errors():
@@ -322,7 +322,7 @@ def sfx(
     fmt: Format = "wav",
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
-    from .sfx import render_sfx
+    from .pipelines.sfx import render_sfx
 
     with _user_errors(), _progress() as progress:
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
@@ -339,7 +339,7 @@ def doctor(model: Annotated[str, typer.Option("--model", help="Hub id or checkpo
                                               "to check.")] = "facebook/audiogen-medium",
            cache_dir: CacheDir = None) -> None:
     """Say what a render will use and cost here: device, weights, caches, disk, hub."""
-    from .doctor import MISSING, format_report, report
+    from .pipelines.doctor import MISSING, format_report, report
 
     checks = report(model, cache_dir)
     for line in format_report(checks):
@@ -357,7 +357,7 @@ def open_page(
     """Open a render's audition page (index.html) in the web browser."""
     import webbrowser
 
-    from .page import find_page
+    from .outputs.page import find_page
 
     with _user_errors():
         name = scene
@@ -460,13 +460,13 @@ def tiny_model(
         raise typer.Exit(1)
     with _user_errors():
         if layout == "hub":
-            from .generate.replica import write_hub_replica
+            from .generate.dev.replica import write_hub_replica
 
             write_hub_replica(directory, seed)
             typer.echo(f"wrote a tiny random facebook/audiogen-medium and t5-large as a Hugging "
                        f"Face cache in {directory}; use HF_HOME={directory} HF_HUB_OFFLINE=1")
             return
-        from .generate.tiny import write_tiny_model
+        from .generate.dev.tiny import write_tiny_model
 
         write_tiny_model(directory, seed)
     typer.echo(f"wrote a tiny random AudioGen checkpoint to {directory}; use --model {directory}")

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .bus import BLOCK, Bus
-from .effects import WHOLE_TIMELINE, EffectSpec, build_board
-from .meter import TRUE_PEAK, Meter, measure
-from .warnings import RenderWarning
+from .dsp.bus import BLOCK, Bus
+from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board
+from .dsp.meter import TRUE_PEAK, Meter, measure
+from .notices import RenderWarning
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
@@ -203,16 +203,6 @@ class MasterReport:
     true_peak_dbtp: float
     limiter_reduction_db: float
     warnings: tuple[RenderWarning, ...] = ()
-
-
-def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
-           ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
-        -> tuple[np.ndarray, MasterReport]:
-    """``master_bus`` for a mix held as one ``(channels, frames)`` array (left unchanged)."""
-    out: list[np.ndarray] = []
-    with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
-        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append)
-    return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
 
 
 @dataclass(frozen=True)

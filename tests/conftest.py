@@ -1,7 +1,12 @@
+"""Fixtures and helpers shared by the tests: the tiny model, the shipped renders, an isolated
+cache per test, and small helpers (``wav``, ``run_cli``, ``manifest``, ``mtimes``)."""
+
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +21,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random AudioGen checkpoint in audiocraft's export layout (imports audiocraft)."""
     import torch
 
-    from soundscape.generate.tiny import write_tiny_model
+    from soundscape.generate.dev.tiny import write_tiny_model
 
     # Tiny models cost only per-op overhead; a second thread adds OpenMP hand-offs that take
     # 10-50x longer than the work on a shared machine (measured: 0.27 s vs 12.9 s per take).
@@ -32,7 +37,7 @@ def shipped_renders(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) 
         -> dict[str, list[Path]]:
     """Every scene in scenes/ with all its variants, rendered at full length with the tiny
     model, once per test session: scene file name -> its output folders (base first)."""
-    from soundscape.render import render
+    from soundscape.pipelines.render import render
 
     root = tmp_path_factory.mktemp("shipped")
     return {name: [r.directory for r in render(ROOT / "scenes" / name, all_variants=True,
@@ -60,3 +65,25 @@ def wav(path: Path, audio: np.ndarray, sr: int) -> Path:
 
 def env_without_pytest() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """Run the CLI in-process: its exit code and everything it printed."""
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    return res.exit_code, res.output
+
+
+def manifest(out: Path, *parts: str) -> dict[str, Any]:
+    """The manifest JSON of the render folder ``out/<parts...>``."""
+    data: dict[str, Any] = json.loads(out.joinpath(*parts, "manifest.json").read_text())
+    return data
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` with its modification time (ns): what a render rewrote."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file()}

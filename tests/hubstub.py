@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from soundscape.generate.replica import blob_etag, repo_folder
+from soundscape.generate.dev.replica import blob_etag, repo_folder
 
 
 class HubStub:

@@ -24,7 +24,7 @@ def _model(layout: bool):  # type: ignore[no-untyped-def]
     import torch
 
     from soundscape.generate.audiogen import AudioGen
-    from soundscape.generate.tiny import build_random_model
+    from soundscape.generate.dev.tiny import build_random_model
 
     compression, lm, _, _ = build_random_model("tiny", seed=3, audiogen_layout=layout)
     compression.eval()
@@ -137,7 +137,7 @@ def test_bf16_generator(tiny_model: Path) -> None:
 def test_kl_of_equal_logits_is_zero_and_grows() -> None:
     import torch
 
-    from soundscape.generate.diagnostics import kl_divergence
+    from soundscape.generate.dev.diagnostics import kl_divergence
 
     a = torch.tensor([[2.0, 1.0, 0.0]])
     assert kl_divergence(a, a) == 0.0
@@ -186,7 +186,7 @@ def test_teacher_forced_logits_equal_audiocraft_forward(model) -> None:  # type:
     from audiocraft.modules.conditioners import ClassifierFreeGuidanceDropout
 
     from soundscape.generate.decode import FastDecoder
-    from soundscape.generate.diagnostics import teacher_forced_logits
+    from soundscape.generate.dev.diagnostics import teacher_forced_logits
 
     codes = _tokens(model, ["a", "b"], [2, 9], 0.4, fast=False)
     logits, valid = teacher_forced_logits(model, FastDecoder(model.lm), ["a", "b"], codes)
@@ -235,7 +235,7 @@ def test_render_measures_cost_once_and_records_precision(tmp_path: Path, tiny_mo
     import json
 
     from soundscape.generate.cost import cached_cost
-    from soundscape.render import render
+    from soundscape.pipelines.render import render
 
     scene = tmp_path / "s.yaml"
     scene.write_text(f"name: s\nduration: 1\nmodel: {tiny_model}\n"

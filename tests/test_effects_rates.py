@@ -10,14 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from soundscape.arrange import arrange
-from soundscape.bus import Bus
 from soundscape.cli import app
-from soundscape.effects import EffectSpec, check_effect_rates, parse_effect
+from soundscape.dsp.bus import Bus
+from soundscape.dsp.effects import EffectSpec, check_effect_rates, parse_effect
 from soundscape.errors import RenderError
-from soundscape.mix import ensure_finite, render_element
+from soundscape.mixer.element import ensure_finite, render_element
 from soundscape.scene import scene_from_dict
-
-from .conftest import wav
+from tests.conftest import wav
 
 
 def test_a_cutoff_at_or_above_045_of_the_rate_is_named_with_its_limit() -> None:

@@ -19,20 +19,14 @@ from soundscape import __version__
 from soundscape.arrange import LoopRun
 from soundscape.audio_io import read_audio, write_audio
 from soundscape.cli import app
-from soundscape.exports import (
-    Tags,
-    levels,
-    loop_period,
-    periodic_effects,
-    read_pools,
-    tag_file,
-)
-from soundscape.loops import LoopSource
-from soundscape.manifest import read_manifest
-from soundscape.render import render
+from soundscape.mixer.loops import LoopSource
+from soundscape.outputs.loopfiles import loop_period, periodic_effects
+from soundscape.outputs.manifest import read_manifest
+from soundscape.outputs.pools import read_pools
+from soundscape.outputs.tags import Tags, levels, tag_file
+from soundscape.pipelines.render import render
 from soundscape.riff import set_chunks, wav_chunks
-
-from .conftest import wav
+from tests.conftest import wav
 
 RATES = [22050, 44100, 48000, 96000]
 
@@ -159,7 +153,7 @@ def test_time_varying_effects_leave_the_loop_dry_and_say_so(tmp_path: Path) -> N
 
 def test_periodic_effects_output_is_periodic() -> None:
     from soundscape.arrange import ElementPlan
-    from soundscape.effects import parse_effect
+    from soundscape.dsp.effects import parse_effect
 
     sr = 48000
     period = drone(sr, 1.0, 1)

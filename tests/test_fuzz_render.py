@@ -20,10 +20,9 @@ from typer.testing import CliRunner
 
 from soundscape.audio_io import read_audio
 from soundscape.cli import app
-from soundscape.effects import EFFECTS
+from soundscape.dsp.effects import EFFECTS
 from soundscape.units import parse_duration
-
-from .conftest import wav
+from tests.conftest import wav
 
 RATES = (8000, 22050, 44100, 48000, 96000)
 # Lossy encoders pad to whole codec frames and decoders may keep the priming: a tolerance.

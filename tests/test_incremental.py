@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from soundscape.audio_io import read_audio
-from soundscape.render import render
-
-from .conftest import wav
+from soundscape.pipelines.render import render
+from tests.conftest import mtimes, wav
 
 SCENE = """\
 name: inc
@@ -25,10 +24,6 @@ elements:
 master: {{loudness: {loudness}}}
 """
 
-
-def mtimes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file()}
 
 
 @pytest.fixture

@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundscape import render as render_module
 from soundscape.audio_io import atomic_path, read_audio, remove_stale_temps
-from soundscape.render import render
-from soundscape.stems import SHM_DIR, SHM_PREFIX, remove_stale_buffers
-
-from .conftest import wav
+from soundscape.mixer.workers import SHM_DIR, SHM_PREFIX, remove_stale_buffers
+from soundscape.pipelines import render as render_module
+from soundscape.pipelines.render import render
+from tests.conftest import wav
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG, /dev/shm")
 

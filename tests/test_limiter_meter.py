@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
+from soundscape.dsp.meter import measure
 from soundscape.master import limit, release_envelope
-from soundscape.meter import measure
 
 RATES = [22050, 44100, 48000, 96000]
 
@@ -163,7 +163,7 @@ def test_the_limiter_streams_block_by_block_with_the_same_gain(sr: int, channels
 
 @pytest.mark.parametrize("channels", [1, 2])
 def test_max_gap_peak_is_exact_above_its_floor(channels: int) -> None:
-    from soundscape.meter import TRUE_PEAK as ip
+    from soundscape.dsp.meter import TRUE_PEAK as ip
 
     rng = np.random.default_rng(9)
     x = rng.normal(0, 0.1, (channels, 20000)).astype(np.float32)

@@ -13,11 +13,10 @@ from typer.testing import CliRunner
 
 from soundscape.audio_io import read_audio
 from soundscape.cli import app
-from soundscape.meter import measure
-from soundscape.render import render
+from soundscape.dsp.meter import measure
+from soundscape.pipelines.render import render
 from soundscape.scene import load_scene
-
-from .conftest import wav
+from tests.conftest import wav
 
 
 def rms_db(x: np.ndarray) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from soundscape.arrange import LoopRun
-from soundscape.loops import LoopSource, best_loop_points
+from soundscape.mixer.loops import LoopSource, best_loop_points
 
 RATES = [22050, 44100, 48000, 96000]
 

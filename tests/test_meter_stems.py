@@ -12,14 +12,14 @@ import pytest
 
 from soundscape.arrange import LoopRun
 from soundscape.audio_io import read_audio
-from soundscape.loops import LoopSource, render_loop
+from soundscape.dsp.meter import TRUE_PEAK, Meter, measure
+from soundscape.dsp.stereo import pan_gains, to_channels
 from soundscape.master import LIMITER_DETECTOR
-from soundscape.meter import TRUE_PEAK, Meter, measure
-from soundscape.render import render
-from soundscape.stems import plan_groups
-from soundscape.stereo import pan_gains, to_channels
-
-from .conftest import wav
+from soundscape.mixer.loops import LoopSource
+from soundscape.mixer.workers import plan_groups
+from soundscape.pipelines.render import render
+from tests.conftest import wav
+from tests.oracles import render_loop
 
 SR = 48000
 
@@ -202,7 +202,7 @@ master: {loudness: off, ceiling: 0}
 
 
 def test_every_streamed_effect_matches_one_whole_call(tmp_path: Path) -> None:
-    from soundscape.effects import EFFECTS, WHOLE_TIMELINE, build_board, parse_effect
+    from soundscape.dsp.effects import EFFECTS, WHOLE_TIMELINE, build_board, parse_effect
 
     rng = np.random.default_rng(1)
     wav(tmp_path / "ir.wav", rng.normal(0, 0.1, 4800) * np.exp(-np.arange(4800) / 800), SR)
@@ -273,8 +273,8 @@ def test_worker_killed_mid_stem_leaves_no_temp(tmp_path: Path,
     import os
     import signal
 
-    from soundscape import stems
     from soundscape.errors import RenderError
+    from soundscape.mixer import workers as stems
 
     rng = np.random.default_rng(5)
     wav(tmp_path / "n.wav", rng.normal(0, 0.1, 48000), 48000)

@@ -11,13 +11,12 @@ from scipy.signal import resample_poly
 
 from soundscape.arrange import LoopRun, arrange
 from soundscape.audio_io import read_audio
-from soundscape.loops import render_loop
-from soundscape.master import integrated_loudness, limit, master
-from soundscape.render import render
+from soundscape.dsp.stereo import pan_gains, to_channels
+from soundscape.master import integrated_loudness, limit
+from soundscape.pipelines.render import render
 from soundscape.scene import load_scene, scene_from_dict
-from soundscape.stereo import pan_gains, to_channels
-
-from .conftest import wav
+from tests.conftest import wav
+from tests.oracles import master, render_loop
 
 
 def tp8(x: np.ndarray) -> float:
@@ -153,7 +152,7 @@ def test_file_scene_renders_without_torch(tmp_path: Path) -> None:
     import sys
 
     scene = _file_scene(tmp_path)
-    code = ("import sys, soundscape; soundscape.render(sys.argv[1], out=sys.argv[2]); "
+    code = ("import sys, soundscape; soundscape.pipelines.render(sys.argv[1], out=sys.argv[2]); "
             "print(sorted(m for m in ('torch', 'audiocraft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(scene), str(tmp_path / "out")],
                          capture_output=True, text=True, check=True)

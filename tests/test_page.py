@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from soundscape.arrange import LoopRun
-from soundscape.cli import app
-from soundscape.loops import best_loop_points
-from soundscape.page import FLOOR_DB, PAGE, loop_extras, overview
-
-from .conftest import ROOT, wav
+from soundscape.mixer.loops import best_loop_points, loop_seams
+from soundscape.outputs.page import FLOOR_DB, PAGE, overview
+from tests.conftest import ROOT, run_cli, wav
 
 SMALL = """\
 name: small
@@ -40,10 +37,6 @@ variants:
       owl: {prompt: an owl, duration: 0.5 s, at: 2 s}
 """
 
-
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
 
 
 def embedded(page: Path) -> dict:
@@ -87,7 +80,7 @@ def test_overview_of_a_file_shorter_than_the_bins(tmp_path: Path) -> None:
 
 def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file longer than one read block gives the same bins as one read at once."""
-    import soundscape.page as page
+    import soundscape.outputs.page as page
 
     rng = np.random.default_rng(1)
     audio = (rng.normal(0, 0.1, (2, 300_001)) * np.linspace(0, 1, 300_001)).astype(np.float32)
@@ -105,7 +98,7 @@ def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_loop_seams_without_crossfade_fall_on_take_lengths(sr: int) -> None:
     take = np.random.default_rng(0).normal(0, 0.1, (1, sr)).astype(np.float32)  # 1 s
     run = LoopRun("x", 0, 2.0, 10.0, None, 0.0, 0.5, 1.0, 0.0)
-    ex = loop_extras(take, run, sr, total=10 * sr)
+    ex = loop_seams(take, run, sr, total=10 * sr)
     assert ex["length_s"] == pytest.approx(8.0)
     assert ex["seams_s"] == pytest.approx([3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
     assert (ex["fade_in_s"], ex["fade_out_s"], ex["seam_crossfade_s"]) == (0.5, 1.0, 0.0)
@@ -117,7 +110,7 @@ def test_loop_seams_follow_the_chosen_loop_point(sr: int) -> None:
     xf = int(round(0.5 * sr))
     pts = best_loop_points(take, xf, sr)
     run = LoopRun("x", 0, 1.0, 9.0, None, 0.5, 0.0, 0.0, 0.0)
-    ex = loop_extras(take, run, sr, total=60 * sr)
+    ex = loop_seams(take, run, sr, total=60 * sr)
     period = (pts.end - pts.start - xf) / sr
     assert 1.0 <= period < 2.5  # the loop point lies in the take's last 2 s
     first = pts.start / sr  # later copies start at the loop start (after any intro)
@@ -175,7 +168,7 @@ def test_render_page_embeds_manifest_overviews_and_links(tmp_path: Path, tiny_mo
 
 
 def test_warnings_go_to_the_lane_they_name() -> None:
-    from soundscape.page import _element_warnings
+    from soundscape.outputs.page import _element_warnings
 
     mine, rest = _element_warnings(
         ["cups", "cup"], ["cups: only 2 of 5 one-shots fit", "stem cup peaks at +1.0 dBFS",
@@ -264,7 +257,7 @@ def test_open_without_a_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_takes_page_keeps_odd_text_inside_its_data(tmp_path: Path) -> None:
     """A prompt that holds "</script>" or "<!--" cannot break out of the embedded data, and a
     scene path with a space is quoted in the command to copy."""
-    from soundscape.page import write_takes_page
+    from soundscape.outputs.page import write_takes_page
 
     folder = tmp_path / "takes/drip"
     takes = [(s, wav(folder / f"drip-seed{s}.wav", np.full((1, 800), 0.1 * s, np.float32), 8000))

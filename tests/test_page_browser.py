@@ -14,11 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from soundscape.cli import app
-
-from .conftest import ROOT, SHIPPED
+from tests.conftest import ROOT, SHIPPED, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -30,10 +27,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required"]
 
-
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
 
 
 class Browser:
@@ -190,7 +183,7 @@ def test_rainy_cafe_page(rainy_cafe: Path, browser: Browser, tmp_path: Path) -> 
 
 
 def test_takes_page(tmp_path: Path, tiny_model: Path, browser: Browser) -> None:
-    from .test_page import SMALL
+    from tests.test_page import SMALL
 
     scene = tmp_path / "small.yaml"
     scene.write_text(SMALL)

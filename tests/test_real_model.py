@@ -4,7 +4,6 @@ failing hub, and (when the real weights are cached) a smoke test of the real mod
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,20 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from soundscape.cli import app
 from soundscape.errors import GeneratorError
 from soundscape.generate import TakeRequest
-from soundscape.generate.models import (
-    cached_hub_dir,
-    hub_cache_dir,
-    resolve,
-    text_encoder_dir,
-)
-from soundscape.generate.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
-
-from .hubstub import HubStub
+from soundscape.generate.dev.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
+from soundscape.generate.models import cached_hub_dir, hub_cache_dir, resolve, text_encoder_dir
+from tests.conftest import manifest, run_cli
+from tests.hubstub import HubStub
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_HUB_CACHE = hub_cache_dir()  # the user's cache, read before conftest isolates each test
@@ -46,7 +38,7 @@ master: {loudness: -20 LUFS}
 @pytest.fixture(scope="session")
 def hub_replica(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``HF_HOME`` holding the tiny replica of facebook/audiogen-medium and t5-large."""
-    from soundscape.generate.replica import write_hub_replica
+    from soundscape.generate.dev.replica import write_hub_replica
 
     return write_hub_replica(tmp_path_factory.mktemp("hf_replica"))
 
@@ -77,13 +69,6 @@ def req(prompt: str, seed: int, duration: float = 1.0) -> TakeRequest:
     return TakeRequest("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
-
-
-def manifest(out: Path, *parts: str) -> dict:
-    return json.loads(out.joinpath(*parts, "manifest.json").read_text())
 
 
 def snapshot_files(hf_home: Path, repo: str) -> set[str]:

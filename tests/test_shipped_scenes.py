@@ -15,8 +15,7 @@ from scipy.signal import resample_poly
 
 from soundscape.audio_io import read_audio
 from soundscape.scene import load_scene
-
-from .conftest import ROOT, SHIPPED
+from tests.conftest import ROOT, SHIPPED
 
 
 def independent_true_peak_db(audio: np.ndarray) -> float:

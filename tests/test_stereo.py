@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from soundscape.stereo import allpass_response, decorrelate, decorrelator_design, downmix
+from soundscape.dsp.stereo import allpass_response, decorrelate, decorrelator_design, downmix
 
 RATES = [22050, 44100, 48000, 96000]
 

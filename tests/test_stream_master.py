@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundscape import bus as busmod
 from soundscape.audio_io import read_audio
-from soundscape.bus import Bus
-from soundscape.effects import EffectSpec, build_board, parse_effect
-from soundscape.master import integrated_loudness, limit, master, master_bus
-from soundscape.meter import measure
-from soundscape.render import render
-
-from .conftest import wav
+from soundscape.dsp import bus as busmod
+from soundscape.dsp.bus import Bus
+from soundscape.dsp.effects import EffectSpec, build_board, parse_effect
+from soundscape.dsp.meter import measure
+from soundscape.master import integrated_loudness, limit, master_bus
+from soundscape.pipelines.render import render
+from tests.conftest import wav
+from tests.oracles import master
 
 RATES = [22050, 44100, 48000, 96000]
 
@@ -163,8 +163,8 @@ def test_a_one_shot_read_in_pieces_is_the_whole_play(sr: int, channels: int) -> 
     """One-shots apply gain and fades as they are read: any split into reads gives the play
     (gain, then the equal-power fades over its own length) bit for bit."""
     from soundscape.arrange import Clip
-    from soundscape.fades import apply_fades
-    from soundscape.mix import ClipSource
+    from soundscape.dsp.fades import apply_fades
+    from soundscape.mixer.element import ClipSource
 
     rng = np.random.default_rng(sr + channels)
     take = rng.normal(0, 0.3, (channels, 3 * sr)).astype(np.float32)
@@ -190,7 +190,7 @@ def test_a_one_shot_read_in_pieces_is_the_whole_play(sr: int, channels: int) -> 
 def test_the_true_peak_does_not_depend_on_how_the_signal_is_cut(block: int) -> None:
     """Blocks that are not whole 64-frame sub-blocks once read a step to the padding's zeros
     as a gap (+1.1 dB on a 50 Hz sine), and the streamed master trimmed itself by it."""
-    from soundscape.meter import Meter
+    from soundscape.dsp.meter import Meter
 
     sr = 48000
     t = np.arange(2 * sr) / sr

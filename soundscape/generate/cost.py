@@ -36,7 +36,7 @@ def machine_id() -> str:
 
 def _path(root: str | Path | None) -> Path:
     if root is None:
-        from ..cache import default_cache_dir
+        from ..dirs import default_cache_dir
 
         root = default_cache_dir()
     return Path(root) / COST_FILE

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ValidationError
 
-from ..effects import check_effect_rates
+from ..dsp.effects import check_effect_rates
 from ..errors import SceneError
 from ..units import show
 from . import yamlsrc

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainValidator, ValidationInfo, WithJsonSchema
 
 from .. import units
-from ..effects import EffectSpec, effect_json_schema, parse_effect
+from ..dsp.effects import EffectSpec, effect_json_schema, parse_effect
 from ..units import show
 
 DEFAULT_MODEL = "facebook/audiogen-medium"

@@ -143,7 +143,8 @@ def _str(data: dict[str, Any], key: str, required: bool = True) -> Any:
 
 
 def _script() -> str:
-    return resources.files("soundscape").joinpath("web", "studio.js").read_text(encoding="utf-8")
+    web = resources.files("soundscape.outputs").joinpath("web")
+    return web.joinpath("studio.js").read_text(encoding="utf-8")
 
 
 def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0.0.1") \

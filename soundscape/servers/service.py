@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import SceneError, SoundscapeError
 from ..locks import locked
+from ..options import GenerationOptions, OutputOptions
 
 MAX_SCENE_BYTES = 1 << 20  # as a scene file (scene.load)
 MAX_TAKES = 64
@@ -167,12 +168,23 @@ class Service:
     def plan(self, scene: str, variant: str | None = None) -> dict[str, Any]:
         """The arrangement as a timeline, without generating anything."""
         from ..arrange import arrange, describe
-        from ..takes import take_length_s
+        from ..takes.plan import take_length_s
 
         s = self._load(scene, variant)
         arr = arrange(s, {name: take_length_s(s, name) for name in s.elements})
         return {"scene": s.label, "timeline": describe(arr),
                 "warnings": [str(w) for w in arr.warnings]}
+
+    def _gen(self, events: Events | None, cancel: threading.Event | None) \
+            -> GenerationOptions:
+        """The server's generation settings, reporting to ``events`` and stopping at
+        ``cancel``."""
+        log, progress = self._hooks(events, cancel)
+        cfg = self.settings
+        return GenerationOptions(model=cfg.model, device=cfg.device,
+                                 cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+                                 max_batch=cfg.max_batch, precision=cfg.precision, log=log,
+                                 progress=progress)
 
     def _hooks(self, events: Events | None, cancel: threading.Event | None) \
             -> tuple[Callable[[str], None], Callable[[str, int, int], None]]:
@@ -198,17 +210,15 @@ class Service:
                events: Events | None = None, cancel: threading.Event | None = None) \
             -> dict[str, Any]:
         """Render a scene (only what changed); the manifest and files of each render."""
-        from ..render import render
+        from ..pipelines.render import render_scenes, select_scenes
 
         path = self.scene_file(scene)
         self._load(scene, variant)
-        log, progress = self._hooks(events, cancel)
-        cfg = self.settings
-        log(f"rendering {self.rel(path)}")
-        results = render(path, variant=variant, all_variants=all_variants, out=self.out,
-                         only=only, force=force, model=cfg.model, device=cfg.device,
-                         cache_dir=cfg.cache_dir, max_batch=cfg.max_batch, log=log,
-                         progress=progress, precision=cfg.precision)
+        gen = self._gen(events, cancel)
+        gen.log(f"rendering {self.rel(path)}")
+        results = render_scenes(select_scenes(path, variant, all_variants), gen,
+                                OutputOptions(out=self.out, force=force,
+                                              only=frozenset(only) if only else None))
         return {"renders": [self.describe(r.directory) | {"up_to_date": r.up_to_date}
                             for r in results]}
 
@@ -228,17 +238,14 @@ class Service:
                  events: Events | None = None, cancel: threading.Event | None = None) \
             -> dict[str, Any]:
         """N takes of one element with distinct seeds, side by side, and their page."""
-        from ..audition import audition
+        from ..pipelines.audition import audition_takes
 
         if not 1 <= n <= MAX_TAKES:
             raise SoundscapeError(f"n: {n} takes; give 1 to {MAX_TAKES}")
         path = self.scene_file(scene)
         self._load(scene, variant)
-        log, progress = self._hooks(events, cancel)
-        cfg = self.settings
-        files = audition(path, element, n, variant=variant, out=self.out, model=cfg.model,
-                         device=cfg.device, cache_dir=cfg.cache_dir, max_batch=cfg.max_batch,
-                         log=log, progress=progress, precision=cfg.precision)
+        files = audition_takes(path, element, n, self._gen(events, cancel), variant=variant,
+                               out=self.out)
         return {"element": element, "variant": variant,
                 "takes": [{"seed": seed, "file": self.rel(p)} for seed, p in files],
                 "page": self.rel(files[0][1].parent / "index.html")}
@@ -298,14 +305,10 @@ class Service:
     def sfx(self, sfx_list: str, events: Events | None = None,
             cancel: threading.Event | None = None) -> dict[str, Any]:
         """Render an SFX list: its manifest and files."""
-        from ..sfx import render_sfx
+        from ..pipelines.sfx import render_sfx_list
 
         path = self.path(sfx_list)
-        log, progress = self._hooks(events, cancel)
-        cfg = self.settings
-        r = render_sfx(path, self.out, model=cfg.model, device=cfg.device,
-                       cache_dir=cfg.cache_dir, max_batch=cfg.max_batch, log=log,
-                       progress=progress, precision=cfg.precision)
+        r = render_sfx_list(path, self._gen(events, cancel), self.out)
         return {"manifest_file": self.rel(r.manifest), "generated": r.generated,
                 "files": [self.rel(r.directory / v.file) for v in r.variations],
                 "warnings": [str(w) for w in r.warnings]}

@@ -88,7 +88,7 @@ class Studio:
                     return
 
     def _state(self, w: Watch, variant: str | None) -> dict[str, Any]:
-        from ..page import page_data
+        from ..outputs.page import page_data
 
         s = self.service
         result = s.call(s.render, w.rel, variant)

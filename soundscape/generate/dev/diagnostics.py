@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .decode import FastDecoder
+from ..decode import FastDecoder
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:

@@ -19,6 +19,7 @@ creator is dead.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -34,12 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from .arrange import ElementPlan
-from .audio_io import AtomicAudioWriter, remove_stale_temps
-from .bus import Bus
-from .effects import chain_tail_s
-from .errors import RenderError
-from .mix import render_element
+from ..arrange import ElementPlan
+from ..audio_io import AtomicAudioWriter, remove_stale_temps
+from ..dsp.bus import Bus
+from ..dsp.effects import chain_tail_s
+from ..errors import RenderError
+from ..notices import RenderWarning
+from .element import render_element
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
 # measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
@@ -86,6 +88,18 @@ class StemMeasure:
     loudness_lufs: float
     true_peak_dbtp: float
     sample_peak: float  # linear
+
+
+def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
+    """A warning when a stem written in a fixed-point format peaks over full scale (its file
+    clips; the mix, summed in float, does not)."""
+    if measure.sample_peak <= 1.0:
+        return None
+    name = measure.name
+    return RenderWarning(
+        "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} dBFS before "
+        f"the master and is clipped in its {fmt} file (the mix is not); lower its volume or "
+        f"write stems as 32-bit float wav (--bit-depth 32)", name, None, 1.0, measure.sample_peak)
 
 
 def cpu_count() -> int:
@@ -164,7 +178,7 @@ def _die_with_parent(parent: int) -> None:
 
 def remove_stale_buffers(folder: Path = SHM_DIR) -> list[str]:
     """Unlink the shared mix buffers of renders that are no longer running; their names."""
-    from .locks import pid_alive
+    from ..locks import pid_alive
 
     removed = []
     with contextlib.suppress(OSError):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import units
-from .units import show
+from .. import units
+from ..units import show
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,6 @@ class EffectSpec:
     params: tuple[tuple[str, float], ...]
     ir_path: str | None = None
 
-    def param(self, key: str) -> float:
-        return dict(self.params)[key]
-
     @property
     def tail_s(self) -> float:
         return max(0.0, EFFECTS[self.name].tail_s(dict(self.params)))
@@ -205,7 +202,7 @@ def parse_effect(raw: Any, base_dir: Path | None) -> EffectSpec:
         if key == "ir" and definition.needs_ir:
             if not isinstance(value, str):
                 raise ValueError(f"{name}.ir: {show(value)} is not a file path")
-            from .audio_io import audio_file_problem, user_path
+            from ..audio_io import audio_file_problem, user_path
 
             path = user_path(value, base_dir)
             if not path.exists():

@@ -16,24 +16,15 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import locks
-from .audio_io import atomic_path, atomic_write_text, remove_stale_temps
-from .generate import GENERATOR_VERSION, TakeRequest
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("SOUNDSCAPE_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("soundscape"))
+from .. import locks
+from ..audio_io import atomic_path, atomic_write_text, remove_stale_temps
+from ..dirs import default_cache_dir
+from ..generate import GENERATOR_VERSION, TakeRequest
 
 
 class TakeCache:

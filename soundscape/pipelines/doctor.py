@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
-from .errors import ModelNotFoundError
-from .generate.models import (
+from .. import __version__
+from ..errors import ModelNotFoundError
+from ..generate.models import (
     COMPRESSION_FILE,
     LM_FILE,
     TEXT_ENCODER,
@@ -64,7 +64,7 @@ def _cpu_bf16() -> str:
     """Native bf16 arithmetic on this CPU (AVX-512 BF16 or AMX on x86, Apple silicon)."""
     if platform.machine() == "arm64" and platform.system() == "Darwin":
         return "yes"
-    from .generate.precision import cpu_flags, cpu_has_native_bf16
+    from ..generate.precision import cpu_flags, cpu_has_native_bf16
 
     if not cpu_flags():
         return "unknown"
@@ -73,8 +73,8 @@ def _cpu_bf16() -> str:
 
 def _cpu_cost(model: str = "hub:facebook/audiogen-medium") -> str:
     """This machine's measured cost at the precision a render would choose, if measured."""
-    from .generate.cost import cached_cost
-    from .generate.precision import choose_precision
+    from ..generate.cost import cached_cost
+    from ..generate.precision import choose_precision
 
     precision = choose_precision("auto", "cpu")
     cost = cached_cost(model, "cpu", precision)
@@ -150,7 +150,7 @@ def _fix(repo: str) -> str:
 
 
 def check_take_cache(cache_dir: Path | None) -> Check:
-    from .cache import default_cache_dir
+    from ..dirs import default_cache_dir
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     takes = list((root / "takes").glob("*/*.json")) if root.is_dir() else []
@@ -158,7 +158,7 @@ def check_take_cache(cache_dir: Path | None) -> Check:
 
 
 def check_disk(cache_dir: Path | None, weights_missing: bool) -> Check:
-    from .cache import default_cache_dir
+    from ..dirs import default_cache_dir
 
     places = {"Hugging Face cache": hub_cache_dir(),
               "take cache": Path(cache_dir).expanduser() if cache_dir else default_cache_dir()}

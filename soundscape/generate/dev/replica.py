@@ -217,7 +217,7 @@ def published_configs(max_duration_s: float = TINY_MAX_DURATION_S) -> tuple[dict
 def audiogen_files(seed: int = 0, max_duration_s: float = TINY_MAX_DURATION_S
                    ) -> dict[str, bytes]:
     """The two checkpoint files of a tiny ``facebook/audiogen-medium``, pickled as published."""
-    from . import quiet_xformers
+    from .. import quiet_xformers
 
     quiet_xformers()
     import torch

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arrange import Clip, ElementPlan, Keypoint
-from .effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
-from .errors import RenderError
-from .fades import fade_curves
+from ..arrange import Clip, ElementPlan, Keypoint
+from ..dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
+from ..dsp.fades import fade_curves
+from ..dsp.stereo import pan_gains, to_channels
+from ..errors import RenderError
 from .loops import LoopSource
-from .stereo import pan_gains, to_channels
 
 if TYPE_CHECKING:
-    from .bus import Bus
-    from .meter import Meter
+    from ..dsp.bus import Bus
+    from ..dsp.meter import Meter
 
 
 BLOCK = 1 << 16
@@ -151,7 +151,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
-    from .meter import Meter
+    from ..dsp.meter import Meter
 
     for take in takes:  # a recording with NaN/inf is named as such, not as the effects' fault
         ensure_finite(take, plan.name)

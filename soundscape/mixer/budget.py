@@ -13,10 +13,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arrange import Arrangement
-from .bus import on_disk
-from .effects import EffectSpec
-from .errors import SoundscapeError
+from ..arrange import Arrangement
+from ..dsp.bus import on_disk
+from ..dsp.effects import EffectSpec
+from ..errors import SoundscapeError
 
 BUS_COPIES = 2  # the sum, and the limiter's output staged for the final trim (``master_bus``)
 WHOLE_TIMELINE_COPIES = 3  # a chain that cannot stream holds its element's timeline in and out
@@ -38,7 +38,7 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
 
     The sum, its staged master and the stem processes' parts are held in memory when short
     and in temporary files on the output disk when long (``bus.on_disk``)."""
-    from .effects import WHOLE_TIMELINE
+    from ..dsp.effects import WHOLE_TIMELINE
 
     mix = channels * frames * 4
     buses = (BUS_COPIES + max(0, workers - 1)) * mix

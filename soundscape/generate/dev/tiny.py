@@ -111,7 +111,7 @@ def build_random_model(arch: str = "tiny", seed: int = 0,
                        audiogen_layout: bool | None = None) -> Any:
     """``(compression_model, lm, lm_cfg, compression_cfg)`` with random weights on ``device``
     (the LM in float16 off the CPU, as ``audiogen.load_model`` does)."""
-    from . import quiet_xformers
+    from .. import quiet_xformers
 
     quiet_xformers()
     import torch
@@ -148,7 +148,7 @@ def write_tiny_model(directory: str | Path, seed: int = 0,
     from audiocraft import __version__ as audiocraft_version
     from omegaconf import OmegaConf
 
-    from ..audio_io import atomic_path
+    from ...audio_io import atomic_path
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

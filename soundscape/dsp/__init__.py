@@ -1,0 +1,5 @@
+"""Plain DSP, the bottom layer: array in, array out (effects, stereo, fades, meter, bus).
+
+Nothing here knows a scene, a take or a file; every function takes and returns float32
+``(channels, frames)`` arrays and plain numbers.
+"""

@@ -1,0 +1,46 @@
+"""Outputs stage, catalog: an SFX library's ``catalog.csv`` for library tools.
+
+Input: the written variations. Output: CSV text, one row per file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SfxVariation:
+    """One written variation of one sound."""
+
+    sound: str
+    prompt: str
+    seed: int
+    key: str
+    file: str  # relative to the list's folder
+    duration_s: float
+    loudness_lufs: float | None
+    true_peak_dbtp: float | None
+    generated: bool
+    generator: dict[str, str] | None = None  # the device and precision that made it
+    ucs: dict[str, str] | None = None  # CatID, FXName, CreatorID, SourceID
+
+
+CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
+                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID")
+
+
+def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
+    """``catalog.csv``: one row per file, the UCS columns empty for sounds without UCS."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CATALOG_COLUMNS)
+    for v in variations:
+        u = v.ucs or {}
+        w.writerow([v.file, v.sound, v.prompt, v.seed, f"{v.duration_s:.6f}",
+                    "" if v.loudness_lufs is None else v.loudness_lufs,
+                    "" if v.true_peak_dbtp is None else v.true_peak_dbtp,
+                    u.get("CatID", ""), u.get("FXName", ""), u.get("CreatorID", ""),
+                    u.get("SourceID", "")])
+    return buf.getvalue()
