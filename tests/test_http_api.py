@@ -190,3 +190,45 @@ def test_two_edits_at_once_are_both_written(server: tuple[httpx.Client, Path],
     assert scene.elements["hum"].volume == pytest.approx(-25)
     text = (root / "scenes/live.yaml").read_text()
     assert "    volume: -7.5 dB    # moved by the page\n" in text
+
+
+def test_audition_job_then_keep_a_take(server: tuple[httpx.Client, Path]) -> None:
+    client, root = server
+    job = client.post("/api/jobs", json={"kind": "audition", "scene": "scenes/small.yaml",
+                                         "element": "rain", "n": 2}).json()
+    last = list(sse(client, job["events_url"]))[-1]
+    assert last["event"] == "done", last
+    takes = last["result"]["takes"]
+    assert len(takes) == 2 and all((root / t["file"]).is_file() for t in takes)
+    assert (root / last["result"]["page"]).is_file()
+    before = (root / "scenes/small.yaml").read_text()
+    r = client.post("/api/keep", json={"scene": "scenes/small.yaml", "element": "rain",
+                                       "seed": takes[1]["seed"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["set"] == "elements.rain.seed"
+    after = (root / "scenes/small.yaml").read_text()
+    old = next(x for x in before.splitlines() if x.startswith("  rain:"))
+    assert after == before.replace(old, old[:-1] + f", seed: {takes[1]['seed']}}}")
+    assert load_scene(root / "scenes/small.yaml").elements["rain"].seed == takes[1]["seed"]
+    r = client.post("/api/keep", json={"scene": "scenes/small.yaml", "element": "nope",
+                                       "seed": 1})
+    assert r.status_code == 422
+    assert r.json()["error"] == "Error: scenes/small.yaml: no element 'nope' in the base scene " \
+                                "(give --variant for an element of a variant)"
+
+
+def test_bind_elsewhere_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    seen: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app_, host, port, **kw: seen.append(host))
+    res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path), "--host", "0.0.0.0"])
+    assert res.exit_code == 0, res.output
+    assert seen == ["0.0.0.0"]
+    assert "warning: binding 0.0.0.0: anyone who can reach this address can render scenes " \
+        "and write files under the root" in res.stderr
+    res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path)])
+    assert seen[-1] == "127.0.0.1" and "warning" not in res.stderr

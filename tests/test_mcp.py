@@ -65,6 +65,15 @@ async def session(client: Any, root: Path) -> None:
     assert out.is_error and out.content[0].text.endswith(
         ": ../outside.yaml: '..' leads out of the server's root; give a path under it")
 
+    plan = await client.call_tool("plan_scene", {"scene": "scenes/small.yaml"})
+    assert plan.structured_content["timeline"][0] == "3.00 s at 48000 Hz, 2 channel(s)"
+    kept = await client.call_tool("keep_take", {"scene": "scenes/small.yaml",
+                                                "element": "rain", "seed": 41})
+    assert kept.structured_content == {"scene": "scenes/small.yaml",
+                                       "set": "elements.rain.seed", "value": 41}
+    assert (root / "scenes/small.yaml").read_text() == \
+        TINY_SCENE.replace("volume: -6 dB}", "volume: -6 dB, seed: 41}")
+
     steps: list[float] = []
 
     async def progress(step: float, total: float | None, message: str | None) -> None:

@@ -114,11 +114,27 @@ def test_move_a_volume(studio: tuple[str, Path], tmp_path: Path) -> None:
         assert new_tone["loudness_lufs"] - tone["loudness_lufs"] == \
             pytest.approx(moved + 12, abs=0.05)
 
+        # mute the hum on tab B: one line added to the file, the hum stem silent on both tabs
+        b.check('tr[data-element="hum"] input.mute')
+        until(lambda: "    mute: true\n" in scene.read_text(), 30, "mute in the YAML")
+        assert [x for x in difflib.ndiff(STUDIO_SCENE.splitlines(), scene.read_text()
+                                         .splitlines()) if x[:2] == "+ "] == \
+            [f"+ {line}", "+     mute: true"]
+        for page in (a, b):
+            until(lambda p=page: row_text(p, "hum", "lufs") == "-inf", 30, "the muted hum")
+            assert page.is_checked('tr[data-element="hum"] input.mute')
+        assert not np.any(soundfile.read(str(stems["hum"]))[0])
+        before["hum"] = stems["hum"].stat().st_mtime_ns
+
         # an edit saved in an editor re-renders too and reaches the pages
-        scene.write_text(scene.read_text().replace("volume: -18 dB", "volume: -24 dB"))
+        scene.write_text(scene.read_text().replace("volume: -18 dB", "volume: -24 dB")
+                         .replace("mute: true", "mute: false"))
         until(lambda: b.input_value('tr[data-element="hum"] input.volume') == "-24", 60,
               "the editor's save to reach the page")
         until(lambda: stems["hum"].stat().st_mtime_ns != before["hum"], 30, "the hum stem")
+        until(lambda: not a.is_checked('tr[data-element="hum"] input.mute'), 30, "unmuted")
+        assert lufs(stems["hum"]) == pytest.approx(lufs(root / "scenes/hum.wav") - 24,
+                                                   abs=0.2)
         assert browser.clean() == []
     finally:
         browser.close()
