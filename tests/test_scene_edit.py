@@ -160,3 +160,27 @@ def test_keep_through_a_variant_writes_the_variants_override(scene_file: Path) -
     assert code == 0, out
     assert load_scene(scene_file, "night").elements["cups"].seed == 8
     assert load_scene(scene_file).elements["cups"].seed == 11
+
+
+def test_mute_silences_the_element_and_keeps_the_others(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    from soundscape.pipelines.render import render
+
+    from .servers_util import studio_folder
+
+    scene = studio_folder(tmp_path / "root")
+    out = tmp_path / "out"
+    render(scene, out=out)
+    tone = soundfile.read(str(out / "live/stems/tone.wav"))[0]
+    hum = soundfile.read(str(out / "live/stems/hum.wav"))[0]
+    assert np.abs(hum).max() > 0.01
+    tone_mtime = (out / "live/stems/tone.wav").stat().st_mtime_ns
+    scene.write_text(set_scalar(scene.read_text(), ("elements", "hum", "mute"), "true"))
+    [r] = render(scene, out=out)
+    assert not np.any(soundfile.read(str(out / "live/stems/hum.wav"))[0])
+    assert np.array_equal(soundfile.read(str(out / "live/stems/tone.wav"))[0], tone)
+    assert (out / "live/stems/tone.wav").stat().st_mtime_ns == tone_mtime  # not rendered again
+    assert r.manifest.element("hum").loudness_lufs is None
+    assert load_scene(scene).elements["hum"].volume == pytest.approx(-18)
