@@ -232,3 +232,22 @@ def test_bind_elsewhere_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "and write files under the root" in res.stderr
     res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path)])
     assert seen[-1] == "127.0.0.1" and "warning" not in res.stderr
+
+
+def test_pan_and_bad_values(server: tuple[httpx.Client, Path]) -> None:
+    client, root = server
+    scene = root / "scenes/live.yaml"
+    before = scene.read_text()
+    r = client.post("/api/element", json={"scene": "scenes/live.yaml", "element": "tone",
+                                          "pan": -0.5})
+    assert r.status_code == 200 and r.json()["set"] == {"elements.tone.pan": "-0.5"}
+    assert scene.read_text() == before.replace("    pan: 0\n", "    pan: -0.5\n")
+    for body, error in (
+            ({"pan": 2}, "Error: pan: 2; give -1 (left) to 1 (right)"),
+            ({"volume_db": "loud"}, "Error: 'volume_db' must be a number"),
+            ({"volume_db": 60}, "Error: volume: 60 dB; give -120 to 24 dB"),
+            ({}, "Error: nothing to change: give volume_db, pan or mute")):
+        r = client.post("/api/element", json={"scene": "scenes/live.yaml", "element": "tone",
+                                              **body})
+        assert (r.status_code, r.json()["error"]) == (400, error)
+    assert scene.read_text() == before.replace("    pan: 0\n", "    pan: -0.5\n")

@@ -184,3 +184,15 @@ def test_mute_silences_the_element_and_keeps_the_others(tmp_path: Path) -> None:
     assert (out / "live/stems/tone.wav").stat().st_mtime_ns == tone_mtime  # not rendered again
     assert r.manifest.element("hum").loudness_lufs is None
     assert load_scene(scene).elements["hum"].volume == pytest.approx(-18)
+
+
+def test_takes_prints_its_page_and_the_keep_command(tmp_path: Path, tiny_model: Path) -> None:
+    scene = tmp_path / "quirks.yaml"
+    scene.write_text(SCENE)
+    code, out = run_cli("takes", str(scene), "owl", "--variant", "night", "-n", "2",
+                        "--model", str(tiny_model), "--out", str(tmp_path / "o"))
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[-2] == f"page: {tmp_path / 'o/quirks/takes/owl/index.html'}"
+    assert lines[-1] == f"keep one: soundscape takes {scene} owl --variant night --keep SEED"
+    assert (tmp_path / "o/quirks/takes/owl/index.html").is_file()

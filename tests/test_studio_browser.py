@@ -135,6 +135,15 @@ def test_move_a_volume(studio: tuple[str, Path], tmp_path: Path) -> None:
         until(lambda: not a.is_checked('tr[data-element="hum"] input.mute'), 30, "unmuted")
         assert lufs(stems["hum"]) == pytest.approx(lufs(root / "scenes/hum.wav") - 24,
                                                    abs=0.2)
+        # a scene saved half-written: the pages say what is wrong, and recover once it is fixed
+        good = scene.read_text()
+        scene.write_text(good.replace("volume: -24 dB", "volume: -24 dbb"))
+        until(lambda: "elements.hum.volume: '-24 dbb' is not a level" in
+              str(b.text_content("#studio-status")), 30, "the error on the page")
+        assert str(b.text_content("#studio-status")).startswith("Error: scenes/live.yaml:")
+        scene.write_text(good.replace("volume: -24 dB", "volume: -20 dB"))
+        until(lambda: a.input_value('tr[data-element="hum"] input.volume') == "-20", 30,
+              "the fixed scene on the page")
         assert browser.clean() == []
     finally:
         browser.close()

@@ -105,8 +105,10 @@ def build(service: Service) -> MCPServer:
             kwargs["events"] = events
             kwargs["cancel"] = cancel
         try:
+            # abandoned on cancel: the job sees its cancel event at its next step and stops
+            # there, as a Ctrl-C would, while the request ends now
             return await anyio.to_thread.run_sync(
-                lambda: service.call(fn, *args, **kwargs), abandon_on_cancel=False)
+                lambda: service.call(fn, *args, **kwargs), abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
             cancel.set()
             raise
