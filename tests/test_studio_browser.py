@@ -147,3 +147,45 @@ def test_move_a_volume(studio: tuple[str, Path], tmp_path: Path) -> None:
         assert browser.clean() == []
     finally:
         browser.close()
+
+
+def test_keep_an_auditioned_take(tmp_path: Path, tiny_model: Path) -> None:
+    import httpx
+
+    from .servers_util import TINY_SCENE
+
+    root = tmp_path / "root"
+    (root / "scenes").mkdir(parents=True)
+    scene = root / "scenes/small.yaml"
+    scene.write_text(TINY_SCENE)
+    service = Service(Settings(root=root, model=str(tiny_model)))
+    browser = Browser(tmp_path / "profile")
+    with running(build_app(service)) as url:
+        try:
+            job = httpx.post(f"{url}/api/jobs", json={"kind": "audition", "element": "rain",
+                                                      "scene": "scenes/small.yaml", "n": 2})
+            until(lambda: httpx.get(f"{url}/api/jobs/{job.json()['id']}").json()["state"]
+                  == "done", 120, "the audition")
+            seeds = sorted(int(p.stem.rsplit("seed", 1)[1]) for p in
+                           (root / "renders/small/takes/rain").glob("*.wav"))
+            page = browser.page
+            page.goto(f"{url}/studio/scenes/small.yaml")
+            take = 'tr[data-element="rain"] select.take'
+            page.wait_for_selector(take)
+            assert page.eval_on_selector_all(f"{take} option", "os => os.map(o => +o.value)") \
+                == seeds
+            assert page.input_value(take) == str(seeds[0])
+            stem = root / "renders/small/stems/rain.wav"
+            mtime = stem.stat().st_mtime_ns
+            page.select_option(take, str(seeds[1]))
+            until(lambda: f"seed: {seeds[1]}" in scene.read_text(), 30, "the seed in the YAML")
+            assert scene.read_text() == TINY_SCENE.replace("volume: -6 dB}",
+                                                           f"volume: -6 dB, seed: {seeds[1]}}}")
+            until(lambda: stem.stat().st_mtime_ns != mtime, 60, "the rain stem")
+            until(lambda: page.input_value(take) == str(seeds[1]) and
+                  page.get_attribute("#studio-status", "class") == "ok", 60, "the page's take")
+            manifest = json.loads((root / "renders/small/manifest.json").read_text())
+            assert [t["seed"] for t in manifest["elements"][0]["takes"]] == [seeds[1]]
+            assert browser.clean() == []
+        finally:
+            browser.close()
