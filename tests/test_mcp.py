@@ -7,6 +7,8 @@ read back through the resource link the result carries.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+import soundfile
 from typer.testing import CliRunner
 
 from soundscape.cli import app
@@ -79,7 +82,8 @@ async def session(client: Any, root: Path) -> None:
     async def progress(step: float, total: float | None, message: str | None) -> None:
         steps.append(step)
 
-    done = await client.call_tool("render_scene", {"scene": "scenes/small.yaml"},
+    done = await client.call_tool("render_scene", {"scene": "scenes/small.yaml",
+                                                   "preview": True},
                                   progress_callback=progress)
     assert not done.is_error, done.content[0].text
     render = done.structured_content["renders"][0]
@@ -94,9 +98,10 @@ async def session(client: Any, root: Path) -> None:
     assert manifest == on_disk == render["manifest"]
     assert manifest["elements"][0]["loudness_lufs"] is not None
     mix = await client.read_resource("soundscape://files/renders/small/mix.wav")
-    import base64
-
     assert base64.b64decode(mix.contents[0].blob) == (root / "renders/small/mix.wav").read_bytes()
+    [clip] = [c for c in done.content if c.type == "audio"]
+    audio, sr = soundfile.read(io.BytesIO(base64.b64decode(clip.data)))
+    assert (clip.mime_type, sr, audio.ndim, len(audio)) == ("audio/wav", 16000, 1, 3 * 16000)
     listed = await client.call_tool("list_renders", {})
     assert [r["directory"] for r in listed.structured_content["renders"]] == ["renders/small"]
 

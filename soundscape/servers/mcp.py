@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,13 +23,16 @@ import anyio.from_thread
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp_types import CallToolResult, ContentBlock, ResourceLink, TextContent
+from mcp_types import AudioContent, CallToolResult, ContentBlock, ResourceLink, TextContent
 
 from .. import __version__
 from ..errors import SoundscapeError
 from .service import Service
 
 URI = "soundscape://files/"
+PREVIEW_S = 10.0  # an inline preview: the mix's first seconds, mono, 16 kHz, 16-bit WAV
+PREVIEW_HZ = 16000
+MAX_RESOURCE_BYTES = 256 << 20  # bigger files: GET /files/<path> of ``soundscape serve``
 SCHEMA_URI = "soundscape://schema/scene.json"
 INSTRUCTIONS = """\
 soundscape composes layered soundscapes from YAML scenes. Read the scene JSON Schema resource
@@ -80,8 +84,26 @@ def _render_links(r: dict[str, Any]) -> list[ResourceLink]:
     return links
 
 
+def preview(path: Path) -> AudioContent:
+    """The first ``PREVIEW_S`` seconds of an audio file as a small mono WAV to inline."""
+    import base64
+    import io
+
+    import numpy as np
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)).resampled_to(PREVIEW_HZ) as f:
+        audio = f.read(min(f.frames, int(PREVIEW_S * PREVIEW_HZ)))
+    mono = np.clip(audio.mean(axis=0, keepdims=True), -1, 1).astype(np.float32)
+    buf = io.BytesIO()
+    with AudioFile(buf, "w", PREVIEW_HZ, 1, format="wav", bit_depth=16) as out:
+        out.write(mono)
+    return AudioContent(data=base64.b64encode(buf.getvalue()).decode(), mime_type="audio/wav")
+
+
 def build(service: Service) -> MCPServer:
     """An ``MCPServer`` whose tools and resources call ``service``."""
+    preview_of = preview
     mcp: MCPServer = MCPServer("soundscape", version=__version__, instructions=INSTRUCTIONS)
 
     async def run(fn: Callable[..., Any], *args: Any, ctx: Context | None = None,
@@ -131,13 +153,19 @@ def build(service: Service) -> MCPServer:
     @mcp.tool()
     async def render_scene(scene: str, ctx: Context, variant: str | None = None,
                            all_variants: bool = False, only: list[str] | None = None,
-                           force: bool = False) -> CallToolResult:
+                           force: bool = False, preview: bool = False) -> CallToolResult:
         """Generate missing takes, mix, master and write mix, stems, manifest and page. Only
         what changed is redone. Returns each render's manifest (loudness per stem and of the
-        mix) with links to its files."""
+        mix) with links to its files; preview: also the first 10 s of each mix inline (mono,
+        16 kHz)."""
         data = await run(service.render, scene, variant, all_variants=all_variants, only=only,
                          force=force, events=None, ctx=ctx)
-        return _result(data, [x for r in data["renders"] for x in _render_links(r)])
+        result = _result(data, [x for r in data["renders"] for x in _render_links(r)])
+        if preview:
+            for r in data["renders"]:
+                clip = await run(lambda p: preview_of(service.path(p)), r["mix"])
+                result.content.append(clip)
+        return result
 
     @mcp.tool()
     async def audition_takes(scene: str, element: str, ctx: Context, n: int = 4,
@@ -186,6 +214,9 @@ def build(service: Service) -> MCPServer:
             raise ResourceError(str(e)) from None
         if not p.is_file():
             raise ResourceError(f"{path}: not a file")
+        if p.stat().st_size > MAX_RESOURCE_BYTES:
+            raise ResourceError(f"{path}: {p.stat().st_size / 2**20:.0f} MiB is too big to "
+                                f"send inline; fetch it from soundscape serve's /files/{path}")
         if p.suffix in (".json", ".yaml", ".yml", ".html", ".csv", ".txt"):
             return p.read_text(encoding="utf-8")
         return p.read_bytes()
