@@ -251,3 +251,14 @@ def test_pan_and_bad_values(server: tuple[httpx.Client, Path]) -> None:
                                               **body})
         assert (r.status_code, r.json()["error"]) == (400, error)
     assert scene.read_text() == before.replace("    pan: 0\n", "    pan: -0.5\n")
+
+
+def test_studio_of_a_scene_that_does_not_render(server: tuple[httpx.Client, Path]) -> None:
+    client, root = server
+    (root / "scenes/bad.yaml").write_text("name: bad\nduration: 10 s\nelements:\n  a: {file: "
+                                          "tone.wav, volume: -6 dbb}\n")
+    r = client.get("/studio/scenes/bad.yaml")
+    assert r.status_code == 422
+    assert r.json()["error"] == ("Error: scenes/bad.yaml:4: elements.a.volume: '-6 dbb' is not "
+                                 "a level; write e.g. '-6 dB' or 0.5")
+    assert client.get("/studio/scenes/none.yaml").status_code == 404

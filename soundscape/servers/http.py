@@ -292,7 +292,7 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
             else None
         if w is not None:
             studio.publish(w, {"type": "edited", **result})
-            asyncio.get_running_loop().create_task(studio.render(w))
+            studio.spawn(w)
         return JSONResponse(result)
 
     async def renders(request: Request) -> Response:
@@ -320,11 +320,9 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         variant = request.query_params.get("variant") or None
         try:
             w = studio.watch(scene, variant)
-            if variant not in w.states:
-                await studio.render(w)
-            state = w.states.get(variant)
+            state = await studio.ensure(w, variant)
             if state is None:
-                raise SoundscapeError(f"{scene}: the scene did not render; see the error above")
+                return JSONResponse({"error": w.error}, status_code=422)
             page = service.path(state["directory"]) / "index.html"
             text = page.read_text(encoding="utf-8")
         except Exception as e:
@@ -353,7 +351,10 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        watcher = asyncio.get_running_loop().create_task(studio.run())
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(studio.run())
+        for s in scenes:  # rendered (or found up to date) at once, watched from then on
+            studio.spawn(studio.watch(s))
         try:
             async with mcp.session_manager.run():
                 yield

@@ -38,6 +38,7 @@ class Watch:
     subscribers: set[asyncio.Queue[dict[str, Any]]] = field(default_factory=set)
     states: dict[str | None, dict[str, Any]] = field(default_factory=dict)
     dirty: bool = False
+    error: str | None = None  # the last render's error lines, if it failed
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -52,6 +53,13 @@ class Studio:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.watches: dict[Path, Watch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, w: Watch) -> None:
+        """Render ``w`` in the background (the task is held until it ends)."""
+        task = asyncio.get_running_loop().create_task(self.render(w))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def watch(self, rel: str, variant: str | None = None) -> Watch:
         path = self.service.path(rel)
@@ -81,11 +89,25 @@ class Studio:
                         state = await anyio.to_thread.run_sync(self._state, w, variant)
                         w.states[variant] = state
                         self.publish(w, state)
+                    w.error = None
                 except Exception as e:
-                    self.publish(w, {"type": "error", "version": w.version,
-                                     "error": error_lines(e)})
+                    w.error = error_lines(e)
+                    self.publish(w, {"type": "error", "version": w.version, "error": w.error})
                 if not w.dirty and _digest(w.path) == w.digest:
                     return
+
+    async def ensure(self, w: Watch, variant: str | None) -> dict[str, Any] | None:
+        """The state of a variant, rendered now if no render has made it yet (waiting for a
+        render under way); None when the scene does not render (``w.error`` says why)."""
+        while variant not in w.states:
+            if w.lock.locked():
+                async with w.lock:
+                    pass
+                continue
+            await self.render(w)
+            if variant not in w.states:
+                return None
+        return w.states[variant]
 
     def _state(self, w: Watch, variant: str | None) -> dict[str, Any]:
         from ..outputs.page import page_data
@@ -120,7 +142,7 @@ class Studio:
             await asyncio.sleep(POLL_S)
             for w in list(self.watches.values()):
                 if w.digest and not w.lock.locked() and _digest(w.path) != w.digest:
-                    asyncio.get_running_loop().create_task(self.render(w))
+                    self.spawn(w)
 
     async def subscribe(self, w: Watch) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
