@@ -232,6 +232,15 @@ def test_bind_elsewhere_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
         "and write files under the root" in res.stderr
     res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path)])
     assert seen[-1] == "127.0.0.1" and "warning" not in res.stderr
+    apps: list[Any] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app_, host, port, **kw: apps.append(app_))
+    res = CliRunner().invoke(app, ["mcp", "--transport", "http", "--root", str(tmp_path),
+                                   "--host", "0.0.0.0"])
+    assert res.exit_code == 0 and "warning: binding 0.0.0.0" in res.stderr
+    assert [r.path for r in apps[0].routes] == ["/mcp"]
+    res = CliRunner().invoke(app, ["serve", "--root", str(tmp_path / "nope")])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == f"Error: --root {tmp_path / 'nope'} is not a folder"
 
 
 def test_pan_and_bad_values(server: tuple[httpx.Client, Path]) -> None:
