@@ -55,7 +55,11 @@ def test_render_job_progress_events(server: tuple[httpx.Client, Path]) -> None:
     events = list(sse(client, job["events_url"]))
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "done" and kinds.count("done") == 1
-    steps = [e for e in events if e["event"] == "progress"]
+    mixing = [(e["step"], e["total"]) for e in events if e["event"] == "progress"
+              and e["label"] == "mix small"]
+    assert mixing == [(0, 1), (1, 1)]
+    assert events[-2]["label"] == "mix small"  # generation first, then the mix
+    steps = [e for e in events if e["event"] == "progress" and e["label"] != "mix small"]
     assert steps, kinds
     assert [e["step"] for e in steps] == sorted(e["step"] for e in steps)
     assert steps[-1]["step"] >= steps[-1]["total"]  # audiocraft counts one past its total
