@@ -331,10 +331,9 @@ def takes(
         if keep is not None:
             from .scene import load_scene
 
-            if element not in load_scene(scene).elements:
-                raise SoundscapeError(f"{scene}: no element '{element}'")
-            keep_seed(scene, element, keep)
-            typer.echo(f"{scene}: elements.{element}.seed = {keep}")
+            load_scene(scene, variant)  # a scene that does not load gets its errors first
+            where = keep_seed(scene, element, keep, variant)
+            typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return
         spec = _cluster_spec(cluster, actors)
         with _progress() as progress:
@@ -343,7 +342,9 @@ def takes(
                              progress=progress, precision=precision, cluster=spec)
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
-        typer.echo(f"keep one: soundscape takes {scene} {element} --keep SEED")
+        typer.echo(f"page: {files[0][1].parent / 'index.html'}")
+        v = f" --variant {variant}" if variant else ""
+        typer.echo(f"keep one: soundscape takes {scene} {element}{v} --keep SEED")
 
 
 @app.command()
@@ -403,6 +404,80 @@ def open_page(
         if not webbrowser.open(url):
             raise SoundscapeError(f"no web browser could be started; open {url} yourself")
     typer.echo(f"opened {url}")
+
+
+Root = Annotated[Path, typer.Option("--root", help="Serve this folder: scenes are read and "
+                                    "renders written only under it (default: the current "
+                                    "folder).")]
+Host = Annotated[str, typer.Option("--host", help="Address to bind (default loopback; another "
+                                   "address lets anyone who reaches it render and write files).")]
+
+
+def _service(root: Path, out: Path, model: str | None, device: str, cache_dir: Path | None,
+             max_batch: int, precision: str) -> Any:
+    from .servers.service import Service, Settings
+
+    return Service(Settings(root=root, out=str(out), model=model, device=device,
+                            cache_dir=str(cache_dir) if cache_dir else None,
+                            max_batch=max_batch, precision=precision))
+
+
+def _warn_bind(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: binding {host}: anyone who can reach this address can render scenes "
+             f"and write files under the root; there is no authentication")
+
+
+@app.command()
+def mcp(
+    root: Root = Path("."), out: Out = Path("renders"),
+    transport: Annotated[str, typer.Option("--transport", help="stdio (for a desktop "
+                                           "assistant) or http (streamable HTTP at /mcp).",
+                                           callback=_one_of("--transport", ("stdio", "http")))]
+    = "stdio",
+    host: Host = "127.0.0.1", port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
+    max_batch: Batch = 8, precision: Precision = "auto",
+) -> None:
+    """Serve soundscape to MCP clients (agents): validate, plan, render, takes, SFX."""
+    with _user_errors():
+        from .servers.mcp import build
+
+        service = _service(root, out, model, device, cache_dir, max_batch, precision)
+        server = build(service)
+        if transport == "stdio":
+            server.run("stdio")
+            return
+        import uvicorn
+
+        _warn_bind(host)
+        uvicorn.run(server.streamable_http_app(host=host), host=host, port=port,
+                    log_level="warning")
+
+
+@app.command()
+def serve(
+    scenes: Annotated[list[str] | None, typer.Argument(help="Scene files (under the root) to "
+                                                       "open in the live studio.")] = None,
+    root: Root = Path("."), out: Out = Path("renders"),
+    host: Host = "127.0.0.1", port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
+    max_batch: Batch = 8, precision: Precision = "auto",
+) -> None:
+    """A local web server: the live studio, render jobs, files, and MCP at /mcp."""
+    with _user_errors():
+        import uvicorn
+
+        from .servers.http import build_app
+
+        service = _service(root, out, model, device, cache_dir, max_batch, precision)
+        app_ = build_app(service, tuple(scenes or ()), host)
+        _warn_bind(host)
+        shown = f"[{host}]" if ":" in host else host
+        for s in scenes or ():
+            typer.echo(f"studio: http://{shown}:{port}/studio/{s}", err=True)
+        typer.echo(f"serving {service.root} at http://{shown}:{port}/ (MCP at /mcp)", err=True)
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @dev.command("tiny-model")

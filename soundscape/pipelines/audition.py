@@ -63,5 +63,6 @@ def audition_takes(scene_path: str | Path, element: str, n: int, gen: Generation
         path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
         write_audio(path, got[0], got[1])
         files.append((t.request.seed, path))
-    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files)
+    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files,
+                     variant)
     return files

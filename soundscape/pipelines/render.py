@@ -440,7 +440,11 @@ def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (output.only is None or n in output.only) for t in src.takes]
             done, warns = generate_missing(wanted, cache, ref, gen)
+            if gen.progress is not None:  # servers report it, and may stop the job here
+                gen.progress(f"mix {p.scene.label}", 0, 1)
             mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
+            if gen.progress is not None:
+                gen.progress(f"mix {p.scene.label}", 1, 1)
             return _export(p, mixed, cache, want)
     except BaseException:
         # Every writer of this process has closed by now: a temporary file of ours or of a dead
