@@ -84,7 +84,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
     console = Console(stderr=True)
     columns = [TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
                TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False,
@@ -92,12 +92,17 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def update(label: str, step: int, total: int) -> None:
-            if label not in tasks or progress.tasks[tasks[label]].finished:
-                tasks[label] = progress.add_task(label, total=total, rate="")
-            task_id = tasks[label]
-            progress.update(task_id, completed=step, total=max(total, step))
+            # A bar is its label up to " (": what follows may change as the job runs (the
+            # cluster's bar says its actors alive and its takes per minute there).
+            key = label.split(" (", 1)[0]
+            takes = key.startswith("takes")
+            if key not in tasks or progress.tasks[tasks[key]].finished:
+                tasks[key] = progress.add_task(label, total=total, rate="",
+                                               unit="takes" if takes else "steps")
+            task_id = tasks[key]
+            progress.update(task_id, completed=step, total=max(total, step), description=label)
             speed = progress.tasks[task_id].speed
-            progress.update(task_id, rate=f"{speed:.1f} steps/s" if speed else "")
+            progress.update(task_id, rate=f"{speed:.1f} steps/s" if speed and not takes else "")
 
         yield update
 
@@ -190,6 +195,29 @@ BitDepth = Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Take cache (default: "
                                                "$SOUNDSCAPE_CACHE_DIR or the user cache).")]
 Batch = Annotated[int, typer.Option("--max-batch", min=1, help="Most takes per batch.")]
+Cluster = Annotated[str | None, typer.Option(
+    "--cluster", help="Generate missing takes on a Ray cluster: local (a throwaway one here), ray "
+    "(RAY_ADDRESS or the cluster 'ray start' started) or ray://host:port. Needs the cluster "
+    "extra.")]
+Actors = Annotated[int | None, typer.Option("--actors", min=1, help="With --cluster: models "
+                                            "loaded at once (default: one per GPU, or one per "
+                                            "CPU but one).")]
+
+
+def _cluster_spec(address: str | None, actors: int | None) -> Any:
+    """The ``ClusterSpec`` of --cluster (None without it); Ray must import, or one Error line."""
+    if address is None:
+        if actors is not None:
+            raise SoundscapeError("--actors is for --cluster; add --cluster local, ray or "
+                                  "ray://host:port")
+        return None
+    from .takes.cluster import ClusterSpec, require_ray
+
+    spec = ClusterSpec.parse(address, actors)
+    require_ray()
+    return spec
+
+
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16: the "
                                         "language model's arithmetic (auto: bf16 on CPUs with "
                                         "AVX-512 BF16 or AMX, fp16 on GPUs, else fp32).",
@@ -225,6 +253,7 @@ def render(
         "--export", help="Also write pools: each scattered element's one-shots and "
         "pools/pools.json, for an engine's random container (repeatable; loops = --loops).",
         callback=_each_of("--export", ("pools", "loops")))] = None,
+    cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest.
 
@@ -239,11 +268,13 @@ def render(
         _err("give --variant NAME or --all-variants, not both")
         raise typer.Exit(1)
     with _user_errors(), _progress() as progress:
+        spec = _cluster_spec(cluster, actors)
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
                             progress=progress, jobs=jobs, force=force, precision=precision,
-                            loopable=loopable, loops=loops, export=export or ())
+                            loopable=loopable, loops=loops, export=export or (),
+                            cluster=spec)
     console = Console()
     printed: set[str] = set()
     for r in results:
@@ -290,6 +321,7 @@ def takes(
     variant: Annotated[str | None, typer.Option(help="Variant name.")] = None,
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
+    cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
     from .pipelines.audition import audition
@@ -303,10 +335,11 @@ def takes(
             where = keep_seed(scene, element, keep, variant)
             typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return
+        spec = _cluster_spec(cluster, actors)
         with _progress() as progress:
             files = audition(scene, element, n, variant=variant, out=out, model=model,
                              device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                             progress=progress, precision=precision)
+                             progress=progress, precision=precision, cluster=spec)
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
         typer.echo(f"page: {files[0][1].parent / 'index.html'}")
@@ -319,15 +352,16 @@ def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
-    fmt: Format = "wav",
+    fmt: Format = "wav", cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
     from .pipelines.sfx import render_sfx
 
     with _user_errors(), _progress() as progress:
+        spec = _cluster_spec(cluster, actors)
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
                             fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
-                            precision=precision)
+                            precision=precision, cluster=spec)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "
