@@ -38,7 +38,7 @@ from ..mixer.workers import (
     render_stems,
 )
 from ..notices import RenderWarning
-from ..options import GenerationOptions, Log, OutputOptions, Progress, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, OutputOptions, Progress, quiet
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
     Decision,
@@ -328,6 +328,7 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            progress: Progress | None = None, jobs: int | None = None,
            force: bool = False, precision: str = "auto", loopable: bool = False,
            loops: bool = False, export: Sequence[str] = (),
+           cluster: ClusterSpec | None = None,
            commercial: bool = False) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
@@ -341,13 +342,14 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
     ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
     also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
-    (as ``loops``). ``commercial``: refuse models whose licence forbids commercial use, before
-    anything is generated (as ``commercial: true`` in a scene). The keywords are
+    (as ``loops``). ``cluster``: generate the missing takes on that Ray cluster
+    (``takes.cluster``). ``commercial``: refuse models whose licence forbids commercial use,
+    before anything is generated (as ``commercial: true`` in a scene). The keywords are
     ``GenerationOptions`` and ``OutputOptions`` spelled out; ``render_scenes`` takes those
     values.
     """
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress, commercial)
+                            precision, log or quiet, progress, cluster, commercial)
     output = OutputOptions(Path(out), fmt, bit_depth, frozenset(only) if only else None, force,
                            jobs, loopable, loops, tuple(export))
     if isinstance(sources, str | Path | Scene):
@@ -479,9 +481,18 @@ def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str]
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (output.only is None or n in output.only) for t in src.takes]
             done, warns = generate_missing(wanted, cache, models, gen)
+            if gen.progress is not None:  # servers report it, and may stop the job here
+                gen.progress(f"mix {p.scene.label}", 0, 1)
             mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
+            if gen.progress is not None:
+                gen.progress(f"mix {p.scene.label}", 1, 1)
             return _export(p, mixed, cache, want)
     except BaseException:
+        # Every writer of this process has closed by now: a temporary file of ours or of a dead
+        # worker that is still here was caught between its creation and its cleanup (an
+        # interrupt lands anywhere), so it goes too.
+        for folder in (p.directory, p.directory / "stems"):
+            remove_stale_temps(folder)
         if created:  # leave no empty folder behind a failed first render
             with contextlib.suppress(OSError):
                 p.directory.rmdir()

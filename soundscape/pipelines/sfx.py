@@ -24,7 +24,7 @@ from ..generate import Setting, TakeRequest
 from ..generate.engines import settings_for
 from ..master import limit
 from ..notices import RenderWarning
-from ..options import GenerationOptions, Log, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
 from ..outputs.manifest import NOTICE_FILE, db
 from ..outputs.tags import Tags, now_iso, tag_file
@@ -80,12 +80,13 @@ def sfx_requests(lst: SfxList, model: PinnedModel) -> list[tuple[Sound, TakeRequ
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto", commercial: bool = False) -> SfxResult:
+               precision: str = "auto", cluster: ClusterSpec | None = None,
+               commercial: bool = False) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model. The keywords are ``GenerationOptions``
     spelled out; ``render_sfx_list`` takes that value."""
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress, commercial)
+                            precision, log or quiet, progress, cluster, commercial)
     return render_sfx_list(path, gen, Path(out), fmt)
 
 

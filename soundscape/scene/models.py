@@ -207,6 +207,7 @@ class Element(_Model):
                      "panned (constant power); a stereo take is balanced: the far side is "
                      "turned down (pan 0.5: left at half level, right untouched), nothing "
                      "moves across and nothing is decorrelated.")
+    mute: bool = Field(False, description="Silence this element (its volume is kept).")
     stereo: Literal["pan", "decorrelate", "two_takes"] = Field(
         "pan", description="How a mono take becomes stereo: 'pan' (constant-power pan), "
         "'decorrelate' (a decorrelated copy on the other side, for wide beds) or 'two_takes' "

@@ -35,7 +35,8 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, models: 
     (one scene may mix engines); each engine loads once. Before generating, logs how long it
     will take from this machine's measured cost for that engine, weights and precision
     (measured with a short probe the first time, then remembered). Returns the keys generated
-    now and the warnings of the cache and the engines.
+    now and the warnings of the cache and the engines. With ``options.cluster`` the takes are
+    generated on that Ray cluster instead (``takes.cluster``), under the same locks.
     """
     pending: dict[str, TakeRequest] = {}
     for r in requests:
@@ -61,6 +62,11 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, models: 
                 by_model.setdefault(r.model, []).append(r)
             for identity, mine in by_model.items():
                 ref = models.by_identity[identity]
+                if options.cluster is not None:
+                    from .cluster.job import generate_on_cluster
+
+                    generate_on_cluster(held, mine, cache, ref, options, done)
+                    continue
                 gen = engines.get(identity)
                 if gen is None:
                     gen = engines[identity] = _generator(ref, mine[0].revision, options, mine)
