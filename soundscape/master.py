@@ -195,6 +195,30 @@ class LimiterStream:
         return -20 * math.log10(max(self.lowest, 1e-12))
 
 
+# The most the limiter may reduce the sum's peaks to reach a loudness target (``master:
+# max_limiting``). A limiter catches peaks; past a few dB it becomes the loudness tool and
+# flattens the mix (a dungeon scene went from a 13.2 dB to a 1.0 dB spread of 400 ms levels
+# under 23 dB of limiting, for +0.1 LU). ffmpeg's loudnorm likewise stays linear.
+MAX_LIMITING_DB = 6.0
+# A make-up step that raises loudness by less than this (LU per dB of gain) has reached where
+# more gain no longer makes the mix louder, only flatter: the master stops raising it there.
+MIN_MAKEUP_YIELD = 0.1
+
+
+@dataclass(frozen=True)
+class ElementLevels:
+    """What one element brings to the sum before the master: its stem's integrated loudness
+    (LUFS) and true peak (dBTP)."""
+    name: str
+    loudness_lufs: float
+    true_peak_dbtp: float
+
+    @property
+    def peak_to_loudness_db(self) -> float:
+        """PLR: how far its peaks stand above its loudness (EBU R 128 s1's term)."""
+        return self.true_peak_dbtp - self.loudness_lufs
+
+
 @dataclass(frozen=True)
 class MasterReport:
     input_lufs: float
@@ -203,15 +227,23 @@ class MasterReport:
     true_peak_dbtp: float
     limiter_reduction_db: float
     warnings: tuple[RenderWarning, ...] = ()
+    max_limiting_db: float = MAX_LIMITING_DB
+    # the sum's peak-to-loudness ratio before the master (after its effects), dB
+    input_plr_db: float | None = None
+    # short of the target: the element whose peaks stand highest in the sum, and its PLR
+    blocked_by: str | None = None
+    blocked_by_plr_db: float | None = None
 
 
 def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
-           ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
-        -> tuple[np.ndarray, MasterReport]:
+           ceiling_db: float, effects: tuple[EffectSpec, ...] = (),
+           max_limiting_db: float = MAX_LIMITING_DB,
+           elements: tuple[ElementLevels, ...] = ()) -> tuple[np.ndarray, MasterReport]:
     """``master_bus`` for a mix held as one ``(channels, frames)`` array (left unchanged)."""
     out: list[np.ndarray] = []
     with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
-        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append)
+        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append,
+                            max_limiting_db=max_limiting_db, elements=elements)
     return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
 
 
@@ -230,14 +262,21 @@ class _Pass:
 
 def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db: float,
                effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
-               scratch: Path | None = None, loop: bool = False) -> MasterReport:
+               scratch: Path | None = None, loop: bool = False,
+               max_limiting_db: float = MAX_LIMITING_DB,
+               elements: tuple[ElementLevels, ...] = ()) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
     the result is normalised to ``target_lufs`` (None: leave the level) and limited to
-    ``ceiling_db``. Limiting lowers loudness a little, so the gain is corrected and the limiter
-    run again until the result is within 0.1 LU of the target (at most three more passes).
-    A last constant trim catches the limiter's residual error against the true-peak meter.
+    ``ceiling_db``. The gain is linear make-up; the limiter only catches peaks: the make-up
+    stops where the limiter would reduce the peaks by more than ``max_limiting_db``, and where
+    more gain no longer raises the loudness. Limiting lowers loudness a little, so the gain is
+    corrected and the limiter run again until the result is within 0.1 LU of the target, or
+    the make-up stops (at most three more passes). A last constant trim catches the limiter's
+    residual error against the true-peak meter. Short of the target by more than 0.5 LU, the
+    report names the element in ``elements`` whose peaks stand highest in the sum (they set
+    how far the sum can be raised) with its peak-to-loudness ratio, and warns.
 
     Every pass reads the bus block by block and the limiter's output is staged in a second
     bus (on disk beside ``scratch`` when long), so memory stays flat at any length.
@@ -246,24 +285,43 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
     state its end leaves them in, and the limiter looks ahead across the wrap into its start.
     """
     channels, frames = bus.channels, bus.frames
-    measured = _effects_pass(bus, sample_rate, effects, loop)
+    measured, peak_db = _effects_pass(bus, sample_rate, effects, loop)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
-    if target_lufs is not None:
-        if math.isinf(measured):
-            warnings.append(RenderWarning("master", "the mix is silent or shorter than 0.4 s; "
-                                          "loudness not normalised"))
-        else:
-            gain_db = target_lufs - measured
+    normalise = target_lufs is not None and not math.isinf(measured)
+    if target_lufs is not None and not normalise:
+        warnings.append(RenderWarning("master", "the mix is silent or shorter than 0.4 s; "
+                                      "loudness not normalised"))
+    if normalise:
+        assert target_lufs is not None
+        # the sample peak bounds the true peak from below: no more gain than could stay within
+        # the limiting allowed, before the first pass says how much it took
+        gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
     with Bus.temporary(channels, frames, scratch) as staged:
         done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
-        if target_lufs is not None and not math.isinf(measured):
+        if normalise:
+            assert target_lufs is not None
+            # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
+            # excess over the ceiling): one pass says how much gain the allowance leaves
             for _ in range(3):
-                now = done.loudness_after
-                if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
-                    break
-                gain_db += target_lufs - now
+                over = done.reduction_db - max_limiting_db
+                if over > 0.05:
+                    step = -over
+                else:
+                    now = done.loudness_after
+                    if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
+                        break
+                    step = target_lufs - now
+                    if step > 0:
+                        step = min(step, max_limiting_db - done.reduction_db)
+                    if abs(step) <= 0.05:
+                        break
+                before = done
+                gain_db += step
                 done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+                if step > 0 and over <= 0.05 and \
+                        done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
+                    break  # more gain makes the mix flatter, hardly louder: stop raising it
         trim = np.float32(10 ** (done.trim_db / 20))
         result = Meter(sample_rate, channels)
         for _, block in staged.blocks():
@@ -272,15 +330,55 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
             result.add(block)
             sink(block)
         result.finish()
-    if target_lufs is not None and not math.isinf(measured):
+    plr = None
+    if not (math.isinf(measured) or math.isinf(peak_db)):
+        # the sum's true peak before the gain: the deepest reduction is its excess over the
+        # ceiling (the limiter's envelope is the meter's detector)
+        peak_in = ceiling_db + done.reduction_db if done.reduction_db > 0 else \
+            done.true_peak_db
+        plr = peak_in - gain_db - measured
+    blocked: ElementLevels | None = None
+    if normalise:
+        assert target_lufs is not None
         final = result.integrated_loudness()
         if abs(final - target_lufs) > 0.5:
+            blocked = _highest_peaks(elements) if final < target_lufs else None
             warnings.append(RenderWarning(
                 "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
-                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB; lower the target or "
-                f"raise the ceiling", None, target_lufs, None, final))
+                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB"
+                + _why_short(final, target_lufs, ceiling_db, max_limiting_db, plr, blocked),
+                None, target_lufs, None, final))
     return MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
-                        done.reduction_db, tuple(warnings))
+                        done.reduction_db, tuple(warnings), max_limiting_db, plr,
+                        blocked.name if blocked else None,
+                        blocked.peak_to_loudness_db if blocked else None)
+
+
+def _highest_peaks(elements: tuple[ElementLevels, ...]) -> ElementLevels | None:
+    """The element whose true peak stands highest in the sum (the loudest PLR breaks a tie)."""
+    heard = [e for e in elements if math.isfinite(e.true_peak_dbtp)
+             and math.isfinite(e.loudness_lufs)]
+    if not heard:
+        return None
+    return max(heard, key=lambda e: (round(e.true_peak_dbtp, 1), e.peak_to_loudness_db))
+
+
+def _why_short(final: float, target: float, ceiling_db: float, max_limiting_db: float,
+               plr: float | None, blocked: ElementLevels | None) -> str:
+    """The rest of the warning: why the target is out of reach and what would reach it."""
+    if final > target:  # too loud: the mix is louder than the target without any gain
+        return "; raise the target or lower the elements' volumes"
+    text = f" (max_limiting {max_limiting_db:g} dB)"
+    if plr is not None:
+        text += (f": the mix's peaks stand {plr:.1f} dB above its loudness, and "
+                 f"{target:.1f} LUFS needs at most {ceiling_db + max_limiting_db - target:.1f}")
+    if blocked is not None:
+        text += (f"; the highest peaks are {blocked.name}'s ({blocked.peak_to_loudness_db:.1f} "
+                 f"dB above its loudness): lower its volume or tame its peaks (a compressor, "
+                 f"less level_jitter), or")
+    else:
+        text += ";"
+    return text + " lower the target, raise the ceiling or max_limiting"
 
 
 WRAP_PRIME_S = 2
@@ -293,22 +391,22 @@ def _wrap_frames(bus: Bus, sample_rate: int) -> int:
 
 
 def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
-                  loop: bool = False) -> float:
-    """Run the master effects over the bus in place; return the integrated loudness of the
-    result. A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole timeline at
-    once, as it does on an element."""
+                  loop: bool = False) -> tuple[float, float]:
+    """Run the master effects over the bus in place; return the integrated loudness (LUFS)
+    and sample peak (dBFS) of the result. A chain that cannot stream (``WHOLE_TIMELINE``) runs
+    over the whole timeline at once, as it does on an element."""
     meter = Meter(sample_rate, bus.channels, true_peak=False)
     if not effects:
         for _, block in bus.blocks():
             meter.add(block)
-        return meter.finish().integrated_loudness()
+        return _loudness_peak(meter.finish())
     board = build_board(effects)
     if any(fx.name in WHOLE_TIMELINE for fx in effects):
         wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
         bus.write(0, wet)
         for start in range(0, bus.frames, BLOCK):
             meter.add(wet[:, start:start + BLOCK])
-        return meter.finish().integrated_loudness()
+        return _loudness_peak(meter.finish())
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
     if loop:
@@ -340,7 +438,12 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
     if emitted < bus.frames:
         bus.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
         meter.add(np.zeros((bus.channels, bus.frames - emitted), np.float32))
-    return meter.finish().integrated_loudness()
+    return _loudness_peak(meter.finish())
+
+
+def _loudness_peak(meter: Meter) -> tuple[float, float]:
+    peak = meter.sample_peak
+    return meter.integrated_loudness(), 20 * math.log10(peak) if peak > 0 else -math.inf
 
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,

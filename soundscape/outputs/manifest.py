@@ -94,6 +94,13 @@ class MixRecord:
     ceiling_dbtp: float
     key: str = ""
     bytes: int = 0
+    # (absent before the capped limiter: None) the most the limiter was allowed to reduce, the
+    # sum's peak-to-loudness ratio before the master, and, short of the target, the element
+    # whose peaks stand highest in the sum with its own PLR
+    max_limiting_db: float | None = None
+    input_plr_db: float | None = None
+    blocked_by: str | None = None
+    blocked_by_plr_db: float | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..dsp.bus import Bus
 from ..errors import RenderError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
-from ..master import master_bus
+from ..master import ElementLevels, master_bus
 from ..mixer import budget as resources
 from ..mixer.workers import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
 from ..notices import RenderWarning
@@ -177,7 +177,8 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
     directory = directory or output_dir(out_root, scene)
     keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
     mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
-                          "ceiling": m.ceiling, "loopable": m.loopable}, out)
+                          "ceiling": m.ceiling, "loopable": m.loopable,
+                          "max_limiting": m.max_limiting}, out)
     previous = read_manifest(directory / "manifest.json")
     paths = {n: directory / "stems" / f"{n}.{fmt}" for n in keys}
     decisions = decide(list(keys), keys, paths, previous, directory, only, force)
@@ -286,7 +287,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
                                background=True) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
-                                w.write, p.directory, loop=p.wrap > 0)
+                                w.write, p.directory, loop=p.wrap > 0,
+                                max_limiting_db=m.max_limiting, elements=_levels(records))
     warnings.extend(report.warnings)
     tag_file(mix_path, mix_tags(scene, p.model, p.mix_key, report.output_lufs,
                                 report.true_peak_dbtp))
@@ -305,13 +307,24 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         mix=MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
                       db(report.input_lufs), round(report.gain_db, 3),
                       round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
-                      p.mix_key, mix_path.stat().st_size),
+                      p.mix_key, mix_path.stat().st_size, m.max_limiting,
+                      db(report.input_plr_db), report.blocked_by,
+                      db(report.blocked_by_plr_db)),
         elements=tuple(records), generated=n_gen, cached=n_takes - n_gen,
         warnings=tuple(warnings), versions=versions())
     manifest_path = p.directory / "manifest.json"
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _levels(records: list[StemRecord]) -> tuple[ElementLevels, ...]:
+    """What each stem brings to the sum, for the master to say whose peaks stand in its way."""
+    def level(x: float | None) -> float:
+        return -math.inf if x is None else x
+
+    return tuple(ElementLevels(r.element, level(r.loudness_lufs), level(r.true_peak_dbtp))
+                 for r in records)
 
 
 LOOPABLE_CROSSFADE_S = 2.0  # --loopable on a scene that does not set master.loopable
