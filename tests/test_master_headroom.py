@@ -123,7 +123,7 @@ def _dungeon(tmp_path: Path, sr: int) -> Path:
     drone = -0.033 + 0.033 * hum / hum.std()
     wav(tmp_path / "drone.wav", drone.astype(np.float32), src)
     t = np.arange(src) / src
-    drip = 0.9 * np.sin(2 * np.pi * 1200 * t) * np.exp(-t * 40)
+    drip = 0.9 * np.sin(2 * np.pi * 1200 * t) * np.exp(-t * 300)
     wav(tmp_path / "drip.wav", drip.astype(np.float32), src)
     scene = tmp_path / "dungeon.yaml"
     scene.write_text(f"""\
@@ -163,7 +163,7 @@ def test_dungeon_is_not_crushed_and_says_what_stops_it(tmp_path: Path, sr: int) 
     assert m["max_limiting_db"] == MAX_LIMITING_DB
     assert tp8(mix) <= -1.0 + 0.1
     # the mix keeps its dynamics: its 400 ms levels spread as the sum's did
-    assert spread_400ms(mix, sr) == pytest.approx(spread_400ms(pre, sr), abs=1.0)
+    assert spread_400ms(mix, sr) == pytest.approx(spread_400ms(pre, sr), abs=0.5)
     got = lufs(mix, sr)
     assert m["loudness_lufs"] == pytest.approx(got, abs=0.05)
     if got < -20.5:  # short of the target: said, with whose peaks stand in the way
