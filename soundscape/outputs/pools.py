@@ -16,9 +16,8 @@ import numpy as np
 
 from ..arrange import ElementPlan
 from ..dsp.effects import build_board, chain_tail_s
-from ..dsp.fades import fade_curves
-from ..scene import Scene
-from ..takes.plan import Source, two_takes
+from ..dsp.fades import apply_fades
+from ..takes.plan import Source
 from .incremental import export_key
 from .tags import SOFTWARE
 
@@ -88,18 +87,11 @@ def read_pools(path: str | Path) -> PoolExport:
     return PoolExport.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def one_shot(take: np.ndarray, plan: ElementPlan, fade_in_s: float, fade_out_s: float,
-             sample_rate: int) -> np.ndarray:
+def one_shot(take: np.ndarray, plan: ElementPlan, sample_rate: int) -> np.ndarray:
     """One take as the mix plays it, before volume, jitter and pan: the element's fades, then
     its effects with their whole tail (the file is as long as the take plus the chain's tail)."""
-    out = take.astype(np.float32, copy=True)
-    n = out.shape[1]
-    fin, fout = fade_curves(min(int(fade_in_s * sample_rate), n),
-                            min(int(fade_out_s * sample_rate), n))
-    if fin.size:
-        out[:, :fin.size] *= fin
-    if fout.size:
-        out[:, n - fout.size:] *= fout
+    out = apply_fades(take.astype(np.float32, copy=True), int(plan.fade_in_s * sample_rate),
+                      int(plan.fade_out_s * sample_rate))
     if plan.effects:
         tail = int(round(chain_tail_s(plan.effects) * sample_rate))
         padded = np.concatenate([out, np.zeros((out.shape[0], tail), np.float32)], axis=1)
@@ -108,33 +100,30 @@ def one_shot(take: np.ndarray, plan: ElementPlan, fade_in_s: float, fade_out_s: 
     return out
 
 
-def pool_key(plan: ElementPlan, source: Source, scene: Scene, bit_depth: int | None) -> str:
-    e = scene.elements[plan.name]
-    return export_key("pool", source.identity, e.fade_in, e.fade_out,
-                [repr(fx) for fx in plan.effects], scene.sample_rate, bit_depth)
+def pool_key(plan: ElementPlan, source: Source, sample_rate: int, bit_depth: int | None) -> str:
+    return export_key("pool", source.identity, plan.fade_in_s, plan.fade_out_s,
+                      [repr(fx) for fx in plan.effects], sample_rate, bit_depth)
 
 
-def _pool(scene: Scene, plan: ElementPlan, source: Source, rec: Any, directory: Path) -> Pool:
-    e = scene.elements[plan.name]
-    sc = e.scatter
+def pool_of(plan: ElementPlan, source: Source, files: tuple[str, ...], directory: Path) -> Pool:
+    """The ``Pool`` of a scattered element whose one-shots are ``files`` (relative to the
+    render's folder)."""
+    sc = plan.scatter
     assert sc is not None
     from ..takes.plan import audio_header
 
     lengths, channels = [], 1
-    for f in rec.files:
+    for f in files:
         frames, sr, channels = audio_header(directory / f)
         lengths.append(round(frames / sr, 6))
-    rel = tuple(str(Path(f).relative_to(POOLS_DIR)) for f in rec.files)
+    rel = tuple(str(Path(f).relative_to(POOLS_DIR)) for f in files)
     return Pool(plan.name, rel, tuple(lengths), channels,
-                None if plan.volume_db == -math.inf else plan.volume_db, e.pan,
-                sc.level_jitter, sc.pan_jitter,
-                (sc.interval[0], sc.interval[1]) if sc.interval is not None else None,
-                sc.density, sc.count, sc.start, sc.end, sc.overlap, e.prompt,
-                variation_seeds(scene, source))
+                None if plan.volume_db == -math.inf else plan.volume_db, plan.pan,
+                sc.level_jitter_db, sc.pan_jitter, sc.interval_s, sc.density_per_min, sc.count,
+                sc.start_s, sc.end_s, sc.overlap, plan.prompt, variation_seeds(source))
 
 
-def variation_seeds(scene: Scene, source: Source) -> tuple[int, ...]:
+def variation_seeds(source: Source) -> tuple[int, ...]:
     """The seed of each variation (with ``two_takes``, its left take's); empty for a file."""
-    takes = source.takes[::2] if two_takes(scene.elements[source.element], scene) \
-        else source.takes
+    takes = source.takes[::2] if source.paired else source.takes
     return tuple(t.request.seed for t in takes)

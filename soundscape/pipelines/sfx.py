@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import atomic_write_text, write_audio
+from ..dsp.fades import trim_silence
+from ..dsp.meter import sound_levels
 from ..errors import SceneError
 from ..generate import TakeRequest
 from ..generate.models import resolve
-from ..master import integrated_loudness, limit, true_peak_db
+from ..master import limit
 from ..notices import RenderWarning
+from ..options import GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
 from ..outputs.manifest import db
 from ..outputs.tags import Tags, now_iso, tag_file
@@ -30,40 +33,8 @@ from ..scene import (
     derive_seed,
 )
 from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
-from ..takes.plan import Log
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
-
-
-def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
-                 pad_ms: float = 10.0) -> np.ndarray:
-    """Cut leading and trailing frames quieter than ``threshold_db`` below the peak, keeping
-    ``pad_ms`` of margin and a 5 ms fade at each cut so no click is created."""
-    env = np.abs(audio).max(axis=0)
-    peak = float(env.max(initial=0.0))
-    if peak == 0:
-        return audio
-    above = np.nonzero(env >= peak * 10 ** (threshold_db / 20))[0]
-    pad = int(pad_ms * sample_rate / 1000)
-    a, b = max(0, int(above[0]) - pad), min(audio.shape[1], int(above[-1]) + 1 + pad)
-    out = audio[:, a:b].copy()
-    k = min(int(0.005 * sample_rate), out.shape[1] // 2)
-    if k > 0:
-        ramp = np.linspace(0, 1, k, dtype=np.float32)
-        if a > 0:
-            out[:, :k] *= ramp
-        if b < audio.shape[1]:
-            out[:, -k:] *= ramp[::-1]
-    return out
-
-
-def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness; sounds under 0.4 s are measured looped to 0.4 s (BS.1770 needs one
-    gating block), which reads the loudness of the sound while it plays."""
-    if audio.shape[1] < int(0.4 * sample_rate):
-        reps = int(math.ceil(0.4 * sample_rate / max(audio.shape[1], 1))) + 1
-        audio = np.tile(audio, reps)
-    return integrated_loudness(audio, sample_rate)
 
 
 @dataclass(frozen=True)
@@ -101,16 +72,24 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
                precision: str = "auto") -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
-    auto, fp32, bf16 or fp16 for the language model."""
-    log = log or (lambda s: None)
+    auto, fp32, bf16 or fp16 for the language model. The keywords are ``GenerationOptions``
+    spelled out; ``render_sfx_list`` takes that value."""
+    gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
+                            precision, log or quiet, progress)
+    return render_sfx_list(path, gen, Path(out), fmt)
+
+
+def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
+                    fmt: str = "wav") -> SfxResult:
+    """The SFX pipeline: load the list, generate what is missing, then trim, normalise, tag and
+    write each variation, the catalog and the manifest."""
     lst = load_sfx_list(path)
     d = lst.defaults
-    ref = resolve(model or lst.model, Path(path).parent)
+    ref = resolve(gen.model or lst.model, Path(path).parent)
     plan = sfx_requests(lst, ref.identity)
-    cache = TakeCache(cache_dir)
-    generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
-                                           log, progress, precision)
-    root = Path(out) / lst.name
+    cache = TakeCache(gen.cache_dir)
+    generated, warnings = generate_missing([r for _, r in plan], cache, ref, gen)
+    root = out / lst.name
     entries = []
     created = now_iso()
     files = [variation_file(lst, s, r.seed, fmt) for s, r in plan]
@@ -125,12 +104,12 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         audio, sr = got
         audio = trim_silence(audio, sr, d.trim_threshold)
         target = s.loudness if s.loudness is not None else d.loudness
-        measured = loudness_for_short(audio, sr)
+        measured = sound_levels(audio, sr)[0]
         gain = 0.0 if target is None or math.isinf(measured) else target - measured
         audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
         file = root / rel
         write_audio(file, audio, sr)
-        lufs, peak = db(loudness_for_short(audio, sr)), db(true_peak_db(audio, sr))
+        lufs, peak = map(db, sound_levels(audio, sr))
         u = sound_ucs(lst, s)
         tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
                             lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,

@@ -79,15 +79,3 @@ def ucs_name(category: str, fxname: str, creator: str, source: str) -> str:
         if problem is not None:
             raise ValueError(problem)
     return f"{category}_{fxname}_{creator}_{source}"
-
-
-def parse_ucs_name(stem: str) -> tuple[str, str, str, str]:
-    """The four blocks of a UCS file name (its stem, without the extension); ValueError when it
-    is not one. Text after the SourceID's first '-' (``-seed42``) belongs to the SourceID."""
-    blocks = stem.split("_")
-    if len(blocks) != 4:
-        raise ValueError(f"{stem!r} has {len(blocks)} blocks; a UCS name has 4 "
-                         f"(CatID_FXName_CreatorID_SourceID)")
-    category, fxname, creator, source = blocks
-    ucs_name(category, fxname, creator, source)
-    return category, fxname, creator, source
