@@ -78,7 +78,9 @@ class Loop(_Model):
     times: int | None = Field(None, ge=1, description="Play the take this many times.")
     until: Duration | None = Field(None, description="Loop until this time (default: the end "
                                    "of the scene).")
-    crossfade: Duration = Field(1.0, description="Crossfade length at each loop point.")
+    crossfade: Duration = Field(1.0, description="Crossfade length at each loop point (at most "
+                                "a third of the take). 0 joins the take's end to its start; "
+                                "where they do not meet, a 5 ms declick crossfade is used.")
 
     @model_validator(mode="after")
     def _one_end(self) -> Loop:
