@@ -14,12 +14,13 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .dsp.bus import BLOCK, Bus
-from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board
+from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
 from .dsp.meter import TRUE_PEAK, Meter, measure
 from .notices import RenderWarning
 
@@ -373,8 +374,9 @@ WRAP_PRIME_S = 2
 
 
 def _wrap_frames(bus: Bus, sample_rate: int) -> int:
-    """How much of a loop's end primes the effects and the limiter before its start: long
-    enough for the release (60 ms) and short tails to settle, at most the loop itself."""
+    """How much of a loop's end primes the limiter before its start: long enough for the
+    release (60 ms) to settle, at most the loop itself. (The master effects are primed to
+    their steady state: ``_prime_effects``.)"""
     return min(bus.frames, sample_rate * WRAP_PRIME_S)
 
 
@@ -398,9 +400,8 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
     if loop:
-        prime = _wrap_frames(bus, sample_rate)
-        skip = prime
-        primer = bus.read(bus.frames - prime, prime)
+        fed, out = _prime_effects(board, bus, sample_rate, effects)
+        skip = fed - out
 
     def emit(wet: np.ndarray) -> None:
         nonlocal emitted, skip
@@ -413,9 +414,6 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
             meter.add(block)
             emitted += k
 
-    if loop:
-        for start in range(0, primer.shape[1], BLOCK):
-            emit(board(primer[:, start:start + BLOCK], sample_rate, reset=False))
     for _, block in bus.blocks():
         emit(board(block, sample_rate, reset=False))
     zeros = np.zeros((bus.channels, BLOCK), np.float32)
@@ -432,6 +430,45 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
 def _loudness_peak(meter: Meter) -> tuple[float, float]:
     peak = meter.sample_peak
     return meter.integrated_loudness(), 20 * math.log10(peak) if peak > 0 else -math.inf
+
+
+# Successive turns of a primed loop agree when no 64k-frame block's level moves more than this
+# (0.01 dB): the chain has reached its steady state
+PRIMED_WITHIN = 10 ** (0.01 / 20) - 1
+
+
+def _prime_effects(board: Any, bus: Bus, sample_rate: int,
+                   effects: tuple[EffectSpec, ...]) -> tuple[int, int]:
+    """Run a loop through the master ``board`` until the chain is in the state the loop's own
+    end leaves it in when it plays on repeated: the loop's last stretch, as long as the chain's
+    tail (at least ``WRAP_PRIME_S``), or, for a loop shorter than that, whole turns of it until
+    two turns come out alike block by block (or the tail is covered). Returns the frames fed
+    and the frames the board gave back (fewer while a plugin withholds latency); its output is
+    dropped."""
+    need = max(sample_rate * WRAP_PRIME_S, int(math.ceil(chain_tail_s(effects) * sample_rate)))
+    n = bus.frames
+    fed = out = 0
+    if n >= need:
+        for start in range(n - need, n, BLOCK):
+            block = bus.read(start, min(BLOCK, n - start))
+            fed += block.shape[1]
+            out += board(block, sample_rate, reset=False).shape[1]
+        return fed, out
+    previous: np.ndarray | None = None
+    while fed < need:
+        levels = []
+        for start, block in bus.blocks():
+            fed += block.shape[1]
+            wet = board(block, sample_rate, reset=False)
+            out += wet.shape[1]
+            levels.append(float(np.sqrt(np.mean(wet.astype(np.float64) ** 2))) if wet.size
+                          else 0.0)
+        now = np.array(levels)
+        if previous is not None and np.all(
+                np.abs(now - previous) <= PRIMED_WITHIN * np.maximum(previous, 1e-9)):
+            break
+        previous = now
+    return fed, out
 
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,

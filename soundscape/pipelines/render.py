@@ -23,6 +23,7 @@ import numpy as np
 from ..arrange import Arrangement, arrange
 from ..audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
 from ..dsp.bus import Bus
+from ..dsp.effects import chain_tail_s
 from ..errors import RenderError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
@@ -157,6 +158,16 @@ class _Plan:
         x = self.scene.master.loopable
         return int(round(x * self.out.sample_rate)) if x else 0
 
+    @property
+    def overhang(self) -> int:
+        """Frames the mix bus runs on past the end: a loopable mix's wrap, plus the longest
+        tail its elements' effects ring on after a play the wrap cuts (all of it is folded
+        onto the start, so no tail stops dead in the loop); 0 for a plain mix."""
+        if not self.wrap:
+            return 0
+        tail_s = max((chain_tail_s(e.effects) for e in self.arrangement.elements), default=0.0)
+        return self.wrap + int(math.ceil(tail_s * self.out.sample_rate))
+
     def needs_audio(self, name: str) -> bool:
         """Whether this element's takes are needed: to render its stem, or to sum a kept stem
         that cannot be read back exactly (lossy format, clipped)."""
@@ -233,7 +244,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                      p.directory / "manifest.json")
     workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with Bus.temporary(out.channels, out.frames + p.wrap, p.directory) as mix:
+    with Bus.temporary(out.channels, out.frames + p.overhang, p.directory) as mix:
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
