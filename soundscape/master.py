@@ -457,7 +457,7 @@ def _prime_effects(board: Any, bus: Bus, sample_rate: int,
     previous: np.ndarray | None = None
     while fed < need:
         levels = []
-        for start, block in bus.blocks():
+        for _, block in bus.blocks():
             fed += block.shape[1]
             wet = board(block, sample_rate, reset=False)
             out += wet.shape[1]
