@@ -103,6 +103,9 @@ class MixRecord:
     input_plr_db: float | None = None
     blocked_by: str | None = None
     blocked_by_plr_db: float | None = None
+    # an mp3 or ogg mix: loudness_lufs and true_peak_dbtp are what the file decodes to, and
+    # this the trim (dB, <= 0) the master got so that its decoded peaks keep the ceiling
+    lossy_trim_db: float | None = None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
+from ..audio_io import output_problem, remove_stale_temps
 from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
 from ..errors import RenderError, SoundscapeError
@@ -53,6 +53,7 @@ from ..outputs.incremental import (
     stem_key,
     summable,
 )
+from ..outputs.lossy import MasterFile
 from ..outputs.manifest import (
     Manifest,
     MixRecord,
@@ -263,21 +264,30 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
                                 audio_of.get(name)) for name in present]
         m = scene.master
-        with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
-                               background=True) as w:
+        # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
+        with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
+                        m.ceiling, p.directory) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
                                 w.write, p.directory, loop=p.wrap > 0,
                                 max_limiting_db=m.max_limiting, elements=_levels(records))
     warnings.extend(report.warnings)
-    tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, report.output_lufs,
-                                report.true_peak_dbtp))
+    if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
+        warnings.append(RenderWarning(
+            "master", f"the {out.fmt} mix decodes at {w.decoded.true_peak_dbtp:.2f} dBTP, over "
+            f"the {m.ceiling:.1f} dBTP ceiling even trimmed by {-w.decoded.trim_db:.2f} dB; "
+            f"lower the ceiling or write wav or flac", None, w.decoded.true_peak_dbtp,
+            m.ceiling, w.decoded.true_peak_dbtp))
+    lufs, peak = (report.output_lufs, report.true_peak_dbtp) if w.decoded is None else \
+        (w.decoded.loudness_lufs, w.decoded.true_peak_dbtp)
+    tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, lufs, peak))
     remove_stale(p.previous, p.directory, {mix_path, *map(p.path, p.keys)})
-    mix_record = MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
+    mix_record = MixRecord(mix_path.name, db(lufs), db(peak),
                            db(report.input_lufs), round(report.gain_db, 3),
                            round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
                            p.mix_key, mix_path.stat().st_size, m.max_limiting,
                            db(report.input_plr_db), report.blocked_by,
-                           db(report.blocked_by_plr_db))
+                           db(report.blocked_by_plr_db),
+                           None if w.decoded is None else round(w.decoded.trim_db, 3))
     manifest = render_manifest(p.arrangement, p.model, out.fmt, out.bit_depth, output.only,
                                mix_record, records, warnings)
     manifest_path = p.directory / "manifest.json"
