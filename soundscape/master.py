@@ -323,13 +323,13 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
                     break  # more gain makes the mix flatter, hardly louder: stop raising it
         trim = np.float32(10 ** (done.trim_db / 20))
-        result = Meter(sample_rate, channels)
         for _, block in staged.blocks():
             if done.trim_db:
                 block *= trim
-            result.add(block)
             sink(block)
-        result.finish()
+    # the trim is a constant gain: it moves the pass's loudness and true peak dB for dB (both
+    # meters are linear), so the output is not measured again
+    output_lufs, output_peak = done.loudness_after, done.true_peak_db + done.trim_db
     plr = None
     if not (math.isinf(measured) or math.isinf(peak_db)):
         # the sum's true peak before the gain: the deepest reduction is its excess over the
@@ -340,7 +340,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
     blocked: ElementLevels | None = None
     if normalise:
         assert target_lufs is not None
-        final = result.integrated_loudness()
+        final = output_lufs
         if abs(final - target_lufs) > 0.5:
             blocked = _highest_peaks(elements) if final < target_lufs else None
             warnings.append(RenderWarning(
@@ -348,7 +348,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                 f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB"
                 + _why_short(final, target_lufs, ceiling_db, max_limiting_db, plr, blocked),
                 None, target_lufs, None, final))
-    return MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
+    return MasterReport(measured, gain_db, output_lufs, output_peak,
                         done.reduction_db, tuple(warnings), max_limiting_db, plr,
                         blocked.name if blocked else None,
                         blocked.peak_to_loudness_db if blocked else None)
