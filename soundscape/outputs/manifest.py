@@ -249,9 +249,11 @@ def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], .
         for t in e.takes:
             spec = ENGINES[t.engine]
             lic = spec.licence
+            # no address here: the audition page embeds the manifest and holds none (the
+            # licence's address is in NOTICE.txt and the README)
             entry = by.setdefault(lic.name, {
-                "licence": lic.name, "url": lic.url, "commercial": lic.commercial,
-                "terms": lic.terms, "notice": lic.notice, "engines": [], "elements": []})
+                "licence": lic.name, "commercial": lic.commercial, "terms": lic.terms,
+                "notice": lic.notice, "engines": [], "elements": []})
             if spec.title not in entry["engines"]:
                 entry["engines"].append(spec.title)
             if e.element not in entry["elements"]:
@@ -260,6 +262,7 @@ def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], .
 
 
 NOTICE_FILE = "NOTICE.txt"
+LICENCE_URLS = {spec.licence.name: spec.licence.url for spec in ENGINES.values()}
 
 
 def notice_text(licences: Sequence[dict[str, Any]]) -> str | None:
@@ -272,12 +275,13 @@ def notice_text(licences: Sequence[dict[str, Any]]) -> str | None:
     for lic in sorted(licences, key=lambda x: not x.get("notice")):  # the notice first
         names = ", ".join(lic["elements"])
         made = " and ".join(lic["engines"])
+        url = LICENCE_URLS.get(lic["licence"], "")
         if lic.get("notice"):
             lines += [f"{lic['notice']}.", f"Sounds in this render ({names}) were made with "
-                      f"{made}, licensed under the {lic['licence']} ({lic['url']})."]
+                      f"{made}, licensed under the {lic['licence']} ({url})."]
         elif not lic.get("commercial", True):
             lines.append(f"Non-commercial: {names} were made with {made} under "
-                         f"{lic['licence']} ({lic['url']}); {lic['terms']}.")
+                         f"{lic['licence']} ({url}); {lic['terms']}.")
     return "\n".join(lines) + "\n"
 
 

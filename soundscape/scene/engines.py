@@ -49,8 +49,8 @@ CC_BY_NC = Licence(
 STABILITY_COMMUNITY = Licence(
     "Stability AI Community License", "https://stability.ai/community-license-agreement", True,
     "commercial use allowed for individuals and organisations under US$1M annual revenue "
-    "(register at https://stability.ai/community-license); you own the outputs; show the "
-    "notice 'Powered by Stability AI'",
+    "(register with Stability AI); you own the outputs; show the notice 'Powered by "
+    "Stability AI'",
     notice="Powered by Stability AI")
 
 
