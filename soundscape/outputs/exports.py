@@ -36,7 +36,17 @@ from ..takes.conform import element_takes
 from ..takes.plan import Source
 from ..takes.store import TakeCache
 from .loopfiles import TIME_VARYING, loop_key, loop_period, periodic_effects
-from .pools import POOLS_DIR, Pool, PoolExport, _pool, one_shot, pool_key, variation_seeds
+from .pools import (
+    POOLS_DIR,
+    Pool,
+    PoolExport,
+    _pool,
+    cut_tail_warning,
+    max_tail_s,
+    one_shot,
+    pool_key,
+    variation_seeds,
+)
 from .tags import element_tags, levels, now_iso, tag_file
 
 EXPORT_KINDS = ("loops", "pools")
@@ -178,8 +188,13 @@ def write_exports(scene: Scene, arrangement: Arrangement, sources: dict[str, Sou
             files = []
             total = 0
             for i, take in enumerate(takes):
-                shot = one_shot(take, plan, e.fade_in, e.fade_out, scene.sample_rate)
+                cut = one_shot(take, plan, e.fade_in, e.fade_out, scene.sample_rate,
+                               max_tail_s(scene))
+                shot = cut.audio
                 path = directory / POOLS_DIR / name / f"{name}-{i + 1}.wav"
+                if cut.cut_level_db is not None:
+                    notes.append(cut_tail_warning(name, str(path.relative_to(directory)), cut,
+                                                  scene.sample_rate))
                 write_audio(path, shot, scene.sample_rate, bit_depth)
                 tags = element_tags(scene, name, sources[name], f"{name} {i + 1}", key,
                                     created, *levels(shot, scene.sample_rate, looped=False))
