@@ -2,7 +2,7 @@
 
 Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, prompt, duration,
 variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
-``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``), each tagged with
+``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>_seed<seed>.<fmt>``), each tagged with
 its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
 """
 
