@@ -318,7 +318,13 @@ def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
-    fmt: Format = "wav",
+    fmt: Format = "wav", bit_depth: BitDepth = None,
+    sample_rate: Annotated[int | None, typer.Option(
+        "--sample-rate", min=8000, max=192000, help="The files' rate in Hz (default: the "
+        "model's).")] = None,
+    channels: Annotated[int | None, typer.Option(
+        "--channels", help="1 or 2 (default: as generated).",
+        callback=_one_of("--channels", (1, 2)))] = None,
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
     from .pipelines.sfx import render_sfx
@@ -326,7 +332,8 @@ def sfx(
     with _user_errors(), _progress() as progress:
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
                             fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
-                            precision=precision)
+                            precision=precision, sample_rate=sample_rate, channels=channels,
+                            bit_depth=bit_depth)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "

@@ -90,3 +90,81 @@ def test_a_version_1_pools_file_still_reads(tmp_path: Path) -> None:
     assert doc.version == 1 and doc.pools[0].sound_length_s is None
     assert doc.pools[0].min_spacing_s is None and doc.pools[0].lengths_s == (9.2,)
     assert isinstance(PoolExport.from_json({**old, "later": 1}), PoolExport)  # additive fields
+
+
+# ---------------------------------------------------------------------------------------------
+# SFX libraries
+
+
+def _sfx_list(tmp_path: Path, loudness: str, sounds: str) -> Path:
+    p = tmp_path / "lib.yaml"
+    p.write_text(f"name: lib\ndefaults: {{duration: 1 s, variations: 2, loudness: {loudness}}}\n"
+                 f"ucs: {{category: DOORWood}}\nsounds:\n{sounds}")
+    return p
+
+
+def _catalog(root: Path) -> list[dict[str, str]]:
+    import csv
+
+    return list(csv.DictReader((root / "catalog.csv").open(newline="")))
+
+
+def test_sfx_reaches_its_loudness_or_says_what_it_reached(tmp_path: Path,
+                                                          tiny_model: Path) -> None:
+    import pyloudnorm
+
+    from soundscape.pipelines.sfx import render_sfx
+
+    sounds = "  - {name: slam, prompt: a heavy door slamming, seed: 4}\n"
+    for target in (-20.0, -8.0):
+        res = render_sfx(_sfx_list(tmp_path, f"{target} LUFS", sounds), tmp_path / str(target),
+                         model=str(tiny_model))
+        rows = _catalog(res.directory)
+        notes = [str(w) for w in res.warnings if "LUFS" in str(w)]
+        for row in rows:
+            y, sr = sf.read(str(res.directory / row["file"]))
+            lufs = pyloudnorm.Meter(sr).integrated_loudness(y)  # a 1 s sound: no looping
+            assert float(row["loudness_lufs"]) == pytest.approx(lufs, abs=0.1)
+            assert float(row["target_lufs"]) == target
+            if abs(lufs - target) > 0.5:  # out of reach: said, per file, with the figure
+                assert f"{row['file']}: reached {float(row['loudness_lufs']):.1f} LUFS, not " \
+                       f"{target:.1f}" in " ".join(notes)
+        if target == -20.0:  # reachable: met, as the master meets its own
+            assert notes == [] and all(abs(float(r["loudness_lufs"]) + 20) <= 0.5 for r in rows)
+        else:
+            assert len(notes) == sum(abs(float(r["loudness_lufs"]) + 8) > 0.5 for r in rows)
+
+
+def test_sfx_format_flags_and_an_edited_list_leaves_no_orphans(tmp_path: Path,
+                                                               tiny_model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    two = ("  - {name: slam, prompt: a heavy door slamming, seed: 4}\n"
+           "  - {name: creak, prompt: a door creaking, seed: 9}\n")
+    lst = _sfx_list(tmp_path, "-18 LUFS", two)
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["sfx", str(lst), "--model", str(tiny_model), "--out", str(out),
+                                 "--sample-rate", "44100", "--channels", "2",
+                                 "--bit-depth", "24"])
+    assert r.exit_code == 0, r.output
+    root = out / "lib"
+    rows = _catalog(root)
+    assert len(rows) == 4
+    for row in rows:
+        info = sf.info(str(root / row["file"]))
+        assert (info.samplerate, info.channels, info.subtype) == (44100, 2, "PCM_24")
+        assert (row["sample_rate"], row["channels"]) == ("44100", "2")
+    mine = root / "creak" / "notes.txt"  # not soundscape's: stays
+    mine.write_text("keep me")
+    lst.write_text(lst.read_text().replace("variations: 2", "variations: 1")
+                   .replace("  - {name: creak, prompt: a door creaking, seed: 9}\n", ""))
+    r = CliRunner().invoke(app, ["sfx", str(lst), "--model", str(tiny_model), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = _catalog(root)
+    audio = sorted(str(p.relative_to(root)) for p in root.rglob("*.wav"))
+    assert audio == [row["file"] for row in rows] == ["slam/DOORWood_Slam_SNDSCP_Lib_seed4.wav"]
+    assert mine.read_text() == "keep me"
+    r = CliRunner().invoke(app, ["sfx", str(lst), "--channels", "3", "--out", str(out)])
+    assert r.exit_code == 2 and r.stderr.splitlines() == ["Error: --channels 3 is not one of 1, 2"]

@@ -4,10 +4,16 @@ Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, p
 variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
 ``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>_seed<seed>.<fmt>``), each tagged with
 its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
+
+A file reaches its loudness target as the master reaches its own (the limiter's loss is made up
+in up to three more passes) or is warned about with the figure it reached, which the catalog
+records. A render of an edited list removes the files an earlier render of it wrote (those its
+manifest lists) that the list no longer names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -16,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_io import atomic_write_text, write_audio
-from ..errors import SceneError
+from ..audio_io import atomic_write_text, resample, write_audio
+from ..dsp.stereo import downmix
+from ..errors import SceneError, SoundscapeError
 from ..generate import TakeRequest
 from ..generate.models import resolve
 from ..master import integrated_loudness, limit, true_peak_db
@@ -66,6 +73,66 @@ def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
     return integrated_loudness(audio, sample_rate)
 
 
+REACH_LU = 0.5  # a file further than this from its target is warned about, as a master is
+
+
+def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | None,
+                    ceiling_db: float) -> tuple[np.ndarray, float]:
+    """A short sound at ``target_lufs`` (None: its own level) under a true-peak ceiling of
+    ``ceiling_db``, and the loudness it reached.
+
+    Limiting lowers the loudness, so as in the master the gain is raised by what was lost and
+    the sound limited again, until it is within 0.1 LU of the target or three more passes are
+    done; a target the ceiling does not allow is reached as closely as the limiter can.
+    """
+    measured = loudness_for_short(audio, sample_rate)
+    gain = 0.0 if target_lufs is None or math.isinf(measured) else target_lufs - measured
+    out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate, ceiling_db)
+    reached = loudness_for_short(out, sample_rate)
+    best = out, reached
+    if target_lufs is not None and not math.isinf(measured):
+        for _ in range(3):
+            if abs(reached - target_lufs) <= 0.1 or reduction == 0.0 or math.isinf(reached):
+                break
+            gain += target_lufs - reached
+            out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate,
+                                   ceiling_db)
+            reached = loudness_for_short(out, sample_rate)
+            if abs(reached - target_lufs) < abs(best[1] - target_lufs):
+                best = out, reached  # a limiter driven harder can also end up quieter
+    return best
+
+
+def _layout(audio: np.ndarray, sr: int, sample_rate: int | None,
+            channels: int | None) -> tuple[np.ndarray, int]:
+    """``audio`` at ``sample_rate`` with ``channels`` (None: as generated)."""
+    if sample_rate is not None and sample_rate != sr:
+        audio, sr = resample(audio, sr, sample_rate), sample_rate
+    if channels is not None and channels != audio.shape[0]:
+        audio = (np.repeat(audio, channels, axis=0) if audio.shape[0] == 1
+                 else downmix(audio, channels))
+    return np.ascontiguousarray(audio, dtype=np.float32), sr
+
+
+def _remove_unlisted(root: Path, keep: set[str]) -> None:
+    """Delete what an earlier render of this list wrote (its manifest's files) that the list no
+    longer names; nothing else in the folder is touched."""
+    try:
+        old = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        files = [str(v["file"]) for v in old.get("variations", [])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return
+    base = root.resolve()
+    for rel in files:
+        p = (root / rel).resolve()
+        if rel in keep or base not in p.parents:
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+        with contextlib.suppress(OSError):
+            p.parent.rmdir()  # the sound's folder, when it is empty now
+
+
 @dataclass(frozen=True)
 class SfxResult:
     """What ``render_sfx`` wrote: the variations and the manifest beside them."""
@@ -99,10 +166,17 @@ def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto") -> SfxResult:
+               precision: str = "auto", sample_rate: int | None = None,
+               channels: int | None = None, bit_depth: int | None = None) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
-    auto, fp32, bf16 or fp16 for the language model."""
+    auto, fp32, bf16 or fp16 for the language model; ``sample_rate``, ``channels`` (1 or 2)
+    and ``bit_depth`` (16, 24 or 32 for WAV): the files' format (None: the model's rate and
+    channels, the writer's default depth)."""
     log = log or (lambda s: None)
+    if channels is not None and channels not in (1, 2):
+        raise SoundscapeError(f"--channels {channels}: use 1 or 2")
+    if sample_rate is not None and not 8000 <= sample_rate <= 192000:
+        raise SoundscapeError(f"--sample-rate {sample_rate}: use a rate from 8000 to 192000 Hz")
     lst = load_sfx_list(path)
     d = lst.defaults
     ref = resolve(model or lst.model, Path(path).parent)
@@ -122,15 +196,18 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         got = cache.get(r.key)
         if got is None:
             raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
-        audio, sr = got
+        audio, sr = _layout(*got, sample_rate, channels)
         audio = trim_silence(audio, sr, d.trim_threshold)
         target = s.loudness if s.loudness is not None else d.loudness
-        measured = loudness_for_short(audio, sr)
-        gain = 0.0 if target is None or math.isinf(measured) else target - measured
-        audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
+        audio, reached = normalise_short(audio, sr, target, d.ceiling)
         file = root / rel
-        write_audio(file, audio, sr)
-        lufs, peak = db(loudness_for_short(audio, sr)), db(true_peak_db(audio, sr))
+        write_audio(file, audio, sr, bit_depth)
+        lufs, peak = db(reached), db(true_peak_db(audio, sr))
+        if target is not None and lufs is not None and abs(lufs - target) > REACH_LU:
+            warnings.append(RenderWarning(
+                "master", f"{rel}: reached {lufs:.1f} LUFS, not {target:.1f}: the ceiling of "
+                f"{d.ceiling:.1f} dBTP allows no more; lower loudness or raise ceiling",
+                s.name, target, None, lufs))
         u = sound_ucs(lst, s)
         tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
                             lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
@@ -140,7 +217,10 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                                     cache.generated_with(r.key),
                                     None if u is None else {
                                         "CatID": u.category, "FXName": u.fxname,
-                                        "CreatorID": u.creator, "SourceID": u.source}))
+                                        "CreatorID": u.creator, "SourceID": u.source,
+                                        "UserData": f"seed{r.seed}"},
+                                    sr, audio.shape[0], target))
+    _remove_unlisted(root, set(files))
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
