@@ -110,9 +110,10 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
 
     from soundscape.arrange import arrange
     from soundscape.audio_io import read_audio, resample, write_audio
+    from soundscape.dsp.bus import Bus
     from soundscape.dsp.effects import build_board
     from soundscape.dsp.stereo import to_channels
-    from soundscape.master import master
+    from soundscape.master import master_bus
     from soundscape.scene import load_scene
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -139,7 +140,10 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
         write_audio(out / f"{plan.name}.wav", stem, sr)
         stems.append(stem)
     mix = np.sum(stems, axis=0)
-    y, _ = master(mix, sr, -18, -1)
+    chunks: list[np.ndarray] = []  # the whole mix in memory, mastered as one array
+    with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
+        master_bus(bus, sr, -18, -1, (), chunks.append)
+    y = np.concatenate(chunks, axis=1)
     write_audio(out / "mix.wav", y, sr)
     q.put((time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base))
 

@@ -31,5 +31,5 @@ scene = soundscape.scene_from_dict({
 })
 if args.model:
     scene = scene.model_copy(update={"model": args.model})
-for result in soundscape.pipelines.render(scene, out=args.out, cache_dir=args.cache_dir, log=print):
+for result in soundscape.render(scene, out=args.out, cache_dir=args.cache_dir, log=print):
     print(f"mix: {result.mix} ({result.mix_lufs:.1f} LUFS), stems: {sorted(result.stems)}")

@@ -61,8 +61,25 @@ class Keypoint:
 
 
 @dataclass(frozen=True)
+class ScatterRule:
+    """How the scene scatters an element's one-shots (its ``scatter:``), for exports that let an
+    engine play them live; the clips themselves are already placed."""
+
+    interval_s: tuple[float, float] | None  # min and max time between starts
+    density_per_min: float | None  # or: one-shots per minute on average
+    count: int | None
+    start_s: float
+    end_s: float | None
+    level_jitter_db: float
+    pan_jitter: float
+    overlap: bool
+
+
+@dataclass(frozen=True)
 class ElementPlan:
-    """One element on the timeline, with the settings the mixer applies to its whole stem."""
+    """One element on the timeline, with the settings the mixer applies to its whole stem and
+    what the exports and tags need to know of it (its fades, pan, scatter rule and what it
+    plays), so no stage after the arrangement reads the scene."""
 
     name: str
     take_length_s: float
@@ -71,6 +88,12 @@ class ElementPlan:
     volume_db: float = 0.0
     automation: tuple[Keypoint, ...] = ()  # sorted by time
     effects: tuple[EffectSpec, ...] = ()
+    pan: float = 0.0  # the element's own (clips and runs carry their per-play pan)
+    fade_in_s: float = 0.0  # the element's fades, as each one-shot plays them
+    fade_out_s: float = 0.0
+    scatter: ScatterRule | None = None
+    prompt: str | None = None  # what it plays: a prompt, or a recording
+    file: str | None = None
 
     @property
     def pans(self) -> set[float]:
@@ -78,7 +101,27 @@ class ElementPlan:
 
 
 @dataclass(frozen=True)
+class SceneInfo:
+    """Which scene an arrangement belongs to, for the files and records written from it."""
+
+    name: str
+    variant: str | None
+    label: str  # name[/variant], as messages say it
+    file: str | None  # the scene file, when it came from one
+    seed: int
+    description: str | None
+    exports: tuple[str, ...]  # what the scene asks every render to export
+
+    @classmethod
+    def of(cls, scene: Scene) -> SceneInfo:
+        return cls(scene.name, scene.variant, scene.label,
+                   str(scene.path) if scene.path else None, scene.seed, scene.description,
+                   tuple(scene.exports))
+
+
+@dataclass(frozen=True)
 class Arrangement:
+    scene: SceneInfo
     duration_s: float
     sample_rate: int
     channels: int
@@ -179,9 +222,15 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
                                       _fade_out(scene, t, length, L, e.fade_out)))
         auto = tuple(sorted((Keypoint(k.time, max(k.level, -120.0)) for k in e.automation),
                             key=lambda k: k.time_s))
+        sc = e.scatter
+        rule = None if sc is None else ScatterRule(
+            None if sc.interval is None else (sc.interval[0], sc.interval[1]), sc.density,
+            sc.count, sc.start, sc.end, sc.level_jitter, sc.pan_jitter, sc.overlap)
         plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
-                                 tuple(e.effects)))
-    arr = Arrangement(D, scene.sample_rate, scene.channels, tuple(plans), tuple(warnings))
+                                 tuple(e.effects), e.pan, e.fade_in, e.fade_out, rule, e.prompt,
+                                 e.file))
+    arr = Arrangement(SceneInfo.of(scene), D, scene.sample_rate, scene.channels, tuple(plans),
+                      tuple(warnings))
     return wrap_around(arr, scene.master.loopable) if scene.master.loopable else arr
 
 

@@ -205,16 +205,6 @@ class MasterReport:
     warnings: tuple[RenderWarning, ...] = ()
 
 
-def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
-           ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
-        -> tuple[np.ndarray, MasterReport]:
-    """``master_bus`` for a mix held as one ``(channels, frames)`` array (left unchanged)."""
-    out: list[np.ndarray] = []
-    with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
-        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append)
-    return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
-
-
 @dataclass(frozen=True)
 class _Pass:
     """What one limiter pass measured of its output, before and after the final trim."""

@@ -1,7 +1,12 @@
+"""Fixtures and helpers shared by the tests: the tiny model, the shipped renders, an isolated
+cache per test, and small helpers (``wav``, ``run_cli``, ``manifest``, ``mtimes``)."""
+
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,3 +65,25 @@ def wav(path: Path, audio: np.ndarray, sr: int) -> Path:
 
 def env_without_pytest() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """Run the CLI in-process: its exit code and everything it printed."""
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    return res.exit_code, res.output
+
+
+def manifest(out: Path, *parts: str) -> dict[str, Any]:
+    """The manifest JSON of the render folder ``out/<parts...>``."""
+    data: dict[str, Any] = json.loads(out.joinpath(*parts, "manifest.json").read_text())
+    return data
+
+
+def mtimes(root: Path) -> dict[str, int]:
+    """Every file under ``root`` with its modification time (ns): what a render rewrote."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
+            if p.is_file()}

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from soundscape.audio_io import read_audio
-from soundscape.cli import app
 from soundscape.errors import GeneratorError, ModelNotFoundError
 from soundscape.generate import TakeRequest
 from soundscape.generate.models import locate, resolve
 from soundscape.takes.store import TakeCache
+from tests.conftest import manifest, mtimes, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,18 +115,7 @@ variants:
 """
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
 
-
-def manifest(out: Path, *parts: str) -> dict:
-    return json.loads(out.joinpath(*parts, "manifest.json").read_text())
-
-
-def mtimes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file()}
 
 
 def test_iteration_loop(tmp_path: Path, tiny_model: Path) -> None:

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from soundscape.cli import app
 from soundscape.errors import SceneError
 from soundscape.scene import load_scene
+from tests import conftest
 from tests.conftest import wav
 
 HEAD = "name: h\nduration: 10 s\nelements:\n"
 
 
 def run_cli(*args: str) -> tuple[int, list[str]]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output.strip().splitlines()
+    code, out = conftest.run_cli(*args)
+    return code, out.strip().splitlines()
 
 
 def one_error(tmp_path: Path, text: str) -> str:
@@ -168,6 +168,8 @@ def test_cli_choices_fail_in_one_line_without_heavy_imports(tmp_path: Path, args
     assert exit_code == "2" and output == [expected] and imported == "[]"
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway; "
+                    "test_output_under_a_file_is_one_line covers the same path as root")
 def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
     scene = _file_scene(tmp_path)
     out = tmp_path / "ro"
@@ -177,12 +179,18 @@ def test_unwritable_output_is_one_line(tmp_path: Path) -> None:
         code, lines = run_cli("render", str(scene), "--out", str(out))
     finally:
         out.chmod(0o700)
-    import os
-
-    if os.geteuid() == 0:  # root writes anywhere: nothing to refuse
-        assert code == 0
-        return
     assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: ")
+
+
+def test_output_under_a_file_is_one_line(tmp_path: Path) -> None:
+    """A render folder that cannot be made (a file where its parent should be): one Error line,
+    exit 1, for any user, root included."""
+    scene = _file_scene(tmp_path)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    code, lines = run_cli("render", str(scene), "--out", str(blocker / "renders"))
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), lines
+    assert blocker.read_text() == "not a folder"
 
 
 def test_effect_frequencies_are_checked_against_each_variants_rate(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from soundscape.audio_io import read_audio
 from soundscape.pipelines.render import render
-from tests.conftest import wav
+from tests.conftest import mtimes, wav
 
 SCENE = """\
 name: inc
@@ -24,10 +24,6 @@ elements:
 master: {{loudness: {loudness}}}
 """
 
-
-def mtimes(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file()}
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ from soundscape.audio_io import read_audio
 from soundscape.dsp.meter import TRUE_PEAK, Meter, measure
 from soundscape.dsp.stereo import pan_gains, to_channels
 from soundscape.master import LIMITER_DETECTOR
-from soundscape.mixer.loops import LoopSource, render_loop
+from soundscape.mixer.loops import LoopSource
 from soundscape.mixer.workers import plan_groups
 from soundscape.pipelines.render import render
 from tests.conftest import wav
+from tests.oracles import render_loop
 
 SR = 48000
 

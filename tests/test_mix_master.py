@@ -12,11 +12,11 @@ from scipy.signal import resample_poly
 from soundscape.arrange import LoopRun, arrange
 from soundscape.audio_io import read_audio
 from soundscape.dsp.stereo import pan_gains, to_channels
-from soundscape.master import integrated_loudness, limit, master
-from soundscape.mixer.loops import render_loop
+from soundscape.master import integrated_loudness, limit
 from soundscape.pipelines.render import render
 from soundscape.scene import load_scene, scene_from_dict
 from tests.conftest import wav
+from tests.oracles import master, render_loop
 
 
 def tp8(x: np.ndarray) -> float:

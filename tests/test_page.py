@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from soundscape.arrange import LoopRun
-from soundscape.cli import app
-from soundscape.mixer.loops import best_loop_points
-from soundscape.outputs.page import FLOOR_DB, PAGE, loop_extras, overview
-from tests.conftest import ROOT, wav
+from soundscape.mixer.loops import best_loop_points, loop_seams
+from soundscape.outputs.page import FLOOR_DB, PAGE, overview
+from tests.conftest import ROOT, run_cli, wav
 
 SMALL = """\
 name: small
@@ -39,10 +37,6 @@ variants:
       owl: {prompt: an owl, duration: 0.5 s, at: 2 s}
 """
 
-
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
 
 
 def embedded(page: Path) -> dict:
@@ -104,7 +98,7 @@ def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_loop_seams_without_crossfade_fall_on_take_lengths(sr: int) -> None:
     take = np.random.default_rng(0).normal(0, 0.1, (1, sr)).astype(np.float32)  # 1 s
     run = LoopRun("x", 0, 2.0, 10.0, None, 0.0, 0.5, 1.0, 0.0)
-    ex = loop_extras(take, run, sr, total=10 * sr)
+    ex = loop_seams(take, run, sr, total=10 * sr)
     assert ex["length_s"] == pytest.approx(8.0)
     assert ex["seams_s"] == pytest.approx([3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
     assert (ex["fade_in_s"], ex["fade_out_s"], ex["seam_crossfade_s"]) == (0.5, 1.0, 0.0)
@@ -116,7 +110,7 @@ def test_loop_seams_follow_the_chosen_loop_point(sr: int) -> None:
     xf = int(round(0.5 * sr))
     pts = best_loop_points(take, xf, sr)
     run = LoopRun("x", 0, 1.0, 9.0, None, 0.5, 0.0, 0.0, 0.0)
-    ex = loop_extras(take, run, sr, total=60 * sr)
+    ex = loop_seams(take, run, sr, total=60 * sr)
     period = (pts.end - pts.start - xf) / sr
     assert 1.0 <= period < 2.5  # the loop point lies in the take's last 2 s
     first = pts.start / sr  # later copies start at the loop start (after any intro)

@@ -14,10 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from soundscape.cli import app
-from tests.conftest import ROOT, SHIPPED
+from tests.conftest import ROOT, SHIPPED, run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -29,10 +27,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required"]
 
-
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
 
 
 class Browser:

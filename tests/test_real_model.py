@@ -4,7 +4,6 @@ failing hub, and (when the real weights are cached) a smoke test of the real mod
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from soundscape.cli import app
 from soundscape.errors import GeneratorError
 from soundscape.generate import TakeRequest
 from soundscape.generate.dev.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
 from soundscape.generate.models import cached_hub_dir, hub_cache_dir, resolve, text_encoder_dir
+from tests.conftest import manifest, run_cli
 from tests.hubstub import HubStub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +69,6 @@ def req(prompt: str, seed: int, duration: float = 1.0) -> TakeRequest:
     return TakeRequest("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
 
 
-def run_cli(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(app, list(args))
-    return res.exit_code, res.output
-
-
-def manifest(out: Path, *parts: str) -> dict:
-    return json.loads(out.joinpath(*parts, "manifest.json").read_text())
 
 
 def snapshot_files(hf_home: Path, repo: str) -> set[str]:

@@ -14,9 +14,10 @@ from soundscape.dsp import bus as busmod
 from soundscape.dsp.bus import Bus
 from soundscape.dsp.effects import EffectSpec, build_board, parse_effect
 from soundscape.dsp.meter import measure
-from soundscape.master import integrated_loudness, limit, master, master_bus
+from soundscape.master import integrated_loudness, limit, master_bus
 from soundscape.pipelines.render import render
 from tests.conftest import wav
+from tests.oracles import master
 
 RATES = [22050, 44100, 48000, 96000]
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from soundscape.cli import app
 from soundscape.errors import SceneError
 from soundscape.scene.sfxlist import load_sfx_list, sound_ucs, variation_file
-from soundscape.scene.ucs import parse_ucs_name, ucs_name
+from soundscape.scene.ucs import ucs_name
+from tests.oracles import parse_ucs_name
 
 
 def test_issue_example_name_validates_and_parses_back() -> None:

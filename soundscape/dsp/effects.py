@@ -162,9 +162,6 @@ class EffectSpec:
     params: tuple[tuple[str, float], ...]
     ir_path: str | None = None
 
-    def param(self, key: str) -> float:
-        return dict(self.params)[key]
-
     @property
     def tail_s(self) -> float:
         return max(0.0, EFFECTS[self.name].tail_s(dict(self.params)))

@@ -370,3 +370,32 @@ def measure(audio: np.ndarray, sample_rate: int, true_peak: bool = True,
     for i in range(0, audio.shape[1], block):
         meter.add(audio[:, i:i + block])
     return meter.finish()
+
+
+GATE_BLOCK_S = 0.4  # BS.1770's gating block: nothing shorter has an integrated loudness
+LOOP_MEASURE_S = 3.0  # a loop is heard repeated: measure at least this much of it
+
+
+def sound_levels(audio: np.ndarray, sample_rate: int, looped: bool = False) \
+        -> tuple[float, float]:
+    """Integrated loudness (LUFS) and true peak (dBTP) of one sound as it plays: the one rule
+    for short sounds, used by every file soundscape measures on its own (SFX variations, pool
+    one-shots, loop files). A loop is measured repeated, as it plays (at least 3 s, so the wrap
+    and the gating blocks count, its peaks across the wrap included); a one-shot shorter than
+    one 400 ms gating block has its loudness measured repeated to fill it, which reads the
+    loudness of the sound while it plays instead of none at all. -inf for silence or an empty
+    sound."""
+    n = audio.shape[1]
+    if n == 0:
+        return -math.inf, -math.inf
+    if looped:
+        m = measure(np.tile(audio, (1, max(2, math.ceil(LOOP_MEASURE_S * sample_rate / n)))),
+                    sample_rate)
+        return m.integrated_loudness(), m.true_peak_db
+    m = measure(audio, sample_rate)
+    if n >= int(GATE_BLOCK_S * sample_rate):
+        return m.integrated_loudness(), m.true_peak_db
+    # whole 100 ms hops of gating blocks must fit inside the repeated sound: one copy more
+    reps = math.ceil(GATE_BLOCK_S * sample_rate / n) + 1
+    short = measure(np.tile(audio, (1, reps)), sample_rate, true_peak=False)
+    return short.integrated_loudness(), m.true_peak_db

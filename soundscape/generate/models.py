@@ -28,10 +28,6 @@ class ModelRef:
     local_dir: Path | None  # set for a local checkpoint directory
 
     @property
-    def is_local(self) -> bool:
-        return self.local_dir is not None
-
-    @property
     def identity(self) -> str:
         """What goes into take cache keys: the hub id, or a fingerprint of the local files."""
         if self.local_dir is None:

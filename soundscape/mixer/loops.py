@@ -10,7 +10,8 @@ the full rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -267,12 +268,23 @@ class LoopSource:
         return out
 
 
-def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | None) -> \
-        np.ndarray:
-    """A whole loop run as one array (``length`` frames, or ``times`` copies if None)."""
-    if length is not None:  # run past it, then cut to exactly ``length``
-        run = replace(run, end_s=run.start_s + length / sample_rate + 1.0, times=None)
-    src = LoopSource(take, run, sample_rate, int(round(run.start_s * sample_rate)), length)
-    return src.read(0, src.length)
+def loop_seams(take: np.ndarray, run: LoopRun, sample_rate: int,
+               total: int) -> dict[str, Any]:
+    """What the manifest tells about a loop run beyond its plan: its real length and its seams.
 
-
+    The mixer picks the loop point from the audio, so the seams are asked of the same
+    ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
+    crossfade; ``seams_s`` holds the scene times where each crossfade starts.
+    """
+    start = int(round(run.start_s * sample_rate))
+    src = LoopSource(take, run, sample_rate, start, max(0, total - start))
+    xf = src.xf
+    # copy k >= 1 plays take[loop_start:end] from run frame k * period + loop_start
+    seams = []
+    k = 1
+    while src.period > 0 and k * src.period + src.loop_start < src.length:
+        seams.append(round((start + k * src.period + src.loop_start) / sample_rate, 6))
+        k += 1
+    return {"length_s": round(src.length / sample_rate, 6), "seams_s": seams,
+            "seam_crossfade_s": round(xf / sample_rate, 6),
+            "fade_in_s": run.fade_in_s, "fade_out_s": run.fade_out_s}

@@ -19,6 +19,7 @@ creator is dead.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import secrets
@@ -39,6 +40,7 @@ from ..audio_io import AtomicAudioWriter, remove_stale_temps
 from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
 from ..errors import RenderError
+from ..notices import RenderWarning
 from .element import render_element
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
@@ -86,6 +88,18 @@ class StemMeasure:
     loudness_lufs: float
     true_peak_dbtp: float
     sample_peak: float  # linear
+
+
+def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
+    """A warning when a stem written in a fixed-point format peaks over full scale (its file
+    clips; the mix, summed in float, does not)."""
+    if measure.sample_peak <= 1.0:
+        return None
+    name = measure.name
+    return RenderWarning(
+        "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} dBFS before "
+        f"the master and is clipped in its {fmt} file (the mix is not); lower its volume or "
+        f"write stems as 32-bit float wav (--bit-depth 32)", name, None, 1.0, measure.sample_peak)
 
 
 def cpu_count() -> int:

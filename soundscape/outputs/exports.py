@@ -25,26 +25,24 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from ..arrange import Arrangement
+from ..arrange import Arrangement, ElementPlan, SceneInfo
 from ..audio_io import atomic_write_text, remove_stale_temps, write_audio
 from ..errors import SoundscapeError
 from ..notices import RenderWarning
-from ..scene import Scene
 from ..takes.conform import element_takes
 from ..takes.plan import Source
 from ..takes.store import TakeCache
-from .loopfiles import TIME_VARYING, loop_key, loop_period, periodic_effects
+from .loopfiles import loop_file, loop_key
+from .manifest import ExportRecord
 from .pools import (
     POOLS_DIR,
-    Pool,
     PoolExport,
-    _pool,
     cut_tail_warning,
     max_tail_s,
     one_shot,
     pool_key,
+    pool_of,
     variation_seeds,
 )
 from .tags import element_tags, levels, now_iso, tag_file
@@ -71,7 +69,7 @@ class ExportRequest:
     def __bool__(self) -> bool:
         return self.loops or self.pools
 
-    def with_scene(self, scene: Scene) -> ExportRequest:
+    def with_scene(self, scene: SceneInfo) -> ExportRequest:
         """This request plus the scene's own ``exports:``."""
         return ExportRequest(self.loops or "loops" in scene.exports,
                              self.pools or "pools" in scene.exports)
@@ -80,15 +78,18 @@ class ExportRequest:
 NO_EXPORTS = ExportRequest()
 
 
-def check_request(scenes: Sequence[tuple[Scene, Arrangement]], want: ExportRequest) -> None:
+def scattered(plan: ElementPlan) -> bool:
+    """Whether an element's one-shots can be exported as a pool: scattered, and it plays."""
+    return plan.scatter is not None and bool(plan.clips)
+
+
+def check_request(arrangements: Sequence[Arrangement], want: ExportRequest) -> None:
     """One clear error when nothing in any of the scenes can be exported as asked."""
-    if want.loops and not any(p.loops for _, arr in scenes for p in arr.elements):
-        labels = ", ".join(s.label for s, _ in scenes)
+    labels = ", ".join(a.scene.label for a in arrangements)
+    if want.loops and not any(p.loops for a in arrangements for p in a.elements):
         raise SoundscapeError(f"--loops: {labels} has no looped element (loop: ...); nothing "
                               f"to write; add loop: to an element or leave out --loops")
-    if want.pools and not any(s.elements[p.name].scatter is not None and p.clips
-                              for s, arr in scenes for p in arr.elements):
-        labels = ", ".join(s.label for s, _ in scenes)
+    if want.pools and not any(scattered(p) for a in arrangements for p in a.elements):
         raise SoundscapeError(f"--export pools: {labels} has no scattered element (scatter: "
                               f"...); nothing to write; leave out --export pools")
 
@@ -98,145 +99,164 @@ class ExportsDone:
     """What ``write_exports`` did: the records for the manifest, the files written now, and
     notes for the user."""
 
-    records: tuple[Any, ...]
+    records: tuple[ExportRecord, ...]
     written: tuple[Path, ...]
     warnings: tuple[RenderWarning, ...]
 
 
-def write_exports(scene: Scene, arrangement: Arrangement, sources: dict[str, Source],
-                  cache: TakeCache, directory: Path, bit_depth: int | None,
-                  previous: Sequence[Any], want: ExportRequest) -> ExportsDone:
+@dataclass
+class _Folder:
+    """One render's folder as the exports see it: the earlier records, what is written now and
+    what stays."""
+
+    directory: Path
+    old: dict[tuple[str, str], ExportRecord]
+    created: str
+    bit_depth: int | None
+    written: list[Path]
+    keep: set[Path]
+    notes: list[RenderWarning]
+
+    def current(self, kind: str, name: str, key: str) -> ExportRecord | None:
+        """The earlier record of this export if its key matches and its files are intact."""
+        r = self.old.get((kind, name))
+        if r is None or r.key != key:
+            return None
+        paths = [self.directory / f for f in r.files]
+        if all(p.is_file() for p in paths) and sum(p.stat().st_size for p in paths) == r.bytes:
+            return r
+        return None
+
+    def write(self, path: Path, audio: object, sample_rate: int) -> None:
+        write_audio(path, audio, sample_rate, self.bit_depth)  # type: ignore[arg-type]
+        self.written.append(path)
+
+
+def write_exports(arrangement: Arrangement, sources: dict[str, Source], cache: TakeCache,
+                  directory: Path, bit_depth: int | None, previous: Sequence[ExportRecord],
+                  want: ExportRequest) -> ExportsDone:
     """Write the exports ``want`` asks for that are missing or out of date, and carry over the
     earlier ones that are still current; delete earlier exports that no longer are.
 
     ``previous``: the ``ExportRecord`` values of the manifest on disk.
     """
-    from .manifest import ExportRecord
-
     for folder in [directory / LOOPS_DIR, directory / POOLS_DIR,
                    *(directory / POOLS_DIR).glob("*/")]:
         remove_stale_temps(folder)  # what a killed render left
-    old = {(r.kind, r.element): r for r in previous}
-    records: list[ExportRecord] = []
-    written: list[Path] = []
-    notes: list[RenderWarning] = []
-    created = now_iso()
-    keep: set[Path] = set()
-
-    def current(kind: str, name: str, key: str) -> ExportRecord | None:
-        r = old.get((kind, name))
-        if r is None or r.key != key:
-            return None
-        paths = [directory / f for f in r.files]
-        if all(p.is_file() for p in paths) and sum(p.stat().st_size for p in paths) == r.bytes:
-            return r
-        return None
-
+    f = _Folder(directory, {(r.kind, r.element): r for r in previous}, now_iso(), bit_depth,
+                [], set(), [])
+    label = arrangement.scene.label
     loops = [p for p in arrangement.elements if p.loops]
-    pools = [p for p in arrangement.elements
-             if scene.elements[p.name].scatter is not None and p.clips]
+    pools = [p for p in arrangement.elements if scattered(p)]
     if want.loops and not loops:
-        notes.append(RenderWarning("render", f"--loops: {scene.label} has no looped element; "
-                                   f"no loop file written"))
+        f.notes.append(RenderWarning("render", f"--loops: {label} has no looped element; "
+                                     f"no loop file written"))
     if want.pools and not pools:
-        notes.append(RenderWarning("render", f"--export pools: {scene.label} has no scattered "
-                                   f"element; no pool written"))
+        f.notes.append(RenderWarning("render", f"--export pools: {label} has no scattered "
+                                     f"element; no pool written"))
+    records = [r for plan in loops
+               if (r := _loop(f, arrangement, plan, sources[plan.name], cache, want.loops))]
+    pool_records = [r for plan in pools
+                    if (r := _pool(f, arrangement, plan, sources[plan.name], cache, want.pools))]
+    records += pool_records
+    for r in records:
+        f.keep.update(directory / x for x in r.files)
+    _pools_json(f, arrangement, [(p, r) for r in pool_records for p in pools
+                                 if p.name == r.element], sources)
+    _remove_old(f, previous, pools)
+    return ExportsDone(tuple(records), tuple(f.written), tuple(f.notes))
 
-    for plan in loops:
-        name = plan.name
-        key = loop_key(plan, sources[name], scene, bit_depth)
-        rec = current("loop", name, key)
-        if rec is None and want.loops:
-            takes = element_takes(scene, sources[name], cache)
-            if takes is None:
-                notes.append(RenderWarning("render", f"{name} has no take yet; its loop file "
-                                           f"was not written", name))
-                continue
-            period = loop_period(takes[plan.loops[0].take], plan.loops[0], scene.sample_rate)
-            dry = sorted({fx.name for fx in plan.effects} & TIME_VARYING)
-            if dry:
-                notes.append(RenderWarning(
-                    "render", f"{name}: loops/{name}.wav is written without its effects: "
-                    f"{', '.join(dry)} change over time, so the file would not join at its "
-                    f"ends", name))
-            else:
-                period = periodic_effects(period, plan, scene.sample_rate)
-            path = directory / LOOPS_DIR / f"{name}.wav"
-            write_audio(path, period, scene.sample_rate, bit_depth)
-            lufs, peak = levels(period, scene.sample_rate, looped=True)
-            tag_file(path, element_tags(scene, name, sources[name], f"{name} (loop)", key,
-                                        created, lufs, peak), loop_frames=period.shape[1])
-            written.append(path)
-            rec = ExportRecord("loop", name, (str(path.relative_to(directory)),), key,
-                               path.stat().st_size, period.shape[1] / scene.sample_rate)
-        if rec is not None:
-            records.append(rec)
-            keep.update(directory / f for f in rec.files)
 
-    pool_values: list[Pool] = []
-    for plan in pools:
-        name = plan.name
-        e = scene.elements[name]
-        key = pool_key(plan, sources[name], scene, bit_depth)
-        rec = current("pool", name, key)
-        if rec is None and want.pools:
-            takes = element_takes(scene, sources[name], cache)
-            if takes is None:
-                notes.append(RenderWarning("render", f"{name} has no take yet; its pool was "
-                                           f"not written", name))
-                continue
-            files = []
-            total = 0
-            for i, take in enumerate(takes):
-                cut = one_shot(take, plan, e.fade_in, e.fade_out, scene.sample_rate,
-                               max_tail_s(scene))
-                shot = cut.audio
-                path = directory / POOLS_DIR / name / f"{name}-{i + 1}.wav"
-                if cut.cut_level_db is not None:
-                    notes.append(cut_tail_warning(name, str(path.relative_to(directory)), cut,
-                                                  scene.sample_rate))
-                write_audio(path, shot, scene.sample_rate, bit_depth)
-                tags = element_tags(scene, name, sources[name], f"{name} {i + 1}", key,
-                                    created, *levels(shot, scene.sample_rate, looped=False))
-                seeds = variation_seeds(scene, sources[name])
-                if seeds:
-                    tags = replace(tags, seed=seeds[i])
-                tag_file(path, tags)
-                written.append(path)
-                files.append(str(path.relative_to(directory)))
-                total += path.stat().st_size
-            rec = ExportRecord("pool", name, tuple(files), key, total,
-                               max(t.shape[1] for t in takes) / scene.sample_rate)
-        if rec is not None:
-            records.append(rec)
-            keep.update(directory / f for f in rec.files)
-            pool_values.append(_pool(scene, plan, sources[name], rec, directory))
+def _loop(f: _Folder, arr: Arrangement, plan: ElementPlan, source: Source, cache: TakeCache,
+          asked: bool) -> ExportRecord | None:
+    """The loop file of one looped element: kept if current, written if asked and missing."""
+    name, sr = plan.name, arr.sample_rate
+    key = loop_key(plan, source, sr, f.bit_depth)
+    rec = f.current("loop", name, key)
+    if rec is not None or not asked:
+        return rec
+    takes = element_takes(source, cache)
+    if takes is None:
+        f.notes.append(RenderWarning("render", f"{name} has no take yet; its loop file was not "
+                                     f"written", name))
+        return None
+    period, dry = loop_file(takes[plan.loops[0].take], plan, sr)
+    if dry:
+        f.notes.append(RenderWarning(
+            "render", f"{name}: loops/{name}.wav is written without its effects: "
+            f"{', '.join(dry)} change over time, so the file would not join at its ends", name))
+    path = f.directory / LOOPS_DIR / f"{name}.wav"
+    f.write(path, period, sr)
+    lufs, peak = levels(period, sr, looped=True)
+    tag_file(path, element_tags(arr.scene, plan, source, f"{name} (loop)", key, f.created, lufs,
+                                peak), loop_frames=period.shape[1])
+    return ExportRecord("loop", name, (str(path.relative_to(f.directory)),), key,
+                        path.stat().st_size, period.shape[1] / sr)
 
-    if pool_values:
-        doc = PoolExport(scene.name, scene.variant, scene.sample_rate, scene.duration,
-                         tuple(pool_values))
-        text = json.dumps(doc.to_json(), indent=2) + "\n"
-        target = directory / POOLS_JSON
-        keep.add(target)
-        try:
-            same = target.read_text(encoding="utf-8") == text
-        except OSError:
-            same = False
-        if not same:
-            atomic_write_text(target, text)
-            written.append(target)
 
-    for r in previous:  # earlier exports that are no longer current
-        for f in r.files:
-            p = directory / f
-            if p not in keep:
+def _pool(f: _Folder, arr: Arrangement, plan: ElementPlan, source: Source, cache: TakeCache,
+          asked: bool) -> ExportRecord | None:
+    """The one-shot files of one scattered element: kept if current, written if asked."""
+    name, sr = plan.name, arr.sample_rate
+    bound = max_tail_s(arr.duration_s)
+    key = pool_key(plan, source, sr, f.bit_depth, bound)
+    rec = f.current("pool", name, key)
+    if rec is not None or not asked:
+        return rec
+    takes = element_takes(source, cache)
+    if takes is None:
+        f.notes.append(RenderWarning("render", f"{name} has no take yet; its pool was not "
+                                     f"written", name))
+        return None
+    files, total = [], 0
+    seeds = variation_seeds(source)
+    for i, take in enumerate(takes):
+        cut = one_shot(take, plan, sr, bound)
+        shot = cut.audio
+        path = f.directory / POOLS_DIR / name / f"{name}-{i + 1}.wav"
+        if cut.cut_level_db is not None:
+            f.notes.append(cut_tail_warning(name, str(path.relative_to(f.directory)), cut, sr))
+        f.write(path, shot, sr)
+        tags = element_tags(arr.scene, plan, source, f"{name} {i + 1}", key, f.created,
+                            *levels(shot, sr, looped=False))
+        tag_file(path, replace(tags, seed=seeds[i]) if seeds else tags)
+        files.append(str(path.relative_to(f.directory)))
+        total += path.stat().st_size
+    return ExportRecord("pool", name, tuple(files), key, total,
+                        max(t.shape[1] for t in takes) / sr)
+
+
+def _pools_json(f: _Folder, arr: Arrangement, pools: list[tuple[ElementPlan, ExportRecord]],
+                sources: dict[str, Source]) -> None:
+    """``pools/pools.json`` for the pools kept or written, rewritten only when it changes."""
+    if not pools:
+        return
+    doc = PoolExport(arr.scene.name, arr.scene.variant, arr.sample_rate, arr.duration_s,
+                     tuple(pool_of(p, sources[p.name], r.files, f.directory) for p, r in pools))
+    text = json.dumps(doc.to_json(), indent=2) + "\n"
+    target = f.directory / POOLS_JSON
+    f.keep.add(target)
+    try:
+        same = target.read_text(encoding="utf-8") == text
+    except OSError:
+        same = False
+    if not same:
+        atomic_write_text(target, text)
+        f.written.append(target)
+
+
+def _remove_old(f: _Folder, previous: Sequence[ExportRecord], pools: list[ElementPlan]) -> None:
+    """Delete earlier exports that are no longer current, and folders left empty."""
+    for r in previous:
+        for x in r.files:
+            p = f.directory / x
+            if p not in f.keep:
                 with contextlib.suppress(OSError):
                     p.unlink()
-    if not pool_values:
+    if f.directory / POOLS_JSON not in f.keep:
         with contextlib.suppress(OSError):
-            (directory / POOLS_JSON).unlink()
-    for folder in [directory / POOLS_DIR / p.name for p in pools] + \
-            [directory / POOLS_DIR, directory / LOOPS_DIR]:
+            (f.directory / POOLS_JSON).unlink()
+    for folder in [f.directory / POOLS_DIR / p.name for p in pools] + \
+            [f.directory / POOLS_DIR, f.directory / LOOPS_DIR]:
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty
-    return ExportsDone(tuple(records), tuple(written), tuple(notes))

@@ -13,9 +13,10 @@ covers the stem keys and the master.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,22 @@ def stale_files(previous: Manifest | None, directory: Path, keep: set[Path]) -> 
             if p not in keep and p.is_file():
                 found.append(p)
     return found
+
+
+def forget_rewritten(previous: Manifest | None, rewritten: set[str], path: Path) -> None:
+    """Before any file is replaced, drop the earlier manifest's records of the stems and the mix
+    a render rewrites: killed half-way, it then leaves a manifest that names only files it has
+    not touched, and the next render keeps those and renders the rest."""
+    if previous is None:
+        return
+    interim = replace(previous, elements=tuple(
+        e for e in previous.elements if e.element not in rewritten),
+        mix=replace(previous.mix, key=""))
+    interim.write(path)
+
+
+def remove_stale(previous: Manifest | None, directory: Path, keep: set[Path]) -> None:
+    """Delete the files the earlier render wrote that this one does not (``stale_files``)."""
+    for stale in stale_files(previous, directory, keep):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()

@@ -14,7 +14,6 @@ import numpy as np
 from ..arrange import ElementPlan, LoopRun
 from ..dsp.effects import build_board, chain_tail_s
 from ..mixer.loops import LoopSource
-from ..scene import Scene
 from ..takes.plan import Source
 from .incremental import export_key
 
@@ -52,6 +51,15 @@ def periodic_effects(period: np.ndarray, plan: ElementPlan, sample_rate: int) ->
     return np.ascontiguousarray(wet[:, -n:], dtype=np.float32)
 
 
-def loop_key(plan: ElementPlan, source: Source, scene: Scene, bit_depth: int | None) -> str:
+def loop_key(plan: ElementPlan, source: Source, sample_rate: int, bit_depth: int | None) -> str:
     return export_key("loop", source.identity, plan.loops[0].crossfade_s,
-                [repr(fx) for fx in plan.effects], scene.sample_rate, bit_depth)
+                      [repr(fx) for fx in plan.effects], sample_rate, bit_depth)
+
+
+def loop_file(take: np.ndarray, plan: ElementPlan, sample_rate: int) \
+        -> tuple[np.ndarray, list[str]]:
+    """The loop file of a looped element: one period through its effects, and the names of the
+    time-varying effects it had to leave out (the file would not join at its ends)."""
+    period = loop_period(take, plan.loops[0], sample_rate)
+    dry = sorted({fx.name for fx in plan.effects} & TIME_VARYING)
+    return (period if dry else periodic_effects(period, plan, sample_rate)), dry

@@ -11,15 +11,17 @@ import contextlib
 import json
 import math
 import platform
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..arrange import Clip, LoopRun
+from ..arrange import Arrangement, Clip, ElementPlan, LoopRun
 from ..notices import RenderWarning
-from ..takes.plan import Take
+from ..takes.plan import Source, Take
 
 MANIFEST_VERSION = 2
 
@@ -170,6 +172,53 @@ class Manifest:
                       "only": tuple(data["only"]) if data["only"] else None,
                       "exports": exports,
                       "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
+
+
+def stem_record(plan: ElementPlan, source: Source, stem: str | None, key: str,
+                loudness_lufs: float | None, true_peak_dbtp: float | None, sample_peak: float,
+                nbytes: int, generated: Callable[[str], bool],
+                generated_with: Callable[[str], dict[str, str] | None],
+                loop_seams: Sequence[dict[str, Any]] | None = None) -> StemRecord:
+    """The record of one stem rendered now: where it plays (``loop_seams``: per loop run, the
+    length and seams the mixer chose), its takes (``generated``: whether a take's key was made by
+    this render; ``generated_with``: the device and precision that made it) and its file
+    (``stem`` None when --only left it unwritten)."""
+    loops = tuple({**placement_json(lp), **(loop_seams[i] if loop_seams is not None else {})}
+                  for i, lp in enumerate(plan.loops))
+    return StemRecord(
+        element=plan.name, source="file" if source.is_file else "prompt", file=source.file,
+        placements=loops + tuple(map(placement_json, plan.clips)),
+        volume_db=db(plan.volume_db),
+        automation=tuple({"time_s": k.time_s, "level_db": k.level_db} for k in plan.automation),
+        takes=tuple(TakeRecord.of(t, generated(t.request.key), generated_with(t.request.key))
+                    for t in source.takes),
+        stem=stem, loudness_lufs=db(loudness_lufs), true_peak_dbtp=db(true_peak_dbtp),
+        sample_peak=round(sample_peak, 6), key=key if stem is not None else "",
+        rendered=True, bytes=nbytes)
+
+
+def kept_record(rec: StemRecord) -> StemRecord:
+    """An earlier render's stem kept as it is: not rendered now, none of its takes generated."""
+    return replace(rec, rendered=False, takes=tuple(replace(t, generated=False)
+                                                   for t in rec.takes))
+
+
+def render_manifest(arrangement: Arrangement, model: str, fmt: str, bit_depth: int | None,
+                    only: Collection[str] | None, mix: MixRecord,
+                    elements: Sequence[StemRecord], warnings: Sequence[RenderWarning]) \
+        -> Manifest:
+    """The manifest of one scene or variant render, from its typed parts."""
+    n_gen = sum(r.generated for r in elements)
+    n_takes = sum(len(r.takes) for r in elements)
+    scene = arrangement.scene
+    return Manifest(
+        scene=scene.name, variant=scene.variant, scene_file=scene.file,
+        duration_s=arrangement.duration_s, sample_rate=arrangement.sample_rate,
+        channels=arrangement.channels, format=fmt,
+        bit_depth=bit_depth, model=model, seed=scene.seed,
+        rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        only=tuple(sorted(only)) if only else None, mix=mix, elements=tuple(elements),
+        generated=n_gen, cached=n_takes - n_gen, warnings=tuple(warnings), versions=versions())
 
 
 def read_manifest(path: Path) -> Manifest | None:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..arrange import LoopRun
 from ..audio_io import atomic_write_text
 from ..errors import SoundscapeError
 
@@ -79,29 +78,6 @@ def overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
     rms = np.sqrt(power / np.maximum(counts, 1))
     return {"bins": n, "seconds_per_bin": frames / n / sr if sr else 0.0,
             "peak_db": db(peak), "rms_db": db(rms)}
-
-
-def loop_extras(take: np.ndarray, run: LoopRun, sample_rate: int, total: int) -> dict[str, Any]:
-    """What the manifest tells about a loop run beyond its plan: its real length and its seams.
-
-    The mixer picks the loop point from the audio, so the seams are asked of the same
-    ``LoopSource`` that renders the run. A seam is where copy k (k >= 1) fades in over the
-    crossfade; ``seams_s`` holds the scene times where each crossfade starts.
-    """
-    from ..mixer.loops import LoopSource
-
-    start = int(round(run.start_s * sample_rate))
-    src = LoopSource(take, run, sample_rate, start, max(0, total - start))
-    xf = src.xf
-    # copy k >= 1 plays take[loop_start:end] from run frame k * period + loop_start
-    seams = []
-    k = 1
-    while src.period > 0 and k * src.period + src.loop_start < src.length:
-        seams.append(round((start + k * src.period + src.loop_start) / sample_rate, 6))
-        k += 1
-    return {"length_s": round(src.length / sample_rate, 6), "seams_s": seams,
-            "seam_crossfade_s": round(xf / sample_rate, 6),
-            "fade_in_s": run.fade_in_s, "fade_out_s": run.fade_out_s}
 
 
 def _template(name: str) -> str:

@@ -23,10 +23,9 @@ import numpy as np
 
 from ..arrange import ElementPlan
 from ..dsp.effects import WHOLE_TIMELINE, build_board, chain_tail_s
-from ..dsp.fades import fade_curves
+from ..dsp.fades import apply_fades, fade_curves
 from ..notices import RenderWarning
-from ..scene import Scene
-from ..takes.plan import Source, two_takes
+from ..takes.plan import Source
 from .incremental import export_key
 from .tags import SOFTWARE
 
@@ -123,8 +122,8 @@ class OneShot:
     cut_level_db: float | None = None
 
 
-def one_shot(take: np.ndarray, plan: ElementPlan, fade_in_s: float, fade_out_s: float,
-             sample_rate: int, max_tail_s: float = MAX_TAIL_S) -> OneShot:
+def one_shot(take: np.ndarray, plan: ElementPlan, sample_rate: int,
+             max_tail_s: float = MAX_TAIL_S) -> OneShot:
     """One take as the mix plays it, before volume, jitter and pan: the element's fades, then
     its effects and their tail, trimmed where the tail stays below ``TAIL_FLOOR_DB`` re the
     file's peak and at most ``max_tail_s`` long.
@@ -132,14 +131,9 @@ def one_shot(take: np.ndarray, plan: ElementPlan, fade_in_s: float, fade_out_s: 
     The tail is rendered block by block and stops once nothing has reached the floor for longer
     than the chain's longest echo, so an estimate of hours costs only what is heard.
     """
-    out = take.astype(np.float32, copy=True)
+    out = apply_fades(take.astype(np.float32, copy=True), int(plan.fade_in_s * sample_rate),
+                      int(plan.fade_out_s * sample_rate))
     n = out.shape[1]
-    fin, fout = fade_curves(min(int(fade_in_s * sample_rate), n),
-                            min(int(fade_out_s * sample_rate), n))
-    if fin.size:
-        out[:, :fin.size] *= fin
-    if fout.size:
-        out[:, n - fout.size:] *= fout
     if not plan.effects:
         return OneShot(out, n)
     limit = int(round(min(chain_tail_s(plan.effects), max_tail_s) * sample_rate))
@@ -210,41 +204,39 @@ def cut_tail_warning(name: str, path: str, shot: OneShot, sample_rate: int) -> R
                          f"or reverb on the engine's bus instead)", name)
 
 
-def pool_key(plan: ElementPlan, source: Source, scene: Scene, bit_depth: int | None) -> str:
-    e = scene.elements[plan.name]
-    return export_key("pool", POOLS_VERSION, source.identity, e.fade_in, e.fade_out,
-                      [repr(fx) for fx in plan.effects], scene.sample_rate, bit_depth,
-                      max_tail_s(scene))
+def pool_key(plan: ElementPlan, source: Source, sample_rate: int, bit_depth: int | None,
+             max_tail: float = MAX_TAIL_S) -> str:
+    return export_key("pool", POOLS_VERSION, source.identity, plan.fade_in_s, plan.fade_out_s,
+                      [repr(fx) for fx in plan.effects], sample_rate, bit_depth, max_tail)
 
 
-def max_tail_s(scene: Scene) -> float:
-    """The longest tail a one-shot file of ``scene`` keeps: ``MAX_TAIL_S``, or the scene's
-    length if shorter (the mix never sounds more of a tail than that)."""
-    return min(MAX_TAIL_S, scene.duration)
+def max_tail_s(duration_s: float) -> float:
+    """The longest tail a one-shot file keeps in a scene of ``duration_s``: ``MAX_TAIL_S``, or
+    the scene's length if shorter (the mix never sounds more of a tail than that)."""
+    return min(MAX_TAIL_S, duration_s)
 
 
-def _pool(scene: Scene, plan: ElementPlan, source: Source, rec: Any, directory: Path) -> Pool:
-    e = scene.elements[plan.name]
-    sc = e.scatter
+def pool_of(plan: ElementPlan, source: Source, files: tuple[str, ...], directory: Path) -> Pool:
+    """The ``Pool`` of a scattered element whose one-shots are ``files`` (relative to the
+    render's folder)."""
+    sc = plan.scatter
     assert sc is not None
     from ..takes.plan import audio_header
 
     lengths, channels = [], 1
-    for f in rec.files:
+    for f in files:
         frames, sr, channels = audio_header(directory / f)
         lengths.append(round(frames / sr, 6))
-    rel = tuple(str(Path(f).relative_to(POOLS_DIR)) for f in rec.files)
+    rel = tuple(str(Path(f).relative_to(POOLS_DIR)) for f in files)
     return Pool(plan.name, rel, tuple(lengths), channels,
-                None if plan.volume_db == -math.inf else plan.volume_db, e.pan,
-                sc.level_jitter, sc.pan_jitter,
-                (sc.interval[0], sc.interval[1]) if sc.interval is not None else None,
-                sc.density, sc.count, sc.start, sc.end, sc.overlap, e.prompt,
-                variation_seeds(scene, source), sound_length_s=round(plan.take_length_s, 6),
+                None if plan.volume_db == -math.inf else plan.volume_db, plan.pan,
+                sc.level_jitter_db, sc.pan_jitter, sc.interval_s, sc.density_per_min, sc.count,
+                sc.start_s, sc.end_s, sc.overlap, plan.prompt, variation_seeds(source),
+                sound_length_s=round(plan.take_length_s, 6),
                 min_spacing_s=0.0 if sc.overlap else round(plan.take_length_s, 6))
 
 
-def variation_seeds(scene: Scene, source: Source) -> tuple[int, ...]:
+def variation_seeds(source: Source) -> tuple[int, ...]:
     """The seed of each variation (with ``two_takes``, its left take's); empty for a file."""
-    takes = source.takes[::2] if two_takes(scene.elements[source.element], scene) \
-        else source.takes
+    takes = source.takes[::2] if source.paired else source.takes
     return tuple(t.request.seed for t in takes)

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..arrange import Arrangement, ElementPlan, SceneInfo
 from ..audio_io import atomic_path
-from ..scene import Scene
+from ..dsp.meter import sound_levels
 from ..takes.plan import Source
 
 SOFTWARE = f"soundscape {__version__}"
@@ -53,25 +54,27 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def element_tags(scene: Scene, name: str, source: Source, title: str, key: str = "",
-                 created: str = "", loudness_lufs: float | None = None,
+def element_tags(scene: SceneInfo, plan: ElementPlan, source: Source, title: str,
+                 key: str = "", created: str = "", loudness_lufs: float | None = None,
                  true_peak_dbtp: float | None = None) -> Tags:
-    """The tags of a file made from one element of ``scene``."""
-    e = scene.elements[name]
-    what = e.prompt if e.prompt is not None else f"recording {Path(e.file or '').name}"
+    """The tags of a file made from one element (``plan``) of ``scene``."""
+    what = plan.prompt if plan.prompt is not None else \
+        f"recording {Path(plan.file or '').name}"
     seed = source.takes[0].request.seed if source.takes else None
-    return Tags(title, f"{scene.label} {name}: {what}", scene.name, scene.variant, name,
-                e.prompt, seed, source.takes[0].request.model if source.takes else None, key,
+    return Tags(title, f"{scene.label} {plan.name}: {what}", scene.name, scene.variant,
+                plan.name, plan.prompt, seed,
+                source.takes[0].request.model if source.takes else None, key,
                 created or now_iso(), loudness_lufs, true_peak_dbtp)
 
 
-def mix_tags(scene: Scene, model: str, key: str, loudness_lufs: float | None,
+def mix_tags(arrangement: Arrangement, model: str, key: str, loudness_lufs: float | None,
              true_peak_dbtp: float | None) -> Tags:
     """The tags of a scene's mastered mix: its description (or its elements), its measured
     loudness and true peak."""
-    what = scene.description or ", ".join(scene.elements)
-    return Tags(f"{scene.label} mix", f"{scene.label} mix: {what}", scene.name, scene.variant,
-                None, None, scene.seed, model, key, now_iso(), loudness_lufs, true_peak_dbtp)
+    s = arrangement.scene
+    what = s.description or ", ".join(p.name for p in arrangement.elements)
+    return Tags(f"{s.label} mix", f"{s.label} mix: {what}", s.name, s.variant,
+                None, None, s.seed, model, key, now_iso(), loudness_lufs, true_peak_dbtp)
 
 
 def tag_file(path: str | Path, tags: Tags, loop_frames: int | None = None) -> bool:
@@ -158,17 +161,8 @@ def _wav_format(path: Path) -> tuple[int, int, int, int] | None:
 
 def levels(audio: np.ndarray, sample_rate: int, looped: bool) -> tuple[float | None,
                                                                        float | None]:
-    """Integrated loudness (LUFS) and true peak (dBTP) of a file, None where silent. A loop
-    file is measured as it plays, repeated (at least 3 s, so the wrap and the gating blocks
-    count); a one-shot as it is."""
-    from ..dsp.meter import measure
-
-    n = audio.shape[1]
-    if n == 0:
-        return None, None
-    if looped:
-        audio = np.tile(audio, (1, max(2, math.ceil(3 * sample_rate / n))))
-    m = measure(audio, sample_rate)
-    lufs, peak = m.integrated_loudness(), m.true_peak_db
+    """Loudness (LUFS) and true peak (dBTP) of a file for its tags, rounded, None where silent
+    (``dsp.meter.sound_levels``: the one rule for loops and short sounds)."""
+    lufs, peak = sound_levels(audio, sample_rate, looped)
     return (round(lufs, 2) if math.isfinite(lufs) else None,
             round(peak, 2) if math.isfinite(peak) else None)

@@ -12,9 +12,10 @@ from pathlib import Path
 from ..audio_io import write_audio
 from ..errors import RenderError, SoundscapeError
 from ..generate.models import resolve
+from ..options import GenerationOptions, Log, Progress, quiet
 from ..outputs.page import write_takes_page
 from ..scene import load_scene
-from ..takes.plan import Log, Progress, take_requests
+from ..takes.plan import take_requests
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
 
@@ -28,7 +29,16 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
 
     Returns ``(seed, path)`` per take, seeds in order.
     """
-    log = log or (lambda s: None)
+    gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
+                            precision, log or quiet, progress)
+    return audition_takes(scene_path, element, n, gen, variant=variant, out=Path(out))
+
+
+def audition_takes(scene_path: str | Path, element: str, n: int, gen: GenerationOptions, *,
+                   variant: str | None = None, out: Path = Path("renders")) \
+        -> list[tuple[int, Path]]:
+    """``audition`` with its generation settings as one value."""
+    log = gen.log
     scene = load_scene(scene_path, variant)
     if element not in scene.elements:
         raise SoundscapeError(f"{scene_path}: no element '{element}'; elements: "
@@ -36,13 +46,12 @@ def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str |
     e = scene.elements[element]
     if e.prompt is None:
         raise SoundscapeError(f"{element} plays a file, not a prompt; nothing to audition")
-    ref = resolve(model or scene.model, scene.base_dir)
+    ref = resolve(gen.model or scene.model, scene.base_dir)
     one = scene.model_copy(update={"elements": {element: e.model_copy(
         update={"variations": n, "stereo": "pan"})}})
     takes = take_requests(one, element, ref.identity)
-    cache = TakeCache(cache_dir)
-    _, warnings = generate_missing([t.request for t in takes], cache, ref, device, max_batch,
-                                   log, progress, precision)
+    cache = TakeCache(gen.cache_dir)
+    _, warnings = generate_missing([t.request for t in takes], cache, ref, gen)
     for w in warnings:
         log(f"warning: {w}")
     files = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,16 +27,27 @@ from ..errors import RenderError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
 from ..master import master_bus
-from ..mixer import budget as resources
-from ..mixer.workers import StemJob, StemMeasure, add_stem_file, choose_workers, render_stems
+from ..mixer import budget
+from ..mixer.loops import loop_seams
+from ..mixer.workers import (
+    StemJob,
+    StemMeasure,
+    add_stem_file,
+    choose_workers,
+    clipping_warning,
+    render_stems,
+)
 from ..notices import RenderWarning
+from ..options import GenerationOptions, Log, OutputOptions, Progress, quiet
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
     Decision,
     Output,
     decide,
+    forget_rewritten,
     mix_is_current,
     mix_key,
+    remove_stale,
     stale_files,
     stem_key,
     summable,
@@ -46,17 +56,17 @@ from ..outputs.manifest import (
     Manifest,
     MixRecord,
     StemRecord,
-    TakeRecord,
     db,
-    placement_json,
+    kept_record,
     read_manifest,
-    versions,
+    render_manifest,
+    stem_record,
 )
-from ..outputs.page import loop_extras, write_page
+from ..outputs.page import write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
-from ..takes.plan import Log, Progress, Source, plan_sources
+from ..takes.plan import Source, plan_sources
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
 
@@ -166,21 +176,24 @@ def output_dir(out: Path, scene: Scene) -> Path:
     return d / scene.variant if scene.variant else d
 
 
-def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
-          bit_depth: int | None, only: set[str] | None, force: bool,
+def _plan(scene: Scene, ref: ModelRef, model: str, output: OutputOptions,
           directory: Path | None = None) -> _Plan:
+    """What one scene or variant needs: its sources, arrangement, keys, and per stem whether
+    the earlier render's file is current; nothing is read but the earlier manifest."""
+    fmt, bit_depth = output.fmt, output.bit_depth
     sources = plan_sources(scene, ref)
     arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
     m = scene.master
     out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
                  fmt, bit_depth)
-    directory = directory or output_dir(out_root, scene)
+    directory = directory or output_dir(output.out, scene)
     keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
     mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
                           "ceiling": m.ceiling, "loopable": m.loopable}, out)
     previous = read_manifest(directory / "manifest.json")
     paths = {n: directory / "stems" / f"{n}.{fmt}" for n in keys}
-    decisions = decide(list(keys), keys, paths, previous, directory, only, force)
+    decisions = decide(list(keys), keys, paths, previous, directory,
+                       set(output.only) if output.only else None, output.force)
     redo = (any(d.render for d in decisions.values())
             or not mix_is_current(previous, mkey, directory)
             or bool(stale_files(previous, directory,
@@ -190,51 +203,11 @@ def _plan(scene: Scene, ref: ModelRef, model: str, out_root: Path, fmt: str,
                  redo)
 
 
-def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
-                 generated: set[str], cache: TakeCache,
-                 audio: list[np.ndarray] | None) -> StemRecord:
-    d = p.decisions[name]
-    if d.keep is not None:
-        return replace(d.keep, rendered=False,
-                       takes=tuple(replace(t, generated=False) for t in d.keep.takes))
-    plan = p.arrangement.plan(name)
-    src = p.sources[name]
-    path = p.path(name)
-    assert measure is not None
-    return StemRecord(
-        element=name, source="file" if src.is_file else "prompt", file=src.file,
-        placements=tuple({**placement_json(lp), **loop_extras(audio[lp.take], lp,
-                                                                p.out.sample_rate, p.out.frames)}
-                         if audio is not None else placement_json(lp) for lp in plan.loops)
-        + tuple(map(placement_json, plan.clips)),
-        volume_db=db(plan.volume_db),
-        automation=tuple({"time_s": k.time_s, "level_db": k.level_db} for k in plan.automation),
-        takes=tuple(TakeRecord.of(t, t.request.key in generated,
-                                  cache.generated_with(t.request.key)) for t in src.takes),
-        stem=str(path.relative_to(p.directory)) if written else None,
-        loudness_lufs=db(measure.loudness_lufs), true_peak_dbtp=db(measure.true_peak_dbtp),
-        sample_peak=round(measure.sample_peak, 6), key=p.keys[name] if written else "",
-        rendered=True, bytes=path.stat().st_size if written else 0)
-
-
-def _forget_rewritten(p: _Plan) -> None:
-    """Before any file is replaced, drop the earlier manifest's records of the stems and the mix
-    this render rewrites: killed half-way, it then leaves a manifest that names only files it
-    has not touched, and the next render keeps those and renders the rest."""
-    if p.previous is None:
-        return
-    rewritten = {n for n, d in p.decisions.items() if d.keep is None and d.write}
-    interim = replace(p.previous, elements=tuple(
-        e for e in p.previous.elements if e.element not in rewritten),
-        mix=replace(p.previous.mix, key=""))
-    interim.write(p.directory / "manifest.json")
-
-
-def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWarning],
-         only: set[str] | None, jobs_requested: int | None) -> RenderResult:
+def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
+         shared: tuple[RenderWarning, ...], output: OutputOptions) -> RenderResult:
     """Conform, render the stems that changed, sum the kept ones, master and write."""
     scene, out = p.scene, p.out
-    warnings = list(p.arrangement.warnings) + shared
+    warnings = [*p.arrangement.warnings, *shared]
     jobs: list[StemJob] = []
     audio_of: dict[str, list[np.ndarray]] = {}
     kept: list[Path] = []
@@ -245,7 +218,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
             kept.append(p.directory / d.keep.stem)  # type: ignore[operator]
             present.append(name)
             continue
-        audio = element_takes(scene, p.sources[name], cache)
+        audio = element_takes(p.sources[name], cache)
         if audio is None:
             warnings.append(RenderWarning("takes", f"{name} has no take yet (not generated: "
                                           f"excluded by --only); left out of the mix", name))
@@ -255,8 +228,9 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         jobs.append(StemJob(p.arrangement.plan(name), audio,
                             p.path(name) if d.write else None, out.sample_rate,
                             scene.duration))
-    _forget_rewritten(p)
-    workers = choose_workers(len(jobs), scene.duration, jobs_requested)
+    forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
+                     p.directory / "manifest.json")
+    workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
     with Bus.temporary(out.channels, out.frames + p.wrap, p.directory) as mix:
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
@@ -267,76 +241,60 @@ def _mix(p: _Plan, cache: TakeCache, generated: set[str], shared: list[RenderWar
         written = {j.plan.name for j in jobs if j.path is not None}
         for name in written:  # metadata, before the records take the files' sizes
             tag_file(p.path(name), element_tags(
-                scene, name, p.sources[name], name, p.keys[name],
+                p.arrangement.scene, p.arrangement.plan(name), p.sources[name], name,
+                p.keys[name],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
-        records = []
-        for name in present:
-            measure = measures.get(name)
-            if name in written and measure is not None and measure.sample_peak > 1.0 \
-                    and not out.float_stems:
-                warnings.append(RenderWarning(
-                    "mix", f"stem {name} peaks at +{20 * math.log10(measure.sample_peak):.1f} "
-                    f"dBFS before the master and is clipped in its {out.fmt} file (the mix is "
-                    f"not); lower its volume or write stems as 32-bit float wav "
-                    f"(--bit-depth 32)", name, None, 1.0, measure.sample_peak))
-            records.append(_stem_record(p, name, measure, name in written, generated, cache,
-                                        audio_of.get(name)))
+        if not out.float_stems:
+            warnings += [note for n in sorted(written)
+                         if (note := clipping_warning(measures[n], out.fmt)) is not None]
+        records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
+                                audio_of.get(name)) for name in present]
         m = scene.master
         with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
                                background=True) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
                                 w.write, p.directory, loop=p.wrap > 0)
     warnings.extend(report.warnings)
-    tag_file(mix_path, mix_tags(scene, p.model, p.mix_key, report.output_lufs,
+    tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, report.output_lufs,
                                 report.true_peak_dbtp))
-    for stale in stale_files(p.previous, p.directory, {mix_path, *map(p.path, p.keys)}):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    n_gen = sum(r.generated for r in records)
-    n_takes = sum(len(r.takes) for r in records)
-    manifest = Manifest(
-        scene=scene.name, variant=scene.variant,
-        scene_file=str(scene.path) if scene.path else None, duration_s=scene.duration,
-        sample_rate=out.sample_rate, channels=out.channels, format=out.fmt,
-        bit_depth=out.bit_depth, model=p.model, seed=scene.seed,
-        rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        only=tuple(sorted(only)) if only else None,
-        mix=MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
-                      db(report.input_lufs), round(report.gain_db, 3),
-                      round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
-                      p.mix_key, mix_path.stat().st_size),
-        elements=tuple(records), generated=n_gen, cached=n_takes - n_gen,
-        warnings=tuple(warnings), versions=versions())
+    remove_stale(p.previous, p.directory, {mix_path, *map(p.path, p.keys)})
+    mix_record = MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
+                           db(report.input_lufs), round(report.gain_db, 3),
+                           round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
+                           p.mix_key, mix_path.stat().st_size)
+    manifest = render_manifest(p.arrangement, p.model, out.fmt, out.bit_depth, output.only,
+                               mix_record, records, warnings)
     manifest_path = p.directory / "manifest.json"
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 
+def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
+                 generated: frozenset[str], cache: TakeCache,
+                 audio: list[np.ndarray] | None) -> StemRecord:
+    d = p.decisions[name]
+    if d.keep is not None:
+        return kept_record(d.keep)
+    assert measure is not None
+    plan = p.arrangement.plan(name)
+    path = p.path(name)
+    seams = None if audio is None else [
+        loop_seams(audio[lp.take], lp, p.out.sample_rate, p.out.frames) for lp in plan.loops]
+    return stem_record(plan, p.sources[name], str(path.relative_to(p.directory)) if written
+                       else None, p.keys[name], measure.loudness_lufs, measure.true_peak_dbtp,
+                       measure.sample_peak, path.stat().st_size if written else 0,
+                       generated.__contains__, cache.generated_with, seams)
+
+
 LOOPABLE_CROSSFADE_S = 2.0  # --loopable on a scene that does not set master.loopable
-
-
-def loop_scene(scene: Scene, crossfade_s: float) -> Scene:
-    """``scene`` with a loopable mix (``master.loopable``), unless it already has one.
-
-    Raises:
-        SoundscapeError: the scene is shorter than twice the crossfade.
-    """
-    if scene.master.loopable:
-        return scene
-    if 2 * crossfade_s > scene.duration:
-        raise SoundscapeError(f"--loopable: {scene.label} lasts {scene.duration:g} s; a loopable "
-                              f"mix crossfades its end into its start over {crossfade_s:g} s and "
-                              f"needs at least {2 * crossfade_s:g} s")
-    return scene.model_copy(update={"master": scene.master.model_copy(
-        update={"loopable": crossfade_s})})
 
 
 def _export(p: _Plan, r: RenderResult, cache: TakeCache, want: ExportRequest) -> RenderResult:
     """Write the loop files and pools asked for (and keep the earlier ones still current),
     recording them in the manifest; from the element's takes, independent of the mix."""
-    done = write_exports(p.scene, p.arrangement, p.sources, cache, p.directory,
+    done = write_exports(p.arrangement, p.sources, cache, p.directory,
                          p.out.bit_depth, p.previous.exports if p.previous else (), want)
     manifest = r.manifest
     if done.records != manifest.exports:
@@ -379,21 +337,33 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
     ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
     also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
-    (as ``loops``).
+    (as ``loops``). The keywords are ``GenerationOptions`` and ``OutputOptions`` spelled out;
+    ``render_scenes`` takes those values.
     """
-    log = log or (lambda s: None)
-    want = ExportRequest.of(loops, export)
+    gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
+                            precision, log or quiet, progress)
+    output = OutputOptions(Path(out), fmt, bit_depth, frozenset(only) if only else None, force,
+                           jobs, loopable, loops, tuple(export))
     if isinstance(sources, str | Path | Scene):
         sources = [sources]
     scenes = [s for src in sources for s in select_scenes(src, variant, all_variants)]
-    if loopable:
-        scenes = [loop_scene(s, LOOPABLE_CROSSFADE_S) for s in scenes]
-    if Path(out).exists() and not Path(out).is_dir():
-        raise SoundscapeError(f"--out {out} is a file; give a folder for the renders")
-    only_set = set(only) if only else None
-    if only_set:
+    return render_scenes(scenes, gen, output)
+
+
+def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
+                  output: OutputOptions) -> list[RenderResult]:
+    """Render loaded scenes (and variants) in this order: plan every one (sources, arrangement,
+    what is current), check the outputs and resources, generate the missing takes of all of
+    them at once, then mix, master, write and export each under its folder's lock."""
+    want = ExportRequest.of(output.loops, output.export)
+    if output.loopable:
+        scenes = [s.loopable_copy(LOOPABLE_CROSSFADE_S) for s in scenes]
+    if output.out.exists() and not output.out.is_dir():
+        raise SoundscapeError(f"--out {output.out} is a file; give a folder for the renders")
+    only = output.only
+    if only:
         for s in scenes:
-            unknown = sorted(only_set - set(s.elements))
+            unknown = sorted(only - set(s.elements))
             if unknown and len(scenes) == 1:
                 raise SoundscapeError(f"--only: {s.label} has no element "
                                       f"{', '.join(map(repr, unknown))}; elements: "
@@ -402,57 +372,58 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     ref_of: dict[str, ModelRef] = {}
     plans = []
     for s in scenes:
-        name = model or s.model
+        name = gen.model or s.model
         if name not in refs:
             refs[name] = resolve(name, s.base_dir)
             ref_of[refs[name].name] = refs[name]
-        plans.append(_plan(s, refs[name], refs[name].name, Path(out), fmt, bit_depth, only_set,
-                           force))
+        plans.append(_plan(s, refs[name], refs[name].name, output))
     if want:
-        check_request([(p.scene, p.arrangement) for p in plans], want)
+        check_request([p.arrangement for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
         if p.redo_mix:  # neither, nor pedalboard's import to ask the encoder)
-            problem = output_problem(fmt, p.out.sample_rate, p.out.channels, bit_depth)
-            if problem is not None:
-                raise SoundscapeError(f"{p.scene.label}: {problem}")
-            written = sum(d.write for d in p.decisions.values())
-            workers = choose_workers(len(p.keys), p.scene.duration, jobs)
-            resources.check(p.scene.label, resources.estimate(
-                p.arrangement, p.out.frames, p.out.channels, fmt, bit_depth, written, workers,
-                tuple(p.scene.master.effects)),
-                p.directory)
-    cache = TakeCache(cache_dir)
+            _check_outputs(p, output)
+    cache = TakeCache(gen.cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []
     for ref in refs.values():
         wanted = [t.request for p in plans if p.model == ref.name
                   for n, src in p.sources.items() if p.needs_audio(n)
-                  and (only_set is None or n in only_set) for t in src.takes]
-        done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                       precision)
+                  and (only is None or n in only) for t in src.takes]
+        done, warns = generate_missing(wanted, cache, ref, gen)
         generated |= done
         shared += warns
     results = []
     for p in plans:
         try:
-            results.append(_write(p, ref_of[p.model], device, max_batch, log, progress, cache,
-                                  generated, shared, only_set, force, jobs, precision,
-                                  want.with_scene(p.scene)))
+            results.append(_write(p, ref_of[p.model], cache, frozenset(generated),
+                                  tuple(shared), gen, output, want.with_scene(p.arrangement.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
 
 
-def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
-           progress: Progress | None, cache: TakeCache, generated: set[str],
-           shared: list[RenderWarning], only: set[str] | None, force: bool,
-           jobs: int | None, precision: str = "auto",
+def _check_outputs(p: _Plan, output: OutputOptions) -> None:
+    """Refuse, before anything is generated, an output the encoder cannot write or a render
+    that cannot fit in memory or on disk."""
+    problem = output_problem(output.fmt, p.out.sample_rate, p.out.channels, output.bit_depth)
+    if problem is not None:
+        raise SoundscapeError(f"{p.scene.label}: {problem}")
+    written = sum(d.write for d in p.decisions.values())
+    workers = choose_workers(len(p.keys), p.scene.duration, output.jobs)
+    budget.check(p.scene.label, budget.estimate(
+        p.arrangement, p.out.frames, p.out.channels, output.fmt, output.bit_depth, written,
+        workers, tuple(p.scene.master.effects)), p.directory)
+
+
+def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
+           shared: tuple[RenderWarning, ...], gen: GenerationOptions, output: OutputOptions,
            want: ExportRequest = NO_EXPORTS) -> RenderResult:
     """The write phase of one scene or variant, under its output folder's lock.
 
     Another render of the same folder may have finished since ``p`` was planned, so the plan is
     made again under the lock (against the manifest now on disk); takes it then needs that are
-    still missing are generated here. Temporary files that killed renders left go first.
+    still missing are generated here, and what that generation says belongs to this scene
+    alone. Temporary files that killed renders left go first.
     """
     created = not p.directory.exists()
     p.directory.mkdir(parents=True, exist_ok=True)
@@ -460,18 +431,15 @@ def _write(p: _Plan, ref: ModelRef, device: str, max_batch: int, log: Log,
         with locked(p.directory):
             for folder in (p.directory, p.directory / "stems"):
                 remove_stale_temps(folder)
-            p = _plan(p.scene, ref, p.model, p.directory, p.out.fmt, p.out.bit_depth, only,
-                      force, directory=p.directory)
+            p = _plan(p.scene, ref, p.model, output, directory=p.directory)
             if not p.redo_mix and p.previous is not None:
                 same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
                 return _export(p, same, cache, want) if want else same
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
-                      and (only is None or n in only) for t in src.takes]
-            done, warns = generate_missing(wanted, cache, ref, device, max_batch, log, progress,
-                                           precision)
-            generated |= done
-            shared += warns
-            return _export(p, _mix(p, cache, generated, shared, only, jobs), cache, want)
+                      and (output.only is None or n in output.only) for t in src.takes]
+            done, warns = generate_missing(wanted, cache, ref, gen)
+            mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
+            return _export(p, mixed, cache, want)
     except BaseException:
         if created:  # leave no empty folder behind a failed first render
             with contextlib.suppress(OSError):

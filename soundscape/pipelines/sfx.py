@@ -23,12 +23,15 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import atomic_write_text, resample, write_audio
+from ..dsp.fades import trim_silence
+from ..dsp.meter import sound_levels
 from ..dsp.stereo import downmix
 from ..errors import SceneError, SoundscapeError
 from ..generate import TakeRequest
 from ..generate.models import resolve
-from ..master import integrated_loudness, limit, true_peak_db
+from ..master import limit
 from ..notices import RenderWarning
+from ..options import GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
 from ..outputs.manifest import db
 from ..outputs.tags import Tags, now_iso, tag_file
@@ -37,41 +40,8 @@ from ..scene import (
     derive_seed,
 )
 from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
-from ..takes.plan import Log
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
-
-
-def trim_silence(audio: np.ndarray, sample_rate: int, threshold_db: float,
-                 pad_ms: float = 10.0) -> np.ndarray:
-    """Cut leading and trailing frames quieter than ``threshold_db`` below the peak, keeping
-    ``pad_ms`` of margin and a 5 ms fade at each cut so no click is created."""
-    env = np.abs(audio).max(axis=0)
-    peak = float(env.max(initial=0.0))
-    if peak == 0:
-        return audio
-    above = np.nonzero(env >= peak * 10 ** (threshold_db / 20))[0]
-    pad = int(pad_ms * sample_rate / 1000)
-    a, b = max(0, int(above[0]) - pad), min(audio.shape[1], int(above[-1]) + 1 + pad)
-    out = audio[:, a:b].copy()
-    k = min(int(0.005 * sample_rate), out.shape[1] // 2)
-    if k > 0:
-        ramp = np.linspace(0, 1, k, dtype=np.float32)
-        if a > 0:
-            out[:, :k] *= ramp
-        if b < audio.shape[1]:
-            out[:, -k:] *= ramp[::-1]
-    return out
-
-
-def loudness_for_short(audio: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness; sounds under 0.4 s are measured looped to 0.4 s (BS.1770 needs one
-    gating block), which reads the loudness of the sound while it plays."""
-    if audio.shape[1] < int(0.4 * sample_rate):
-        reps = int(math.ceil(0.4 * sample_rate / max(audio.shape[1], 1))) + 1
-        audio = np.tile(audio, reps)
-    return integrated_loudness(audio, sample_rate)
-
 
 REACH_LU = 0.5  # a file further than this from its target is warned about, as a master is
 
@@ -85,10 +55,10 @@ def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | No
     the sound limited again, until it is within 0.1 LU of the target or three more passes are
     done; a target the ceiling does not allow is reached as closely as the limiter can.
     """
-    measured = loudness_for_short(audio, sample_rate)
+    measured = sound_levels(audio, sample_rate)[0]
     gain = 0.0 if target_lufs is None or math.isinf(measured) else target_lufs - measured
     out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate, ceiling_db)
-    reached = loudness_for_short(out, sample_rate)
+    reached = sound_levels(out, sample_rate)[0]
     best = out, reached
     if target_lufs is not None and not math.isinf(measured):
         for _ in range(3):
@@ -97,7 +67,7 @@ def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | No
             gain += target_lufs - reached
             out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate,
                                    ceiling_db)
-            reached = loudness_for_short(out, sample_rate)
+            reached = sound_levels(out, sample_rate)[0]
             if abs(reached - target_lufs) < abs(best[1] - target_lufs):
                 best = out, reached  # a limiter driven harder can also end up quieter
     return best
@@ -171,20 +141,29 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model; ``sample_rate``, ``channels`` (1 or 2)
     and ``bit_depth`` (16, 24 or 32 for WAV): the files' format (None: the model's rate and
-    channels, the writer's default depth)."""
-    log = log or (lambda s: None)
+    channels, the writer's default depth). The generation keywords are ``GenerationOptions``
+    spelled out; ``render_sfx_list`` takes that value."""
+    gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
+                            precision, log or quiet, progress)
+    return render_sfx_list(path, gen, Path(out), fmt, sample_rate, channels, bit_depth)
+
+
+def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
+                    fmt: str = "wav", sample_rate: int | None = None,
+                    channels: int | None = None, bit_depth: int | None = None) -> SfxResult:
+    """The SFX pipeline: load the list, generate what is missing, then trim, normalise, tag and
+    write each variation, the catalog and the manifest."""
     if channels is not None and channels not in (1, 2):
         raise SoundscapeError(f"--channels {channels}: use 1 or 2")
     if sample_rate is not None and not 8000 <= sample_rate <= 192000:
         raise SoundscapeError(f"--sample-rate {sample_rate}: use a rate from 8000 to 192000 Hz")
     lst = load_sfx_list(path)
     d = lst.defaults
-    ref = resolve(model or lst.model, Path(path).parent)
+    ref = resolve(gen.model or lst.model, Path(path).parent)
     plan = sfx_requests(lst, ref.identity)
-    cache = TakeCache(cache_dir)
-    generated, warnings = generate_missing([r for _, r in plan], cache, ref, device, max_batch,
-                                           log, progress, precision)
-    root = Path(out) / lst.name
+    cache = TakeCache(gen.cache_dir)
+    generated, warnings = generate_missing([r for _, r in plan], cache, ref, gen)
+    root = out / lst.name
     entries = []
     created = now_iso()
     files = [variation_file(lst, s, r.seed, fmt) for s, r in plan]
@@ -199,10 +178,10 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
         audio, sr = _layout(*got, sample_rate, channels)
         audio = trim_silence(audio, sr, d.trim_threshold)
         target = s.loudness if s.loudness is not None else d.loudness
-        audio, reached = normalise_short(audio, sr, target, d.ceiling)
+        audio, _ = normalise_short(audio, sr, target, d.ceiling)
         file = root / rel
         write_audio(file, audio, sr, bit_depth)
-        lufs, peak = db(reached), db(true_peak_db(audio, sr))
+        lufs, peak = map(db, sound_levels(audio, sr))
         if target is not None and lufs is not None and abs(lufs - target) > REACH_LU:
             warnings.append(RenderWarning(
                 "master", f"{rel}: reached {lufs:.1f} LUFS, not {target:.1f}: the ceiling of "

@@ -25,6 +25,7 @@ from pydantic import (
 
 from .. import units
 from ..audio_io import audio_file_problem, user_path
+from ..errors import SoundscapeError
 from ..units import show
 from .values import (
     _NUM_OR_STR,
@@ -348,6 +349,23 @@ class Scene(_Model):
     def variant(self) -> str | None:
         """The variant this scene was resolved for (None: the base scene)."""
         return self._variant
+
+
+    def loopable_copy(self, crossfade_s: float) -> Scene:
+        """This scene with a loopable mix (``master.loopable``), unless it already has one.
+
+        Raises:
+            SoundscapeError: the scene is shorter than twice the crossfade.
+        """
+        if self.master.loopable:
+            return self
+        if 2 * crossfade_s > self.duration:
+            raise SoundscapeError(
+                f"--loopable: {self.label} lasts {self.duration:g} s; a loopable mix crossfades "
+                f"its end into its start over {crossfade_s:g} s and needs at least "
+                f"{2 * crossfade_s:g} s")
+        return self.model_copy(update={"master": self.master.model_copy(
+            update={"loopable": crossfade_s})})
 
     @property
     def label(self) -> str:

@@ -87,15 +87,3 @@ def ucs_name(category: str, fxname: str, creator: str, source: str,
     return f"{category}_{fxname}_{creator}_{source}" + ("" if user_data is None
                                                         else f"_{user_data}")
 
-
-def parse_ucs_name(stem: str) -> tuple[str, str, str, str, str | None]:
-    """The blocks of a UCS file name (its stem, without the extension): CatID, FXName,
-    CreatorID, SourceID and UserData (None when absent); ValueError when it is not one."""
-    blocks = stem.split("_")
-    if len(blocks) not in (4, 5):
-        raise ValueError(f"{stem!r} has {len(blocks)} blocks; a UCS name has 4 or 5 "
-                         f"(CatID_FXName_CreatorID_SourceID[_UserData])")
-    category, fxname, creator, source = blocks[:4]
-    user_data = blocks[4] if len(blocks) == 5 else None
-    ucs_name(category, fxname, creator, source, user_data)
-    return category, fxname, creator, source, user_data

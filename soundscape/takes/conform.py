@@ -9,20 +9,19 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RenderError
-from ..scene import Scene
-from .plan import Source, two_takes
+from .plan import Source
 from .store import TakeCache
 
 
-def conform(audio: np.ndarray, sr: int, scene: Scene) -> np.ndarray:
-    """A take or recording at the scene's rate, with at most two channels."""
+def conform(audio: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
+    """A take or recording at ``sample_rate``, with at most two channels."""
     from ..audio_io import resample
     from ..dsp.stereo import downmix
 
-    return downmix(resample(audio, sr, scene.sample_rate), 2)
+    return downmix(resample(audio, sr, sample_rate), 2)
 
 
-def element_takes(scene: Scene, source: Source, cache: TakeCache) -> list[np.ndarray] | None:
+def element_takes(source: Source, cache: TakeCache) -> list[np.ndarray] | None:
     """The element's takes at the scene rate, in its stereo mode; None if a take is missing.
 
     ``two_takes`` gives one stereo take per variation (left and right from two generations);
@@ -31,33 +30,32 @@ def element_takes(scene: Scene, source: Source, cache: TakeCache) -> list[np.nda
     from ..audio_io import read_audio
     from ..dsp.stereo import decorrelate, widen
 
-    name = source.element
-    e = scene.elements[name]
-    seed = scene.element_seed(name)
+    name, sr_out, stereo = source.element, source.sample_rate, source.channels == 2
     if source.file is not None:
         try:
             audio, sr = read_audio(source.file)
         except Exception as err:  # pedalboard raises several types for unreadable files
-            raise RenderError(f"{scene.label}: element {name}: cannot read {source.file} "
+            raise RenderError(f"{source.scene}: element {name}: cannot read {source.file} "
                               f"({err})") from None
-        audio = conform(audio, sr, scene)
-        if e.stereo == "decorrelate" and audio.shape[0] == 1 and scene.channels == 2:
-            audio = decorrelate(audio, seed, e.width, scene.sample_rate)
-        elif audio.shape[0] == 2 and scene.channels == 2 and e.width < 1:
-            audio = widen(audio, e.width)
+        audio = conform(audio, sr, sr_out)
+        if source.stereo == "decorrelate" and audio.shape[0] == 1 and stereo:
+            audio = decorrelate(audio, source.seed, source.width, sr_out)
+        elif audio.shape[0] == 2 and stereo and source.width < 1:
+            audio = widen(audio, source.width)
         return [audio]
     out = []
     for t in source.takes:
         got = cache.get(t.request.key)
         if got is None:
             return None
-        out.append(conform(got[0], got[1], scene))
-    if two_takes(e, scene):
+        out.append(conform(got[0], got[1], sr_out))
+    if source.paired:
         pairs = []
         for left, right in zip(out[0::2], out[1::2], strict=True):
             n = min(left.shape[1], right.shape[1])
-            pairs.append(widen(np.concatenate([left[:, :n], right[:, :n]]), e.width))
+            pairs.append(widen(np.concatenate([left[:, :n], right[:, :n]]), source.width))
         return pairs
-    if scene.channels == 2 and e.stereo == "decorrelate":
-        return [decorrelate(a, seed + i, e.width, scene.sample_rate) for i, a in enumerate(out)]
+    if stereo and source.stereo == "decorrelate":
+        return [decorrelate(a, source.seed + i, source.width, sr_out)
+                for i, a in enumerate(out)]
     return out

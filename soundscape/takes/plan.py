@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from ..scene import Element, Scene
 TAKES_VERSION = "2"
 
 
-Log = Callable[[str], None]
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,18 @@ class Source:
     file: str | None  # a recording
     length_s: float  # the take length the arrangement places
     identity: str  # changes whenever the element's conformed takes would
+    # how its takes are conformed: the scene's rate and channels, the element's stereo mode
+    sample_rate: int
+    channels: int
+    stereo: str
+    width: float
+    seed: int  # the element's (decorrelation is seeded per take from it)
+    scene: str  # the scene's label, for messages
+
+    @property
+    def paired(self) -> bool:
+        """Takes come in left/right pairs, one stereo take per variation (``two_takes``)."""
+        return self.stereo == "two_takes" and self.channels == 2
 
     @property
     def is_file(self) -> bool:
@@ -136,5 +145,7 @@ def plan_sources(scene: Scene, ref: ModelRef) -> dict[str, Source]:
             takes = tuple(take_requests(scene, name, identity))
             ident = {**common, "takes": [t.request.key for t in takes]}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-        out[name] = Source(name, takes, e.file, length_s, digest)
+        out[name] = Source(name, takes, e.file, length_s, digest, scene.sample_rate,
+                           scene.channels, e.stereo, e.width, scene.element_seed(name),
+                           scene.label)
     return out

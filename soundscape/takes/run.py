@@ -16,7 +16,7 @@ from .. import locks
 from ..generate import TakeRequest
 from ..generate.models import ModelRef
 from ..notices import RenderWarning
-from .plan import Log, Progress
+from ..options import GenerationOptions
 from .store import TakeCache
 
 if TYPE_CHECKING:
@@ -24,8 +24,7 @@ if TYPE_CHECKING:
 
 
 def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: ModelRef,
-                     device: str, max_batch: int, log: Log, progress: Progress | None = None,
-                     precision: str = "auto") -> tuple[set[str], list[RenderWarning]]:
+                     options: GenerationOptions) -> tuple[set[str], list[RenderWarning]]:
     """Generate the requests whose keys are not cached, storing each batch as it finishes.
 
     A key is generated only under its cache lock: keys another render is generating are waited
@@ -57,10 +56,9 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
             if held:
                 mine = [pending.pop(k) for k in held]
                 if gen is None:
-                    gen = _generator(ref, device, max_batch, progress, log, precision,
-                                     mine)
+                    gen = _generator(ref, options, mine)
                 else:
-                    log(_cost_line(gen, ref, mine))
+                    options.log(_cost_line(gen, ref, mine))
                 gen.generate(mine, on_batch=functools.partial(_store, cache, gen, held, done))
         finally:
             for fd in held.values():
@@ -99,23 +97,25 @@ def _cost_line(gen: Generator, ref: ModelRef, reqs: list[TakeRequest]) -> str:
                      cost)
 
 
-def _generator(ref: ModelRef, device: str, max_batch: int, progress: Progress | None,
-               log: Log, precision: str, first: list[TakeRequest]) -> Generator:
+def _generator(ref: ModelRef, options: GenerationOptions, first: list[TakeRequest]) -> Generator:
     """Load the model (the heavy import happens only now) and say what ``first`` will cost;
     a figure measured before is said before the model loads."""
     from ..generate.models import locate
+
+    log = options.log
 
     locate(ref, log=log)  # fail fast (or download), before the slow import
     from ..generate.audiogen import Generator, pick_device
     from ..generate.cost import cached_cost, cost_line
     from ..generate.precision import choose_precision
 
-    dev = pick_device(device)
-    prec = choose_precision(precision, dev)
+    dev = pick_device(options.device)
+    prec = choose_precision(options.precision, dev)
     cost = cached_cost(ref.identity, dev, prec)
     if cost is not None:
         log(cost_line(len(first), sum(r.duration_s for r in first), dev, prec, cost))
-    gen = Generator(ref, dev, max_batch=max_batch, progress=progress, log=log, precision=prec)
+    gen = Generator(ref, dev, max_batch=options.max_batch, progress=options.progress, log=log,
+                    precision=prec)
     if cost is None:
         log(_cost_line(gen, ref, first))
     return gen
