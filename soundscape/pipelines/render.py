@@ -362,12 +362,7 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
         raise SoundscapeError(f"--out {output.out} is a file; give a folder for the renders")
     only = output.only
     if only:
-        for s in scenes:
-            unknown = sorted(only - set(s.elements))
-            if unknown and len(scenes) == 1:
-                raise SoundscapeError(f"--only: {s.label} has no element "
-                                      f"{', '.join(map(repr, unknown))}; elements: "
-                                      f"{', '.join(s.elements)}")
+        _check_only(scenes, only)
     refs: dict[str, ModelRef] = {}
     ref_of: dict[str, ModelRef] = {}
     plans = []
@@ -400,6 +395,18 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
     return results
+
+
+def _check_only(scenes: Sequence[Scene], only: frozenset[str]) -> None:
+    """One error for an --only name that no scene of the render has: variants of one scene are
+    one scene here (a name in any of them is fine), so --all-variants says what a single render
+    says; of several scene files, a name need only be in one."""
+    every = list(dict.fromkeys(n for s in scenes for n in s.elements))
+    unknown = sorted(only - set(every))
+    if unknown:
+        labels = " or ".join(dict.fromkeys(s.name for s in scenes))
+        raise SoundscapeError(f"--only: {labels} has no element "
+                              f"{', '.join(map(repr, unknown))}; elements: {', '.join(every)}")
 
 
 def _check_outputs(p: _Plan, output: OutputOptions) -> None:

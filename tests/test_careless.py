@@ -1,0 +1,68 @@
+"""Careless use at render time (issue 24): --only with variants, and inputs that must end in one
+clear line, a warning, or a fast result instead of a silent wrong one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from typer.testing import CliRunner
+
+from soundscape.cli import app
+from soundscape.pipelines.render import render
+from tests.conftest import wav
+
+
+def _variant_scene(tmp_path: Path) -> Path:
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    wav(tmp_path / "hum.wav", 0.1 * np.sin(2 * np.pi * 110 * t), sr)
+    wav(tmp_path / "tick.wav", 0.3 * np.exp(-np.arange(2400) / 200.0), sr)
+    scene = tmp_path / "room.yaml"
+    scene.write_text("""\
+name: room
+duration: 4 s
+sample_rate: 48000
+elements:
+  hum: {file: hum.wav, loop: true, volume: -6 dB}
+  tick: {file: tick.wav, at: [0.5 s, 2 s], pan: -0.5}
+master: {loudness: off, ceiling: 0}
+variants:
+  night:
+    elements:
+      hum: {volume: -12 dB}
+""")
+    return scene
+
+
+def test_a_misspelt_only_with_all_variants_is_the_same_one_line_error(tmp_path: Path) -> None:
+    scene = _variant_scene(tmp_path)
+    runner = CliRunner()
+    lines = []
+    for extra in ([], ["--all-variants"]):
+        r = runner.invoke(app, ["render", str(scene), "--only", "hmu", "--out",
+                                str(tmp_path / "o"), *extra])
+        assert r.exit_code == 1, r.output
+        lines.append(r.stderr.strip().splitlines())
+    assert lines[0] == lines[1] == [
+        "Error: --only: room has no element 'hmu'; elements: hum, tick"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_correct_only_into_a_fresh_folder_leaves_stems_that_sum_to_the_mix(
+        tmp_path: Path) -> None:
+    scene = _variant_scene(tmp_path)
+    results = render(scene, out=tmp_path / "o", only=["tick"], all_variants=True, bit_depth=32)
+    assert len(results) == 2
+    for res in results:
+        m = json.loads(res.manifest_path.read_text())
+        stems = {e["element"]: e["stem"] for e in m["elements"]}
+        assert set(stems) == {"hum", "tick"} and None not in stems.values()
+        mix, _ = sf.read(str(res.directory / m["mix"]["file"]), always_2d=True)
+        total = sum(sf.read(str(res.directory / f), always_2d=True)[0] for f in stems.values())
+        np.testing.assert_allclose(total, mix, atol=1e-5)
+    # a later --only leaves the other stems alone: they are current, and still sum
+    again = render(scene, out=tmp_path / "o", only=["tick"], all_variants=True, bit_depth=32)
+    assert all(r.up_to_date for r in again)
