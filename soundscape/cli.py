@@ -273,8 +273,13 @@ def render(
         table.add_row("mix", "", "", _fmt(r.mix_lufs), _fmt(r.mix_true_peak_dbtp), str(r.mix))
         console.print(table)
         if r.exported:
-            typer.echo(f"{label}: wrote {len(r.exported)} export file(s) (loops, pools)")
+            typer.echo(f"{label}: wrote {len(r.exported)} export file(s) ({_kinds(r)})")
         typer.echo(f"wrote {r.directory}")
+
+
+def _kinds(r: Any) -> str:
+    """What a render's exports were, by their folders: ``loops``, ``pools`` or both."""
+    return ", ".join(sorted({p.relative_to(r.directory).parts[0] for p in r.exported}))
 
 
 def _fmt(x: float | None) -> str:

@@ -168,3 +168,131 @@ def test_sfx_format_flags_and_an_edited_list_leaves_no_orphans(tmp_path: Path,
     assert mine.read_text() == "keep me"
     r = CliRunner().invoke(app, ["sfx", str(lst), "--channels", "3", "--out", str(out)])
     assert r.exit_code == 2 and r.stderr.splitlines() == ["Error: --channels 3 is not one of 1, 2"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata as other readers read it
+
+
+def test_bext_is_ascii_info_latin1_and_ixml_keeps_the_full_text(tmp_path: Path) -> None:
+    from wavinfo import WavInfoReader
+
+    from soundscape.audio_io import write_audio
+    from soundscape.outputs.tags import Tags, tag_file
+
+    path = write_audio(tmp_path / "a.wav", np.zeros((1, 4800), np.float32), 48000, 16)
+    text = "Café – 雨 on a tin roof"
+    assert tag_file(path, Tags(text, f"rainy {text}", "rainy_café", "nuit", "rain", text, 1))
+    info = WavInfoReader(path)  # its defaults: bext in ASCII, INFO in Latin-1
+    assert info.bext.description == "rainy Cafe ? ? on a tin roof"  # what BWF allows
+    assert info.info.title == "Café ? ? on a tin roof"  # Latin-1 as readers take it
+    assert info.info.product == "rainy_café"
+    assert "prompt=Café ? ? on a tin roof" in info.info.comment
+    assert info.ixml.project == "rainy_café" and info.ixml.scene == "nuit"
+    assert info.ixml.raw_xml.find("NOTE").text == f"rainy {text}"  # the full text
+    assert f"prompt={text};" in info.ixml.raw_xml.find("USER").text
+
+
+@pytest.mark.parametrize("bits", [16, 24, 32])
+def test_a_float_wav_carries_the_fact_chunk(tmp_path: Path, bits: int) -> None:
+    import struct
+
+    from soundscape.audio_io import write_audio
+    from soundscape.outputs.tags import Tags, tag_file
+    from soundscape.riff import wav_chunks
+
+    n = 1001
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, (2, n)).astype(np.float32)
+    path = write_audio(tmp_path / "a.wav", audio, 44100, bits)
+    assert tag_file(path, Tags("t", "d", "s"))
+    assert tag_file(path, Tags("t", "d", "s"))  # replaced, not added
+    chunks = wav_chunks(path) or []
+    ids = [c.id for c in chunks]
+    if bits == 32:
+        (fact,) = [c for c in chunks if c.id == b"fact"]
+        with path.open("rb") as f:
+            f.seek(fact.offset)
+            assert struct.unpack("<I", f.read(4))[0] == n
+        assert ids.index(b"fact") < ids.index(b"data")
+    else:
+        assert b"fact" not in ids
+    info = sf.info(str(path))
+    assert info.frames == n and info.subtype == {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}[bits]
+    np.testing.assert_array_equal(sf.read(str(path), dtype="float32", always_2d=True)[0].T
+                                  if bits == 32 else 0, audio if bits == 32 else 0)
+
+
+def _tone_scene(tmp_path: Path, extra: str = "", master: str = "loudness: -20 LUFS") -> Path:
+    sr = 48000
+    t = np.arange(3 * sr) / sr
+    wav(tmp_path / "hum.wav", 0.2 * np.sin(2 * np.pi * 220 * t), sr)
+    scene = tmp_path / "hum.yaml"
+    scene.write_text(f"name: hum\nduration: 4 s\nsample_rate: {sr}\nelements:\n"
+                     f"  hum: {{file: hum.wav, loop: true, volume: -6 dB}}\n{extra}"
+                     f"master: {{{master}}}\n")
+    return scene
+
+
+def test_manifest_bit_depth_is_what_was_written(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    scene = _tone_scene(tmp_path)
+    for fmt, bits, want in [("wav", None, 24), ("wav", 16, 16), ("flac", None, 24),
+                            ("ogg", None, None)]:
+        (res,) = render(scene, out=tmp_path / f"{fmt}{bits}", fmt=fmt, bit_depth=bits)
+        assert json.loads(res.manifest_path.read_text())["bit_depth"] == want
+        if want is not None:
+            assert sf.info(str(res.directory / f"mix.{fmt}")).subtype == f"PCM_{want}"
+    r = CliRunner().invoke(app, ["render", str(scene), "--format", "ogg", "--bit-depth", "16",
+                                 "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [
+        "Error: hum: --bit-depth 16: ogg files are lossy and have no bit depth; leave out "
+        "--bit-depth, or use --format wav or flac"]
+    assert not (tmp_path / "x").exists()
+
+
+def test_pre_master_lufs_is_the_sum_before_the_master_effects(tmp_path: Path) -> None:
+    import pyloudnorm
+
+    scene = _tone_scene(tmp_path, "", "loudness: -20 LUFS, effects: [{gain: {gain: 9 dB}}]")
+    (res,) = render(scene, out=tmp_path / "o", bit_depth=32)
+    m = json.loads(res.manifest_path.read_text())
+    stem, sr = sf.read(str(res.directory / "stems/hum.wav"))
+    before = pyloudnorm.Meter(sr).integrated_loudness(stem)  # the one stem is the sum
+    assert m["mix"]["pre_master_lufs"] == pytest.approx(before, abs=0.1)
+    assert m["mix"]["loudness_lufs"] == pytest.approx(-20, abs=0.5)
+
+
+def test_the_summary_names_only_the_exports_asked_for(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+
+    scene = _tone_scene(tmp_path)
+    r = CliRunner().invoke(app, ["render", str(scene), "--loops", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "hum: wrote 1 export file(s) (loops)" in r.stdout.splitlines()
+
+
+def test_a_local_model_folder_is_named_by_its_hash_not_its_path(tmp_path: Path,
+                                                                tiny_model: Path) -> None:
+    from mutagen.flac import FLAC
+    from wavinfo import WavInfoReader
+
+    scene = tmp_path / "drip.yaml"
+    scene.write_text("name: drip\nduration: 2 s\nelements:\n"
+                     "  drip: {prompt: a drip, duration: 1 s, at: 0.5 s}\n")
+    for fmt in ("wav", "flac"):
+        (res,) = render(scene, out=tmp_path / fmt, fmt=fmt, model=str(tiny_model))
+        mix = res.directory / f"mix.{fmt}"
+        texts = [res.manifest_path.read_text()]
+        if fmt == "wav":
+            info = WavInfoReader(mix)
+            texts += [info.info.comment, info.ixml.raw_xml.find("USER").text]
+        else:
+            texts += [f"{k}={v}" for k, v in FLAC(mix).tags or []]
+        blob = "\n".join(texts)
+        assert str(tiny_model) not in blob and "model=dir:" in blob
+        assert json.loads(texts[0])["model"].startswith("dir:")

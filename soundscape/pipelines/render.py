@@ -21,8 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import AtomicAudioWriter, output_problem, remove_stale_temps
+from ..audio_io import (
+    AtomicAudioWriter,
+    output_problem,
+    remove_stale_temps,
+    written_bit_depth,
+)
 from ..dsp.bus import Bus
+from ..dsp.meter import Meter
 from ..errors import RenderError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
@@ -251,6 +257,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
                                 audio_of.get(name)) for name in present]
         m = scene.master
+        pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
         with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
                                background=True) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
@@ -260,15 +267,26 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                                 report.true_peak_dbtp))
     remove_stale(p.previous, p.directory, {mix_path, *map(p.path, p.keys)})
     mix_record = MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
-                           db(report.input_lufs), round(report.gain_db, 3),
+                           db(report.input_lufs if pre_lufs is None else pre_lufs),
+                           round(report.gain_db, 3),
                            round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
                            p.mix_key, mix_path.stat().st_size)
-    manifest = render_manifest(p.arrangement, p.model, out.fmt, out.bit_depth, output.only,
+    manifest = render_manifest(p.arrangement, p.model, out.fmt,
+                               written_bit_depth(out.fmt, out.bit_depth), output.only,
                                mix_record, records, warnings)
     manifest_path = p.directory / "manifest.json"
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
+    """The loudness of the sum before the master effects (``master_bus`` measures after them,
+    which is what its gain works from)."""
+    meter = Meter(sample_rate, mix.channels, true_peak=False)
+    for start in range(0, frames, 1 << 16):
+        meter.add(mix.read(start, min(1 << 16, frames - start)))
+    return meter.finish().integrated_loudness()
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
@@ -370,8 +388,8 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
         name = gen.model or s.model
         if name not in refs:
             refs[name] = resolve(name, s.base_dir)
-            ref_of[refs[name].name] = refs[name]
-        plans.append(_plan(s, refs[name], refs[name].name, output))
+            ref_of[refs[name].public_name] = refs[name]
+        plans.append(_plan(s, refs[name], refs[name].public_name, output))
     if want:
         check_request([p.arrangement for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
@@ -381,19 +399,21 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     generated: set[str] = set()
     shared: list[RenderWarning] = []
     for ref in refs.values():
-        wanted = [t.request for p in plans if p.model == ref.name
+        wanted = [t.request for p in plans if p.model == ref.public_name
                   for n, src in p.sources.items() if p.needs_audio(n)
                   and (only is None or n in only) for t in src.takes]
         done, warns = generate_missing(wanted, cache, ref, gen)
         generated |= done
         shared += warns
     results = []
+    claimed: set[str] = set()  # a take shared by variants was generated for the first of them
     for p in plans:
         try:
-            results.append(_write(p, ref_of[p.model], cache, frozenset(generated),
+            results.append(_write(p, ref_of[p.model], cache, frozenset(generated - claimed),
                                   tuple(shared), gen, output, want.with_scene(p.arrangement.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
+        claimed |= {t.request.key for src in p.sources.values() for t in src.takes}
     return results
 
 

@@ -161,6 +161,7 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
     d = lst.defaults
     ref = resolve(gen.model or lst.model, Path(path).parent)
     plan = sfx_requests(lst, ref.identity)
+    model_name = ref.public_name  # a local folder's path stays out of files and the manifest
     cache = TakeCache(gen.cache_dir)
     generated, warnings = generate_missing([r for _, r in plan], cache, ref, gen)
     root = out / lst.name
@@ -189,7 +190,7 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
                 s.name, target, None, lufs))
         u = sound_ucs(lst, s)
         tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
-                            lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
+                            lst.name, None, s.name, s.prompt, r.seed, model_name, r.key, created,
                             lufs, peak))
         entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, rel,
                                     audio.shape[1] / sr, lufs, peak, r.key in generated,
@@ -203,7 +204,7 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
-        "list": lst.name, "source": str(path), "model": ref.name,
+        "list": lst.name, "source": str(path), "model": model_name,
         "variations": [asdict(v) for v in entries],
         "warnings": [w.to_json() for w in warnings]}, indent=2))
-    return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))
+    return SfxResult(lst.name, root, manifest, model_name, tuple(entries), tuple(warnings))
