@@ -170,13 +170,18 @@ def test_render_page_embeds_manifest_overviews_and_links(tmp_path: Path, tiny_mo
 def test_warnings_go_to_the_lane_they_name() -> None:
     from soundscape.outputs.page import _element_warnings
 
+    def w(message: str, element: str | None = None) -> dict:
+        return {"stage": "mix", "message": message, "element": element}
+
     mine, rest = _element_warnings(
-        ["cups", "cup"], ["cups: only 2 of 5 one-shots fit", "stem cup peaks at +1.0 dBFS",
-                          "cup at 58.0 s + 5.0 s exceeds the 60.0 s scene", "limiter: 3 dB"])
+        ["cups", "cup"], [w("cups: only 2 of 5 one-shots fit", "cups"),
+                          w("stem cup peaks at +1.0 dBFS", "cup"),
+                          w("cup at 58.0 s + 5.0 s exceeds the 60.0 s scene", "cup"),
+                          w("limiter: 3 dB"), w("cups and cup collide", "nobody")])
     assert mine == {"cups": ["cups: only 2 of 5 one-shots fit"],
                     "cup": ["stem cup peaks at +1.0 dBFS",
                             "cup at 58.0 s + 5.0 s exceeds the 60.0 s scene"]}
-    assert rest == ["limiter: 3 dB"]
+    assert rest == ["limiter: 3 dB", "cups and cup collide"]
 
 
 # --- soundscape open -------------------------------------------------------------------------

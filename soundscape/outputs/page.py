@@ -100,19 +100,13 @@ def _fill(template: str, title: str, blocks: dict[str, Any]) -> str:
 
 def _element_warnings(names: list[str], warnings: list[Any]) -> tuple[dict[str, list[str]],
                                                                       list[str]]:
-    """Deal the render's warnings to the elements they name (the manifest's typed warnings
-    carry the element; plain strings are matched by name); the rest concern the scene."""
+    """Deal the manifest's warnings to the elements they are about (each typed warning names its
+    element, or none); the rest concern the scene."""
     mine: dict[str, list[str]] = {n: [] for n in names}
-    rest = []
+    rest: list[str] = []
     for item in warnings:
-        w = item["message"] if isinstance(item, dict) else str(item)
-        named = item.get("element") if isinstance(item, dict) else None
-        hit = [named] if named in mine else [
-            n for n in names if w.startswith((f"{n} ", f"{n}:")) or f"stem {n} " in w]
-        for n in hit:
-            mine[n].append(w)
-        if not hit:
-            rest.append(w)
+        named = item.get("element")
+        mine.get(named, rest).append(item["message"])
     return mine, rest
 
 
