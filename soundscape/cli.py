@@ -41,12 +41,38 @@ def main_callback(
     """Compose layered soundscapes from YAML scenes with AudioGen."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI runners, service managers), raised where the program is, so it
+    unwinds and cleans up exactly as Ctrl-C does."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises ``Terminated``; the earlier handler comes back
+    after (in the main thread only: signal handlers cannot be set elsewhere)."""
+    import signal
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (an embedding program's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """The error boundary: a user mistake or a failing dependency or system is one ``Error:``
     line and exit 1, never a traceback (SOUNDSCAPE_DEBUG=1 shows it for a bug report)."""
     try:
-        yield
+        with _sigterm_as_interrupt():
+            yield
     except SoundscapeError as e:
         _err(str(e))
         raise typer.Exit(1) from None
@@ -67,10 +93,11 @@ def _user_errors() -> Iterator[None]:
         _err(f"unexpected failure: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
              f" (a bug: please report it with the output of SOUNDSCAPE_DEBUG=1)")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("Interrupted; finished takes are cached and no partial file was left.",
+    except KeyboardInterrupt as e:
+        what, code = ("Terminated", 143) if isinstance(e, Terminated) else ("Interrupted", 130)
+        typer.echo(f"{what}; finished takes are cached and no partial file was left.",
                    err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(code) from None
 
 
 def _log(msg: str) -> None:

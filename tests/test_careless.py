@@ -4,9 +4,14 @@ clear line, a warning, or a fast result instead of a silent wrong one."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
@@ -66,3 +71,34 @@ def test_a_correct_only_into_a_fresh_folder_leaves_stems_that_sum_to_the_mix(
     # a later --only leaves the other stems alone: they are current, and still sum
     again = render(scene, out=tmp_path / "o", only=["tick"], all_variants=True, bit_depth=32)
     assert all(r.up_to_date for r in again)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM is a POSIX signal")
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path, jobs: str) -> None:
+    """``timeout``, CI runners and service managers end a process with SIGTERM, to it alone:
+    the render unwinds as on Ctrl-C, its workers go and no temporary stem is left."""
+    from tests.test_kills import children, long_scene
+
+    scene = long_scene(tmp_path, elements=3)
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "soundscape", "render", str(scene), "--out",
+                             str(out), "--jobs", jobs], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.rglob(".*.tmp.wav")):
+        time.sleep(0.05)
+    assert list(out.rglob(".*.tmp.wav")), "no stem was being written"
+    workers = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # the render alone, not its group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        "Terminated; finished takes are cached and no partial file was left.")
+    assert not list(out.rglob(".*tmp*"))
+    assert not (out / "long/mix.wav").exists()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{w}/cmdline").exists() and b"soundscape" in
+                   Path(f"/proc/{w}/cmdline").read_bytes() for w in workers)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from ..audio_io import (
 )
 from ..dsp.bus import Bus
 from ..dsp.meter import Meter
-from ..errors import RenderError, SoundscapeError
+from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
 from ..master import master_bus
@@ -175,6 +175,23 @@ class _Plan:
         """Whether a kept stem's file can be summed into the mix as it is: exact enough, and
         no loopable mix needs what rings past its end."""
         return summable(keep, self.out) and not self.wrap
+
+
+@contextlib.contextmanager
+def _about(scene: Scene) -> Iterator[None]:
+    """An error about ``scene`` that does not name it yet is raised again with its file (and
+    variant) in front, so that with several scenes or variants every line says which one."""
+    try:
+        yield
+    except SceneError:
+        raise  # file:line already
+    except SoundscapeError as e:
+        text = str(e)
+        where = scene.label if scene.path is None else \
+            f"{scene.path}" + (f" ({scene.variant})" if scene.variant else "")
+        if text.startswith((where, f"{scene.label}:", f"{scene.label} ")):
+            raise
+        raise type(e)(f"{where}: {text}") from None
 
 
 def output_dir(out: Path, scene: Scene) -> Path:
@@ -386,15 +403,17 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     plans = []
     for s in scenes:
         name = gen.model or s.model
-        if name not in refs:
-            refs[name] = resolve(name, s.base_dir)
-            ref_of[refs[name].public_name] = refs[name]
-        plans.append(_plan(s, refs[name], refs[name].public_name, output))
+        with _about(s):
+            if name not in refs:
+                refs[name] = resolve(name, s.base_dir)
+                ref_of[refs[name].public_name] = refs[name]
+            plans.append(_plan(s, refs[name], refs[name].public_name, output))
     if want:
         check_request([p.arrangement for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
         if p.redo_mix:  # neither, nor pedalboard's import to ask the encoder)
-            _check_outputs(p, output)
+            with _about(p.scene):
+                _check_outputs(p, output)
     cache = TakeCache(gen.cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []
@@ -409,8 +428,10 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     claimed: set[str] = set()  # a take shared by variants was generated for the first of them
     for p in plans:
         try:
-            results.append(_write(p, ref_of[p.model], cache, frozenset(generated - claimed),
-                                  tuple(shared), gen, output, want.with_scene(p.arrangement.scene)))
+            with _about(p.scene):
+                results.append(_write(p, ref_of[p.model], cache, frozenset(generated - claimed),
+                                      tuple(shared), gen, output,
+                                      want.with_scene(p.arrangement.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
         claimed |= {t.request.key for src in p.sources.values() for t in src.takes}
