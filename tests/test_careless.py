@@ -102,3 +102,16 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path: Path, jobs: str) -> None:
         time.sleep(0.05)
     assert not any(Path(f"/proc/{w}/cmdline").exists() and b"soundscape" in
                    Path(f"/proc/{w}/cmdline").read_bytes() for w in workers)
+
+
+def test_an_only_render_says_when_an_older_stem_no_longer_sums_to_the_mix(
+        tmp_path: Path) -> None:
+    scene = _variant_scene(tmp_path)
+    render(scene, out=tmp_path / "o")
+    scene.write_text(scene.read_text().replace("volume: -6 dB", "volume: -3 dB"))
+    (res,) = render(scene, out=tmp_path / "o", only=["tick"])
+    assert [str(w) for w in res.warnings if w.element == "hum"] == [
+        "hum: stems/hum.wav is from an earlier render and not rewritten (--only), so the stems "
+        "no longer sum to the mix; render without --only to rewrite it"]
+    (again,) = render(scene, out=tmp_path / "o")  # without --only: rewritten, and no warning
+    assert not [w for w in again.warnings if w.element == "hum"]

@@ -251,6 +251,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         jobs.append(StemJob(p.arrangement.plan(name), audio,
                             p.path(name) if d.write else None, out.sample_rate,
                             scene.duration))
+    for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
+        if j.path is None and p.path(j.plan.name).exists():
+            warnings.append(RenderWarning(
+                "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} is "
+                f"from an earlier render and not rewritten (--only), so the stems no longer sum "
+                f"to the mix; render without --only to rewrite it", j.plan.name))
     forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
                      p.directory / "manifest.json")
     workers = choose_workers(len(jobs), scene.duration, output.jobs)
