@@ -31,7 +31,7 @@ from ..generate import TakeRequest
 from ..generate.models import resolve
 from ..master import limit
 from ..notices import RenderWarning
-from ..options import GenerationOptions, Log, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
 from ..outputs.manifest import db
 from ..outputs.tags import Tags, now_iso, tag_file
@@ -136,15 +136,16 @@ def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto", sample_rate: int | None = None,
-               channels: int | None = None, bit_depth: int | None = None) -> SfxResult:
+               precision: str = "auto", cluster: ClusterSpec | None = None,
+               sample_rate: int | None = None, channels: int | None = None,
+               bit_depth: int | None = None) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model; ``sample_rate``, ``channels`` (1 or 2)
     and ``bit_depth`` (16, 24 or 32 for WAV): the files' format (None: the model's rate and
     channels, the writer's default depth). The generation keywords are ``GenerationOptions``
     spelled out; ``render_sfx_list`` takes that value."""
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress)
+                            precision, log or quiet, progress, cluster)
     return render_sfx_list(path, gen, Path(out), fmt, sample_rate, channels, bit_depth)
 
 
