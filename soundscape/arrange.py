@@ -138,6 +138,11 @@ def element_rng(scene: Scene, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([scene.seed, derive_seed(0, name)]))
 
 
+# The longest crossfade a loop gets, as a share of its take: the seam search needs ends to
+# choose from past twice the crossfade (mixer.loops.best_loop_points)
+MAX_CROSSFADE_SHARE = 1 / 3
+
+
 def _warn(warnings: list[RenderWarning], name: str, message: str, old: float | None = None,
           limit: float | None = None, new: float | None = None) -> None:
     warnings.append(RenderWarning("arrange", message, name, old, limit, new))
@@ -192,10 +197,11 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
         loops: list[LoopRun] = []
         if e.loop is not None:
             lp = e.loop
-            xf = min(lp.crossfade, L / 2)
+            xf = min(lp.crossfade, L * MAX_CROSSFADE_SHARE)
             if xf < lp.crossfade:
-                _warn(warnings, name, f"{name}: crossfade {lp.crossfade:.2f} s is more than half "
-                      f"the {L:.2f} s take; shortened to {xf:.2f} s", lp.crossfade, L / 2, xf)
+                _warn(warnings, name, f"{name}: crossfade {lp.crossfade:.2f} s is more than a "
+                      f"third of the {L:.2f} s take (the seam search needs the rest); shortened "
+                      f"to {xf:.2f} s", lp.crossfade, L * MAX_CROSSFADE_SHARE, xf)
             end: float | None = lp.until if lp.until is not None else (
                 None if lp.times is not None else D)
             if lp.times is not None:

@@ -14,12 +14,12 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .dsp.bus import BLOCK, Bus
-from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board
+from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
 from .dsp.meter import TRUE_PEAK, Meter, measure
 from .notices import RenderWarning
 
@@ -155,6 +155,8 @@ class LimiterStream:
 
     def push(self, block: np.ndarray, final: bool = False) -> np.ndarray:
         """Add ``(channels, n)`` frames; return the limited frames now final."""
+        from scipy.ndimage import minimum_filter1d
+
         self._pending = np.concatenate([self._pending, np.asarray(block, np.float32)], axis=1)
         n, known, k = self._pending.shape[1], self._need.size, self.k
         upto = n if final else n - k  # envelope is exact where k frames follow
@@ -171,10 +173,20 @@ class LimiterStream:
         need = self._need
         if final:  # beyond the end nothing needs reduction, as limit's filters assume
             need = np.concatenate([need, np.ones(self.la - 1, np.float32)])
-        ahead = sliding_window_view(need, self.la)[:m].min(axis=1)
-        ahead_db = 20 * np.log10(np.maximum(ahead, 1e-12).astype(np.float64))
+        # the look-ahead minimum, logarithms and powers only where there is a reduction: most
+        # blocks of a mix never reach the ceiling (bit for bit what working every frame gives)
+        window = need[:m + self.la - 1]
+        ahead_db = np.zeros(m)
+        if float(window.min(initial=1.0)) < 1.0:
+            ahead = minimum_filter1d(window, self.la, mode="constant", cval=1.0,
+                                     origin=(self.la - 1) // 2 - (self.la - 1))[:m]
+            low = np.flatnonzero(ahead < 1.0)
+            ahead_db[low] = 20 * np.log10(np.maximum(ahead[low], 1e-12).astype(np.float64))
         gain_db, self._state_db = release_envelope(ahead_db, self.release_frames, self._state_db)
-        both = np.concatenate([self._carry, 10 ** (gain_db / 20)])
+        linear = np.ones(m)
+        low = np.flatnonzero(gain_db < 0.0)
+        linear[low] = 10 ** (gain_db[low] / 20)
+        both = np.concatenate([self._carry, linear])
         sums = np.cumsum(np.concatenate([[0.0], both]))
         mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
         if self.la > 1:
@@ -195,6 +207,30 @@ class LimiterStream:
         return -20 * math.log10(max(self.lowest, 1e-12))
 
 
+# The most the limiter may reduce the sum's peaks to reach a loudness target (``master:
+# max_limiting``). A limiter catches peaks; past a few dB it becomes the loudness tool and
+# flattens the mix (a dungeon scene went from a 13.2 dB to a 1.0 dB spread of 400 ms levels
+# under 23 dB of limiting, for +0.1 LU). ffmpeg's loudnorm likewise stays linear.
+MAX_LIMITING_DB = 6.0
+# A make-up step that raises loudness by less than this (LU per dB of gain) has reached where
+# more gain no longer makes the mix louder, only flatter: the master stops raising it there.
+MIN_MAKEUP_YIELD = 0.1
+
+
+@dataclass(frozen=True)
+class ElementLevels:
+    """What one element brings to the sum before the master: its stem's integrated loudness
+    (LUFS) and true peak (dBTP)."""
+    name: str
+    loudness_lufs: float
+    true_peak_dbtp: float
+
+    @property
+    def peak_to_loudness_db(self) -> float:
+        """PLR: how far its peaks stand above its loudness (EBU R 128 s1's term)."""
+        return self.true_peak_dbtp - self.loudness_lufs
+
+
 @dataclass(frozen=True)
 class MasterReport:
     input_lufs: float
@@ -203,6 +239,12 @@ class MasterReport:
     true_peak_dbtp: float
     limiter_reduction_db: float
     warnings: tuple[RenderWarning, ...] = ()
+    max_limiting_db: float = MAX_LIMITING_DB
+    # the sum's peak-to-loudness ratio before the master (after its effects), dB
+    input_plr_db: float | None = None
+    # short of the target: the element whose peaks stand highest in the sum, and its PLR
+    blocked_by: str | None = None
+    blocked_by_plr_db: float | None = None
 
 
 @dataclass(frozen=True)
@@ -220,14 +262,21 @@ class _Pass:
 
 def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db: float,
                effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
-               scratch: Path | None = None, loop: bool = False) -> MasterReport:
+               scratch: Path | None = None, loop: bool = False,
+               max_limiting_db: float = MAX_LIMITING_DB,
+               elements: tuple[ElementLevels, ...] = ()) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
     the result is normalised to ``target_lufs`` (None: leave the level) and limited to
-    ``ceiling_db``. Limiting lowers loudness a little, so the gain is corrected and the limiter
-    run again until the result is within 0.1 LU of the target (at most three more passes).
-    A last constant trim catches the limiter's residual error against the true-peak meter.
+    ``ceiling_db``. The gain is linear make-up; the limiter only catches peaks: the make-up
+    stops where the limiter would reduce the peaks by more than ``max_limiting_db``, and where
+    more gain no longer raises the loudness. Limiting lowers loudness a little, so the gain is
+    corrected and the limiter run again until the result is within 0.1 LU of the target, or
+    the make-up stops (at most three more passes). A last constant trim catches the limiter's
+    residual error against the true-peak meter. Short of the target by more than 0.5 LU, the
+    report names the element in ``elements`` whose peaks stand highest in the sum (they set
+    how far the sum can be raised) with its peak-to-loudness ratio, and warns.
 
     Every pass reads the bus block by block and the limiter's output is staged in a second
     bus (on disk beside ``scratch`` when long), so memory stays flat at any length.
@@ -236,75 +285,134 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
     state its end leaves them in, and the limiter looks ahead across the wrap into its start.
     """
     channels, frames = bus.channels, bus.frames
-    measured = _effects_pass(bus, sample_rate, effects, loop)
+    measured, peak_db = _effects_pass(bus, sample_rate, effects, loop)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
-    if target_lufs is not None:
-        if math.isinf(measured):
-            warnings.append(RenderWarning("master", "the mix is silent or shorter than 0.4 s; "
-                                          "loudness not normalised"))
-        else:
-            gain_db = target_lufs - measured
+    normalise = target_lufs is not None and not math.isinf(measured)
+    if target_lufs is not None and not normalise:
+        warnings.append(RenderWarning("master", "the mix is silent or shorter than 0.4 s; "
+                                      "loudness not normalised"))
+    if normalise:
+        assert target_lufs is not None
+        # the sample peak bounds the true peak from below: no more gain than could stay within
+        # the limiting allowed, before the first pass says how much it took
+        gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
     with Bus.temporary(channels, frames, scratch) as staged:
         done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
-        if target_lufs is not None and not math.isinf(measured):
+        if normalise:
+            assert target_lufs is not None
+            # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
+            # excess over the ceiling): one pass says how much gain the allowance leaves
             for _ in range(3):
-                now = done.loudness_after
-                if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
-                    break
-                gain_db += target_lufs - now
+                over = done.reduction_db - max_limiting_db
+                if over > 0.05:
+                    step = -over
+                else:
+                    now = done.loudness_after
+                    if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
+                        break
+                    step = target_lufs - now
+                    if step > 0:
+                        step = min(step, max_limiting_db - done.reduction_db)
+                    if abs(step) <= 0.05:
+                        break
+                before = done
+                gain_db += step
                 done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+                if step > 0 and over <= 0.05 and \
+                        done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
+                    break  # more gain makes the mix flatter, hardly louder: stop raising it
         trim = np.float32(10 ** (done.trim_db / 20))
-        result = Meter(sample_rate, channels)
         for _, block in staged.blocks():
             if done.trim_db:
                 block *= trim
-            result.add(block)
             sink(block)
-        result.finish()
-    if target_lufs is not None and not math.isinf(measured):
-        final = result.integrated_loudness()
+    # the trim is a constant gain: it moves the pass's loudness and true peak dB for dB (both
+    # meters are linear), so the output is not measured again
+    output_lufs, output_peak = done.loudness_after, done.true_peak_db + done.trim_db
+    plr = None
+    if not (math.isinf(measured) or math.isinf(peak_db)):
+        # the sum's true peak before the gain: the deepest reduction is its excess over the
+        # ceiling (the limiter's envelope is the meter's detector)
+        peak_in = ceiling_db + done.reduction_db if done.reduction_db > 0 else \
+            done.true_peak_db
+        plr = peak_in - gain_db - measured
+    blocked: ElementLevels | None = None
+    if normalise:
+        assert target_lufs is not None
+        final = output_lufs
         if abs(final - target_lufs) > 0.5:
+            blocked = _highest_peaks(elements) if final < target_lufs else None
             warnings.append(RenderWarning(
                 "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
-                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB; lower the target or "
-                f"raise the ceiling", None, target_lufs, None, final))
-    return MasterReport(measured, gain_db, result.integrated_loudness(), result.true_peak_db,
-                        done.reduction_db, tuple(warnings))
+                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB"
+                + _why_short(final, target_lufs, ceiling_db, max_limiting_db, plr, blocked),
+                None, target_lufs, None, final))
+    return MasterReport(measured, gain_db, output_lufs, output_peak,
+                        done.reduction_db, tuple(warnings), max_limiting_db, plr,
+                        blocked.name if blocked else None,
+                        blocked.peak_to_loudness_db if blocked else None)
+
+
+def _highest_peaks(elements: tuple[ElementLevels, ...]) -> ElementLevels | None:
+    """The element whose true peak stands highest in the sum (the loudest PLR breaks a tie)."""
+    heard = [e for e in elements if math.isfinite(e.true_peak_dbtp)
+             and math.isfinite(e.loudness_lufs)]
+    if not heard:
+        return None
+    return max(heard, key=lambda e: (round(e.true_peak_dbtp, 1), e.peak_to_loudness_db))
+
+
+def _why_short(final: float, target: float, ceiling_db: float, max_limiting_db: float,
+               plr: float | None, blocked: ElementLevels | None) -> str:
+    """The rest of the warning: why the target is out of reach and what would reach it."""
+    if final > target:  # too loud: the mix is louder than the target without any gain
+        return "; raise the target or lower the elements' volumes"
+    text = f" (max_limiting {max_limiting_db:g} dB)"
+    if plr is not None:
+        text += (f": the mix's peaks stand {plr:.1f} dB above its loudness, and "
+                 f"{target:.1f} LUFS needs at most {ceiling_db + max_limiting_db - target:.1f}")
+    if blocked is not None:
+        text += (f"; the highest peaks are {blocked.name}'s ({blocked.peak_to_loudness_db:.1f} "
+                 f"dB above its loudness): lower its volume or tame its peaks (a compressor, "
+                 f"less level_jitter), or")
+    else:
+        text += ";"
+    return text + " lower the target, raise the ceiling or max_limiting"
 
 
 WRAP_PRIME_S = 2
 
 
 def _wrap_frames(bus: Bus, sample_rate: int) -> int:
-    """How much of a loop's end primes the effects and the limiter before its start: long
-    enough for the release (60 ms) and short tails to settle, at most the loop itself."""
+    """How much of a loop's end primes the limiter before its start: long enough for the
+    release (60 ms) to settle, at most the loop itself. (The master effects are primed to
+    their steady state: ``_prime_effects``.)"""
     return min(bus.frames, sample_rate * WRAP_PRIME_S)
 
 
 def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
-                  loop: bool = False) -> float:
-    """Run the master effects over the bus in place; return the integrated loudness of the
-    result. A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole timeline at
-    once, as it does on an element."""
+                  loop: bool = False) -> tuple[float, float]:
+    """Run the master effects over the bus in place; return the integrated loudness (LUFS)
+    and sample peak (dBFS) of the result. A chain that cannot stream (``WHOLE_TIMELINE``) runs
+    over the whole timeline at once, as it does on an element."""
     meter = Meter(sample_rate, bus.channels, true_peak=False)
     if not effects:
         for _, block in bus.blocks():
             meter.add(block)
-        return meter.finish().integrated_loudness()
+        return _loudness_peak(meter.finish())
     board = build_board(effects)
     if any(fx.name in WHOLE_TIMELINE for fx in effects):
         wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
         bus.write(0, wet)
         for start in range(0, bus.frames, BLOCK):
             meter.add(wet[:, start:start + BLOCK])
-        return meter.finish().integrated_loudness()
+        return _loudness_peak(meter.finish())
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
     if loop:
-        prime = _wrap_frames(bus, sample_rate)
-        skip = prime
-        primer = bus.read(bus.frames - prime, prime)
+        fed, out = _prime_effects(board, bus, sample_rate, effects)
+        skip = fed - out
 
     def emit(wet: np.ndarray) -> None:
         nonlocal emitted, skip
@@ -317,9 +425,6 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
             meter.add(block)
             emitted += k
 
-    if loop:
-        for start in range(0, primer.shape[1], BLOCK):
-            emit(board(primer[:, start:start + BLOCK], sample_rate, reset=False))
     for _, block in bus.blocks():
         emit(board(block, sample_rate, reset=False))
     zeros = np.zeros((bus.channels, BLOCK), np.float32)
@@ -330,7 +435,51 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
     if emitted < bus.frames:
         bus.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
         meter.add(np.zeros((bus.channels, bus.frames - emitted), np.float32))
-    return meter.finish().integrated_loudness()
+    return _loudness_peak(meter.finish())
+
+
+def _loudness_peak(meter: Meter) -> tuple[float, float]:
+    peak = meter.sample_peak
+    return meter.integrated_loudness(), 20 * math.log10(peak) if peak > 0 else -math.inf
+
+
+# Successive turns of a primed loop agree when no 64k-frame block's level moves more than this
+# (0.01 dB): the chain has reached its steady state
+PRIMED_WITHIN = 10 ** (0.01 / 20) - 1
+
+
+def _prime_effects(board: Any, bus: Bus, sample_rate: int,
+                   effects: tuple[EffectSpec, ...]) -> tuple[int, int]:
+    """Run a loop through the master ``board`` until the chain is in the state the loop's own
+    end leaves it in when it plays on repeated: the loop's last stretch, as long as the chain's
+    tail (at least ``WRAP_PRIME_S``), or, for a loop shorter than that, whole turns of it until
+    two turns come out alike block by block (or the tail is covered). Returns the frames fed
+    and the frames the board gave back (fewer while a plugin withholds latency); its output is
+    dropped."""
+    need = max(sample_rate * WRAP_PRIME_S, int(math.ceil(chain_tail_s(effects) * sample_rate)))
+    n = bus.frames
+    fed = out = 0
+    if n >= need:
+        for start in range(n - need, n, BLOCK):
+            block = bus.read(start, min(BLOCK, n - start))
+            fed += block.shape[1]
+            out += board(block, sample_rate, reset=False).shape[1]
+        return fed, out
+    previous: np.ndarray | None = None
+    while fed < need:
+        levels = []
+        for _, block in bus.blocks():
+            fed += block.shape[1]
+            wet = board(block, sample_rate, reset=False)
+            out += wet.shape[1]
+            levels.append(float(np.sqrt(np.mean(wet.astype(np.float64) ** 2))) if wet.size
+                          else 0.0)
+        now = np.array(levels)
+        if previous is not None and np.all(
+                np.abs(now - previous) <= PRIMED_WITHIN * np.maximum(previous, 1e-9)):
+            break
+        previous = now
+    return fed, out
 
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,

@@ -10,7 +10,7 @@ import numpy as np
 from soundscape.arrange import LoopRun
 from soundscape.dsp.bus import Bus
 from soundscape.dsp.effects import EffectSpec
-from soundscape.master import MasterReport, master_bus
+from soundscape.master import MAX_LIMITING_DB, ElementLevels, MasterReport, master_bus
 from soundscape.mixer.loops import LoopSource
 from soundscape.scene.ucs import ucs_name
 
@@ -25,12 +25,14 @@ def render_loop(take: np.ndarray, run: LoopRun, sample_rate: int, length: int | 
 
 
 def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
-           ceiling_db: float, effects: tuple[EffectSpec, ...] = ()) \
-        -> tuple[np.ndarray, MasterReport]:
+           ceiling_db: float, effects: tuple[EffectSpec, ...] = (),
+           max_limiting_db: float = MAX_LIMITING_DB,
+           elements: tuple[ElementLevels, ...] = ()) -> tuple[np.ndarray, MasterReport]:
     """``master_bus`` for a mix held as one ``(channels, frames)`` array (left unchanged)."""
     out: list[np.ndarray] = []
     with Bus(mix.shape[0], mix.shape[1], array=np.array(mix, np.float32)) as bus:
-        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append)
+        report = master_bus(bus, sample_rate, target_lufs, ceiling_db, effects, out.append,
+                            max_limiting_db=max_limiting_db, elements=elements)
     return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
 
 

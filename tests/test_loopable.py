@@ -98,7 +98,9 @@ def test_the_limiter_and_true_peak_hold_across_the_wrap(tmp_path: Path) -> None:
     wav(tmp_path / "burst.wav", burst, sr)
     wav(tmp_path / "bed.wav", rng.normal(0, 0.05, 2 * sr), sr)
     (tmp_path / "s.yaml").write_text(
-        "name: s\nduration: 10 s\nmaster: {loudness: -14 LUFS, ceiling: -1 dBTP, loopable: 1 s}\n"
+        # heavy limiting allowed (master.max_limiting), so the duck ahead of the burst is deep
+        "name: s\nduration: 10 s\nmaster: {loudness: -14 LUFS, ceiling: -1 dBTP, loopable: 1 s, "
+        "max_limiting: 40 dB}\n"
         "elements:\n  bed: {file: bed.wav, loop: true}\n  hit: {file: burst.wav, at: [0 s]}\n")
     [res] = render(tmp_path / "s.yaml", out=tmp_path / "o")
     y, _ = read_audio(res.mix, )

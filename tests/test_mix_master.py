@@ -57,7 +57,9 @@ def test_master_hits_target_under_ceiling(material: str, target: float, ceiling:
         x = rng.normal(0, 0.01, (2, n))
         x[:, :: sr // 4] = 1.0  # full-scale clicks four times a second
     x = x.astype(np.float32)
-    y, report = master(x, sr, target, ceiling)
+    # the transients need 20-30 dB of limiting: allowed here (master.max_limiting), the limiter
+    # holds the ceiling under it (its default cap is test_master_headroom's)
+    y, report = master(x, sr, target, ceiling, max_limiting_db=40.0)
     assert tp8(y) <= ceiling + 0.1
     # every one of these targets is reachable under its ceiling: no note, and the level is hit
     assert report.warnings == ()
@@ -73,8 +75,10 @@ def test_master_says_when_the_ceiling_stops_the_target() -> None:
     assert got < -1.5 and tp8(y) <= -0.9
     [w] = report.warnings
     assert w.message == (f"reached {got:.1f} LUFS, not -1.0: the ceiling of -1.0 dBTP limits "
-                         f"{report.limiter_reduction_db:.1f} dB; lower the target or raise the "
-                         f"ceiling")
+                         f"{report.limiter_reduction_db:.1f} dB (max_limiting 6 dB): the mix's "
+                         f"peaks stand {report.input_plr_db:.1f} dB above its loudness, and "
+                         f"-1.0 LUFS needs at most 6.0; lower the target, raise the ceiling or "
+                         f"max_limiting")
     assert (w.stage, w.old, w.new) == ("master", -1.0, pytest.approx(got, abs=0.01))
 
 

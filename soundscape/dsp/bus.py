@@ -115,14 +115,20 @@ class Bus:
     def fold(self, frames: int) -> None:
         """Make the bus a loop of ``frames``: what lies past them (the tails and loops that
         play on past the end) is added onto the start, as a circular timeline would hear it,
-        and the bus ends at ``frames``. (Loops that span the wrap fade out past the end and in
-        at the start, so the sum crossfades them: ``arrange.wrap_around``.)"""
-        wrap = self.frames - frames
-        if wrap <= 0:
+        and the bus ends at ``frames`` (what lies past twice the length lands on the start
+        again, modulo the length). (Loops that span the wrap fade out past the end and in at
+        the start, so the sum crossfades them: ``arrange.wrap_around``.)"""
+        if self.frames <= frames:
             return
-        if wrap > frames:
-            raise ValueError(f"cannot fold {wrap} frames onto a loop of {frames}")
-        self.add(0, self.read(frames, wrap))
+        # past the loop's length, every stretch of it lands on the loop again (a tail longer
+        # than the loop rings through several turns), block by block
+        for start in range(frames, self.frames, BLOCK):
+            block = self.read(start, min(BLOCK, self.frames - start))
+            at = start % frames
+            while block.shape[1]:
+                k = min(block.shape[1], frames - at)
+                self.add(at, block[:, :k])
+                block, at = block[:, k:], 0
         self.frames = frames
 
     def close(self) -> None:

@@ -106,18 +106,44 @@ def decorrelate(audio: np.ndarray, seed: int, width: float, sample_rate: int = 4
     """Mono ``(1, frames)`` -> stereo ``(2, frames)``: each channel is the input through its
     own short all-pass cascade (``decorrelator_design``), then mid/side ``width`` scales the
     difference. Flat and centred by construction; the responses are run as FIRs truncated
-    where less than 1e-9 of their energy is left."""
+    where less than 1e-9 of their energy is left, and both advanced by the mid's lag
+    (``decorrelator_lag``), so the element lands where it is placed (it came 6 ms late)."""
     from scipy.signal import oaconvolve
 
+    n = audio.shape[1]
+    lag = decorrelator_lag(seed, sample_rate)
+    out = []
+    for h in _decorrelator_firs(seed, sample_rate):
+        # both channels advanced by the mid's lag: a pure delay, alike in both, so the bands
+        # stay flat and the image centred, while the element lands where it is placed
+        out.append(oaconvolve(audio[0], h)[lag:lag + n])
+    return widen(np.stack(out).astype(np.float32), width)
+
+
+@functools.lru_cache(maxsize=64)
+def _decorrelator_firs(seed: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two cascades' responses as float32 FIRs, truncated where less than 1e-9 of their
+    energy is left (and at least past ``decorrelator_lag``)."""
     (dl, gl), (dr, gr) = decorrelator_design(seed, sample_rate)
     length = int(sum(dl)) * 60
-    out = []
+    firs = []
     for d, g in ((dl, gl), (dr, gr)):
         h = allpass_response(d, g, length)
         energy = np.cumsum(h[::-1] ** 2)[::-1]  # energy from each frame on
-        h = h[: max(1, int(np.count_nonzero(energy > 1e-9 * energy[0])))]
-        out.append(oaconvolve(audio[0], h.astype(np.float32))[: audio.shape[1]])
-    return widen(np.stack(out).astype(np.float32), width)
+        h = h[: max(int(sum(d)) + 1, int(np.count_nonzero(energy > 1e-9 * energy[0])))]
+        firs.append(h.astype(np.float32))
+    return firs[0], firs[1]
+
+
+@functools.lru_cache(maxsize=64)
+def decorrelator_lag(seed: int, sample_rate: int) -> int:
+    """Frames by which the decorrelator's mid (L + R) lags its input: where the mid's response
+    peaks, which is where a decorrelated copy of a sound correlates best with the sound (the
+    cascades' summed delays, ``DECORRELATOR_DELAY_S``, for most designs). ``decorrelate``
+    advances its output by it."""
+    left, right = _decorrelator_firs(seed, sample_rate)
+    k = min(left.size, right.size)
+    return int(np.argmax(np.abs(left[:k].astype(np.float64) + right[:k])))
 
 
 def widen(stereo: np.ndarray, width: float) -> np.ndarray:

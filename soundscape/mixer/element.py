@@ -151,7 +151,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
-    from ..dsp.meter import Meter
+    from ..dsp.meter import REPORTED_TRUE_PEAK, Meter
 
     for take in takes:  # a recording with NaN/inf is named as such, not as the effects' fault
         ensure_finite(take, plan.name)
@@ -173,9 +173,10 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     mono_meter = src_channels == 1 and channels == 2 and not plan.automation
     if mono_meter:
         gl, gr = pan_gains(pan)
-        meter = Meter(sample_rate, 1, gains=(gl * volume, gr * volume))
+        meter = Meter(sample_rate, 1, gains=(gl * volume, gr * volume),
+                      interpolator=REPORTED_TRUE_PEAK)
     else:
-        meter = Meter(sample_rate, channels)
+        meter = Meter(sample_rate, channels, interpolator=REPORTED_TRUE_PEAK)
     quiet_since = 0  # frames of silent output so far (after a tail dies out)
     first = 0
     emitted = 0  # frames of output so far; lags the input while a plugin withholds latency

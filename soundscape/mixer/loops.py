@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..arrange import LoopRun
+from ..arrange import MAX_CROSSFADE_SHARE, LoopRun
 from ..dsp.fades import fade_curves
 
 
@@ -31,20 +31,27 @@ class LoopPoints:
     correlation: float
 
 
-SEAM_RATE = 6000  # Hz: the coarse seam search runs on the take decimated to about this rate
+SEAM_RATE = 8000  # Hz: the coarse seam search runs on the take resampled to this rate
 SEAM_HOP_S = 0.01  # frame hop of the spectral envelope (s)
 _WAVE_WEIGHT_DB = 6.0  # a correlation of 1 weighs as much as 6 dB of envelope mismatch
 _LENGTH_WEIGHT_DB = 0.25  # shortening the loop by a whole search window costs 0.25 dB
 _WAVE_STARTS = 6  # loop starts whose waveform correlation is searched
+# Loops within this much of the best seam's cost (dB of envelope mismatch, or 1/6 of a unit of
+# correlation) are as good: the longest of them is taken, so the choice does not swing with
+# the take's rate or layout on differences no one hears, and a short take keeps its length.
+AS_GOOD_DB = 0.5
+REFINE_S = 0.01  # the full-rate refinement's reach either side of a coarse end (s)
 
 
 def _band_envelope(x: np.ndarray, hop: int) -> np.ndarray:
-    """Band powers of Hann-windowed frames ``x[j*hop : j*hop + 2*hop]``: ``(frames, bands)``,
-    with bands spaced about a third of an octave apart, each at least three bins wide (so no
-    band is a single noisy bin), from the lowest bins to Nyquist."""
+    """Band powers of Hann-windowed frames ``x[:, j*hop : j*hop + 2*hop]``, summed over
+    channels: ``(frames, bands)``, with bands spaced about a third of an octave apart, each at
+    least three bins wide (so no band is a single noisy bin), from the lowest bins to Nyquist."""
     size = 2 * hop
-    frames = sliding_window_view(x, size)[::hop]
-    spec = np.abs(np.fft.rfft(frames * np.hanning(size), axis=1)) ** 2
+    window = np.hanning(size)
+    spec = sum(np.abs(np.fft.rfft(sliding_window_view(ch, size)[::hop] * window, axis=1)) ** 2
+               for ch in x)
+    assert isinstance(spec, np.ndarray)
     bins = spec.shape[1]
     edges = [1]
     while edges[-1] < bins:
@@ -53,33 +60,60 @@ def _band_envelope(x: np.ndarray, hop: int) -> np.ndarray:
 
 
 def _segment_corr(head: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int) -> np.ndarray:
-    """Normalised correlation of ``head`` (``xf`` frames) with ``tail[e-xf:e]`` for each of
-    the consecutive ``ends``."""
+    """Normalised correlation of ``head`` (``(channels, xf)``) with ``tail[:, e-xf:e]`` for
+    each of the consecutive ``ends``, over all channels at once (the sum of the channels' dot
+    products over the root of the product of the total energies: a mono take and the same take
+    in two channels, or decorrelated into two, measure alike)."""
     from scipy.signal import fftconvolve
 
-    region = tail[ends[0] - xf:ends[-1]]
-    num = fftconvolve(region, head[::-1], mode="valid")
-    c = np.concatenate([[0.0], np.cumsum(region**2)])
+    region = tail[:, ends[0] - xf:ends[-1]]
+    num = sum(fftconvolve(r, h[::-1], mode="valid") for r, h in zip(region, head, strict=True))
+    c = np.concatenate([[0.0], np.cumsum((region ** 2).sum(axis=0))])
     energy = c[xf:] - c[:-xf]
     # (head * head).sum(), not np.dot: BLAS threads can stall for milliseconds on a busy machine
     return num / (np.sqrt(np.maximum(energy, 0.0) * float((head * head).sum())) + 1e-12)
 
 
 def _heads_corr(heads: np.ndarray, tail: np.ndarray, ends: np.ndarray, xf: int) -> np.ndarray:
-    """``_segment_corr`` for many heads at once ``(heads, xf)`` -> ``(heads, ends)``: the
-    tail region is transformed once."""
+    """``_segment_corr`` for many heads at once ``(heads, channels, xf)`` ->
+    ``(heads, ends)``: the tail region is transformed once."""
     from scipy import fft
 
-    region = tail[ends[0] - xf:ends[-1]]
-    size = fft.next_fast_len(region.size + xf - 1, real=True)
+    region = tail[:, ends[0] - xf:ends[-1]]
+    size = fft.next_fast_len(region.shape[1] + xf - 1, real=True)
     # single precision is plenty for ranking candidates
-    spec = fft.rfft(region.astype(np.float32), size) * \
-        fft.rfft(heads[:, ::-1].astype(np.float32), size, axis=1)
-    num = fft.irfft(spec, size, axis=1)[:, xf - 1:region.size]
-    c = np.concatenate([[0.0], np.cumsum(region**2)])
+    spec = (fft.rfft(region.astype(np.float32), size, axis=1)[None]
+            * fft.rfft(heads[:, :, ::-1].astype(np.float32), size, axis=2)).sum(axis=1)
+    num = fft.irfft(spec, size, axis=1)[:, xf - 1:region.shape[1]]
+    c = np.concatenate([[0.0], np.cumsum((region ** 2).sum(axis=0))])
     energy = np.maximum(c[xf:] - c[:-xf], 0.0)
-    norms = np.sqrt(np.einsum("ij,ij->i", heads, heads))
+    norms = np.sqrt(np.einsum("ijk,ijk->i", heads, heads))
     return num / (np.sqrt(energy)[None, :] * norms[:, None] + 1e-12)
+
+
+def _points(x: np.ndarray, s: int, e: int, xf: int) -> LoopPoints:
+    """Loop points with the correlation of what their crossfade overlaps, measured (every
+    path measures it: the crossfade's gains are normalised by it)."""
+    if xf <= 0 or e - xf < s + xf or e > x.shape[1]:
+        return LoopPoints(s, e, 0.0)
+    r = _segment_corr(x[:, s:s + xf], x, np.array([e]), xf)[0]
+    return LoopPoints(s, e, float(np.clip(r, -1.0, 1.0)))
+
+
+def _to_seam_rate(x: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``x`` at ``SEAM_RATE`` (anti-aliased; exact rational ratio): every rate of a take is
+    searched on the same signal, so the choice does not depend on the rate."""
+    from scipy.signal import resample_poly
+
+    g = math.gcd(SEAM_RATE, sample_rate)
+    up, down = SEAM_RATE // g, sample_rate // g
+    return x if up == down else resample_poly(x, up, down, axis=1)
+
+
+def max_crossfade(frames: int) -> int:
+    """The longest crossfade a take of ``frames`` loops with (``arrange.MAX_CROSSFADE_SHARE``
+    of it: longer, no end is left to search, and the seam is wherever the take ends)."""
+    return int(frames * MAX_CROSSFADE_SHARE)
 
 
 def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
@@ -90,31 +124,44 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     What is matched: the short-time spectral envelope and level of the two crossfaded segments
     (what the ear hears of noise-like beds, where waveform correlation is near zero at any
     lag), and their waveform correlation (what a tonal drone needs to cross without a dip or
-    beat). The search runs on an anti-aliased decimation to about ``SEAM_RATE`` and on 10 ms
-    envelope frames (the waveform only for the few starts whose envelope matches best); the
-    best few candidates are refined at the full rate, sample by sample.
-    Ties go to the longest loop: it repeats least audibly.
+    beat), both over all channels at once. The search runs on the take resampled to
+    ``SEAM_RATE`` whatever its rate, on 10 ms envelope frames (the waveform only for the few
+    starts whose envelope matches best); of the seams within ``AS_GOOD_DB`` of the best, the
+    longest loop is taken (it repeats least audibly), then refined at the full rate, sample by
+    sample. A crossfade longer than ``max_crossfade`` is shortened to it.
     """
     n = take.shape[1]
+    xf = min(xf, max_crossfade(n))
+    x = take.astype(np.float64)
     if xf <= 0:
         return LoopPoints(0, n, 0.0)
     search = int(search_s * sample_rate)
     e_lo = max(2 * xf, n - search, n // 2)
     if e_lo >= n:
-        return LoopPoints(0, n, 0.0)
+        return _points(x, 0, n, xf)
     s_hi = max(0, min(search // 2, n // 4, e_lo - 2 * xf))
-    mono = take.mean(axis=0, dtype=np.float64)
-    q = max(1, sample_rate // SEAM_RATE)
-    hop = q * max(1, round(SEAM_HOP_S * sample_rate / q))
-    # envelope frames of the head region and of the tail region only: the cost does not
-    # grow with the take's length
-    starts = np.arange(0, s_hi + 1, hop)
-    ends = np.arange(n, e_lo - 1, -hop)[::-1]
-    nframes = xf // hop - 1
+    scale = sample_rate / SEAM_RATE  # full-rate frames per seam-rate frame
+    # the head and tail regions only, with a margin for the resampler's edges: the cost does
+    # not grow with the take's length
+    margin = int(64 * max(scale, 1.0))
+    lo = max(0, e_lo - xf - margin)
+    tail = _to_seam_rate(x[:, lo:], sample_rate)
+    head = _to_seam_rate(x[:, :min(n, s_hi + xf + margin)], sample_rate)
+    hop = max(1, round(SEAM_HOP_S * SEAM_RATE))
+    xa = max(1, round(xf / scale))
+    # candidate starts (on the envelope's hop) and ends (every seam-rate frame), in the
+    # seam-rate frames of ``head`` and of ``tail``
+    starts = np.arange(0, round(s_hi / scale) + 1, hop)
+    starts = starts[starts + xa <= head.shape[1]]
+    ends = np.arange(math.ceil((e_lo - lo) / scale), math.floor((n - lo) / scale) + 1)
+    ends = ends[(ends >= xa) & (ends <= tail.shape[1])]
+    if starts.size == 0 or ends.size == 0:
+        return _points(x, 0, n, xf)
+    nframes = xa // hop - 1
     if nframes >= 1:
-        head_env = _band_envelope(mono[: starts[-1] + xf], hop)
-        tail0 = ends[0] - xf
-        tail_env = _band_envelope(mono[tail0:n], hop)
+        head_env = _band_envelope(head[:, : starts[-1] + xa], hop)
+        t0 = int(ends[0]) - xa
+        tail_env = _band_envelope(tail[:, t0:int(ends[-1])], hop)
         floor = 1e-5 * max(head_env.max(initial=0.0), tail_env.max(initial=0.0)) + 1e-30
 
         def window_db(env: np.ndarray, firsts: np.ndarray) -> np.ndarray:
@@ -122,61 +169,73 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
             firsts = np.clip(firsts, 0, env.shape[0] - nframes)
             return 10 * np.log10(np.maximum((c[firsts + nframes] - c[firsts]) / nframes, floor))
 
+        grid = np.arange(t0 + xa, int(ends[-1]) + 1, hop)  # ends on the envelope's hop
         h_db = window_db(head_env, starts // hop)
-        t_db = window_db(tail_env, (ends - xf - tail0 + hop // 2) // hop)
-        spectral = np.sqrt(((h_db[:, None, :] - t_db[None, :, :]) ** 2).mean(axis=2))
+        t_db = window_db(tail_env, (grid - xa - t0) // hop)
+        coarse = np.sqrt(((h_db[:, None, :] - t_db[None, :, :]) ** 2).mean(axis=2))
+        spectral = np.stack([np.interp(ends, grid, row) for row in coarse])
     else:  # crossfades shorter than two frames: waveform only
         spectral = np.zeros((starts.size, ends.size))
-
-    # coarse waveform correlation on an anti-aliased decimation
-    from scipy.signal import resample_poly
-
-    margin = 16 * q
-    lo = max(0, e_lo - xf - margin)
-    dec_tail = resample_poly(mono[lo:], 1, q) if q > 1 else mono[lo:]
-    dec_head = resample_poly(mono[: s_hi + xf + margin], 1, q) if q > 1 else mono
-    xd = max(1, xf // q)
-    dec_ends = np.arange(-(-(e_lo - lo) // q), (n - lo) // q + 1)  # in dec_tail's frames
-    dec_ends = dec_ends[(dec_ends >= xd) & (dec_ends <= dec_tail.size)]
-    e_full = lo + dec_ends * q
     # waveform correlation only for the starts whose envelope matches best (and the take's
     # own start): the envelope ranks starts, the waveform then finds the phase
-    row_cost = spectral.min(axis=1) + _LENGTH_WEIGHT_DB * starts / max(search, 1)
+    e_full = lo + ends * scale  # in full-rate frames
+    s_full = starts * scale
+    row_cost = spectral.min(axis=1) + _LENGTH_WEIGHT_DB * s_full / max(search, 1)
     rows = np.union1d([0], np.argsort(row_cost, kind="stable")[:_WAVE_STARTS])
-    starts, spectral = starts[rows], spectral[rows]
-    shorter = (n - e_full)[None, :] + starts[:, None]
-    r = _heads_corr(np.stack([dec_head[s // q:s // q + xd] for s in starts]), dec_tail,
-                    dec_ends, xd)
-    cost = np.stack([np.interp(e_full, ends, row) for row in spectral])
-    cost += _WAVE_WEIGHT_DB * (1 - r)
-    cost += _LENGTH_WEIGHT_DB * shorter / max(search, 1)
+    starts, s_full, spectral = starts[rows], s_full[rows], spectral[rows]
+    r = _heads_corr(np.stack([head[:, s:s + xa] for s in starts]), tail, ends, xa)
+    shorter = (n - e_full)[None, :] + s_full[:, None]
+    cost = spectral + _WAVE_WEIGHT_DB * (1 - r) + _LENGTH_WEIGHT_DB * shorter / max(search, 1)
 
-    # refine the best few at the full rate, within one decimation step either side
-    best: tuple[float, int, int, float] | None = None
-    flat_cost = cost.ravel()
-    order = np.argpartition(flat_cost, min(4, flat_cost.size - 1))[:4]
+    # the seams as good as the best, longest loop first: the few longest are refined at the
+    # full rate, sample by sample
+    # 10 ms either side: a partial above the seam rate, which only the full rate sees, comes
+    # round to nearly its phase many times within it
+    reach = max(math.ceil(scale), round(REFINE_S * sample_rate))
+    good = np.flatnonzero(cost.ravel() <= cost.min() + AS_GOOD_DB)
+    loop_len = (e_full[None, :] - s_full[:, None]).ravel()
+    order = good[np.lexsort((cost.ravel()[good], -loop_len[good]))]
+    order = order[loop_len[order] >= loop_len[order[0]] - reach][:4]  # the longest's neighbours
+    refined: list[tuple[float, int, int, int]] = []  # (cost, loop length, start, end)
     for flat in order:
         i, k = np.unravel_index(flat, cost.shape)
-        s = int(starts[i])
-        e_mid = int(e_full[k])
-        cand = np.arange(max(e_lo, e_mid - q), min(n, e_mid + q) + 1)
-        if cand.size == 0:
+        s = min(int(round(s_full[i])), n)
+        e_mid = int(round(e_full[k]))
+        cand = np.arange(max(e_lo, e_mid - reach, s + 2 * xf), min(n, e_mid + reach) + 1)
+        if cand.size == 0 or s + xf > n:
             continue
-        rf = _segment_corr(mono[s:s + xf], mono, cand, xf)
-        spec = np.interp(cand, ends, spectral[i])
-        c = spec + _WAVE_WEIGHT_DB * (1 - rf) + _LENGTH_WEIGHT_DB * (n - cand + s) / search
+        rf = _segment_corr(x[:, s:s + xf], x, cand, xf)
+        c = (spectral[i, k] + _WAVE_WEIGHT_DB * (1 - rf)
+             + _LENGTH_WEIGHT_DB * (n - cand + s) / search)
         j = int(np.argmin(c))
-        if best is None or c[j] < best[0]:
-            best = (float(c[j]), s, int(cand[j]), float(rf[j]))
-    if best is None:
-        return LoopPoints(0, n, 0.0)
-    _, s, e, corr = best
-    return LoopPoints(s, e, float(np.clip(corr, -1.0, 1.0)))
+        refined.append((float(c[j]), int(cand[j]) - s, s, int(cand[j])))
+    if not refined:
+        return _points(x, 0, n, xf)
+    # the longest as good were refined; of them, the seam the full rate matches best
+    _, _, s, e = min(refined)
+    return _points(x, s, e, xf)
+
+
+DECLICK_S = 0.005  # the crossfade a loop asked to cut hard gets where its seam would click
+
+
+def seam_clicks(take: np.ndarray) -> bool:
+    """Whether the take's end joined straight to its start steps further than the take ever
+    does from one frame to the next (a click at every seam of a loop without a crossfade)."""
+    if take.shape[1] < 2:
+        return False
+    jump = float(np.abs(take[:, 0].astype(np.float64) - take[:, -1]).max())
+    inside = float(np.abs(np.diff(take, axis=1)).max())
+    return jump > inside
 
 
 class LoopSource:
     """A loop run, computed block by block: the take tiled with crossfades at seam-matched
     loop points, with the run's own fades at its ends.
+
+    A crossfade longer than ``max_crossfade`` is shortened to it, so the seam search can run;
+    ``crossfade: 0`` cuts hard where the take's ends meet, and elsewhere gets a ``DECLICK_S``
+    crossfade at a matched seam rather than a click at every seam.
 
     Copy k of the take plays ``take[start:end]`` (the first copy ``take[:end]``, intro
     included) with take frame i at run frame ``k * period + i``, ``period = end - start - xf``.
@@ -192,7 +251,9 @@ class LoopSource:
     def __init__(self, take: np.ndarray, run: LoopRun, sample_rate: int, start: int,
                  limit: int | None = None, points: LoopPoints | None = None) -> None:
         xf = int(round(run.crossfade_s * sample_rate))
-        xf = min(xf, take.shape[1] // 2)
+        if xf == 0 and seam_clicks(take):
+            xf = round(DECLICK_S * sample_rate)
+        xf = min(xf, max_crossfade(take.shape[1]))
         # ``points``: reuse a search already made for this take and crossfade
         pts = best_loop_points(take, xf, sample_rate) if points is None else points
         self.points = pts

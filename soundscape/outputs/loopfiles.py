@@ -20,6 +20,10 @@ from .incremental import export_key
 # Effects whose output is not periodic for a periodic input (an LFO, a block-wise pitch
 # shifter): a loop file through them would not join at its ends, so it is written dry.
 TIME_VARYING = frozenset({"chorus", "phaser", "pitch_shift"})
+STREAM_BLOCK = 1 << 16
+# Two turns of the loop through the chain agree (the steady state) when no frame moves by more
+# than this share of the turn's peak (-100 dB)
+STEADY_WITHIN = 1e-5
 
 
 def loop_period(take: np.ndarray, run: LoopRun, sample_rate: int) -> np.ndarray:
@@ -42,13 +46,32 @@ def periodic_effects(period: np.ndarray, plan: ElementPlan, sample_rate: int) ->
     """``period`` through the element's effects in their steady state: the chain hears the
     period repeated until its tails (reverb, delay, compressor release) have wrapped around, and
     the last period is kept, so the effects' tails fold into the file's start as they would in
-    an endless loop. Time-varying effects are left out by the caller (``TIME_VARYING``)."""
+    an endless loop. Time-varying effects are left out by the caller (``TIME_VARYING``).
+
+    Streamed turn by turn and stopped as soon as two turns agree (or the chain's tail estimate
+    is covered), so memory holds two turns, not the tiled tail."""
     n = period.shape[1]
     if not plan.effects or n == 0:
         return period
     warm = int(math.ceil((chain_tail_s(plan.effects) * sample_rate + sample_rate) / n)) + 1
-    wet = build_board(plan.effects)(np.tile(period, (1, warm + 1)), sample_rate)
-    return np.ascontiguousarray(wet[:, -n:], dtype=np.float32)
+    board = build_board(plan.effects)
+    # turn by turn (the chain keeps its state), never the whole tail estimate at once (a long
+    # delay's is half an hour), and only until two turns come out alike
+    pending = np.zeros((period.shape[0], 0), np.float32)  # output not yet a whole turn
+    last: np.ndarray | None = None
+    for _ in range(warm + 1):
+        for start in range(0, n, STREAM_BLOCK):
+            wet = board(period[:, start:start + STREAM_BLOCK], sample_rate, reset=False)
+            pending = np.concatenate([pending, np.asarray(wet, np.float32)], axis=1)
+        if pending.shape[1] < n:
+            continue  # a plugin still withholds its latency
+        turn, pending = pending[:, :n], pending[:, n:]
+        if last is not None and turn.shape == last.shape and float(
+                np.abs(turn - last).max()) <= STEADY_WITHIN * max(float(np.abs(turn).max()), 1e-9):
+            return np.ascontiguousarray(turn)
+        last = turn
+    assert last is not None
+    return np.ascontiguousarray(last)
 
 
 def loop_key(plan: ElementPlan, source: Source, sample_rate: int, bit_depth: int | None) -> str:

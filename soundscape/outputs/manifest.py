@@ -96,6 +96,16 @@ class MixRecord:
     ceiling_dbtp: float
     key: str = ""
     bytes: int = 0
+    # (absent before the capped limiter: None) the most the limiter was allowed to reduce, the
+    # sum's peak-to-loudness ratio before the master, and, short of the target, the element
+    # whose peaks stand highest in the sum with its own PLR
+    max_limiting_db: float | None = None
+    input_plr_db: float | None = None
+    blocked_by: str | None = None
+    blocked_by_plr_db: float | None = None
+    # an mp3 or ogg mix: loudness_lufs and true_peak_dbtp are what the file decodes to, and
+    # this the trim (dB, <= 0) the master got so that its decoded peaks keep the ceiling
+    lossy_trim_db: float | None = None
 
 
 @dataclass(frozen=True)

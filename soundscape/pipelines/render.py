@@ -21,18 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import (
-    AtomicAudioWriter,
-    output_problem,
-    remove_stale_temps,
-    written_bit_depth,
-)
+from ..audio_io import output_problem, remove_stale_temps, written_bit_depth
 from ..dsp.bus import Bus
+from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
 from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.models import ModelRef, resolve
 from ..locks import locked
-from ..master import master_bus
+from ..master import ElementLevels, master_bus
 from ..mixer import budget
 from ..mixer.loops import loop_seams
 from ..mixer.workers import (
@@ -58,6 +54,7 @@ from ..outputs.incremental import (
     stem_key,
     summable,
 )
+from ..outputs.lossy import MasterFile
 from ..outputs.manifest import (
     Manifest,
     MixRecord,
@@ -163,6 +160,16 @@ class _Plan:
         x = self.scene.master.loopable
         return int(round(x * self.out.sample_rate)) if x else 0
 
+    @property
+    def overhang(self) -> int:
+        """Frames the mix bus runs on past the end: a loopable mix's wrap, plus the longest
+        tail its elements' effects ring on after a play the wrap cuts (all of it is folded
+        onto the start, so no tail stops dead in the loop); 0 for a plain mix."""
+        if not self.wrap:
+            return 0
+        tail_s = max((chain_tail_s(e.effects) for e in self.arrangement.elements), default=0.0)
+        return self.wrap + int(math.ceil(tail_s * self.out.sample_rate))
+
     def needs_audio(self, name: str) -> bool:
         """Whether this element's takes are needed: to render its stem, or to sum a kept stem
         that cannot be read back exactly (lossy format, clipped)."""
@@ -212,7 +219,8 @@ def _plan(scene: Scene, ref: ModelRef, model: str, output: OutputOptions,
     directory = directory or output_dir(output.out, scene)
     keys = {p.name: stem_key(p, sources[p.name], out) for p in arr.elements}
     mkey = mix_key(keys, {"effects": [repr(fx) for fx in m.effects], "loudness": m.loudness,
-                          "ceiling": m.ceiling, "loopable": m.loopable}, out)
+                          "ceiling": m.ceiling, "loopable": m.loopable,
+                          "max_limiting": m.max_limiting}, out)
     previous = read_manifest(directory / "manifest.json")
     paths = {n: directory / "stems" / f"{n}.{fmt}" for n in keys}
     decisions = decide(list(keys), keys, paths, previous, directory,
@@ -261,7 +269,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                      p.directory / "manifest.json")
     workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with Bus.temporary(out.channels, out.frames + p.wrap, p.directory) as mix:
+    with Bus.temporary(out.channels, out.frames + p.overhang, p.directory) as mix:
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
@@ -281,19 +289,31 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                                 audio_of.get(name)) for name in present]
         m = scene.master
         pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
-        with AtomicAudioWriter(mix_path, out.sample_rate, out.channels, out.bit_depth,
-                               background=True) as w:
+        # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
+        with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
+                        m.ceiling, p.directory) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
-                                w.write, p.directory, loop=p.wrap > 0)
+                                w.write, p.directory, loop=p.wrap > 0,
+                                max_limiting_db=m.max_limiting, elements=_levels(records))
     warnings.extend(report.warnings)
-    tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, report.output_lufs,
-                                report.true_peak_dbtp))
+    if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
+        warnings.append(RenderWarning(
+            "master", f"the {out.fmt} mix decodes at {w.decoded.true_peak_dbtp:.2f} dBTP, over "
+            f"the {m.ceiling:.1f} dBTP ceiling even trimmed by {-w.decoded.trim_db:.2f} dB; "
+            f"lower the ceiling or write wav or flac", None, w.decoded.true_peak_dbtp,
+            m.ceiling, w.decoded.true_peak_dbtp))
+    lufs, peak = (report.output_lufs, report.true_peak_dbtp) if w.decoded is None else \
+        (w.decoded.loudness_lufs, w.decoded.true_peak_dbtp)
+    tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, lufs, peak))
     remove_stale(p.previous, p.directory, {mix_path, *map(p.path, p.keys)})
-    mix_record = MixRecord(mix_path.name, db(report.output_lufs), db(report.true_peak_dbtp),
+    mix_record = MixRecord(mix_path.name, db(lufs), db(peak),
                            db(report.input_lufs if pre_lufs is None else pre_lufs),
                            round(report.gain_db, 3),
                            round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
-                           p.mix_key, mix_path.stat().st_size)
+                           p.mix_key, mix_path.stat().st_size, m.max_limiting,
+                           db(report.input_plr_db), report.blocked_by,
+                           db(report.blocked_by_plr_db),
+                           None if w.decoded is None else round(w.decoded.trim_db, 3))
     manifest = render_manifest(p.arrangement, p.model, out.fmt,
                                written_bit_depth(out.fmt, out.bit_depth), output.only,
                                mix_record, records, warnings)
@@ -310,6 +330,15 @@ def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
     for start in range(0, frames, 1 << 16):
         meter.add(mix.read(start, min(1 << 16, frames - start)))
     return meter.finish().integrated_loudness()
+
+
+def _levels(records: list[StemRecord]) -> tuple[ElementLevels, ...]:
+    """What each stem brings to the sum, for the master to say whose peaks stand in its way."""
+    def level(x: float | None) -> float:
+        return -math.inf if x is None else x
+
+    return tuple(ElementLevels(r.element, level(r.loudness_lufs), level(r.true_peak_dbtp))
+                 for r in records)
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,

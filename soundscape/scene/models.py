@@ -78,7 +78,9 @@ class Loop(_Model):
     times: int | None = Field(None, ge=1, description="Play the take this many times.")
     until: Duration | None = Field(None, description="Loop until this time (default: the end "
                                    "of the scene).")
-    crossfade: Duration = Field(1.0, description="Crossfade length at each loop point.")
+    crossfade: Duration = Field(1.0, description="Crossfade length at each loop point (at most "
+                                "a third of the take). 0 joins the take's end to its start; "
+                                "where they do not meet, a 5 ms declick crossfade is used.")
 
     @model_validator(mode="after")
     def _one_end(self) -> Loop:
@@ -248,6 +250,12 @@ class Master(_Model):
                                   description="Master effects, in order.")
     loudness: Loudness = Field(-18.0, description="Integrated loudness target (BS.1770).")
     ceiling: Ceiling = Field(-1.0, description="True-peak ceiling of the limiter (dBTP).")
+    max_limiting: Decibels = Field(
+        6.0, ge=0.0, le=60.0,
+        description="The most the limiter may reduce the mix's peaks to reach the loudness "
+        "target (dB, e.g. '6 dB'). Past it the master stops its make-up gain and warns with the "
+        "loudness reached and the element whose peaks stand in the way, rather than crushing "
+        "the mix flat; raise it for a louder, denser master.")
     loopable: PositiveDuration | None = Field(
         None, description="Make the mix loop seamlessly: what rings past its end crossfades "
         "into its start over this long (e.g. '2 s'); loops run on past the end and element "

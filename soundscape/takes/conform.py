@@ -14,11 +14,15 @@ from .store import TakeCache
 
 
 def conform(audio: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
-    """A take or recording at ``sample_rate``, with at most two channels."""
+    """A take or recording at ``sample_rate``, with at most two channels and no DC offset
+    (``dsp.dcblock``: a sub-sonic high-pass, as any mastering chain has)."""
     from ..audio_io import resample
+    from ..dsp.dcblock import block_dc
     from ..dsp.stereo import downmix
 
-    return downmix(resample(audio, sr, sample_rate), 2)
+    # the offset goes before resampling: the resampler would turn a take that starts on its
+    # offset into a step from silence, which the high-pass then rings with
+    return resample(block_dc(downmix(audio, 2), sr), sr, sample_rate)
 
 
 def element_takes(source: Source, cache: TakeCache) -> list[np.ndarray] | None:

@@ -20,7 +20,7 @@ from ..generate.models import ModelRef
 from ..scene import Element, Scene
 
 # Bump when conforming or a stereo mode changes the audio built from the same takes.
-TAKES_VERSION = "2"
+TAKES_VERSION = "3"  # 3: takes lose their DC offset; decorrelate is not 6 ms late
 
 
 

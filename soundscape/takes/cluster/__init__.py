@@ -14,6 +14,7 @@ nothing here imports it until ``require_ray`` is called for a ``--cluster`` comm
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 from ...errors import SoundscapeError
@@ -31,6 +32,11 @@ class ClusterError(SoundscapeError):
 
 def require_ray() -> ModuleType:
     """Import Ray, or raise the one-line error that says how to install it."""
+    # A driver started by `uv run` would have Ray copy that command line to its workers
+    # (RAY_ENABLE_UV_RUN_RUNTIME_ENV), which then build a fresh environment from the project
+    # without the cluster extra, so without Ray, and die at start. Workers run this interpreter
+    # (a local cluster) or the cluster's own instead.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:

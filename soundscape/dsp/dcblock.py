@@ -1,0 +1,62 @@
+"""DC blocker: a sub-sonic high-pass for takes and recordings as they are conformed.
+
+Input: float32 ``(channels, frames)`` audio and its rate. Output: the same shape, float32,
+without its DC offset and sub-sonic drift.
+
+A generated take can be nearly pure offset (a drone measured with a mean of -0.033 against an
+RMS of 0.033); summed, such offsets move the mix off zero, and the limiter then flattens the
+offset as if it were programme. A 2nd-order Butterworth high-pass at ``DC_CUTOFF_HZ`` removes
+them, as a mastering chain's DC filter does: -0.26 dB at 30 Hz, -0.09 dB at 40 Hz, settled
+within about 30 ms.
+
+It is causal (``scipy.signal.sosfilt``): no frame moves earlier or later (its group delay is
+about 0.02 ms at 1 kHz and a few ms only near the cutoff, where nothing audible lies), so a
+one-shot's attack stays on its sample. A causal high-pass rings where a take starts abruptly
+(a tone starting on its zero crossing came out 5 % over its level for a few ms; one starting
+on its offset, with a thump of that offset), so the filter is first run over a warm-up that
+continues the take backwards: its opening mirrored point-symmetrically about its opening offset
+(the mean over one period of the cutoff), as ``scipy.signal.filtfilt``'s odd padding does, but
+about the offset rather than the first sample, so a take that starts on an attack keeps it
+whole. That output is dropped. Worked in blocks in float64
+(a 15 Hz pole pair at 96 kHz is too close to the unit circle for float32 coefficients), so the
+only large buffer is the output.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+DC_CUTOFF_HZ = 15.0
+WARM_UP_CUTOFF_PERIODS = 3  # 200 ms: the filter settles in about 30 ms
+_BLOCK = 1 << 17
+
+
+@functools.cache
+def _sections(sample_rate: int) -> np.ndarray:
+    from scipy.signal import butter
+
+    return np.asarray(butter(2, DC_CUTOFF_HZ, "highpass", fs=sample_rate, output="sos"))
+
+
+def block_dc(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``audio`` high-passed at ``DC_CUTOFF_HZ`` (a new float32 array)."""
+    from scipy.signal import sosfilt, sosfilt_zi
+
+    n = audio.shape[1]
+    out = np.empty(audio.shape, np.float32)
+    if n == 0:
+        return out
+    sos = _sections(sample_rate)
+    opening = audio[:, :max(1, round(sample_rate / DC_CUTOFF_HZ))].mean(axis=1, dtype=np.float64)
+    zi = sosfilt_zi(sos)[:, None, :] * opening[None, :, None]  # (sections, channels, 2)
+    warm = min(n - 1, round(WARM_UP_CUTOFF_PERIODS * sample_rate / DC_CUTOFF_HZ))
+    if warm > 0:
+        before = 2 * opening[:, None] - audio[:, warm:0:-1].astype(np.float64)
+        _, zi = sosfilt(sos, before, axis=-1, zi=zi)
+    for start in range(0, n, _BLOCK):
+        block = audio[:, start:start + _BLOCK].astype(np.float64)
+        y, zi = sosfilt(sos, block, axis=-1, zi=zi)
+        out[:, start:start + _BLOCK] = y
+    return out
