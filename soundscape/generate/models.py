@@ -44,6 +44,12 @@ class ModelRef:
                     h.update(fh.read(1 << 20))
         return f"dir:{h.hexdigest()[:16]}"
 
+    @property
+    def public_name(self) -> str:
+        """The model as files, tags and manifests name it: the hub id, or for a local directory
+        its anonymous identity (``dir:<hash>``), never the folder's path."""
+        return self.name if self.local_dir is None else self.identity
+
 
 def resolve(model: str, base_dir: Path | None = None) -> ModelRef:
     """Interpret ``model``: an existing directory is a local checkpoint; otherwise a hub id.
