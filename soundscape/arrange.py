@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .dsp.effects import EffectSpec
+from .errors import SoundscapeError
 from .notices import RenderWarning
 from .scene import Scene, derive_seed
 from .units import format_duration
@@ -190,6 +191,8 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
     D = scene.duration
     for name, e in scene.elements.items():
         L = take_lengths_s[name]
+        if e.loop is not None and L < MIN_LOOP_S:
+            raise SoundscapeError(degenerate_loop(name, L, scene))
         clips: list[Clip] = []
         loops: list[LoopRun] = []
         if e.loop is not None:
@@ -316,3 +319,16 @@ def wrap_around(arr: Arrangement, crossfade_s: float) -> Arrangement:
 
     return replace(arr, elements=tuple(replace(p, loops=tuple(map(run, p.loops)))
                                        for p in arr.elements))
+
+
+MIN_LOOP_S = 0.01  # a loop repeats at least this much (a 1-frame take: 29 M repeats in 10 min)
+
+
+def degenerate_loop(name: str, length_s: float, scene: Scene) -> str:
+    """Why ``name``'s take of ``length_s`` cannot be looped: each repeat costs a seam, so a take
+    of a few frames repeated over the scene would take minutes to mix for a buzz."""
+    frames = round(length_s * scene.sample_rate)
+    return (f"element {name}: loop: its take is {length_s * 1000:.2f} ms ({frames} frame"
+            f"{'s' if frames != 1 else ''} at {scene.sample_rate} Hz), less than the "
+            f"{MIN_LOOP_S * 1000:.0f} ms a loop needs; use a longer recording or take, or play "
+            f"it once with at: instead of loop:")

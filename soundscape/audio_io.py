@@ -190,6 +190,13 @@ def _writer_options(fmt: str, bit_depth: int | None) -> dict[str, object]:
     return {}
 
 
+def written_bit_depth(fmt: str, bit_depth: int | None) -> int | None:
+    """The bit depth a file of ``fmt`` is written at when ``bit_depth`` is asked (None: the
+    default); None for the lossy formats, which have none."""
+    depth = _writer_options(fmt, bit_depth).get("bit_depth")
+    return depth if isinstance(depth, int) else None
+
+
 def output_problem(fmt: str, sample_rate: int, channels: int, bit_depth: int | None) -> str | None:
     """Why pedalboard cannot write ``fmt`` at this rate, channel count and bit depth, or None.
 
@@ -199,6 +206,9 @@ def output_problem(fmt: str, sample_rate: int, channels: int, bit_depth: int | N
         return f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}"
     if bit_depth is not None and bit_depth not in WAV_BIT_DEPTHS:
         return f"--bit-depth {bit_depth} is not supported; use 16, 24 or 32"
+    if bit_depth is not None and fmt in ("ogg", "mp3"):
+        return (f"--bit-depth {bit_depth}: {fmt} files are lossy and have no bit depth; leave "
+                f"out --bit-depth, or use --format wav or flac")
     if bit_depth == 32 and fmt != "wav":
         return f"32-bit float is written as wav only; use --format wav or --bit-depth 24 ({fmt})"
     import io

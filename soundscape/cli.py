@@ -41,12 +41,38 @@ def main_callback(
     """Compose layered soundscapes from YAML scenes with AudioGen."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI runners, service managers), raised where the program is, so it
+    unwinds and cleans up exactly as Ctrl-C does."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises ``Terminated``; the earlier handler comes back
+    after (in the main thread only: signal handlers cannot be set elsewhere)."""
+    import signal
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (an embedding program's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """The error boundary: a user mistake or a failing dependency or system is one ``Error:``
     line and exit 1, never a traceback (SOUNDSCAPE_DEBUG=1 shows it for a bug report)."""
     try:
-        yield
+        with _sigterm_as_interrupt():
+            yield
     except SoundscapeError as e:
         _err(str(e))
         raise typer.Exit(1) from None
@@ -67,10 +93,11 @@ def _user_errors() -> Iterator[None]:
         _err(f"unexpected failure: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
              f" (a bug: please report it with the output of SOUNDSCAPE_DEBUG=1)")
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        typer.echo("Interrupted; finished takes are cached and no partial file was left.",
+    except KeyboardInterrupt as e:
+        what, code = ("Terminated", 143) if isinstance(e, Terminated) else ("Interrupted", 130)
+        typer.echo(f"{what}; finished takes are cached and no partial file was left.",
                    err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(code) from None
 
 
 def _log(msg: str) -> None:
@@ -308,8 +335,13 @@ def render(
         table.add_row("mix", "", "", _fmt(r.mix_lufs), _fmt(r.mix_true_peak_dbtp), str(r.mix))
         console.print(table)
         if r.exported:
-            typer.echo(f"{label}: wrote {len(r.exported)} export file(s) (loops, pools)")
+            typer.echo(f"{label}: wrote {len(r.exported)} export file(s) ({_kinds(r)})")
         typer.echo(f"wrote {r.directory}")
+
+
+def _kinds(r: Any) -> str:
+    """What a render's exports were, by their folders: ``loops``, ``pools`` or both."""
+    return ", ".join(sorted({p.relative_to(r.directory).parts[0] for p in r.exported}))
 
 
 def _fmt(x: float | None) -> str:
@@ -357,6 +389,13 @@ def sfx(
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
     fmt: Format = "wav", cluster: Cluster = None, actors: Actors = None,
+    bit_depth: BitDepth = None,
+    sample_rate: Annotated[int | None, typer.Option(
+        "--sample-rate", min=8000, max=192000, help="The files' rate in Hz (default: the "
+        "model's).")] = None,
+    channels: Annotated[int | None, typer.Option(
+        "--channels", help="1 or 2 (default: as generated).",
+        callback=_one_of("--channels", (1, 2)))] = None,
     commercial: Commercial = False,
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
@@ -366,7 +405,9 @@ def sfx(
         spec = _cluster_spec(cluster, actors)
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
                             fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
-                            precision=precision, cluster=spec, commercial=commercial)
+                            precision=precision, cluster=spec, sample_rate=sample_rate,
+                            channels=channels, bit_depth=bit_depth,
+                            commercial=commercial)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "

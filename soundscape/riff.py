@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import struct
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -58,9 +59,26 @@ def chunk(cid: bytes, data: bytes) -> bytes:
     return struct.pack("<4sI", cid, len(data)) + data + (b"\0" if len(data) & 1 else b"")
 
 
+def plain(value: str, charset: str = "ascii") -> bytes:
+    """``value`` in a legacy character set (``ascii`` for ``bext``, which EBU Tech 3285 keeps to
+    ASCII; ``latin-1`` for ``LIST/INFO``, as TagLib, wavinfo and Windows read it): a character
+    the set lacks is written without its accents where it has them (``é`` -> ``e``, ``ß`` ->
+    ``ss``), else as ``?``. The full text goes into ``iXML``, which is UTF-8."""
+    out = []
+    for ch in value:
+        try:
+            out.append(ch.encode(charset))
+            continue
+        except UnicodeEncodeError:
+            pass
+        base = unicodedata.normalize("NFKD", ch).encode(charset, "ignore")
+        out.append(base or (b"ss" if ch == "\u00df" else b"?"))
+    return b"".join(out)
+
+
 def _text(value: str, size: int) -> bytes:
     """A fixed-size ASCII field of ``bext``: cut to ``size`` bytes, NUL-padded."""
-    raw = value.encode("ascii", "replace")[:size]
+    raw = plain(value)[:size]
     return raw + b"\0" * (size - len(raw))
 
 
@@ -88,7 +106,7 @@ def bext(description: str, originator: str, reference: str, date: str, time: str
                            0x7FFF, 0x7FFF)
              + b"\0" * 180)
     assert len(fixed) == 602
-    return fixed + coding_history.encode("ascii", "replace")
+    return fixed + plain(coding_history)
 
 
 def smpl(frames: int, sample_rate: int) -> bytes:
@@ -103,12 +121,30 @@ def smpl(frames: int, sample_rate: int) -> bytes:
 
 def info_list(fields: dict[str, str]) -> bytes:
     """The data of a ``LIST`` chunk of type ``INFO``: one NUL-terminated text per field id
-    (``INAM`` title, ``IPRD`` product, ``ICMT`` comment, ``ISFT`` software, ``ICRD`` date...)."""
+    (``INAM`` title, ``IPRD`` product, ``ICMT`` comment, ``ISFT`` software, ``ICRD`` date...),
+    in Latin-1, which is how readers take INFO text when no ``CSET`` says otherwise (few read
+    ``CSET``); what Latin-1 lacks is written as ``plain`` says, the full text is in ``iXML``."""
     body = b"INFO"
     for key, value in fields.items():
         if value:
-            body += chunk(key.encode("ascii"), value.encode("utf-8", "replace") + b"\0")
+            body += chunk(key.encode("ascii"), plain(value, "latin-1") + b"\0")
     return body
+
+
+def ixml(fields: dict[str, str]) -> bytes:
+    """The data of an ``iXML`` chunk (UTF-8 XML, iXML 2.x): ``PROJECT``, ``SCENE``, ``NOTE``
+    and the rest as given, with the full Unicode text that ``bext`` and ``INFO`` cannot hold."""
+    from xml.sax.saxutils import escape
+
+    body = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields.items() if v)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<BWFXML><IXML_VERSION>2.10'
+            f"</IXML_VERSION>{body}</BWFXML>").encode()
+
+
+def fact(frames: int) -> bytes:
+    """The data of a ``fact`` chunk: the frame count, which a WAV file whose samples are not
+    PCM (IEEE float) must carry and libsndfile asks for."""
+    return struct.pack("<I", frames & 0xFFFFFFFF)
 
 
 def set_chunks(path: str | Path, before_data: dict[bytes, bytes],

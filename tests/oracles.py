@@ -36,14 +36,14 @@ def master(mix: np.ndarray, sample_rate: int, target_lufs: float | None,
     return np.concatenate(out, axis=1) if out else np.zeros_like(mix), report
 
 
-def parse_ucs_name(stem: str) -> tuple[str, str, str, str]:
-    """The four blocks of a UCS file name (its stem, without the extension); ValueError when it
-    is not one. Text after the SourceID's first '-' (``-seed42``) belongs to the SourceID."""
+def parse_ucs_name(stem: str) -> tuple[str, str, str, str, str | None]:
+    """The blocks of a UCS file name (its stem, without the extension): CatID, FXName,
+    CreatorID, SourceID and UserData (None when absent); ValueError when it is not one."""
     blocks = stem.split("_")
-    if len(blocks) != 4:
-        raise ValueError(f"{stem!r} has {len(blocks)} blocks; a UCS name has 4 "
-                         f"(CatID_FXName_CreatorID_SourceID)")
-    category, fxname, creator, source = blocks
-    ucs_name(category, fxname, creator, source)
-    return category, fxname, creator, source
-
+    if len(blocks) not in (4, 5):
+        raise ValueError(f"{stem!r} has {len(blocks)} blocks; a UCS name has 4 or 5 "
+                         f"(CatID_FXName_CreatorID_SourceID[_UserData])")
+    category, fxname, creator, source = blocks[:4]
+    user_data = blocks[4] if len(blocks) == 5 else None
+    ucs_name(category, fxname, creator, source, user_data)
+    return category, fxname, creator, source, user_data

@@ -50,11 +50,15 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_audio(d / "short.ogg", noise, 48000)
     write_audio(d / "short.mp3", noise[:, :300], 44100)
     write_audio(d / "hot.wav", noise * 10, 32000, bit_depth=32)  # float past full scale
+    bad = noise[:1].copy()
+    bad[0, 100], bad[0, 200] = np.nan, np.inf
+    write_audio(d / "nonfinite.wav", bad, 48000, bit_depth=32)  # a float recording gone wrong
     return d
 
 
 FILES = ("mono8k.wav", "stereo44k.wav", "surround48k.wav", "oneframe96k.wav", "silent22k.wav",
-         "fullscale16k.wav", "pcm16.flac", "short.ogg", "short.mp3", "hot.wav")
+         "fullscale16k.wav", "pcm16.flac", "short.ogg", "short.mp3", "hot.wav",
+         "nonfinite.wav")
 
 seconds = st.one_of(st.floats(0, 0.6, allow_nan=False).map(lambda s: round(s, 4)),
                     st.sampled_from([0, 1e-6, "1 ms", "0:00.2", 5]))
@@ -130,6 +134,8 @@ def case(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
                    "ceiling": draw(st.floats(-20, 0)),
                    "effects": draw(st.lists(effect(), max_size=2))},
     }
+    if draw(st.integers(0, 9)) == 0:  # a model: that is not there (file elements need none)
+        scene["model"] = "./no-such-model"
     fmt = draw(st.sampled_from(["wav", "flac", "ogg", "mp3"]))
     args = ["--format", fmt]
     depth = draw(st.sampled_from([None, 16, 24, 32]))
@@ -166,6 +172,8 @@ def test_random_file_scenes_render_or_fail_in_one_line(recordings: Path,
         errors = [ln for ln in text.splitlines() if ln.startswith("Error:")]
         # one line, or one per problem of an invalid scene file, each at its file:line
         assert len(errors) == 1 or all(ln.startswith(f"Error: {path}:") for ln in errors), text
+        # and every line says which scene it is about: its file, or its name
+        assert all(ln.startswith((f"Error: {path}", "Error: fuzz")) for ln in errors), text
         assert not (out / "fuzz" / f"mix.{args[1]}").exists()
         return
     assert res.exit_code == 0, text
@@ -212,3 +220,40 @@ def test_a_level_past_48_db_is_refused(tmp_path: Path) -> None:
     assert (res.exit_code, res.output.strip()) == (
         1, f"Error: {p}:4: elements.x.automation[0].level: 1e+30 is +600.00 dB, more than the "
         f"+48 dB a level may add; write e.g. '+6 dB' or 2")
+
+
+def test_a_one_frame_recording_looped_for_ten_minutes_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    wav(tmp_path / "one.wav", np.array([[0.5]]), 48000)  # mixed 29 M loop repeats (minutes)
+    p = tmp_path / "s.yaml"
+    p.write_text("name: s\nduration: 10:00\nelements:\n  x: {file: one.wav, loop: true}\n")
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(app, ["render", str(p), "--out", str(tmp_path / "o")])
+    assert time.perf_counter() - t0 < 10
+    assert (res.exit_code, res.output.strip()) == (
+        1, f"Error: {p}: element x: loop: its take is 0.02 ms (1 frame at 48000 Hz), less than "
+        f"the 10 ms a loop needs; use a longer recording or take, or play it once with at: "
+        f"instead of loop:")
+    assert not (tmp_path / "o").exists()
+
+
+def test_errors_found_at_render_time_name_the_scene_file(tmp_path: Path) -> None:
+    from soundscape.audio_io import write_audio
+
+    bad = np.zeros((1, 4800), np.float32)
+    bad[0, 100] = np.nan
+    write_audio(tmp_path / "nan.wav", bad, 48000, bit_depth=32)
+    cases = {
+        "model": ("name: m\nduration: 1\nmodel: ./gone\nelements:\n  x: {prompt: rain}\n",
+                  f"model '{tmp_path}/gone' is neither a directory nor a Hugging Face id like "
+                  f"'facebook/audiogen-medium'; give a checkpoint directory or a hub id"),
+        "nan": ("name: n\nduration: 1\nelements:\n  x: {file: nan.wav, at: 0}\n",
+                "element x: non-finite samples (NaN or inf); the recording or take holds them, "
+                "or the volume or automation is out of range: fix the file or the level"),
+    }
+    for name, (text, message) in cases.items():
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(text)
+        res = CliRunner().invoke(app, ["render", str(p), "--out", str(tmp_path / "o")])
+        assert (res.exit_code, res.output.strip()) == (1, f"Error: {p}: {message}"), res.output

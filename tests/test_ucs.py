@@ -20,8 +20,12 @@ from tests.oracles import parse_ucs_name
 def test_issue_example_name_validates_and_parses_back() -> None:
     name = ucs_name("DOORWood", "Creak Open", "SNDSCP", "MyGame")
     assert name == "DOORWood_Creak Open_SNDSCP_MyGame"
-    assert parse_ucs_name(name + "-seed42") == ("DOORWood", "Creak Open", "SNDSCP",
-                                                "MyGame-seed42")
+    # the seed is the UserData block: the SourceID stays MyGame
+    assert parse_ucs_name(name + "_seed42") == ("DOORWood", "Creak Open", "SNDSCP", "MyGame",
+                                                "seed42")
+    assert parse_ucs_name(name) == ("DOORWood", "Creak Open", "SNDSCP", "MyGame", None)
+    with pytest.raises(ValueError, match="'MyGame-seed42' holds '-', which UCS keeps"):
+        parse_ucs_name(name + "-seed42")  # what soundscape wrote before
 
 
 @pytest.mark.parametrize("blocks,message", [
@@ -33,12 +37,20 @@ def test_issue_example_name_validates_and_parses_back() -> None:
      "is 33 characters; UCS keeps the FXName to 25 or fewer"),
     (("DOORWood", "Creak", "SND SCP", "G"), "'SND SCP' holds a space"),
     (("DOORWood", "Creak", "SNDSCP", "My/Game"), "'My/Game' holds '/'"),
+    (("DOORWood", "Slam-Hard", "SNDSCP", "G"),
+     "'Slam-Hard' holds '-', which UCS keeps for separating a block from its sub-block; "
+     "use a space"),
+    (("DOORWood", "Slam", "SNDSCP", "my-game"),
+     "'my-game' holds '-', which UCS keeps for separating a block from its sub-block; "
+     "join the words, e.g. MyGame"),
+    (("DOORWood", "Slam", "ACME-2", "G"), "'ACME-2' holds '-'"),
 ])
 def test_bad_blocks_are_refused(blocks: tuple[str, str, str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         ucs_name(*blocks)
-    with pytest.raises(ValueError):  # read back from a file name, refused too
-        parse_ucs_name("_".join(blocks))
+    if not any("_" in b for b in blocks):  # an extra '_' reads as a fifth block (UserData)
+        with pytest.raises(ValueError):  # read back from a file name, refused too
+            parse_ucs_name("_".join(blocks))
 
 
 def _list(tmp_path: Path, text: str) -> Path:
@@ -59,8 +71,8 @@ sounds:
 """))
     a, b, c = lst.sounds
     assert variation_file(lst, a, 42, "wav") == \
-        "creak_open/DOORWood_Creak Open_ACME_MyGame-seed42.wav"
-    assert variation_file(lst, b, 7, "flac") == "slam/DOORMetl_Slam Hard_ACME_Demo-seed7.flac"
+        "creak_open/DOORWood_Creak Open_ACME_MyGame_seed42.wav"
+    assert variation_file(lst, b, 7, "flac") == "slam/DOORMetl_Slam Hard_ACME_Demo_seed7.flac"
     assert sound_ucs(lst, c) is not None  # the list's ucs names every sound
     lst2 = load_sfx_list(_list(tmp_path, "sounds: [{name: p, prompt: x}]\n"))
     assert variation_file(lst2, lst2.sounds[0], 3, "wav") == "p/p-seed3.wav"  # no UCS
@@ -73,7 +85,13 @@ sounds:
      "(universalcategorysystem.com lists them)"),
     ("sounds:\n  - {name: d, prompt: x, ucs: {category: DOORWood, name: Creak_Open}}\n",
      "lib.yaml:2: sounds[0].ucs.name: 'Creak_Open' holds '_', which UCS keeps for separating "
-     "the blocks of a name; use a space or '-'"),
+     "the blocks of a name; use a space"),
+    ("sounds:\n  - {name: d, prompt: x,\n     ucs: {category: DOORWood, name: Slam-Hard}}\n",
+     "lib.yaml:3: sounds[0].ucs.name: 'Slam-Hard' holds '-', which UCS keeps for separating a "
+     "block from its sub-block; use a space"),
+    ("name: x\nucs: {category: DOORWood, source: my-game}\nsounds:\n  - {name: d, prompt: x}\n",
+     "lib.yaml:2: ucs.source: 'my-game' holds '-', which UCS keeps for separating a block from "
+     "its sub-block; join the words, e.g. MyGame"),
     ("ucs: {creator: ME}\nsounds:\n  - {name: d, prompt: x}\n",
      "lib.yaml:3: sounds[0] (d): ucs: no category (CatID); add e.g. 'category: DOORWood' to "
      "the sound's ucs or to the list's"),
@@ -114,15 +132,16 @@ sounds:
     assert [row["file"] for row in rows] == [v["file"] for v in m["variations"]]
     assert len(rows) == 6
     first = rows[0]
-    assert first["file"] == "creak_open/DOORWood_Creak Open_SNDSCP_MyGame-seed42.wav"
+    assert first["file"] == "creak_open/DOORWood_Creak Open_SNDSCP_MyGame_seed42.wav"
     assert (first["name"], first["prompt"], first["seed"]) == (
         "creak_open", "a wooden door creaking open", "42")
     for row, v in zip(rows, m["variations"], strict=True):
         file = root / row["file"]
         assert file.is_file()
-        cat, fx, creator, source = parse_ucs_name(file.stem)  # every name validates
-        assert (row["CatID"], row["FXName"], row["CreatorID"]) == (cat, fx, creator)
-        assert source == f"{row['SourceID']}-seed{row['seed']}"
+        cat, fx, creator, source, user = parse_ucs_name(file.stem)  # every name validates
+        assert (row["CatID"], row["FXName"], row["CreatorID"], row["SourceID"]) == (
+            cat, fx, creator, source)
+        assert user == f"seed{row['seed']}" and "-" not in file.stem
         assert float(row["loudness_lufs"]) == v["loudness_lufs"]
         assert float(row["true_peak_dbtp"]) == v["true_peak_dbtp"] <= -0.9
         assert float(row["duration_s"]) == pytest.approx(v["duration_s"], abs=1e-6)

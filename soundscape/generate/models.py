@@ -53,6 +53,12 @@ class ModelRef:
             return f"hub:{self.name}"
         return f"dir:{folder_hash(self.local_dir, self.engine)}"
 
+    @property
+    def public_name(self) -> str:
+        """The model as files, tags and manifests name it: the hub id, or for a local directory
+        its anonymous identity (``dir:<hash>``), never the folder's path."""
+        return self.name if self.local_dir is None else self.identity
+
     def revision(self) -> str | None:
         """The exact weights: the commit of the cached hub snapshot, or the local files' hash;
         None for a hub model not in the cache yet (``locate`` downloads it)."""

@@ -257,9 +257,13 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
             except BrokenProcessPool:
                 raise RenderError("a stem worker process died (out of memory?); render with "
                                   "--jobs 1 to use one process") from None
-            except BaseException:
+            except BaseException as e:
                 for f in futures:
                     f.cancel()
+                if isinstance(e, KeyboardInterrupt):  # Ctrl-C, or SIGTERM to the render alone:
+                    for pid in pids:  # its workers would finish their stems before the pool
+                        with contextlib.suppress(OSError):  # let go; their temps are swept
+                            os.kill(pid, signal.SIGKILL)
                 raise
         for part in parts:
             mix.add_bus(part)

@@ -24,18 +24,24 @@ class SfxVariation:
     true_peak_dbtp: float | None
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
-    ucs: dict[str, str] | None = None  # CatID, FXName, CreatorID, SourceID
+    ucs: dict[str, str] | None = None  # CatID, FXName, CreatorID, SourceID, UserData
+    sample_rate: int | None = None
+    channels: int | None = None
+    target_lufs: float | None = None  # what the list asked; loudness_lufs is what was reached
     licence: str = ""  # of the weights that made it
     commercial: bool = False  # whether that licence allows commercial use
 
 
 CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
-                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "licence",
+                   "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "UserData",
+                   "sample_rate", "channels", "target_lufs", "licence",
                    "commercial")
 
 
 def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
-    """``catalog.csv``: one row per file, the UCS columns empty for sounds without UCS."""
+    """``catalog.csv``: one row per file, the UCS columns empty for sounds without UCS;
+    ``loudness_lufs`` is what the file reached, ``target_lufs`` what the list asked (empty:
+    none)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CATALOG_COLUMNS)
@@ -45,5 +51,9 @@ def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> st
                     "" if v.loudness_lufs is None else v.loudness_lufs,
                     "" if v.true_peak_dbtp is None else v.true_peak_dbtp,
                     u.get("CatID", ""), u.get("FXName", ""), u.get("CreatorID", ""),
-                    u.get("SourceID", ""), v.licence, "yes" if v.commercial else "no"])
+                    u.get("SourceID", ""), u.get("UserData", ""),
+                    "" if v.sample_rate is None else v.sample_rate,
+                    "" if v.channels is None else v.channels,
+                    "" if v.target_lufs is None else v.target_lufs, v.licence,
+                    "yes" if v.commercial else "no"])
     return buf.getvalue()

@@ -35,7 +35,16 @@ from ..takes.plan import Source
 from ..takes.store import TakeCache
 from .loopfiles import loop_file, loop_key
 from .manifest import ExportRecord
-from .pools import POOLS_DIR, PoolExport, one_shot, pool_key, pool_of, variation_seeds
+from .pools import (
+    POOLS_DIR,
+    PoolExport,
+    cut_tail_warning,
+    max_tail_s,
+    one_shot,
+    pool_key,
+    pool_of,
+    variation_seeds,
+)
 from .tags import element_tags, levels, now_iso, tag_file
 
 EXPORT_KINDS = ("loops", "pools")
@@ -189,7 +198,8 @@ def _pool(f: _Folder, arr: Arrangement, plan: ElementPlan, source: Source, cache
           asked: bool) -> ExportRecord | None:
     """The one-shot files of one scattered element: kept if current, written if asked."""
     name, sr = plan.name, arr.sample_rate
-    key = pool_key(plan, source, sr, f.bit_depth)
+    bound = max_tail_s(arr.duration_s)
+    key = pool_key(plan, source, sr, f.bit_depth, bound)
     rec = f.current("pool", name, key)
     if rec is not None or not asked:
         return rec
@@ -201,8 +211,11 @@ def _pool(f: _Folder, arr: Arrangement, plan: ElementPlan, source: Source, cache
     files, total = [], 0
     seeds = variation_seeds(source)
     for i, take in enumerate(takes):
-        shot = one_shot(take, plan, sr)
+        cut = one_shot(take, plan, sr, bound)
+        shot = cut.audio
         path = f.directory / POOLS_DIR / name / f"{name}-{i + 1}.wav"
+        if cut.cut_level_db is not None:
+            f.notes.append(cut_tail_warning(name, str(path.relative_to(f.directory)), cut, sr))
         f.write(path, shot, sr)
         tags = element_tags(arr.scene, plan, source, f"{name} {i + 1}", key, f.created,
                             *levels(shot, sr, looped=False))

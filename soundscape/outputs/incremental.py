@@ -105,8 +105,9 @@ def decide(names: list[str], keys: dict[str, str], paths: dict[str, Path],
         current = stored_is_current(rec, keys[name], directory, paths[name])
         if current and not (force and (only is None or name in only)):
             out[name] = Decision(rec, False)
-        else:
-            out[name] = Decision(None, only is None or name in only)
+        else:  # outside --only a stem is rendered for the mix; its file is written only if
+            # there is none (a fresh folder), so the stems on disk still sum to the mix
+            out[name] = Decision(None, only is None or name in only or not paths[name].exists())
     return out
 
 

@@ -84,8 +84,11 @@ def tag_file(path: str | Path, tags: Tags, loop_frames: int | None = None) -> bo
     (a WAV file past 4 GiB, RF64).
 
     WAV: ``bext`` (description, originator ``soundscape <version>``, originator reference = the
-    key, date and time, time reference 0, loudness and true peak when measured) and ``LIST/INFO``
-    (``INAM`` title, ``IPRD`` scene, ``ICMT`` the identity, ``ISFT`` software, ``ICRD`` date).
+    key, date and time, time reference 0, loudness and true peak when measured; ASCII, as BWF
+    allows), ``LIST/INFO`` (``INAM`` title, ``IPRD`` scene, ``ICMT`` the identity, ``ISFT``
+    software, ``ICRD`` date; Latin-1, as readers take it), ``iXML`` (the same in full UTF-8:
+    ``PROJECT``, ``SCENE`` the variant, ``NOTE`` the description, ``TRACK_TITLE``, ``USER`` the
+    identity) and, for a 32-bit float file, the ``fact`` chunk.
     FLAC and Ogg: Vorbis comments (TITLE, ALBUM, DESCRIPTION, COMMENT the identity, DATE,
     ENCODER, and SOUNDSCAPE_* one field per part of the identity). MP3: ID3 (TIT2, TALB,
     COMM, TDRC, TSSE, TXXX:SOUNDSCAPE_*).
@@ -100,15 +103,20 @@ def tag_file(path: str | Path, tags: Tags, loop_frames: int | None = None) -> bo
     if fmt == "wav":
         fmt_info = _wav_format(path)
         history = ""
+        before = {}
         if fmt_info is not None:
-            rate, channels, bits, _ = fmt_info
+            rate, channels, bits, align, tag, frames = fmt_info
             mode = {1: "mono", 2: "stereo"}.get(channels, f"{channels} channels")
             history = f"A=PCM,F={rate},W={bits},M={mode},T={SOFTWARE}\r\n"
-        before = {b"bext": riff.bext(tags.description, SOFTWARE, tags.key[:32], date,
-                                     clock[:8], 0, tags.loudness_lufs, tags.true_peak_dbtp,
-                                     history)}
+            if tag == 3:  # IEEE float: not PCM, so a fact chunk with the frame count
+                before[b"fact"] = riff.fact(frames)
+        before[b"bext"] = riff.bext(tags.description, SOFTWARE, tags.key[:32], date, clock[:8],
+                                    0, tags.loudness_lufs, tags.true_peak_dbtp, history)
         after = {b"LIST": riff.info_list({"INAM": tags.title, "IPRD": tags.scene,
-                                          "ICMT": comment, "ISFT": SOFTWARE, "ICRD": date})}
+                                          "ICMT": comment, "ISFT": SOFTWARE, "ICRD": date}),
+                 b"iXML": riff.ixml({"PROJECT": tags.scene, "SCENE": tags.variant or "",
+                                     "NOTE": tags.description, "TRACK_TITLE": tags.title,
+                                     "USER": comment})}
         if loop_frames is not None and fmt_info is not None:
             after[b"smpl"] = riff.smpl(loop_frames, fmt_info[0])
         return riff.set_chunks(path, before, after)
@@ -143,20 +151,25 @@ def tag_file(path: str | Path, tags: Tags, loop_frames: int | None = None) -> bo
     return True
 
 
-def _wav_format(path: Path) -> tuple[int, int, int, int] | None:
-    """``(sample_rate, channels, bits, block_align)`` from a WAV file's ``fmt `` chunk."""
+def _wav_format(path: Path) -> tuple[int, int, int, int, int, int] | None:
+    """``(sample_rate, channels, bits, block_align, format tag, frames)`` from a WAV file's
+    ``fmt `` and ``data`` chunks (the tag: 1 PCM, 3 IEEE float; an extensible file's subtype)."""
     import struct
 
     from ..riff import wav_chunks
 
-    chunks = wav_chunks(path)
-    fmt = next((c for c in chunks or () if c.id == b"fmt "), None)
-    if fmt is None:
+    chunks = wav_chunks(path) or []
+    fmt = next((c for c in chunks if c.id == b"fmt "), None)
+    data = next((c for c in chunks if c.id == b"data"), None)
+    if fmt is None or data is None:
         return None
     with path.open("rb") as f:
         f.seek(fmt.offset)
-        _, channels, rate, _, align, bits = struct.unpack("<HHIIHH", f.read(16))
-    return rate, channels, bits, align
+        raw = f.read(min(fmt.size, 40))
+    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", raw[:16])
+    if tag == 0xFFFE and len(raw) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the subformat's first word
+        tag = struct.unpack("<H", raw[24:26])[0]
+    return rate, channels, bits, align, tag, data.size // max(align, 1)
 
 
 def levels(audio: np.ndarray, sample_rate: int, looped: bool) -> tuple[float | None,

@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import atomic_write_text, output_problem, remove_stale_temps
+from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
 from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
-from ..errors import RenderError, SoundscapeError
-from ..generate.engines import ENGINES, by_short_name
+from ..dsp.meter import Meter
+from ..errors import RenderError, SceneError, SoundscapeError
+from ..generate.engines import ENGINES
+from ..generate.models import resolve
 from ..locks import locked
 from ..master import ElementLevels, master_bus
 from ..mixer import budget
@@ -185,6 +187,23 @@ class _Plan:
         return summable(keep, self.out) and not self.wrap
 
 
+@contextlib.contextmanager
+def _about(scene: Scene) -> Iterator[None]:
+    """An error about ``scene`` that does not name it yet is raised again with its file (and
+    variant) in front, so that with several scenes or variants every line says which one."""
+    try:
+        yield
+    except SceneError:
+        raise  # file:line already
+    except SoundscapeError as e:
+        text = str(e)
+        where = scene.label if scene.path is None else \
+            f"{scene.path}" + (f" ({scene.variant})" if scene.variant else "")
+        if text.startswith((where, f"{scene.label}:", f"{scene.label} ")):
+            raise
+        raise type(e)(f"{where}: {text}") from None
+
+
 def output_dir(out: Path, scene: Scene) -> Path:
     d = out / scene.name
     return d / scene.variant if scene.variant else d
@@ -243,6 +262,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         jobs.append(StemJob(p.arrangement.plan(name), audio,
                             p.path(name) if d.write else None, out.sample_rate,
                             scene.duration))
+    for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
+        if j.path is None and p.path(j.plan.name).exists():
+            warnings.append(RenderWarning(
+                "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} is "
+                f"from an earlier render and not rewritten (--only), so the stems no longer sum "
+                f"to the mix; render without --only to rewrite it", j.plan.name))
     forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
                      p.directory / "manifest.json")
     workers = choose_workers(len(jobs), scene.duration, output.jobs)
@@ -266,6 +291,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
                                 audio_of.get(name)) for name in present]
         m = scene.master
+        pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
                         m.ceiling, p.directory) as w:
@@ -284,19 +310,30 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     tag_file(mix_path, mix_tags(p.arrangement, p.model, p.mix_key, lufs, peak))
     remove_stale(p.previous, p.directory, {mix_path, *map(p.path, p.keys)})
     mix_record = MixRecord(mix_path.name, db(lufs), db(peak),
-                           db(report.input_lufs), round(report.gain_db, 3),
+                           db(report.input_lufs if pre_lufs is None else pre_lufs),
+                           round(report.gain_db, 3),
                            round(report.limiter_reduction_db, 3), m.loudness, m.ceiling,
                            p.mix_key, mix_path.stat().st_size, m.max_limiting,
                            db(report.input_plr_db), report.blocked_by,
                            db(report.blocked_by_plr_db),
                            None if w.decoded is None else round(w.decoded.trim_db, 3))
-    manifest = render_manifest(p.arrangement, p.model, out.fmt, out.bit_depth, output.only,
+    manifest = render_manifest(p.arrangement, p.model, out.fmt,
+                               written_bit_depth(out.fmt, out.bit_depth), output.only,
                                mix_record, records, warnings)
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
+    """The loudness of the sum before the master effects (``master_bus`` measures after them,
+    which is what its gain works from)."""
+    meter = Meter(sample_rate, mix.channels, true_peak=False)
+    for start in range(0, frames, 1 << 16):
+        meter.add(mix.read(start, min(1 << 16, frames - start)))
+    return meter.finish().integrated_loudness()
 
 
 def _levels(records: list[StemRecord]) -> tuple[ElementLevels, ...]:
@@ -404,20 +441,20 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
         raise SoundscapeError(f"--out {output.out} is a file; give a folder for the renders")
     only = output.only
     if only:
-        for s in scenes:
-            unknown = sorted(only - set(s.elements))
-            if unknown and len(scenes) == 1:
-                raise SoundscapeError(f"--only: {s.label} has no element "
-                                      f"{', '.join(map(repr, unknown))}; elements: "
-                                      f"{', '.join(s.elements)}")
+        _check_only(scenes, only)
     models = Models(gen.model, gen.log)
-    plans = [_plan(s, models, manifest_model(gen.model or s.model), output) for s in scenes]
+    plans = []
+    for s in scenes:
+        with _about(s):
+            name = resolve(gen.model or s.model, s.base_dir).public_name
+            plans.append(_plan(s, models, name, output))
     check_commercial(plans, gen.commercial)
     if want:
         check_request([p.arrangement for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
         if p.redo_mix:  # neither, nor pedalboard's import to ask the encoder)
-            _check_outputs(p, output)
+            with _about(p.scene):
+                _check_outputs(p, output)
     cache = TakeCache(gen.cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []
@@ -427,13 +464,29 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     generated |= done
     shared += warns
     results = []
+    claimed: set[str] = set()  # a take shared by variants was generated for the first of them
     for p in plans:
         try:
-            results.append(_write(p, models, cache, frozenset(generated),
-                                  tuple(shared), gen, output, want.with_scene(p.arrangement.scene)))
+            with _about(p.scene):
+                results.append(_write(p, models, cache, frozenset(generated - claimed),
+                                      tuple(shared), gen, output,
+                                      want.with_scene(p.arrangement.scene)))
         except OSError as e:
             raise RenderError(f"{p.scene.label}: cannot write outputs: {e}") from None
+        claimed |= {t.request.key for src in p.sources.values() for t in src.takes}
     return results
+
+
+def _check_only(scenes: Sequence[Scene], only: frozenset[str]) -> None:
+    """One error for an --only name that no scene of the render has: variants of one scene are
+    one scene here (a name in any of them is fine), so --all-variants says what a single render
+    says; of several scene files, a name need only be in one."""
+    every = list(dict.fromkeys(n for s in scenes for n in s.elements))
+    unknown = sorted(only - set(every))
+    if unknown:
+        labels = " or ".join(dict.fromkeys(s.name for s in scenes))
+        raise SoundscapeError(f"--only: {labels} has no element "
+                              f"{', '.join(map(repr, unknown))}; elements: {', '.join(every)}")
 
 
 def _check_outputs(p: _Plan, output: OutputOptions) -> None:
@@ -447,12 +500,6 @@ def _check_outputs(p: _Plan, output: OutputOptions) -> None:
     budget.check(p.scene.label, budget.estimate(
         p.arrangement, p.out.frames, p.out.channels, output.fmt, output.bit_depth, written,
         workers, tuple(p.scene.master.effects)), p.directory)
-
-
-def manifest_model(model: str) -> str:
-    """The scene's model as the manifest names it (a short name as its hub id)."""
-    named = by_short_name(model)
-    return named.repo if named is not None else model
 
 
 def check_commercial(plans: list[_Plan], commercial: bool) -> None:

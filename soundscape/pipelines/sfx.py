@@ -2,12 +2,18 @@
 
 Input: a YAML or JSON list (``name``, ``defaults``, ``ucs``, ``sounds: [{name, prompt, duration,
 variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<fmt>`` (with
-``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``), each tagged with
+``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>_seed<seed>.<fmt>``), each tagged with
 its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
+
+A file reaches its loudness target as the master reaches its own (the limiter's loss is made up
+in up to three more passes) or is warned about with the figure it reached, which the catalog
+records. A render of an edited list removes the files an earlier render of it wrote (those its
+manifest lists) that the list no longer names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -16,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_io import atomic_write_text, write_audio
+from ..audio_io import atomic_write_text, resample, write_audio
 from ..dsp.fades import trim_silence
 from ..dsp.meter import sound_levels
-from ..errors import SceneError
+from ..dsp.stereo import downmix
+from ..errors import SceneError, SoundscapeError
 from ..generate import Setting, TakeRequest
 from ..generate.engines import settings_for
 from ..master import limit
@@ -36,6 +43,65 @@ from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_
 from ..takes.plan import Models, PinnedModel
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
+
+REACH_LU = 0.5  # a file further than this from its target is warned about, as a master is
+
+
+def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | None,
+                    ceiling_db: float) -> tuple[np.ndarray, float]:
+    """A short sound at ``target_lufs`` (None: its own level) under a true-peak ceiling of
+    ``ceiling_db``, and the loudness it reached.
+
+    Limiting lowers the loudness, so as in the master the gain is raised by what was lost and
+    the sound limited again, until it is within 0.1 LU of the target or three more passes are
+    done; a target the ceiling does not allow is reached as closely as the limiter can.
+    """
+    measured = sound_levels(audio, sample_rate)[0]
+    gain = 0.0 if target_lufs is None or math.isinf(measured) else target_lufs - measured
+    out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate, ceiling_db)
+    reached = sound_levels(out, sample_rate)[0]
+    best = out, reached
+    if target_lufs is not None and not math.isinf(measured):
+        for _ in range(3):
+            if abs(reached - target_lufs) <= 0.1 or reduction == 0.0 or math.isinf(reached):
+                break
+            gain += target_lufs - reached
+            out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate,
+                                   ceiling_db)
+            reached = sound_levels(out, sample_rate)[0]
+            if abs(reached - target_lufs) < abs(best[1] - target_lufs):
+                best = out, reached  # a limiter driven harder can also end up quieter
+    return best
+
+
+def _layout(audio: np.ndarray, sr: int, sample_rate: int | None,
+            channels: int | None) -> tuple[np.ndarray, int]:
+    """``audio`` at ``sample_rate`` with ``channels`` (None: as generated)."""
+    if sample_rate is not None and sample_rate != sr:
+        audio, sr = resample(audio, sr, sample_rate), sample_rate
+    if channels is not None and channels != audio.shape[0]:
+        audio = (np.repeat(audio, channels, axis=0) if audio.shape[0] == 1
+                 else downmix(audio, channels))
+    return np.ascontiguousarray(audio, dtype=np.float32), sr
+
+
+def _remove_unlisted(root: Path, keep: set[str]) -> None:
+    """Delete what an earlier render of this list wrote (its manifest's files) that the list no
+    longer names; nothing else in the folder is touched."""
+    try:
+        old = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+        files = [str(v["file"]) for v in old.get("variations", [])]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return
+    base = root.resolve()
+    for rel in files:
+        p = (root / rel).resolve()
+        if rel in keep or base not in p.parents:
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+        with contextlib.suppress(OSError):
+            p.parent.rmdir()  # the sound's folder, when it is empty now
 
 
 @dataclass(frozen=True)
@@ -81,19 +147,27 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
                precision: str = "auto", cluster: ClusterSpec | None = None,
-               commercial: bool = False) -> SfxResult:
+               sample_rate: int | None = None, channels: int | None = None,
+               bit_depth: int | None = None, commercial: bool = False) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
-    auto, fp32, bf16 or fp16 for the language model. The keywords are ``GenerationOptions``
+    auto, fp32, bf16 or fp16 for the language model; ``sample_rate``, ``channels`` (1 or 2)
+    and ``bit_depth`` (16, 24 or 32 for WAV): the files' format (None: the model's rate and
+    channels, the writer's default depth). The generation keywords are ``GenerationOptions``
     spelled out; ``render_sfx_list`` takes that value."""
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
                             precision, log or quiet, progress, cluster, commercial)
-    return render_sfx_list(path, gen, Path(out), fmt)
+    return render_sfx_list(path, gen, Path(out), fmt, sample_rate, channels, bit_depth)
 
 
 def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
-                    fmt: str = "wav") -> SfxResult:
+                    fmt: str = "wav", sample_rate: int | None = None,
+                    channels: int | None = None, bit_depth: int | None = None) -> SfxResult:
     """The SFX pipeline: load the list, generate what is missing, then trim, normalise, tag and
     write each variation, the catalog and the manifest."""
+    if channels is not None and channels not in (1, 2):
+        raise SoundscapeError(f"--channels {channels}: use 1 or 2")
+    if sample_rate is not None and not 8000 <= sample_rate <= 192000:
+        raise SoundscapeError(f"--sample-rate {sample_rate}: use a rate from 8000 to 192000 Hz")
     lst = load_sfx_list(path)
     d = lst.defaults
     models = Models(None, gen.log)
@@ -106,6 +180,7 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
                          f"use only; use a model whose licence allows it, e.g. --model "
                          f"stable-audio-open-small, or drop --commercial")
     plan = sfx_requests(lst, pinned)
+    model_name = ref.public_name  # a local folder's path stays out of files and the manifest
     cache = TakeCache(gen.cache_dir)
     generated, warnings = generate_missing([r for _, r in plan], cache, models, gen)
     root = out / lst.name
@@ -120,37 +195,42 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
         got = cache.get(r.key)
         if got is None:
             raise SceneError(f"take {r.key[:12]} of {s.name} vanished from the cache; run again")
-        audio, sr = got
+        audio, sr = _layout(*got, sample_rate, channels)
         audio = trim_silence(audio, sr, d.trim_threshold)
         target = s.loudness if s.loudness is not None else d.loudness
-        measured = sound_levels(audio, sr)[0]
-        gain = 0.0 if target is None or math.isinf(measured) else target - measured
-        audio, _ = limit(audio * np.float32(10 ** (gain / 20)), sr, d.ceiling)
+        audio, _ = normalise_short(audio, sr, target, d.ceiling)
         file = root / rel
-        write_audio(file, audio, sr)
+        write_audio(file, audio, sr, bit_depth)
         lufs, peak = map(db, sound_levels(audio, sr))
+        if target is not None and lufs is not None and abs(lufs - target) > REACH_LU:
+            warnings.append(RenderWarning(
+                "master", f"{rel}: reached {lufs:.1f} LUFS, not {target:.1f}: the ceiling of "
+                f"{d.ceiling:.1f} dBTP allows no more; lower loudness or raise ceiling",
+                s.name, target, None, lufs))
         u = sound_ucs(lst, s)
         tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
-                            lst.name, None, s.name, s.prompt, r.seed, ref.name, r.key, created,
+                            lst.name, None, s.name, s.prompt, r.seed, model_name, r.key, created,
                             lufs, peak))
         entries.append(SfxVariation(s.name, s.prompt, r.seed, r.key, rel,
                                     audio.shape[1] / sr, lufs, peak, r.key in generated,
                                     cache.generated_with(r.key),
                                     None if u is None else {
                                         "CatID": u.category, "FXName": u.fxname,
-                                        "CreatorID": u.creator, "SourceID": u.source},
-                                    lic.name, lic.commercial))
+                                        "CreatorID": u.creator, "SourceID": u.source,
+                                        "UserData": f"seed{r.seed}"},
+                                    sr, audio.shape[0], target, lic.name, lic.commercial))
+    _remove_unlisted(root, set(files))
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
-        "list": lst.name, "source": str(path), "model": ref.name, "engine": ref.engine,
+        "list": lst.name, "source": str(path), "model": model_name, "engine": ref.engine,
         "revision": pinned.revision,
-        "licences": [{"licence": lic.name, "url": lic.url, "commercial": lic.commercial,
-                      "terms": lic.terms, "notice": lic.notice,
+        "licences": [{"licence": lic.name, "commercial": lic.commercial, "terms": lic.terms,
+                      "notice": lic.notice,
                       "non_commercial": [] if lic.commercial else [s.name for s in lst.sounds]}],
         "variations": [asdict(v) for v in entries],
         "warnings": [w.to_json() for w in warnings]}, indent=2))
     if lic.notice:
         atomic_write_text(root / NOTICE_FILE, f"{lic.notice}.\nThese sounds were made with "
                           f"{ref.spec.title}, licensed under the {lic.name} ({lic.url}).\n")
-    return SfxResult(lst.name, root, manifest, ref.name, tuple(entries), tuple(warnings))
+    return SfxResult(lst.name, root, manifest, model_name, tuple(entries), tuple(warnings))

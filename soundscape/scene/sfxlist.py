@@ -140,10 +140,12 @@ def sound_ucs(lst: SfxList, s: Sound) -> Ucs | None:
 
 def variation_file(lst: SfxList, s: Sound, seed: int, fmt: str) -> str:
     """A variation's path in the list's folder: ``<sound>/<sound>-seed<seed>.<fmt>``, or with
-    UCS ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>-seed<seed>.<fmt>``."""
+    UCS ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>_seed<seed>.<fmt>`` (the seed is UCS's
+    UserData block, so the SourceID reads the same for every variation)."""
     u = sound_ucs(lst, s)
-    stem = s.name if u is None else u.name
-    return f"{s.name}/{stem}-seed{seed}.{fmt}"
+    if u is None:
+        return f"{s.name}/{s.name}-seed{seed}.{fmt}"
+    return f"{s.name}/{u.name}_seed{seed}.{fmt}"
 
 
 def load_sfx_list(path: str | Path) -> SfxList:
