@@ -443,6 +443,10 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     if only:
         _check_only(scenes, only)
     models = Models(gen.model, gen.log)
+    for s in scenes:  # pinned first: a missing or gated model is one line about the model
+        for name, e in s.elements.items():
+            if e.prompt is not None:
+                models.of_element(s, name)
     plans = []
     for s in scenes:
         with _about(s):
