@@ -28,11 +28,14 @@ class SfxVariation:
     sample_rate: int | None = None
     channels: int | None = None
     target_lufs: float | None = None  # what the list asked; loudness_lufs is what was reached
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
 
 
 CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
                    "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "UserData",
-                   "sample_rate", "channels", "target_lufs")
+                   "sample_rate", "channels", "target_lufs", "licence",
+                   "commercial")
 
 
 def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
@@ -51,5 +54,6 @@ def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> st
                     u.get("SourceID", ""), u.get("UserData", ""),
                     "" if v.sample_rate is None else v.sample_rate,
                     "" if v.channels is None else v.channels,
-                    "" if v.target_lufs is None else v.target_lufs])
+                    "" if v.target_lufs is None else v.target_lufs, v.licence,
+                    "yes" if v.commercial else "no"])
     return buf.getvalue()
