@@ -4,7 +4,8 @@ Input: ``TakeRequest`` values of engine ``stable-audio-open-small``. Output: flo
 ``(2, frames)`` at 44.1 kHz. The model itself (stable-audio-tools' checkpoint on diffusers'
 building blocks, the ping-pong sampler) is ``stable_audio_small``; this module adapts it to
 ``engines.Engine``: batching by settings, progress, cost probe, precision. Small runs on the CPU
-(it was made for CPUs; its module has no GPU path yet): another device is noted and not used.
+or a CUDA GPU (measured on an H200: benchmarks/generate_gpu.py); on MPS it is noted and runs on
+the CPU.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from . import TakeRequest, quiet_xformers
+from .device import pick_device
 from .engines import SAO_SMALL_SPEC, EngineSpec, ProgressFn
 from .models import Log, ModelRef, locate
 from .precision import choose_precision
 from .stable_audio_small.model import SmallModel, load_small
-from .stable_audio_small.sample import generate_small
+from .stable_audio_small.sample import generate_small, to_device
 
 
 class StableAudioOpenSmall:
@@ -34,15 +36,20 @@ class StableAudioOpenSmall:
         quiet_xformers()  # load_small imports diffusers, which imports xformers
         self.ref = ref
         self.notes: list[str] = []
-        if device != "cpu":
+        dev = "cpu" if device == "cpu" else pick_device(device)
+        if dev not in ("cpu", "cuda"):
             self.notes.append(f"Stable Audio Open Small runs on the CPU here (asked: {device})")
-        self.device = "cpu"
-        prec = choose_precision(precision, "cpu")
+            dev = "cpu"
+        self.device = dev
+        prec = choose_precision(precision, dev)
         if prec == "fp16":
-            self.notes.append("fp16 is not offered for Stable Audio Open Small; using fp32")
+            if precision == "fp16":  # asked for, not chosen by auto
+                self.notes.append("fp16 is not offered for Stable Audio Open Small; using fp32")
             prec = "fp32"
         self.precision = prec
         self.model = model if model is not None else load_small(locate(ref, log=log), log=log)
+        if dev == "cuda":
+            to_device(self.model, "cuda")
         self.max_batch = max(1, max_batch)
         self.progress = progress
 

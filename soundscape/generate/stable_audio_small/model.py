@@ -149,7 +149,8 @@ class _Transformer(nn.Module):
 
     def rope(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq: torch.Tensor = self.rotary_pos_emb.inv_freq  # type: ignore[assignment]
-        freqs = torch.arange(n, dtype=torch.float32)[:, None] * inv_freq.float()[None, :]
+        freqs = torch.arange(n, dtype=torch.float32, device=inv_freq.device)[:, None] \
+            * inv_freq.float()[None, :]
         freqs = torch.cat((freqs, freqs), dim=-1)
         return freqs.cos(), freqs.sin()
 
