@@ -17,7 +17,10 @@ on its offset, with a thump of that offset), so the filter is first run over a w
 continues the take backwards: its opening mirrored point-symmetrically about its opening offset
 (the mean over one period of the cutoff), as ``scipy.signal.filtfilt``'s odd padding does, but
 about the offset rather than the first sample, so a take that starts on an attack keeps it
-whole. That output is dropped. Worked in blocks in float64
+whole. That output is dropped. The warm-up is only for a channel that starts on its offset
+(its first sample nearer the opening's mean than zero); one that starts from silence, as a
+one-shot does, is filtered from rest: its first sample is the source's (mirrored about a kick's
+mean, a kick starting on 0 began on a step 10 dB under its peak). Worked in blocks in float64
 (a 15 Hz pole pair at 96 kHz is too close to the unit circle for float32 coefficients), so the
 only large buffer is the output.
 """
@@ -49,12 +52,16 @@ def block_dc(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     if n == 0:
         return out
     sos = _sections(sample_rate)
+    first = audio[:, 0].astype(np.float64)
     opening = audio[:, :max(1, round(sample_rate / DC_CUTOFF_HZ))].mean(axis=1, dtype=np.float64)
     zi = sosfilt_zi(sos)[:, None, :] * opening[None, :, None]  # (sections, channels, 2)
     warm = min(n - 1, round(WARM_UP_CUTOFF_PERIODS * sample_rate / DC_CUTOFF_HZ))
     if warm > 0:
         before = 2 * opening[:, None] - audio[:, warm:0:-1].astype(np.float64)
         _, zi = sosfilt(sos, before, axis=-1, zi=zi)
+    # a channel that starts nearer silence than its opening offset (a one-shot's attack from
+    # zero) is filtered from rest, so it starts where the take starts
+    zi[:, np.abs(first - opening) >= np.abs(first), :] = 0.0
     for start in range(0, n, _BLOCK):
         block = audio[:, start:start + _BLOCK].astype(np.float64)
         y, zi = sosfilt(sos, block, axis=-1, zi=zi)
