@@ -38,3 +38,19 @@ def test_a_one_shot_from_silence_starts_on_its_first_sample(sr: int) -> None:
     # right, in the same take: it starts on its -0.2 offset, which is taken off without a thump
     assert abs(float(y[1, 0])) < 0.01
     assert float(np.abs(y[1]).max()) <= 0.1 * 1.02
+
+
+@pytest.mark.parametrize("sr", RATES)
+def test_a_take_shorter_than_a_period_of_the_cutoff_keeps_its_samples(sr: int) -> None:
+    one = np.array([[0.9], [-0.5]], np.float32)  # a 1-frame hit, stereo
+    click = np.zeros((1, 5), np.float32)
+    click[0, 0] = 1.0
+    short_kick = kick(sr, 0.03)[None]  # ends on 0.8 exp(-3) sin(...), mid-swing
+    for x in (one, click, short_kick):
+        y = conform(x, sr, sr)
+        assert y.dtype == np.float32
+        np.testing.assert_array_equal(y, x)
+    # one period long, a take is filtered: an offset that fills it is taken off
+    period = round(sr / 15)
+    y = block_dc(np.full((1, period), 0.5, np.float32), sr)
+    assert float(np.abs(y).max()) < 1e-3
