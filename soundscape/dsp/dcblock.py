@@ -22,9 +22,9 @@ whole. That output is dropped. The warm-up is only for a channel that starts on 
 one-shot does, is filtered from rest: its first sample is the source's (mirrored about a kick's
 mean, a kick starting on 0 began on a step 10 dB under its peak). A take shorter than one
 period of the cutoff (1/15 s) is left alone: whatever its mean, it is a click or a hit, not an
-offset (its whole mean was taken off: a 1-frame hit vanished, a 30 ms kick ended on a step). Worked in blocks in float64
-(a 15 Hz pole pair at 96 kHz is too close to the unit circle for float32 coefficients), so the
-only large buffer is the output.
+offset (its whole mean was taken off: a 1-frame hit vanished, a 30 ms kick ended on a step).
+Worked in blocks in float64 (a 15 Hz pole pair at 96 kHz is too close to the unit circle for
+float32 coefficients), so the only large buffer is the output.
 """
 
 from __future__ import annotations
