@@ -20,7 +20,9 @@ about the offset rather than the first sample, so a take that starts on an attac
 whole. That output is dropped. The warm-up is only for a channel that starts on its offset
 (its first sample nearer the opening's mean than zero); one that starts from silence, as a
 one-shot does, is filtered from rest: its first sample is the source's (mirrored about a kick's
-mean, a kick starting on 0 began on a step 10 dB under its peak). A take shorter than one
+mean, a kick starting on 0 began on a step 10 dB under its peak); a tone that starts abruptly
+on 0 then comes out up to 4 % over for its first 10 ms, the high-pass's own response to that
+onset, as a DC filter on the whole mix would give. A take shorter than one
 period of the cutoff (1/15 s) is left alone: whatever its mean, it is a click or a hit, not an
 offset (its whole mean was taken off: a 1-frame hit vanished, a 30 ms kick ended on a step).
 Worked in blocks in float64 (a 15 Hz pole pair at 96 kHz is too close to the unit circle for
