@@ -28,12 +28,15 @@ class SfxVariation:
     sample_rate: int | None = None
     channels: int | None = None
     target_lufs: float | None = None  # what the list asked; loudness_lufs is what was reached
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
     limiter_reduction_db: float | None = None  # the limiter's deepest gain reduction
 
 
 CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
                    "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "UserData",
-                   "sample_rate", "channels", "target_lufs", "limiter_reduction_db")
+                   "sample_rate", "channels", "target_lufs", "licence",
+                   "commercial", "limiter_reduction_db")
 
 
 def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
@@ -52,6 +55,7 @@ def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> st
                     u.get("SourceID", ""), u.get("UserData", ""),
                     "" if v.sample_rate is None else v.sample_rate,
                     "" if v.channels is None else v.channels,
-                    "" if v.target_lufs is None else v.target_lufs,
+                    "" if v.target_lufs is None else v.target_lufs, v.licence,
+                    "yes" if v.commercial else "no",
                     "" if v.limiter_reduction_db is None else v.limiter_reduction_db])
     return buf.getvalue()

@@ -29,19 +29,20 @@ from ..dsp.fades import trim_silence
 from ..dsp.meter import sound_levels
 from ..dsp.stereo import downmix
 from ..errors import SceneError, SoundscapeError
-from ..generate import TakeRequest
-from ..generate.models import resolve
+from ..generate import Setting, TakeRequest
+from ..generate.engines import settings_for
 from ..master import MAX_LIMITING_DB, MIN_MAKEUP_YIELD, limit
 from ..notices import RenderWarning
 from ..options import ClusterSpec, GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
-from ..outputs.manifest import db
+from ..outputs.manifest import NOTICE_FILE, db
 from ..outputs.tags import Tags, now_iso, tag_file
 from ..scene import (
     Defaults,
     derive_seed,
 )
 from ..scene.sfxlist import SfxList, Sound, load_sfx_list, sound_ucs, variation_file
+from ..takes.plan import Models, PinnedModel
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
 
@@ -165,17 +166,26 @@ class SfxResult:
         return sum(v.generated for v in self.variations)
 
 
-def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]:
+def sfx_requests(lst: SfxList, model: PinnedModel) -> list[tuple[Sound, TakeRequest]]:
     """Every variation's take request (seeds seed, seed+1, ... per sound)."""
     d = lst.defaults
     stride = Defaults().extend_stride  # one-shots are short; the scene default applies
+    spec = model.ref.spec
+    given: dict[str, Setting] = {"temperature": d.temperature, "top_k": d.top_k,
+                                 "top_p": d.top_p, "cfg_coef": d.cfg_coef,
+                                 "extend_stride": stride}
+    # the list's sampling defaults are AudioGen's; another engine runs at its own defaults
+    settings = settings_for(spec, given if spec.name == "audiogen" else {})
     plan = []
     for s in lst.sounds:
         base = s.seed if s.seed is not None else derive_seed(lst.seed, s.name)
+        duration = s.duration or d.duration
+        if not spec.extends and duration > spec.max_take_s:
+            raise SceneError(f"{lst.name}: sound {s.name}: a {duration:g} s take is longer "
+                             f"than the {spec.max_take_s:g} s {spec.title} makes; shorten it")
         for i in range(s.variations or d.variations):
-            plan.append((s, TakeRequest(identity, s.prompt, s.duration or d.duration,
-                                        d.temperature, d.top_k, d.top_p, d.cfg_coef, stride,
-                                        base + i)))
+            plan.append((s, TakeRequest.of(spec.name, model.ref.identity, model.revision,
+                                           s.prompt, duration, base + i, settings)))
     return plan
 
 
@@ -184,14 +194,14 @@ def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | No
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
                precision: str = "auto", cluster: ClusterSpec | None = None,
                sample_rate: int | None = None, channels: int | None = None,
-               bit_depth: int | None = None) -> SfxResult:
+               bit_depth: int | None = None, commercial: bool = False) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model; ``sample_rate``, ``channels`` (1 or 2)
     and ``bit_depth`` (16, 24 or 32 for WAV): the files' format (None: the model's rate and
     channels, the writer's default depth). The generation keywords are ``GenerationOptions``
     spelled out; ``render_sfx_list`` takes that value."""
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress, cluster)
+                            precision, log or quiet, progress, cluster, commercial)
     return render_sfx_list(path, gen, Path(out), fmt, sample_rate, channels, bit_depth)
 
 
@@ -206,11 +216,19 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
         raise SoundscapeError(f"--sample-rate {sample_rate}: use a rate from 8000 to 192000 Hz")
     lst = load_sfx_list(path)
     d = lst.defaults
-    ref = resolve(gen.model or lst.model, Path(path).parent)
-    plan = sfx_requests(lst, ref.identity)
+    models = Models(None, gen.log)
+    pinned = models.pin(gen.model or lst.model, Path(path).parent)
+    ref = pinned.ref
+    lic = ref.spec.licence
+    if (gen.commercial or lst.commercial) and not lic.commercial:
+        raise SceneError(f"{path}: commercial use was asked for (--commercial or commercial: "
+                         f"true) but {ref.spec.title}'s weights are {lic.name}, non-commercial "
+                         f"use only; use a model whose licence allows it, e.g. --model "
+                         f"stable-audio-open-small, or drop --commercial")
+    plan = sfx_requests(lst, pinned)
     model_name = ref.public_name  # a local folder's path stays out of files and the manifest
     cache = TakeCache(gen.cache_dir)
-    generated, warnings = generate_missing([r for _, r in plan], cache, ref, gen)
+    generated, warnings = generate_missing([r for _, r in plan], cache, models, gen)
     root = out / lst.name
     entries = []
     created = now_iso()
@@ -247,13 +265,20 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
                                         "CatID": u.category, "FXName": u.fxname,
                                         "CreatorID": u.creator, "SourceID": u.source,
                                         "UserData": f"seed{r.seed}"},
-                                    sr, audio.shape[0], target,
+                                    sr, audio.shape[0], target, lic.name, lic.commercial,
                                     round(level.limiting_db, 2)))
     _remove_unlisted(root, set(files))
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
     atomic_write_text(manifest, json.dumps({
-        "list": lst.name, "source": str(path), "model": model_name,
+        "list": lst.name, "source": str(path), "model": model_name, "engine": ref.engine,
+        "revision": pinned.revision,
+        "licences": [{"licence": lic.name, "commercial": lic.commercial, "terms": lic.terms,
+                      "notice": lic.notice,
+                      "non_commercial": [] if lic.commercial else [s.name for s in lst.sounds]}],
         "variations": [asdict(v) for v in entries],
         "warnings": [w.to_json() for w in warnings]}, indent=2))
+    if lic.notice:
+        atomic_write_text(root / NOTICE_FILE, f"{lic.notice}.\nThese sounds were made with "
+                          f"{ref.spec.title}, licensed under the {lic.name} ({lic.url}).\n")
     return SfxResult(lst.name, root, manifest, model_name, tuple(entries), tuple(warnings))

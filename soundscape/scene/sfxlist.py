@@ -101,6 +101,8 @@ class Sound(_M):
 class SfxList(_M):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = DEFAULT_MODEL
+    commercial: bool = Field(False, description="Refuse models whose licence forbids "
+                             "commercial use, as --commercial.")
     seed: int = Field(0, ge=0)
     defaults: SfxDefaults = Field(default_factory=lambda: SfxDefaults())
     ucs: UcsList | None = None
