@@ -5,10 +5,12 @@ variations, seed, ucs}]``). Output: ``<out>/<list>/<sound>/<sound>-seed<seed>.<f
 ``ucs``: ``<sound>/<CatID>_<FXName>_<CreatorID>_<SourceID>_seed<seed>.<fmt>``), each tagged with
 its prompt and identity, a manifest and ``catalog.csv`` (one row per file) for library tools.
 
-A file reaches its loudness target as the master reaches its own (the limiter's loss is made up
-in up to three more passes) or is warned about with the figure it reached, which the catalog
-records. A render of an edited list removes the files an earlier render of it wrote (those its
-manifest lists) that the list no longer names.
+A file reaches its loudness target as the master reaches its own: linear make-up, the limiter
+only catching peaks, at most ``max_limiting`` dB of it (the list's default, as the master's), its
+loss made up in up to three more passes; or it is warned about with the figure it reached and its
+peak-to-loudness ratio, and the catalog records what it reached and how much it was limited.
+A render of an edited list removes the files an earlier render of it wrote (those its manifest
+lists) that the list no longer names.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from ..dsp.stereo import downmix
 from ..errors import SceneError, SoundscapeError
 from ..generate import Setting, TakeRequest
 from ..generate.engines import settings_for
-from ..master import limit
+from ..master import MAX_LIMITING_DB, MIN_MAKEUP_YIELD, limit
 from ..notices import RenderWarning
 from ..options import ClusterSpec, GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
@@ -47,31 +49,75 @@ from ..takes.store import TakeCache
 REACH_LU = 0.5  # a file further than this from its target is warned about, as a master is
 
 
-def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | None,
-                    ceiling_db: float) -> tuple[np.ndarray, float]:
-    """A short sound at ``target_lufs`` (None: its own level) under a true-peak ceiling of
-    ``ceiling_db``, and the loudness it reached.
+class Normalised(NamedTuple):
+    """A short sound brought to its loudness: the audio and what it reached."""
 
-    Limiting lowers the loudness, so as in the master the gain is raised by what was lost and
-    the sound limited again, until it is within 0.1 LU of the target or three more passes are
-    done; a target the ceiling does not allow is reached as closely as the limiter can.
+    audio: np.ndarray
+    loudness_lufs: float  # reached
+    limiting_db: float  # the limiter's deepest gain reduction
+    plr_db: float  # the sound's peak-to-loudness ratio before any gain (dB)
+
+
+def normalise_short(audio: np.ndarray, sample_rate: int, target_lufs: float | None,
+                    ceiling_db: float, max_limiting_db: float = MAX_LIMITING_DB) -> Normalised:
+    """A short sound at ``target_lufs`` (None: its own level) under a true-peak ceiling of
+    ``ceiling_db``, with what it reached.
+
+    The master's rule: the gain is linear make-up and the limiter only catches peaks. The
+    make-up stops where the limiter would reduce the peaks by more than ``max_limiting_db``
+    (a peaky hit driven to -8 LUFS took 20 dB of it, the limiter as the loudness tool) and
+    where more gain no longer raises the loudness; limiting lowers loudness a little, so the
+    gain is corrected and the sound limited again, until within 0.1 LU of the target (at
+    most three more passes).
     """
-    measured = sound_levels(audio, sample_rate)[0]
-    gain = 0.0 if target_lufs is None or math.isinf(measured) else target_lufs - measured
+    measured, peak = sound_levels(audio, sample_rate)
+    plr = peak - measured
+    normalise = target_lufs is not None and math.isfinite(measured)
+    gain = 0.0
+    if normalise:
+        assert target_lufs is not None
+        gain = min(target_lufs - measured, ceiling_db + max_limiting_db - peak)
     out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate, ceiling_db)
     reached = sound_levels(out, sample_rate)[0]
-    best = out, reached
-    if target_lufs is not None and not math.isinf(measured):
+    best = Normalised(out, reached, reduction, plr)
+    if normalise:
+        assert target_lufs is not None
         for _ in range(3):
-            if abs(reached - target_lufs) <= 0.1 or reduction == 0.0 or math.isinf(reached):
-                break
-            gain += target_lufs - reached
+            over = reduction - max_limiting_db
+            if over > 0.05:
+                step = -over
+            else:
+                if abs(reached - target_lufs) <= 0.1 or reduction == 0.0:
+                    break
+                step = target_lufs - reached
+                if step > 0:
+                    step = min(step, max_limiting_db - reduction)
+                if abs(step) <= 0.05:
+                    break
+            before = reached
+            gain += step
             out, reduction = limit(audio * np.float32(10 ** (gain / 20)), sample_rate,
                                    ceiling_db)
             reached = sound_levels(out, sample_rate)[0]
-            if abs(reached - target_lufs) < abs(best[1] - target_lufs):
-                best = out, reached  # a limiter driven harder can also end up quieter
+            if reduction <= max_limiting_db + 0.05 and \
+                    abs(reached - target_lufs) < abs(best.loudness_lufs - target_lufs):
+                best = Normalised(out, reached, reduction, plr)  # limiting can also lose loudness
+            if step > 0 and over <= 0.05 and reached - before < MIN_MAKEUP_YIELD * step:
+                break  # more gain makes the sound flatter, hardly louder: stop raising it
     return best
+
+
+def _why_short(lufs: float, target: float, ceiling_db: float, max_limiting_db: float,
+               level: Normalised) -> str:
+    """Why a file missed its target, with its peak-to-loudness ratio, and what would reach it."""
+    if lufs > target:
+        return (f"it is louder than that at its own level ({level.plr_db:.1f} dB peak to "
+                f"loudness); raise loudness")
+    return (f"its peaks stand {level.plr_db:.1f} dB above its loudness, and {target:.1f} LUFS "
+            f"under a {ceiling_db:.1f} dBTP ceiling allows at most "
+            f"{ceiling_db + max_limiting_db - target:.1f} dB with the limiting allowed (limited "
+            f"{level.limiting_db:.1f} dB, max_limiting {max_limiting_db:g} dB); lower loudness, "
+            f"raise ceiling or max_limiting")
 
 
 def _layout(audio: np.ndarray, sr: int, sample_rate: int | None,
@@ -198,15 +244,16 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
         audio, sr = _layout(*got, sample_rate, channels)
         audio = trim_silence(audio, sr, d.trim_threshold)
         target = s.loudness if s.loudness is not None else d.loudness
-        audio, _ = normalise_short(audio, sr, target, d.ceiling)
+        level = normalise_short(audio, sr, target, d.ceiling, d.max_limiting)
+        audio = level.audio
         file = root / rel
         write_audio(file, audio, sr, bit_depth)
         lufs, peak = map(db, sound_levels(audio, sr))
         if target is not None and lufs is not None and abs(lufs - target) > REACH_LU:
             warnings.append(RenderWarning(
-                "master", f"{rel}: reached {lufs:.1f} LUFS, not {target:.1f}: the ceiling of "
-                f"{d.ceiling:.1f} dBTP allows no more; lower loudness or raise ceiling",
-                s.name, target, None, lufs))
+                "master", f"{rel}: reached {lufs:.1f} LUFS, not {target:.1f}: "
+                + _why_short(lufs, target, d.ceiling, d.max_limiting, level), s.name, target,
+                None, lufs))
         u = sound_ucs(lst, s)
         tag_file(file, Tags(u.fxname if u else s.name, f"{lst.name} {s.name}: {s.prompt}",
                             lst.name, None, s.name, s.prompt, r.seed, model_name, r.key, created,
@@ -218,7 +265,8 @@ def render_sfx_list(path: str | Path, gen: GenerationOptions, out: Path,
                                         "CatID": u.category, "FXName": u.fxname,
                                         "CreatorID": u.creator, "SourceID": u.source,
                                         "UserData": f"seed{r.seed}"},
-                                    sr, audio.shape[0], target, lic.name, lic.commercial))
+                                    sr, audio.shape[0], target, lic.name, lic.commercial,
+                                    round(level.limiting_db, 2)))
     _remove_unlisted(root, set(files))
     atomic_write_text(root / "catalog.csv", catalog_csv(entries))
     manifest = root / "manifest.json"
