@@ -91,7 +91,8 @@ def test_a_recording_with_nan_is_one_error_line_and_no_files(tmp_path: Path, job
                                    str(tmp_path / "o"), "--jobs", jobs])
     assert res.exit_code != 0
     assert res.output.strip().splitlines()[-1] == (
-        "Error: element broken: non-finite samples (NaN or inf); the recording or take holds "
+        f"Error: {tmp_path / 's.yaml'}: element broken: non-finite samples (NaN or inf); the "
+        "recording or take holds "
         "them, or the volume or automation is out of range: fix the file or the level")
     assert not (tmp_path / "o" / "s" / "mix.wav").exists()
     # no file for the broken element (a stem finished before it may stay, whole)

@@ -247,7 +247,8 @@ def test_errors_found_at_render_time_name_the_scene_file(tmp_path: Path) -> None
     cases = {
         "model": ("name: m\nduration: 1\nmodel: ./gone\nelements:\n  x: {prompt: rain}\n",
                   f"model '{tmp_path}/gone' is neither a directory nor a Hugging Face id like "
-                  f"'facebook/audiogen-medium'; give a checkpoint directory or a hub id"),
+                  f"'facebook/audiogen-medium' nor a short name (audiogen-medium, "
+                  f"stable-audio-open-1.0, stable-audio-open-small); give one of those"),
         "nan": ("name: n\nduration: 1\nelements:\n  x: {file: nan.wav, at: 0}\n",
                 "element x: non-finite samples (NaN or inf); the recording or take holds them, "
                 "or the volume or automation is out of range: fix the file or the level"),

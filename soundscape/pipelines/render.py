@@ -443,9 +443,13 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     if only:
         _check_only(scenes, only)
     models = Models(gen.model, gen.log)
-    for s in scenes:  # pinned first: a missing or gated model is one line about the model
-        for name, e in s.elements.items():
-            if e.prompt is not None:
+    for s in scenes:  # pinned first: a missing or gated model is one line about the model;
+        for name, e in s.elements.items():  # a folder the scene names is one about the scene
+            if e.prompt is None:
+                continue
+            model = models.name_for(s, name)
+            folder = model.startswith((".", "/", "~")) or model.count("/") > 1
+            with _about(s) if folder and model != gen.model else contextlib.nullcontext():
                 models.of_element(s, name)
     plans = []
     for s in scenes:
@@ -543,6 +547,27 @@ def write_notice(directory: Path, licences: tuple[dict, ...]) -> None:
     atomic_write_text(path, text)
 
 
+def _write_locked(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str],
+                  shared: tuple[RenderWarning, ...], gen: GenerationOptions,
+                  output: OutputOptions, want: ExportRequest) -> RenderResult:
+    """``_write``'s work, under the folder's lock."""
+    for folder in (p.directory, p.directory / "stems"):
+        remove_stale_temps(folder)
+    p = _plan(p.scene, models, p.model, output, directory=p.directory)
+    if not p.redo_mix and p.previous is not None:
+        same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
+        return _export(p, same, cache, want) if want else same
+    wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
+              and (output.only is None or n in output.only) for t in src.takes]
+    done, warns = generate_missing(wanted, cache, models, gen)
+    if gen.progress is not None:  # servers report it, and may stop the job here
+        gen.progress(f"mix {p.scene.label}", 0, 1)
+    mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
+    if gen.progress is not None:
+        gen.progress(f"mix {p.scene.label}", 1, 1)
+    return _export(p, mixed, cache, want)
+
+
 def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str],
            shared: tuple[RenderWarning, ...], gen: GenerationOptions, output: OutputOptions,
            want: ExportRequest = NO_EXPORTS) -> RenderResult:
@@ -557,27 +582,16 @@ def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str]
     p.directory.mkdir(parents=True, exist_ok=True)
     try:
         with locked(p.directory):
-            for folder in (p.directory, p.directory / "stems"):
-                remove_stale_temps(folder)
-            p = _plan(p.scene, models, p.model, output, directory=p.directory)
-            if not p.redo_mix and p.previous is not None:
-                same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
-                return _export(p, same, cache, want) if want else same
-            wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
-                      and (output.only is None or n in output.only) for t in src.takes]
-            done, warns = generate_missing(wanted, cache, models, gen)
-            if gen.progress is not None:  # servers report it, and may stop the job here
-                gen.progress(f"mix {p.scene.label}", 0, 1)
-            mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
-            if gen.progress is not None:
-                gen.progress(f"mix {p.scene.label}", 1, 1)
-            return _export(p, mixed, cache, want)
+            try:
+                return _write_locked(p, models, cache, generated, shared, gen, output, want)
+            except BaseException:
+                # The folder is this render's alone while it holds the lock, and its writers and
+                # workers have stopped (killed on an interrupt): every temporary file still in it
+                # was caught between its creation and its cleanup, so all of them go.
+                for folder in (p.directory, p.directory / "stems"):
+                    remove_stale_temps(folder, max_age_s=-1.0)
+                raise
     except BaseException:
-        # Every writer of this process has closed by now: a temporary file of ours or of a dead
-        # worker that is still here was caught between its creation and its cleanup (an
-        # interrupt lands anywhere), so it goes too.
-        for folder in (p.directory, p.directory / "stems"):
-            remove_stale_temps(folder)
         if created:  # leave no empty folder behind a failed first render
             with contextlib.suppress(OSError):
                 p.directory.rmdir()
