@@ -132,18 +132,38 @@ class Service:
 
         path = self.scene_file(scene)
         s = load_scene(path, variant)
-        where = self.rel(path)
+        self._confine(s, self.rel(path))
+        return s
+
+    def _confine(self, s: Any, where: str) -> None:
+        """Refuse a loaded scene (base or variant) that reads a file out of the root: a
+        recording, an impulse response or a model folder."""
         for name, e in s.elements.items():
             if e.file is not None:
                 f = (s.base_dir / e.file).resolve()
                 if not _within(f, self.root):
                     raise AccessError(f"{where}: elements.{name}.file: {e.file} is outside the "
                                       f"server's root; copy the recording under it")
-        model = Path(s.model)
-        if model.is_absolute() and model.exists() and not _within(model.resolve(), self.root) \
-                and str(model) != self.settings.model:
-            raise AccessError(f"{where}: model: {s.model} is outside the server's root")
-        return s
+            self._confine_effects(e.effects, f"{where}: elements.{name}.effects")
+        self._confine_effects(s.master.effects, f"{where}: master.effects")
+        self._confine_model(s.model, None, where)
+
+    def _confine_effects(self, effects: Any, where: str) -> None:
+        for i, fx in enumerate(effects):
+            ir = getattr(fx, "ir_path", None)
+            if ir is not None and not _within(Path(ir).resolve(), self.root):
+                raise AccessError(f"{where}[{i}].{fx.name}.ir: {ir} is outside the server's "
+                                  f"root; copy the impulse response under it")
+
+    def _confine_model(self, given: str, base: Path | None, where: str) -> None:
+        """A model folder the file names (not the server's own ``--model``, which wins)."""
+        if self.settings.model is not None:
+            return  # the server's model is used, whatever the file says
+        model = Path(given).expanduser()
+        if not model.is_absolute() and base is not None and (base / model).is_dir():
+            model = base / model
+        if model.is_absolute() and model.exists() and not _within(model.resolve(), self.root):
+            raise AccessError(f"{where}: model: {given} is outside the server's root")
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one of the methods below with its errors' messages relative to the root."""
@@ -214,9 +234,12 @@ class Service:
 
         path = self.scene_file(scene)
         self._load(scene, variant)
+        scenes = select_scenes(path, variant, all_variants)
+        for s in scenes:  # every variant rendered, not only the one loaded above
+            self._confine(s, self.rel(path))
         gen = self._gen(events, cancel)
         gen.log(f"rendering {self.rel(path)}")
-        results = render_scenes(select_scenes(path, variant, all_variants), gen,
+        results = render_scenes(scenes, gen,
                                 OutputOptions(out=self.out, force=force,
                                               only=frozenset(only) if only else None))
         return {"renders": [self.describe(r.directory) | {"up_to_date": r.up_to_date}
