@@ -110,3 +110,18 @@ def test_an_impulse_response_out_of_the_root_is_refused(root: Path, tmp_path: Pa
                                              .replace("escir", "inside"))
     assert service.call(service.render, "scenes/inside.yaml")["renders"][0]["mix"] == \
         "renders/inside/mix.wav"
+
+
+@pytest.mark.parametrize("model", ["{outside}", "../../model", "link/model"])
+def test_an_sfx_lists_model_out_of_the_root_is_refused(root: Path, tmp_path: Path,
+                                                       model: str) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model/config.json").write_text("{}")
+    given = model.format(outside=tmp_path / "model")
+    (root / "scenes/sfx.yaml").write_text(f"name: sfxout\nmodel: {given}\nsounds:\n"
+                                          f"  - {{name: click, prompt: a click, duration: 0.5 s}}\n")
+    service = Service(Settings(root=root))
+    with pytest.raises(AccessError) as e:
+        service.call(service.sfx, "scenes/sfx.yaml")
+    assert str(e.value) == f"scenes/sfx.yaml: model: {given} is outside the server's root"
+    assert not (root / "renders").exists()

@@ -329,8 +329,11 @@ class Service:
             cancel: threading.Event | None = None) -> dict[str, Any]:
         """Render an SFX list: its manifest and files."""
         from ..pipelines.sfx import render_sfx_list
+        from ..scene.sfxlist import load_sfx_list
 
         path = self.path(sfx_list)
+        lst = load_sfx_list(path)
+        self._confine_model(lst.model, path.parent, self.rel(path))
         r = render_sfx_list(path, self._gen(events, cancel), self.out)
         return {"manifest_file": self.rel(r.manifest), "generated": r.generated,
                 "files": [self.rel(r.directory / v.file) for v in r.variations],
