@@ -196,3 +196,35 @@ def test_takes_prints_its_page_and_the_keep_command(tmp_path: Path, tiny_model: 
     assert lines[-2] == f"page: {tmp_path / 'o/quirks/takes/owl/index.html'}"
     assert lines[-1] == f"keep one: soundscape takes {scene} owl --variant night --keep SEED"
     assert (tmp_path / "o/quirks/takes/owl/index.html").is_file()
+
+
+HEAD = "name: x\nduration: 2 s\nelements:\n"
+
+
+@pytest.mark.parametrize("text, path, error", [
+    (HEAD + "  a: {file: t.wav, volume: &v -6 dB}\n  b: {file: t.wav, volume: *v}\n",
+     ("elements", "a", "volume"), "<scene>:4: elements.a.volume carries an anchor (&name)"),
+    (HEAD + "  a: {file: t.wav, volume: &v -6 dB}\n  b: {file: t.wav, volume: *v}\n",
+     ("elements", "b", "volume"), "<scene>:5: elements.b.volume is an alias (*name)"),
+    (HEAD + "  a:\n    file: t.wav\n    seed: !!int 5\n",
+     ("elements", "a", "seed"), "<scene>:6: elements.a.seed carries a tag (!...)"),
+    (HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b: *A\n",
+     ("elements", "b", "seed"), "<scene>:7: elements.b is an alias (*name)"),
+    (HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b: *A\n",
+     ("elements", "a", "seed"), "<scene>:4: elements.a carries an anchor (&name)"),
+])
+def test_anchors_aliases_and_tags_are_not_edited(text: str, path: tuple[str, ...],
+                                                 error: str) -> None:
+    with pytest.raises(SceneError) as e:
+        set_scalar(text, path, "9")
+    assert str(e.value).startswith(error), str(e.value)
+
+
+def test_a_merge_key_element_gets_its_own_value() -> None:
+    text = HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b:\n    <<: *A\n"
+    after = set_scalar(text, ("elements", "b", "seed"), "9")
+    assert changed(text, after) == ["+     seed: 9"]
+    import yaml
+
+    data = yaml.safe_load(after)["elements"]
+    assert (data["a"]["seed"], data["b"]["seed"]) == (5, 9)

@@ -118,8 +118,8 @@ def test_an_sfx_lists_model_out_of_the_root_is_refused(root: Path, tmp_path: Pat
     (tmp_path / "model").mkdir()
     (tmp_path / "model/config.json").write_text("{}")
     given = model.format(outside=tmp_path / "model")
-    (root / "scenes/sfx.yaml").write_text(f"name: sfxout\nmodel: {given}\nsounds:\n"
-                                          f"  - {{name: click, prompt: a click, duration: 0.5 s}}\n")
+    (root / "scenes/sfx.yaml").write_text(
+        f"name: sfxout\nmodel: {given}\nsounds:\n  - {{name: click, prompt: a click}}\n")
     service = Service(Settings(root=root))
     with pytest.raises(AccessError) as e:
         service.call(service.sfx, "scenes/sfx.yaml")

@@ -13,6 +13,7 @@ Positions come from PyYAML's composed nodes (line and column of every key and va
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -41,21 +42,48 @@ def _child(node: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | No
     return None
 
 
-def _end(node: yaml.Node) -> int:
-    """The index in the text just past ``node``'s last character."""
+def _end(node: yaml.Node, text: str, key: yaml.Node | None = None) -> int:
+    """The index in the text just past ``node``'s last character (``key``: the node is that
+    key's value, which may be an alias whose node is written elsewhere)."""
+    if key is not None and int(node.start_mark.index) < int(key.end_mark.index):
+        alias = _ALIAS.match(text, int(key.end_mark.index))
+        if alias:
+            return alias.end()
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style \
             and node.value:
         last = node.value[-1]
-        return _end(last[1] if isinstance(last, tuple) else last)
+        return _end(last[1], text, last[0]) if isinstance(last, tuple) else _end(last, text)
     return int(node.end_mark.index)
+
+
+_ALIAS = re.compile(r"\s*:[ \t]*\*[^\s,\[\]{}]+")
+
+
+def _refuse_shared(text: str, key: yaml.Node, node: yaml.Node, path: KeyPath, file: str) -> None:
+    """An alias (``*name``), an anchored (``&name``) or a tagged (``!!int``) node is not edited:
+    the text at an alias is not the value's, an anchored value is shared with its aliases, and
+    a tag would be lost with the characters it stands on."""
+    line = int(key.start_mark.line) + 1
+    where = ".".join(path)
+    start = int(node.start_mark.index)
+    # PyYAML hands an alias site the anchored node itself, whose text is earlier in the file
+    if start < int(key.end_mark.index):
+        raise SceneError(f"{file}:{line}: {where} is an alias (*name) of a value written "
+                         f"elsewhere; write the value itself here to edit it")
+    if text[start:start + 1] == "&":
+        raise SceneError(f"{file}:{line}: {where} carries an anchor (&name) that other entries "
+                         f"share; edit the file by hand (or remove the anchor) to change it")
+    if text[start:start + 1] == "!":
+        raise SceneError(f"{file}:{line}: {where} carries a tag (!...); remove the tag to "
+                         f"edit it here")
 
 
 def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> str:
     """``text`` with the scalar at ``path`` set to ``value`` (already YAML, e.g. ``-6 dB``).
 
     Raises:
-        SceneError: when the text is not YAML, a mapping on the way is missing, or the value at
-            ``path`` is a list or mapping.
+        SceneError: when the text is not YAML, a mapping on the way is missing, the value at
+            ``path`` is a list or mapping, or a node on the way is an alias, anchored or tagged.
     """
     root = _compose(text, file)
     node = root
@@ -71,6 +99,7 @@ def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> s
                 raise SceneError(f"{file}:{node.start_mark.line + 1}: no "
                                  f"{'.'.join(path[:i + 1])} to set {path[-1]} in")
             return _insert(text, node, key, value)
+        _refuse_shared(text, found[0], found[1], path[:i + 1], file)
         node = found[1]
     assert node is not None
     if not isinstance(node, yaml.ScalarNode) or node.style in ("|", ">"):
@@ -93,7 +122,7 @@ def _insert(text: str, node: yaml.MappingNode, key: str, value: str) -> str:
         raise SceneError(f"an empty mapping on line {node.start_mark.line + 1}: cannot add {key}")
     indent = node.value[0][0].start_mark.column
     last = node.value[-1][1]
-    at = _end(last)
+    at = _end(last, text, node.value[-1][0])
     newline = "\r\n" if "\r\n" in text else "\n"
     if not (isinstance(last, yaml.ScalarNode) and last.style in ("|", ">")) \
             or text[at - 1:at] not in ("\n", "\r"):
