@@ -228,3 +228,45 @@ def test_a_merge_key_element_gets_its_own_value() -> None:
 
     data = yaml.safe_load(after)["elements"]
     assert (data["a"]["seed"], data["b"]["seed"]) == (5, 9)
+
+
+@pytest.mark.parametrize("seed", ["-5", str(10**20), str(2**63)])
+def test_keep_refuses_a_seed_the_scene_would_reject(scene_file: Path, seed: str) -> None:
+    res = CliRunner().invoke(app, ["takes", str(scene_file), "cups", "--keep", seed])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == (f"Error: seed {seed} is not a take's seed; give a whole "
+                                  f"number from 0 to {2**63 - 1}")
+    assert scene_file.read_text() == SCENE
+    code, _ = run_cli("takes", str(scene_file), "cups", "--keep", str(2**63 - 1))
+    assert code == 0 and load_scene(scene_file).elements["cups"].seed == 2**63 - 1
+
+
+def test_keep_over_http_and_mcp_refuses_a_bad_seed(tmp_path: Path) -> None:
+    import anyio
+    import httpx
+    from mcp import Client
+
+    from soundscape.servers.http import build_app
+    from soundscape.servers.mcp import build
+    from soundscape.servers.service import Service, Settings
+
+    from .servers_util import STUDIO_SCENE, running, studio_folder
+
+    root = tmp_path / "root"
+    scene = studio_folder(root)
+    service = Service(Settings(root=root))
+    expected = f"seed -5 is not a take's seed; give a whole number from 0 to {2**63 - 1}"
+    with running(build_app(service)) as url:
+        r = httpx.post(f"{url}/api/keep", json={"scene": "scenes/live.yaml", "element": "tone",
+                                                "seed": -5})
+    assert (r.status_code, r.json()["error"]) == (400, f"Error: {expected}")
+
+    async def mcp() -> None:
+        async with Client(build(service)) as c:
+            r = await c.call_tool("keep_take", {"scene": "scenes/live.yaml", "element": "tone",
+                                                "seed": 10**20})
+            assert r.is_error and r.content[0].text == (
+                f"Error executing tool keep_take: {expected.replace('-5', str(10**20))}")
+
+    anyio.run(mcp)
+    assert scene.read_text() == STUDIO_SCENE

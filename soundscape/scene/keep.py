@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import SoundscapeError
 from .edit import KeyPath, edit_file, element_path
+
+MAX_SEED = 2**63 - 1  # as the scene format's seed: field
 
 
 def keep_seed(scene_path: str | Path, element: str, seed: int,
@@ -17,6 +20,9 @@ def keep_seed(scene_path: str | Path, element: str, seed: int,
     """Write ``seed`` as ``element``'s seed: in ``variant``'s override when that variant declares
     the element, else in the base scene. Returns the key path written."""
     path = Path(scene_path)
+    if not 0 <= seed <= MAX_SEED:
+        raise SoundscapeError(f"seed {seed} is not a take's seed; give a whole number from 0 "
+                              f"to {MAX_SEED}")
     where = element_path(path.read_text(encoding="utf-8"), element, variant, "seed", str(path))
     edit_file(path, where, str(int(seed)), str(path))
     return where
