@@ -270,3 +270,51 @@ def test_keep_over_http_and_mcp_refuses_a_bad_seed(tmp_path: Path) -> None:
 
     anyio.run(mcp)
     assert scene.read_text() == STUDIO_SCENE
+
+
+def test_an_edit_that_does_not_load_is_never_written(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from soundscape.scene import edit
+    from soundscape.servers.service import Service, Settings
+
+    from .servers_util import STUDIO_SCENE, studio_folder
+
+    root = tmp_path / "root"
+    scene = studio_folder(root)
+    real = edit.set_scalar
+
+    def breaks_hum(text: str, *args: object, **kwargs: object) -> str:
+        """An edit whose text is YAML but no longer a valid scene."""
+        edited = real(text, *args, **kwargs)  # type: ignore[arg-type]
+        return edited.replace("volume: -18 dB", "volume: -18 dbb")
+
+    monkeypatch.setattr(edit, "set_scalar", breaks_hum)
+    service = Service(Settings(root=root))
+    error = ("scenes/live.yaml:16: elements.hum.volume: '-18 dbb' is not a level; write e.g. "
+             "'-6 dB' or 0.5")
+    with pytest.raises(SceneError) as e:
+        service.call(service.set_element, "scenes/live.yaml", "tone", volume_db=-3, pan=0.5)
+    assert str(e.value) == error
+    assert scene.read_text() == STUDIO_SCENE  # neither the volume nor the pan was written
+    code, out = run_cli("takes", str(scene), "tone", "--keep", "5")
+    # tone's seed: line is inserted above hum's, so hum's volume is on line 17 of that text
+    assert code == 1 and out.strip() == f"Error: {scene}:17: {error.split(':16: ')[1]}"
+    assert scene.read_text() == STUDIO_SCENE
+    assert not [p for p in scene.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_crlf_stays_crlf_and_one_line_changes(tmp_path: Path) -> None:
+    scene = tmp_path / "crlf.yaml"
+    text = SCENE.replace("\n", "\r\n")
+    scene.write_bytes(text.encode())
+    code, out = run_cli("takes", str(scene), "cups", "--keep", "123")
+    assert code == 0, out
+    after = scene.read_bytes().decode()
+    assert changed(text, after) == ["-     seed: 11    # the good one",
+                                    "+     seed: 123    # the good one"]
+    assert after == text.replace("seed: 11 ", "seed: 123 ")
+    code, out = run_cli("takes", str(scene), "rain", "--keep", "7")  # an inserted line
+    assert code == 0, out
+    final = scene.read_bytes().decode()
+    assert changed(after, final) == ["+     seed: 7"]
+    assert final.count("\r\n") == final.count("\n")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from ..audio_io import atomic_write_text
+from ..audio_io import atomic_path
 from ..errors import SceneError
 
 KeyPath = tuple[str, ...]
@@ -133,14 +134,33 @@ def _insert(text: str, node: yaml.MappingNode, key: str, value: str) -> str:
     return text[:at] + " " * indent + f"{key}: {value}{newline}" + text[at:]
 
 
-def edit_file(path: str | Path, path_in_file: KeyPath, value: str, display: str | None = None) \
-        -> tuple[str, str]:
-    """Set one scalar in a scene file (atomically); returns the text before and after."""
-    p = Path(path)
-    before = p.read_text(encoding="utf-8")
+def read_text(path: str | Path) -> str:
+    """A scene file's text with its line endings as they are (CRLF stays CRLF)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+Check = Callable[[str], object]
+
+
+def write_text(path: str | Path, before: str, after: str, check: Check | None = None) -> None:
+    """Write ``after`` over the file (atomically, line endings untouched) once ``check(after)``
+    passes; a text that does not pass is never written and the file keeps ``before``."""
+    if after == before:
+        return
+    if check is not None:
+        check(after)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(after)
+
+
+def edit_file(path: str | Path, path_in_file: KeyPath, value: str, display: str | None = None,
+              check: Check | None = None) -> tuple[str, str]:
+    """Set one scalar in a scene file (atomically, once ``check`` accepts the new text);
+    returns the text before and after."""
+    before = read_text(path)
     after = set_scalar(before, path_in_file, value, display or str(path))
-    if after != before:
-        atomic_write_text(p, after)
+    write_text(path, before, after, check)
     return before, after
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import SoundscapeError
-from .edit import KeyPath, edit_file, element_path
+from .edit import KeyPath, edit_file, element_path, read_text
 
 MAX_SEED = 2**63 - 1  # as the scene format's seed: field
 
@@ -23,6 +23,14 @@ def keep_seed(scene_path: str | Path, element: str, seed: int,
     if not 0 <= seed <= MAX_SEED:
         raise SoundscapeError(f"seed {seed} is not a take's seed; give a whole number from 0 "
                               f"to {MAX_SEED}")
-    where = element_path(path.read_text(encoding="utf-8"), element, variant, "seed", str(path))
-    edit_file(path, where, str(int(seed)), str(path))
+    where = element_path(read_text(path), element, variant, "seed", str(path))
+
+    def loads(text: str) -> None:  # the base scene and every variant, as the file will be
+        from .load import load_scene
+
+        base = load_scene(path, text=text)
+        for v in base.variants:
+            load_scene(path, v, text=text)
+
+    edit_file(path, where, str(int(seed)), str(path), check=loads)
     return where

@@ -298,7 +298,14 @@ class Service:
                     mute: bool | None = None) -> dict[str, Any]:
         """Write an element's volume, pan or mute into the scene file (one line each), under
         the edit lock, so two edits at once both land."""
-        from ..scene.edit import edit_file, element_path, yaml_level, yaml_number
+        from ..scene.edit import (
+            element_path,
+            read_text,
+            set_scalar,
+            write_text,
+            yaml_level,
+            yaml_number,
+        )
 
         path = self.scene_file(scene)
         values: dict[str, str] = {}
@@ -317,13 +324,23 @@ class Service:
         display = self.rel(path)
         written = {}
         with self.edit_lock(path):
+            before = text = read_text(path)
             for key, value in values.items():
-                text = path.read_text(encoding="utf-8")
                 where = element_path(text, element, variant, key, display)
-                edit_file(path, where, value, display)
+                text = set_scalar(text, where, value, display)
                 written[".".join(where)] = value
-            self._load(scene, variant)  # the edit leaves a valid scene
+            # written only once the edited text loads (base and every variant)
+            write_text(path, before, text, lambda t: self._check_text(path, t))
         return {"scene": display, "set": written}
+
+    def _check_text(self, path: Path, text: str) -> None:
+        """The scene file's text as an edit would leave it loads, within the root."""
+        from ..scene import load_scene
+
+        where = self.rel(path)
+        base = load_scene(path, text=text)
+        for v in [None, *base.variants]:
+            self._confine(base if v is None else load_scene(path, v, text=text), where)
 
     def sfx(self, sfx_list: str, events: Events | None = None,
             cancel: threading.Event | None = None) -> dict[str, Any]:
