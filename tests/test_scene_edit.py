@@ -318,3 +318,21 @@ def test_crlf_stays_crlf_and_one_line_changes(tmp_path: Path) -> None:
     final = scene.read_bytes().decode()
     assert changed(after, final) == ["+     seed: 7"]
     assert final.count("\r\n") == final.count("\n")
+
+
+@pytest.mark.parametrize("element, seeded", [
+    ("  a: {file: t.wav, loop: true, }\n", "  a: {file: t.wav, loop: true, seed: 9, }\n"),
+    ("  a: {file: t.wav, loop: true,}\n", "  a: {file: t.wav, loop: true, seed: 9,}\n"),
+    ("  a: {file: t.wav,\n      volume: -6 dB\n  }\n",
+     "  a: {file: t.wav,\n      volume: -6 dB, seed: 9\n  }\n"),
+    ("  a: {file: t.wav,\n      volume: -6 dB,\n  }\n",
+     "  a: {file: t.wav,\n      volume: -6 dB, seed: 9,\n  }\n"),
+    ("  a: {file: t.wav, at: [1 s, 2 s] }  # c\n",
+     "  a: {file: t.wav, at: [1 s, 2 s], seed: 9 }  # c\n"),
+])
+def test_flow_mappings_with_trailing_commas_and_closing_lines(element: str, seeded: str) -> None:
+    import yaml
+
+    after = set_scalar(HEAD + element, ("elements", "a", "seed"), "9")
+    assert after == HEAD + seeded
+    assert yaml.safe_load(after)["elements"]["a"]["seed"] == 9

@@ -57,6 +57,7 @@ def _end(node: yaml.Node, text: str, key: yaml.Node | None = None) -> int:
     return int(node.end_mark.index)
 
 
+_TRAILING_COMMA = re.compile(r"[ \t]*,")
 _ALIAS = re.compile(r"\s*:[ \t]*\*[^\s,\[\]{}]+")
 
 
@@ -116,9 +117,18 @@ def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> s
 def _insert(text: str, node: yaml.MappingNode, key: str, value: str) -> str:
     if node.flow_style:
         close = int(node.end_mark.index) - 1  # the '}'
-        body = text[:close].rstrip(" ")
-        sep = ", " if node.value else ""
-        return body + f"{sep}{key}: {value}" + text[len(body):close] + text[close:]
+        if not node.value:
+            body = text[:close].rstrip(" ")
+            return body + f"{key}: {value}" + text[len(body):close] + text[close:]
+        # right after the last value: before a '}' on its own line, and after a trailing comma
+        # (``{a: 1, }``) with one of its own, so the mapping's layout stays as written
+        k, v = node.value[-1]
+        at = _end(v, text, k)
+        comma = _TRAILING_COMMA.match(text, at, close)
+        if comma:
+            at = comma.end()
+            return text[:at] + f" {key}: {value}," + text[at:]
+        return text[:at] + f", {key}: {value}" + text[at:]
     if not node.value:
         raise SceneError(f"an empty mapping on line {node.start_mark.line + 1}: cannot add {key}")
     indent = node.value[0][0].start_mark.column
