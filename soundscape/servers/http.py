@@ -73,10 +73,9 @@ class _Guard:
         if self.loopback and hostname not in LOOPBACK:
             await _plain(send, 421, f"Error: host {host!r} is not served here")
             return
-        origin = headers.get("origin")
-        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
-                origin.split("://", 1)[-1] != host:
-            await _plain(send, 403, f"Error: a request from {origin} is refused")
+        foreign = _foreign(headers)
+        if foreign and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            await _plain(send, 403, f"Error: a request from {foreign} is refused")
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
@@ -97,6 +96,19 @@ class _Guard:
             await self.app(scope, bounded, send)
         except BodyTooLarge:
             await _plain(send, 413, f"Error: the request body is over {MAX_BODY_BYTES} bytes")
+
+
+def _foreign(headers: dict[str, str]) -> str | None:
+    """Where a browser says a request comes from, when that is another origin or site (a page
+    elsewhere that links, posts or fetches here); None for this server's pages, an address
+    typed in, and clients that are not browsers."""
+    origin = headers.get("origin")
+    if origin and origin.split("://", 1)[-1] != headers.get("host", ""):
+        return origin
+    site = headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site"):
+        return f"a {site} page"
+    return None
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
@@ -315,11 +327,22 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
             return _fail(e)
         return FileResponse(p, headers={"cache-control": "no-cache"})
 
+    def refused(request: Request, scene: str, variant: str | None) -> Response | None:
+        """Another site's page may show a render that is current, never start one (nor a
+        watch): a link or an image on any page could otherwise make this machine work."""
+        foreign = _foreign({k.lower(): v for k, v in request.headers.items()})
+        if foreign is None or studio.current(scene, variant) is not None:
+            return None
+        return JSONResponse({"error": f"Error: a request from {foreign} may not start a "
+                             f"render; open the page from this server"}, status_code=403)
+
     async def studio_page(request: Request) -> Response:
         scene = request.path_params["path"]
         variant = request.query_params.get("variant") or None
+        if (no := refused(request, scene, variant)) is not None:
+            return no
         try:
-            w = studio.watch(scene, variant)
+            w = await asyncio.to_thread(studio.watch, scene, variant)
             state = await studio.ensure(w, variant)
             if state is None:
                 return JSONResponse({"error": w.error}, status_code=422)
@@ -332,9 +355,12 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                             headers={"cache-control": "no-store"})
 
     async def studio_events(request: Request) -> Response:
+        scene = request.query_params.get("scene", "")
+        variant = request.query_params.get("variant") or None
+        if (no := refused(request, scene, variant)) is not None:
+            return no
         try:
-            w = studio.watch(request.query_params.get("scene", ""),
-                             request.query_params.get("variant") or None)
+            w = await asyncio.to_thread(studio.watch, scene, variant)
         except Exception as e:
             return _fail(e)
         q = await studio.subscribe(w)
@@ -354,7 +380,7 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(studio.run())
         for s in scenes:  # rendered (or found up to date) at once, watched from then on
-            studio.spawn(studio.watch(s))
+            studio.spawn(studio.watch(s, check=False))
         try:
             async with mcp.session_manager.run():
                 yield
@@ -385,5 +411,6 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         *mcp_app.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.studio = studio
     app.add_middleware(_Guard, loopback=host in LOOPBACK)
     return app

