@@ -4,6 +4,7 @@ the index escapes what it shows; job arguments are checked; a job cancelled too 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,20 @@ def test_another_sites_page_starts_no_render(served: tuple[httpx.Client, Path, A
     assert client.get("/studio/scenes/live.yaml",
                       headers={"sec-fetch-site": "cross-site"}).status_code == 200
     assert (root / "renders/live/mix.wav").stat().st_mtime_ns == mtime
+
+
+def test_the_index_escapes_what_a_manifest_says(served: tuple[httpx.Client, Path, Any]) -> None:
+    client, root, _ = served
+    folder = root / "renders/x"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({
+        "scene": "<img src=x onerror=alert(1)>", "variant": None,
+        "mix": {"file": "mix.wav", "loudness_lufs": "<script>alert(2)</script>"}}))
+    r = client.get("/")
+    assert r.status_code == 200
+    assert "<script" not in r.text and "<img" not in r.text
+    assert "&lt;script&gt;alert(2)&lt;/script&gt; LUFS" in r.text
+    assert "script-src" not in r.headers["content-security-policy"]  # no script runs there
+    page = client.get("/files/renders/x/manifest.json")
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"

@@ -47,6 +47,10 @@ from .studio import Studio, inject
 
 MAX_BODY_BYTES = MAX_SCENE_BYTES + (64 << 10)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INDEX_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+FILES_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+             "'unsafe-inline'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
+             "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'self'")
 
 
 class BodyTooLarge(Exception):
@@ -179,9 +183,10 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         for r in renders:
             label = f"{r['scene']}{' / ' + r['variant'] if r['variant'] else ''}"
             items += (f'<li><a href="/files/{html.escape(r["directory"])}/index.html">'
-                      f"{html.escape(label)}</a> {r['mix_lufs']} LUFS</li>")
+                      f"{html.escape(label)}</a> {html.escape(str(r['mix_lufs']))} LUFS</li>")
         return HTMLResponse(f"<!DOCTYPE html><meta charset=utf-8><title>soundscape</title>"
-                            f"<h1>soundscape</h1><ul>{items}</ul>")
+                            f"<h1>soundscape</h1><ul>{items}</ul>",
+                            headers={"content-security-policy": INDEX_CSP})
 
     async def validate(request: Request) -> Response:
         try:
@@ -325,7 +330,11 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                                   f"server's root")
         except Exception as e:
             return _fail(e)
-        return FileResponse(p, headers={"cache-control": "no-cache"})
+        # a page under the root (ours embeds its data and script) runs with no reach beyond
+        # this server: no outside scripts, no sending what it reads elsewhere, no framing
+        return FileResponse(p, headers={"cache-control": "no-cache",
+                                        "content-security-policy": FILES_CSP,
+                                        "x-content-type-options": "nosniff"})
 
     def refused(request: Request, scene: str, variant: str | None) -> Response | None:
         """Another site's page may show a render that is current, never start one (nor a
