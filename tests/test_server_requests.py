@@ -5,6 +5,7 @@ the index escapes what it shows; job arguments are checked; a job cancelled too 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,72 @@ def test_the_index_escapes_what_a_manifest_says(served: tuple[httpx.Client, Path
     page = client.get("/files/renders/x/manifest.json")
     assert "connect-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("body, error", [
+    ({"scene": "scenes/live.yaml", "only": "tone"}, "'only' must be a list of element names"),
+    ({"scene": "scenes/live.yaml", "only": [1]}, "'only' must be a list of element names"),
+    ({"scene": "scenes/live.yaml", "force": "yes"}, "'force' must be true or false"),
+    ({"kind": "audition", "scene": "scenes/live.yaml", "element": "tone", "n": "x"},
+     "'n' must be a whole number from 1 to 64"),
+    ({"kind": "audition", "scene": "scenes/live.yaml", "element": "tone", "n": 0},
+     "'n' must be a whole number from 1 to 64"),
+    ({"kind": "audition", "scene": "scenes/live.yaml", "element": "tone", "n": 10**6},
+     "'n' must be a whole number from 1 to 64"),
+])
+def test_job_arguments_are_checked(served: tuple[httpx.Client, Path, Any],
+                                   body: dict[str, Any], error: str) -> None:
+    client, _, _ = served
+    r = client.post("/api/jobs", json=body)
+    assert (r.status_code, r.json()) == (400, {"error": f"Error: {error}"})
+    assert client.get("/api/jobs").json() == []
+
+
+def test_a_cancel_that_comes_too_late_is_reported_as_done(tmp_path: Path) -> None:
+    from soundscape.servers.jobs import Jobs
+    from soundscape.servers.mcp import error_lines
+
+    root = tmp_path / "root"
+    studio_folder(root)
+    service = Service(Settings(root=root))
+    jobs = Jobs(error_lines)
+
+    def cancel_mid_mix(events: Any, cancel: threading.Event) -> Any:
+        def hook(ev: dict[str, Any]) -> None:
+            events(ev)
+            if ev["type"] == "progress" and ev["label"] == "mix live" and ev["step"] == 0:
+                cancel.set()  # the cancel arrives while the mix is being written
+
+        return service.render("scenes/live.yaml", events=hook, cancel=cancel)
+
+    job = jobs.start("render", {}, cancel_mid_mix)
+    with job.changed:
+        job.changed.wait_for(lambda: job.state != "running", 60)
+    assert job.state == "done", job.error
+    assert job.events[-1]["type"] == "done"
+    assert job.events[-1]["note"] == "finished before the cancel took effect"
+    assert (root / "renders/live/mix.wav").is_file()
+    assert (root / "renders/live/manifest.json").is_file()
+
+
+def test_takes_keep_waits_for_the_studios_edit_lock(tmp_path: Path) -> None:
+    import time
+
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+    from soundscape.scene import load_scene
+
+    root = tmp_path / "root"
+    scene = studio_folder(root)
+    service = Service(Settings(root=root))
+    results: list[int] = []
+    with service.edit_lock(scene):
+        worker = threading.Thread(target=lambda: results.append(CliRunner().invoke(
+            app, ["takes", str(scene), "tone", "--keep", "77", "--out",
+                  str(root / "renders")]).exit_code))
+        worker.start()
+        time.sleep(1.0)
+        assert results == [] and load_scene(scene).elements["tone"].seed is None  # waiting
+    worker.join(30)
+    assert results == [0] and load_scene(scene).elements["tone"].seed == 77

@@ -7,9 +7,12 @@ text as it was).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import SoundscapeError
+from ..locks import locked
 from .edit import KeyPath, edit_file, element_path, read_text
 
 MAX_SEED = 2**63 - 1  # as the scene format's seed: field
@@ -34,3 +37,13 @@ def keep_seed(scene_path: str | Path, element: str, seed: int,
 
     edit_file(path, where, str(int(seed)), str(path), check=loads)
     return where
+
+
+@contextmanager
+def edit_lock(out: str | Path, scene_name: str) -> Iterator[None]:
+    """Held while one scene file is read, edited and written: a lock file in the scene's output
+    folder, shared by ``takes --keep`` and the studio (``serve``), so two edits both land."""
+    folder = Path(out) / scene_name
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".edit.lock"):
+        yield

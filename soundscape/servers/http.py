@@ -42,7 +42,7 @@ from ..errors import SceneError, SoundscapeError
 from .jobs import Jobs
 from .mcp import build as build_mcp
 from .mcp import error_lines
-from .service import MAX_SCENE_BYTES, AccessError, Service
+from .service import MAX_SCENE_BYTES, MAX_TAKES, AccessError, Service
 from .studio import Studio, inject
 
 MAX_BODY_BYTES = MAX_SCENE_BYTES + (64 << 10)
@@ -158,6 +158,13 @@ def _str(data: dict[str, Any], key: str, required: bool = True) -> Any:
     return v
 
 
+def _flag(data: dict[str, Any], key: str) -> bool:
+    v = data.get(key, False)
+    if not isinstance(v, bool):
+        raise SoundscapeError(f"'{key}' must be true or false")
+    return v
+
+
 def _script() -> str:
     web = resources.files("soundscape.outputs").joinpath("web")
     return web.joinpath("studio.js").read_text(encoding="utf-8")
@@ -212,13 +219,19 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                 scene = _str(data, "scene")
                 service.scene_file(scene)  # refused now, not in the job
                 only = data.get("only")
+                if only is not None and (not isinstance(only, list) or
+                                         not all(isinstance(x, str) and x for x in only)):
+                    raise SoundscapeError("'only' must be a list of element names")
+                all_variants, force = _flag(data, "all_variants"), _flag(data, "force")
                 fn: Any = lambda events, cancel: service.call(  # noqa: E731
-                    service.render, scene, variant, all_variants=bool(data.get("all_variants")),
-                    only=only, force=bool(data.get("force")), events=events, cancel=cancel)
+                    service.render, scene, variant, all_variants=all_variants,
+                    only=only, force=force, events=events, cancel=cancel)
             elif kind == "audition":
                 scene, element = _str(data, "scene"), _str(data, "element")
                 service.scene_file(scene)
-                n = int(data.get("n", 4))
+                n = data.get("n", 4)
+                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_TAKES:
+                    raise SoundscapeError(f"'n' must be a whole number from 1 to {MAX_TAKES}")
                 fn = lambda events, cancel: service.call(  # noqa: E731
                     service.audition, scene, element, n, variant, events=events, cancel=cancel)
             elif kind == "sfx":

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SceneError, SoundscapeError
-from ..locks import locked
 from ..options import GenerationOptions, OutputOptions
 
 MAX_SCENE_BYTES = 1 << 20  # as a scene file (scene.load)
@@ -219,7 +218,8 @@ class Service:
                 events({"type": "log", "message": message})
 
         def progress(label: str, step: int, total: int) -> None:
-            check()
+            if step < total:  # the last report follows work already written: never stop there
+                check()
             if events:
                 events({"type": "progress", "label": label, "step": step, "total": total})
 
@@ -274,13 +274,11 @@ class Service:
                 "page": self.rel(files[0][1].parent / "index.html")}
 
     def edit_lock(self, scene_path: Path) -> Any:
-        """The lock that serialises edits of one scene: a lock file in its output folder."""
+        """The lock that serialises edits of one scene (``takes --keep`` takes it too)."""
         from ..scene import load_scene
+        from ..scene.keep import edit_lock
 
-        name = load_scene(scene_path).name
-        folder = self.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return locked(folder / ".edit.lock")
+        return edit_lock(self.out, load_scene(scene_path).name)
 
     def keep(self, scene: str, element: str, seed: int, variant: str | None = None) \
             -> dict[str, Any]:
