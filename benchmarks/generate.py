@@ -1,4 +1,17 @@
-"""Generation speed: stock ``AudioGen.generate`` (float32) vs soundscape's generator.
+"""Generation speed: each engine against its stock library, on the published shapes.
+
+    uv run python benchmarks/generate.py --engine stable-audio-open-1.0 [--seconds 5]
+        [--batches 1 4] [--steps 100] [--timed-steps 2] [--precisions fp32 bf16]
+    uv run python benchmarks/generate.py --engine stable-audio-open-small [--seconds 5]
+        [--batches 1 4] [--steps 8] [--timed-steps 2]
+
+Stable Audio Open 1.0: diffusers' stock ``StableAudioPipeline`` asked for the take (it denoises
+the whole 47.55 s window and crops) against soundscape's loop (the take's latents only), random
+weights at the published shapes (T5-base's shape for the encoder); the last line is
+``speedup vs stock diffusers (stable-audio-open-1.0, 5 s take, batch 1): N.NNx``. Small: the
+seconds of compute per second of audio and the floor of a step (its weight bytes over the memory
+bandwidth, and its FLOPs), from ``benchmarks/stable_audio_small.py``. Steps are timed on
+``--timed-steps`` and scaled to ``--steps`` (the lines say so). AudioGen (the default engine):
 
     uv run python benchmarks/generate.py [--arch tiny|medium] [--model DIR] [--seconds 1]
                                          [--batches 1 4] [--repeats 2] [--device auto]
@@ -20,16 +33,57 @@ model can be cast to bf16 for soundscape and back to float32 for stock audiocraf
 both run the very same weights, and only one copy is held.
 """
 
+# ruff: noqa: E402 - the Stable Audio engines are dispatched before AudioGen's heavy imports
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
-from soundscape.generate import TakeRequest
+def _stable_audio(argv: list[str]) -> None:
+    """``--engine stable-audio-open-1.0`` or ``stable-audio-open-small``: see the docstring."""
+    sa = argparse.ArgumentParser()
+    sa.add_argument("--engine", required=True)
+    sa.add_argument("--seconds", type=float, default=5.0)
+    sa.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    sa.add_argument("--steps", type=int, default=0, help="0: the engine's default")
+    sa.add_argument("--timed-steps", type=int, default=2)
+    sa.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    sa.add_argument("--no-stock", action="store_true", help="1.0: skip the stock pipeline")
+    sa.add_argument("--threads", type=int, default=0)
+    a = sa.parse_args(argv)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.engine == "stable-audio-open-1.0":
+        from soundscape.generate.dev.bench_sao1 import benchmark_sao1
+
+        benchmark_sao1(a.seconds, tuple(a.batches), a.steps or 100, a.timed_steps,
+                       tuple(a.precisions), stock=not a.no_stock)
+        return
+    sys.argv = [sys.argv[0], "--seconds", str(a.seconds), "--batches",
+                *map(str, a.batches), "--steps", str(a.steps or 8), "--timed-steps",
+                str(a.timed_steps), "--precisions",
+                *[x for x in a.precisions if x in ("fp32", "bf16", "bf16w", "int8")]]
+    sys.path.insert(0, str(Path(__file__).parent))
+    from stable_audio_small import main as small_main  # benchmarks/stable_audio_small.py
+
+    small_main()
+
+
+if __name__ == "__main__" and "--engine" in sys.argv:
+    _engine = sys.argv[sys.argv.index("--engine") + 1]
+    if _engine in ("stable-audio-open-1.0", "stable-audio-open-small"):
+        _stable_audio(sys.argv[1:])
+        sys.exit(0)
+
+import torch  # AudioGen's benchmark below, unchanged
+
+from soundscape.generate import audiogen_request
 from soundscape.generate.audiogen import (
     AudioGen,
     Generator,
@@ -45,6 +99,7 @@ from soundscape.generate.models import ModelRef, resolve
 from soundscape.generate.precision import choose_precision
 
 p = argparse.ArgumentParser()
+p.add_argument("--engine", choices=["audiogen-medium"], default="audiogen-medium")
 p.add_argument("--arch", choices=["tiny", "medium"], default="tiny")
 p.add_argument("--model", help="a checkpoint directory instead of a random model")
 p.add_argument("--seconds", type=float, default=1.0)
@@ -132,7 +187,7 @@ def run_stock(prompts: list[str]) -> float:
 def run_ours(prompts: list[str]) -> float:
     at(precision)
     gen = Generator(ref, device, max_batch=len(prompts), model=stock)
-    reqs = [TakeRequest("bench", pr, args.seconds, 1.0, 250, 0.0, 3.0, 5.0, i)
+    reqs = [audiogen_request("bench", pr, args.seconds, 1.0, 250, 0.0, 3.0, 5.0, i)
             for i, pr in enumerate(prompts)]
     sync()
     t0 = time.perf_counter()

@@ -188,6 +188,9 @@ def plan(scene: Path, variant: Annotated[str | None, typer.Option(help="Variant 
 
 
 Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+Commercial = Annotated[bool, typer.Option(
+    "--commercial", help="Refuse models whose licence forbids commercial use (AudioGen's "
+    "CC-BY-NC-4.0), before anything is generated.")]
 Model = Annotated[str | None, typer.Option("--model", help="Hub id or checkpoint directory "
                                            "(overrides the scene).")]
 def _one_of(option: str, allowed: tuple[Any, ...]) -> Callable[[Any], Any]:
@@ -281,6 +284,7 @@ def render(
         "pools/pools.json, for an engine's random container (repeatable; loops = --loops).",
         callback=_each_of("--export", ("pools", "loops")))] = None,
     cluster: Cluster = None, actors: Actors = None,
+    commercial: Commercial = False,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest.
 
@@ -301,7 +305,7 @@ def render(
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
                             progress=progress, jobs=jobs, force=force, precision=precision,
                             loopable=loopable, loops=loops, export=export or (),
-                            cluster=spec)
+                            cluster=spec, commercial=commercial)
     console = Console()
     printed: set[str] = set()
     for r in results:
@@ -394,6 +398,7 @@ def sfx(
     channels: Annotated[int | None, typer.Option(
         "--channels", help="1 or 2 (default: as generated).",
         callback=_one_of("--channels", (1, 2)))] = None,
+    commercial: Commercial = False,
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
     from .pipelines.sfx import render_sfx
@@ -403,7 +408,8 @@ def sfx(
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
                             fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
                             precision=precision, cluster=spec, sample_rate=sample_rate,
-                            channels=channels, bit_depth=bit_depth)
+                            channels=channels, bit_depth=bit_depth,
+                            commercial=commercial)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "
@@ -525,15 +531,29 @@ def serve(
 @dev.command("tiny-model")
 def tiny_model(
     directory: Path, seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
-    layout: Annotated[str, typer.Option(help="export: the two checkpoint files in DIR (use "
+    layout: Annotated[str, typer.Option(help="export: the model's published files in DIR (use "
                                         "--model DIR); hub: a Hugging Face cache in DIR "
-                                        "holding facebook/audiogen-medium and t5-large as "
-                                        "users download them (use HF_HOME=DIR).")] = "export",
+                                        "holding the hub repositories as users download them "
+                                        "(use HF_HOME=DIR).")] = "export",
+    engine: Annotated[str, typer.Option(help="audiogen-medium, stable-audio-open-1.0 or "
+                                        "stable-audio-open-small.")] = "audiogen-medium",
 ) -> None:
-    """Write a tiny random AudioGen checkpoint for offline runs."""
+    """Write a tiny random model in its published layout for offline runs."""
+    from .generate.engines import SAO_1, SAO_SMALL, by_short_name
+
     if layout not in ("export", "hub"):
         _err(f"--layout {layout!r} is not a layout; use export or hub")
         raise typer.Exit(1)
+    spec = by_short_name(engine)
+    if spec is None:
+        _err(f"--engine {engine!r} is not an engine; use audiogen-medium, "
+             f"stable-audio-open-1.0 or stable-audio-open-small")
+        raise typer.Exit(1)
+    if spec.name in (SAO_1, SAO_SMALL):
+        with _user_errors():
+            where = _write_tiny_stable_audio(spec.name, directory, seed, layout)
+        typer.echo(where)
+        return
     with _user_errors():
         if layout == "hub":
             from .generate.dev.replica import write_hub_replica
@@ -546,6 +566,27 @@ def tiny_model(
 
         write_tiny_model(directory, seed)
     typer.echo(f"wrote a tiny random AudioGen checkpoint to {directory}; use --model {directory}")
+
+
+def _write_tiny_stable_audio(engine: str, directory: Path, seed: int, layout: str) -> str:
+    from .generate.engines import ENGINES, SAO_1
+
+    spec = ENGINES[engine]
+    if engine == SAO_1:
+        from .generate.dev.sa_replica import write_sao1_hub, write_tiny_sao1
+
+        write_hub, write_dir = write_sao1_hub, write_tiny_sao1
+    else:
+        from .generate.stable_audio_small.tiny import write_small_hub_replica, write_tiny_small
+
+        write_hub, write_dir = write_small_hub_replica, write_tiny_small
+    if layout == "hub":
+        write_hub(directory, seed)
+        return (f"wrote a tiny random {spec.repo} (with its text encoder) as a Hugging Face "
+                f"cache in {directory}; use HF_HOME={directory} HF_HUB_OFFLINE=1 and model: "
+                f"{spec.short_names[0]}")
+    write_dir(directory, seed)
+    return f"wrote a tiny random {spec.title} to {directory}; use --model {directory}"
 
 
 def main() -> None:

@@ -62,6 +62,7 @@ class GenerationOptions:
     log: Log = quiet
     progress: Progress | None = None
     cluster: ClusterSpec | None = None  # generate on this Ray cluster instead of here
+    commercial: bool = False  # refuse models whose licence forbids commercial use
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 on 127.0.0.1 the way huggingface_hub expects (``/api/models/<repo>[/revision/<rev>]`` listings,
 ``HEAD``/``GET /<repo>/resolve/<rev>/<file>`` with ``X-Repo-Commit``, ``ETag``,
 ``X-Linked-Etag`` and ``X-Linked-Size``). ``mode``: ``ok``, ``error`` (every request answers
-500) or ``hang`` (requests are accepted and never answered)."""
+500) or ``hang`` (requests are accepted and never answered). ``gated`` repositories answer 401
+(``X-Error-Code: GatedRepo``, as the hub does) unless the request carries ``Bearer <token>``;
+``authorizations`` records every request's Authorization header."""
 
 from __future__ import annotations
 
@@ -17,8 +19,12 @@ from soundscape.generate.dev.replica import blob_etag, repo_folder
 
 
 class HubStub:
-    def __init__(self, hub_cache: Path, repos: tuple[str, ...], mode: str = "ok") -> None:
+    def __init__(self, hub_cache: Path, repos: tuple[str, ...], mode: str = "ok",
+                 gated: tuple[str, ...] = (), token: str | None = None) -> None:
         self.mode = mode
+        self.gated = gated
+        self.token = token
+        self.authorizations: list[str | None] = []
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.repos: dict[str, tuple[str, dict[str, bytes]]] = {}
         for repo in repos:
@@ -68,6 +74,16 @@ class HubStub:
     def _answer(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         path = unquote(urlsplit(h.path).path)
         self.requests.append((h.command, path))
+        auth = h.headers.get("Authorization")
+        self.authorizations.append(auth)
+        repo_hit = self._repo_of(path[len("/api/models/"):] if path.startswith("/api/models/")
+                                 else path.lstrip("/"))
+        if repo_hit is not None and repo_hit[0] in self.gated and (
+                self.token is None or auth != f"Bearer {self.token}"):
+            self._send(h, 401, b'{"error": "Access to model is restricted."}', body,
+                       {"X-Error-Code": "GatedRepo",
+                        "X-Error-Message": "Access to model is restricted."})
+            return
         if self.mode == "hang":
             time.sleep(60)
             return

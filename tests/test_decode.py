@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from soundscape.errors import GeneratorError
-from soundscape.generate import TakeRequest
+from soundscape.generate import TakeRequest, audiogen_request
 from soundscape.generate.models import resolve
 from soundscape.generate.precision import choose_precision, cpu_flags, cpu_has_native_bf16
 
@@ -99,7 +99,7 @@ def test_failed_capture_falls_back_to_eager(model, monkeypatch) -> None:  # type
 
 
 def _req(prompt: str, seed: int, duration: float) -> TakeRequest:
-    return TakeRequest("m", prompt, duration, 1.0, 250, 0.0, 3.0, 2.5, seed)
+    return audiogen_request("m", prompt, duration, 1.0, 250, 0.0, 3.0, 2.5, seed)
 
 
 def test_generator_fast_and_stock_takes_are_equal(tiny_model: Path) -> None:

@@ -126,9 +126,12 @@ def test_sfx_reaches_its_loudness_or_says_what_it_reached(tmp_path: Path,
             lufs = pyloudnorm.Meter(sr).integrated_loudness(y)  # a 1 s sound: no looping
             assert float(row["loudness_lufs"]) == pytest.approx(lufs, abs=0.1)
             assert float(row["target_lufs"]) == target
+            # the limiter only catches peaks: at most the list's max_limiting (6 dB by default)
+            assert 0.0 <= float(row["limiter_reduction_db"]) <= 6.05
             if abs(lufs - target) > 0.5:  # out of reach: said, per file, with the figure
                 assert f"{row['file']}: reached {float(row['loudness_lufs']):.1f} LUFS, not " \
                        f"{target:.1f}" in " ".join(notes)
+                assert "dB above its loudness" in " ".join(notes)
         if target == -20.0:  # reachable: met, as the master meets its own
             assert notes == [] and all(abs(float(r["loudness_lufs"]) + 20) <= 0.5 for r in rows)
         else:

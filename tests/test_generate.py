@@ -15,7 +15,7 @@ import pytest
 
 from soundscape.audio_io import read_audio
 from soundscape.errors import GeneratorError, ModelNotFoundError
-from soundscape.generate import TakeRequest
+from soundscape.generate import TakeRequest, audiogen_request
 from soundscape.generate.models import locate, resolve
 from soundscape.takes.store import TakeCache
 from tests.conftest import manifest, mtimes, run_cli
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def req(ref_id: str, prompt: str, seed: int, duration: float = 1.0) -> TakeRequest:
-    return TakeRequest(ref_id, prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
+    return audiogen_request(ref_id, prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
 
 
 @pytest.fixture(scope="module")

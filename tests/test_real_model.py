@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from soundscape.errors import GeneratorError
-from soundscape.generate import TakeRequest
+from soundscape.generate import TakeRequest, audiogen_request
 from soundscape.generate.dev.replica import AUDIOGEN_REPO, T5_REPO, UNREAD_T5_FILES, repo_folder
 from soundscape.generate.models import cached_hub_dir, hub_cache_dir, resolve, text_encoder_dir
 from tests.conftest import manifest, run_cli
@@ -66,7 +66,7 @@ def t5_generator(hub_replica: Path):  # type: ignore[no-untyped-def]
 
 
 def req(prompt: str, seed: int, duration: float = 1.0) -> TakeRequest:
-    return TakeRequest("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
+    return audiogen_request("hub:m", prompt, duration, 1.0, 250, 0.0, 3.0, 5.0, seed)
 
 
 
@@ -172,7 +172,7 @@ def test_rainy_cafe_renders_through_t5_offline_and_repeats_without_audiocraft(
     assert abs(m["mix"]["loudness_lufs"] - (-18)) <= 0.5
     probe = ("import sys; from soundscape.cli import app; from typer.testing import CliRunner; "
              "r = CliRunner().invoke(app, sys.argv[1:]); assert r.exit_code == 0, r.output; "
-             "print(sorted(m for m in ('torch', 'audiocraft', 'transformers') "
+             "print(sorted(m for m in ('torch', 'audiocraft', 'transformers', 'diffusers') "
              "if m in sys.modules))")
     written = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
     res = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,

@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from soundscape.dsp.stereo import allpass_response, decorrelate, decorrelator_design, downmix
+from soundscape.dsp.stereo import (
+    DECORRELATOR_DELAY_S,
+    allpass_response,
+    decorrelate,
+    decorrelator_design,
+    downmix,
+)
 
 RATES = [22050, 44100, 48000, 96000]
 
@@ -77,7 +83,7 @@ def test_decorrelator_puts_transients_in_the_centre(sr: int, seed: int) -> None:
 def test_decorrelator_design_is_all_pass_with_equal_mean_delay() -> None:
     sr = 48000
     (dl, gl), (dr, gr) = decorrelator_design(3, sr)
-    assert int(dl.sum()) == int(dr.sum()) == round(0.006 * sr)
+    assert int(dl.sum()) == int(dr.sum()) == round(DECORRELATOR_DELAY_S * sr)
     for d, g in ((dl, gl), (dr, gr)):
         h = allpass_response(d, g, sr)
         mag = np.abs(np.fft.rfft(h))

@@ -14,7 +14,13 @@ from soundscape.dsp import bus as busmod
 from soundscape.dsp.bus import Bus
 from soundscape.dsp.effects import EffectSpec, build_board, parse_effect
 from soundscape.dsp.meter import measure
-from soundscape.master import MIN_MAKEUP_YIELD, integrated_loudness, limit, master_bus
+from soundscape.master import (
+    MIN_MAKEUP_YIELD,
+    TRUE_PEAK_MARGIN_DB,
+    integrated_loudness,
+    limit,
+    master_bus,
+)
 from soundscape.pipelines.render import render
 from tests.conftest import wav
 from tests.oracles import master
@@ -223,4 +229,5 @@ def test_a_loud_low_sine_is_mastered_as_the_whole_array_master_does(hz: int,
         report = master_bus(bus, sr, None, -1.0, (), blocks.append, tmp_path)
     assert float(np.abs(np.concatenate(blocks, axis=1) - ref).max()) <= 1e-6
     assert report.true_peak_dbtp == pytest.approx(measure(ref, sr).true_peak_db, abs=1e-4)
-    assert report.true_peak_dbtp > -1.05  # not trimmed below the ceiling by a misread peak
+    # not trimmed below the ceiling's margin by a misread peak
+    assert report.true_peak_dbtp > -1.0 - TRUE_PEAK_MARGIN_DB - 0.01

@@ -33,7 +33,13 @@ def to_channels(audio: np.ndarray, pan: float, channels: int) -> np.ndarray:
 
 
 DECORRELATOR_STAGES = 4
-DECORRELATOR_DELAY_S = 0.006  # the stages' delays add up to this in both channels
+# the stages' delays add up to this in both channels: 2 ms keeps the mids decorrelated while the
+# mid, advanced by at most DECORRELATOR_ADVANCE_S, lands within 1 ms of where it is placed
+DECORRELATOR_DELAY_S = 0.002
+# the most the output is advanced: the part of the response before the mid's peak plays that
+# much ahead of the placement (advanced by a 6 ms lag, a click arrived 5-6 ms early with 36-54 %
+# of its energy, and a take lost that part of its opening)
+DECORRELATOR_ADVANCE_S = 0.001
 
 
 def _allpass_delays(rng: np.random.Generator, total: int) -> np.ndarray:
@@ -107,15 +113,16 @@ def decorrelate(audio: np.ndarray, seed: int, width: float, sample_rate: int = 4
     own short all-pass cascade (``decorrelator_design``), then mid/side ``width`` scales the
     difference. Flat and centred by construction; the responses are run as FIRs truncated
     where less than 1e-9 of their energy is left, and both advanced by the mid's lag
-    (``decorrelator_lag``), so the element lands where it is placed (it came 6 ms late)."""
+    (``decorrelator_lag``) up to ``DECORRELATOR_ADVANCE_S``, so the element lands within 1 ms
+    of where it is placed (it came 6 ms late) and nothing plays more than 1 ms before it."""
     from scipy.signal import oaconvolve
 
     n = audio.shape[1]
-    lag = decorrelator_lag(seed, sample_rate)
+    lag = min(decorrelator_lag(seed, sample_rate), round(DECORRELATOR_ADVANCE_S * sample_rate))
     out = []
     for h in _decorrelator_firs(seed, sample_rate):
-        # both channels advanced by the mid's lag: a pure delay, alike in both, so the bands
-        # stay flat and the image centred, while the element lands where it is placed
+        # both channels advanced alike: a pure delay, so the bands stay flat and the image
+        # centred, while the element lands where it is placed
         out.append(oaconvolve(audio[0], h)[lag:lag + n])
     return widen(np.stack(out).astype(np.float32), width)
 

@@ -1,9 +1,10 @@
 """Generator stage: text -> audio takes.
 
-Input: ``TakeRequest`` values (prompt, duration, sampling settings, seed, model identity).
-Output: float32 mono takes ``(1, frames)`` at the model's rate (16 kHz for AudioGen). This
-package's ``__init__`` and ``models`` never import torch; ``audiogen.py`` is the only module that
-imports torch and audiocraft, and it is imported only when a take must really be generated.
+Input: ``TakeRequest`` values (engine, model and revision, prompt, duration, seed, the engine's
+settings). Output: float32 takes ``(channels, frames)`` at the engine's own rate (AudioGen: 16 kHz
+mono; Stable Audio Open: 44.1 kHz stereo). This package's ``__init__``, ``engines`` and ``models``
+never import torch; ``audiogen.py`` and ``stable_audio.py`` import torch, audiocraft and diffusers,
+and are imported only when a take must really be generated.
 """
 
 from __future__ import annotations
@@ -12,23 +13,37 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
-GENERATOR_VERSION = "1"  # bump when a change alters the audio produced for the same request
+GENERATOR_VERSION = "2"  # bump when a change alters the audio produced for the same request
+# 2: a key covers the engine and the model's revision (hub commit or the files' hash)
+
+Setting = float | int | str | None
 
 
 @dataclass(frozen=True)
 class TakeRequest:
-    """Everything that changes a take's audio. Its ``key`` addresses the take cache."""
+    """Everything that changes a take's audio. Its ``key`` addresses the take cache.
 
-    model: str  # model identity (see models.ModelRef.identity)
+    ``engine`` names the engine family (``engines.ENGINES``); ``model`` the model as the user
+    named it (``hub:<id>`` or ``dir:<hash>``); ``revision`` the exact weights (the hub commit of
+    the cached snapshot, or the local files' hash), so takes made with a replica are never
+    served for the real weights. ``params``: the engine's own settings, sorted by name.
+    """
+
+    engine: str
+    model: str
+    revision: str
     prompt: str
     duration_s: float
-    temperature: float
-    top_k: int
-    top_p: float
-    cfg_coef: float
-    extend_stride_s: float
     seed: int
+    params: tuple[tuple[str, Setting], ...]
+
+    @classmethod
+    def of(cls, engine: str, model: str, revision: str, prompt: str, duration_s: float,
+           seed: int, settings: dict[str, Setting]) -> TakeRequest:
+        return cls(engine, model, revision, prompt, float(duration_s), int(seed),
+                   tuple(sorted(settings.items())))
 
     @property
     def key(self) -> str:
@@ -37,14 +52,25 @@ class TakeRequest:
         return hashlib.sha256(text.encode()).hexdigest()
 
     @property
-    def settings(self) -> dict[str, float | int]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "cfg_coef": self.cfg_coef, "extend_stride_s": self.extend_stride_s}
+    def settings(self) -> dict[str, Setting]:
+        return dict(self.params)
+
+    def setting(self, name: str) -> Any:
+        return self.settings[name]
 
     def batch_key(self) -> tuple:
         """Requests with equal batch keys may share one ``generate`` call."""
-        return (self.model, self.duration_s, self.temperature, self.top_k, self.top_p,
-                self.cfg_coef, self.extend_stride_s)
+        return (self.engine, self.model, self.revision, self.duration_s,
+                tuple((k, v) for k, v in self.params if k != "negative_prompt"))
+
+
+def audiogen_request(model: str, prompt: str, duration_s: float, temperature: float,
+                     top_k: int, top_p: float, cfg_coef: float, extend_stride_s: float,
+                     seed: int, revision: str = "") -> TakeRequest:
+    """An AudioGen take request (the settings in AudioGen's order)."""
+    return TakeRequest.of("audiogen", model, revision or model, prompt, duration_s, seed,
+                          {"temperature": temperature, "top_k": top_k, "top_p": top_p,
+                           "cfg_coef": cfg_coef, "extend_stride": extend_stride_s})
 
 
 class _XformersBuildWarning(logging.Filter):

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GeneratorError, ModelNotFoundError
-from . import TakeRequest, quiet_xformers
+from . import TakeRequest, audiogen_request, quiet_xformers
+from .device import pick_device
+from .engines import AUDIOGEN_SPEC
 from .models import (
     COMPRESSION_FILE,
     LM_FILE,
@@ -50,6 +52,7 @@ except ImportError as _e:  # pragma: no cover - exercised only without audiocraf
     ) from None
 
 ProgressFn = Callable[[str, int, int], None]
+__all__ = ["Generator", "load_model", "pick_device"]
 
 
 def checkpoint_globals() -> list[typing.Any]:
@@ -89,25 +92,6 @@ def load_checkpoint(path: Path) -> dict:
                 f"export functions or use the published files") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise GeneratorError(f"cannot load the checkpoint {path}: {first}") from None
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise GeneratorError("--device cuda was asked for but torch sees no CUDA GPU; use "
-                             "--device auto or cpu")
-    if device == "mps" and not (getattr(torch.backends, "mps", None)
-                                and torch.backends.mps.is_available()):
-        raise GeneratorError("--device mps was asked for but MPS is not available; use "
-                             "--device auto or cpu")
-    if device not in ("cpu", "cuda", "mps"):
-        raise GeneratorError(f"unknown device {device!r}; use auto, cuda, mps or cpu")
-    return device
 
 
 @contextlib.contextmanager
@@ -263,6 +247,8 @@ class Generator:
         log: where download notes go (the first render on a connected machine).
     """
 
+    spec = AUDIOGEN_SPEC
+
     def __init__(self, ref: ModelRef, device: str = "auto", max_batch: int = 8,
                  progress: ProgressFn | None = None, model: AudioGen | None = None,
                  log: Log | None = None, precision: str = "auto", loop: str = "auto") -> None:
@@ -290,8 +276,8 @@ class Generator:
         saved, self.progress = self.progress, lambda label, step, total: stamps.append(
             time.perf_counter())
         try:
-            self._generate_batch([TakeRequest(self.ref.identity, "probe", seconds, 1.0, 250,
-                                              0.0, 3.0, seconds, 0)])
+            self._generate_batch([audiogen_request(self.ref.identity, "probe", seconds, 1.0,
+                                                   250, 0.0, 3.0, seconds, 0)])
         finally:
             self.progress = saved
             self.model.set_custom_progress_callback(None)
@@ -354,13 +340,14 @@ class Generator:
 
     def _generate_batch(self, reqs: list[TakeRequest]) -> list[np.ndarray]:
         r0 = reqs[0]
+        s: dict[str, typing.Any] = r0.settings
         m = self.model
-        stride = r0.extend_stride_s
+        stride = float(s["extend_stride"])  # type: ignore[arg-type]
         if stride >= m.max_duration:
             stride = m.max_duration / 2
-        m.set_generation_params(use_sampling=True, top_k=min(r0.top_k, m.lm.card),
-                                top_p=r0.top_p, temperature=r0.temperature,
-                                duration=r0.duration_s, cfg_coef=r0.cfg_coef,
+        m.set_generation_params(use_sampling=True, top_k=min(int(s["top_k"]), m.lm.card),
+                                top_p=s["top_p"], temperature=s["temperature"],
+                                duration=r0.duration_s, cfg_coef=s["cfg_coef"],
                                 extend_stride=stride)
         label = f"{len(reqs)} take(s) of {r0.duration_s:g} s"
         if self.progress is not None:

@@ -77,9 +77,11 @@ def store_cost(model: str, device: str, precision: str, s_per_audio_s: float,
 
 
 def cost_line(n: int, seconds: float, device: str, precision: str,
-              s_per_audio_s: float | None) -> str:
+              s_per_audio_s: float | None, engine: str | None = None) -> str:
     """The line printed before generating ``n`` takes, ``seconds`` of audio in all."""
     line = f"generating {n} take(s), {seconds:.1f} s of audio, on {device} at {precision}"
+    if engine is not None and engine != "AudioGen":
+        line += f" with {engine}"
     if s_per_audio_s is None:
         return line
     est = seconds * s_per_audio_s

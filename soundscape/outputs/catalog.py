@@ -28,17 +28,21 @@ class SfxVariation:
     sample_rate: int | None = None
     channels: int | None = None
     target_lufs: float | None = None  # what the list asked; loudness_lufs is what was reached
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
+    limiter_reduction_db: float | None = None  # the limiter's deepest gain reduction
 
 
 CATALOG_COLUMNS = ("file", "name", "prompt", "seed", "duration_s", "loudness_lufs",
                    "true_peak_dbtp", "CatID", "FXName", "CreatorID", "SourceID", "UserData",
-                   "sample_rate", "channels", "target_lufs")
+                   "sample_rate", "channels", "target_lufs", "licence",
+                   "commercial", "limiter_reduction_db")
 
 
 def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> str:
     """``catalog.csv``: one row per file, the UCS columns empty for sounds without UCS;
     ``loudness_lufs`` is what the file reached, ``target_lufs`` what the list asked (empty:
-    none)."""
+    none), ``limiter_reduction_db`` how deep the limiter cut its peaks on the way."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CATALOG_COLUMNS)
@@ -51,5 +55,7 @@ def catalog_csv(variations: tuple[SfxVariation, ...] | list[SfxVariation]) -> st
                     u.get("SourceID", ""), u.get("UserData", ""),
                     "" if v.sample_rate is None else v.sample_rate,
                     "" if v.channels is None else v.channels,
-                    "" if v.target_lufs is None else v.target_lufs])
+                    "" if v.target_lufs is None else v.target_lufs, v.licence,
+                    "yes" if v.commercial else "no",
+                    "" if v.limiter_reduction_db is None else v.limiter_reduction_db])
     return buf.getvalue()

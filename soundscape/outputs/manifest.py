@@ -20,6 +20,7 @@ from typing import Any
 
 from .. import __version__
 from ..arrange import Arrangement, Clip, ElementPlan, LoopRun
+from ..generate.engines import ENGINES
 from ..notices import RenderWarning
 from ..takes.plan import Source, Take
 
@@ -38,17 +39,22 @@ class TakeRecord:
     seed: int
     prompt: str
     duration_s: float
-    settings: dict[str, float | int]
+    settings: dict[str, float | int | str | None]
     model: str
     generated: bool
     generator: dict[str, str] | None = None  # the device and precision that made it
+    engine: str = "audiogen"
+    revision: str = ""  # the hub commit or the local files' hash
+    licence: str = ""  # of the weights that made it
+    commercial: bool = False  # whether that licence allows commercial use
 
     @classmethod
     def of(cls, t: Take, generated: bool, generator: dict[str, str] | None = None) \
             -> TakeRecord:
         r = t.request
+        lic = ENGINES[r.engine].licence
         return cls(t.index, r.key, r.seed, r.prompt, r.duration_s, r.settings, r.model,
-                   generated, generator)
+                   generated, generator, r.engine, r.revision, lic.name, lic.commercial)
 
 
 def placement_json(p: LoopRun | Clip) -> dict[str, Any]:
@@ -143,6 +149,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
     exports: tuple[ExportRecord, ...] = ()  # loop files and pools (absent before exports)
+    licences: tuple[dict[str, Any], ...] = ()  # see ``licence_summary``
 
     def element(self, name: str) -> StemRecord | None:
         return next((e for e in self.elements if e.element == name), None)
@@ -181,6 +188,7 @@ class Manifest:
         return cls(**{**data, "mix": MixRecord(**data["mix"]), "elements": elements,
                       "only": tuple(data["only"]) if data["only"] else None,
                       "exports": exports,
+                      "licences": tuple(data.get("licences", ())),
                       "warnings": tuple(RenderWarning.from_json(w) for w in data["warnings"])})
 
 
@@ -228,7 +236,53 @@ def render_manifest(arrangement: Arrangement, model: str, fmt: str, bit_depth: i
         bit_depth=bit_depth, model=model, seed=scene.seed,
         rendered=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         only=tuple(sorted(only)) if only else None, mix=mix, elements=tuple(elements),
-        generated=n_gen, cached=n_takes - n_gen, warnings=tuple(warnings), versions=versions())
+        generated=n_gen, cached=n_takes - n_gen, warnings=tuple(warnings), versions=versions(),
+        licences=licence_summary(tuple(elements)))
+
+
+def licence_summary(elements: tuple[StemRecord, ...]) -> tuple[dict[str, Any], ...]:
+    """The licences of the weights a render's takes came from: per licence its name, whether
+    it allows commercial use, its terms, the notice it asks for, its engines and the elements
+    under it (so the elements under a non-commercial licence are listed)."""
+    by: dict[str, dict[str, Any]] = {}
+    for e in elements:
+        for t in e.takes:
+            spec = ENGINES[t.engine]
+            lic = spec.licence
+            # no address here: the audition page embeds the manifest and holds none (the
+            # licence's address is in NOTICE.txt and the README)
+            entry = by.setdefault(lic.name, {
+                "licence": lic.name, "commercial": lic.commercial, "terms": lic.terms,
+                "notice": lic.notice, "engines": [], "elements": []})
+            if spec.title not in entry["engines"]:
+                entry["engines"].append(spec.title)
+            if e.element not in entry["elements"]:
+                entry["elements"].append(e.element)
+    return tuple(by.values())
+
+
+NOTICE_FILE = "NOTICE.txt"
+LICENCE_URLS = {spec.licence.name: spec.licence.url for spec in ENGINES.values()}
+
+
+def notice_text(licences: Sequence[dict[str, Any]]) -> str | None:
+    """What ``NOTICE.txt`` beside a render says: the notice a licence asks for ("Powered by
+    Stability AI") with the elements it covers, and any non-commercial licence beside it;
+    None when no licence asks for a notice."""
+    if not any(lic.get("notice") for lic in licences):
+        return None
+    lines = []
+    for lic in sorted(licences, key=lambda x: not x.get("notice")):  # the notice first
+        names = ", ".join(lic["elements"])
+        made = " and ".join(lic["engines"])
+        url = LICENCE_URLS.get(lic["licence"], "")
+        if lic.get("notice"):
+            lines += [f"{lic['notice']}.", f"Sounds in this render ({names}) were made with "
+                      f"{made}, licensed under the {lic['licence']} ({url})."]
+        elif not lic.get("commercial", True):
+            lines.append(f"Non-commercial: {names} were made with {made} under "
+                         f"{lic['licence']} ({url}); {lic['terms']}.")
+    return "\n".join(lines) + "\n"
 
 
 def read_manifest(path: Path) -> Manifest | None:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from ..audio_io import write_audio
 from ..errors import RenderError, SoundscapeError
-from ..generate.models import resolve
 from ..options import ClusterSpec, GenerationOptions, Log, Progress, quiet
 from ..outputs.page import write_takes_page
 from ..scene import load_scene
-from ..takes.plan import take_requests
+from ..takes.plan import Models, check_engine_fits, take_requests
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
 
@@ -47,12 +46,14 @@ def audition_takes(scene_path: str | Path, element: str, n: int, gen: Generation
     e = scene.elements[element]
     if e.prompt is None:
         raise SoundscapeError(f"{element} plays a file, not a prompt; nothing to audition")
-    ref = resolve(gen.model or scene.model, scene.base_dir)
+    models = Models(gen.model, log)
     one = scene.model_copy(update={"elements": {element: e.model_copy(
         update={"variations": n, "stereo": "pan"})}})
-    takes = take_requests(one, element, ref.identity)
+    pinned = models.of_element(one, element)
+    check_engine_fits(one, element, pinned.ref.spec)
+    takes = take_requests(one, element, pinned)
     cache = TakeCache(gen.cache_dir)
-    _, warnings = generate_missing([t.request for t in takes], cache, ref, gen)
+    _, warnings = generate_missing([t.request for t in takes], cache, models, gen)
     for w in warnings:
         log(f"warning: {w}")
     files = []

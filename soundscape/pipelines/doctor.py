@@ -1,8 +1,9 @@
 """Diagnostics: what a render will use and cost on this machine, one screen.
 
 Input: the model a render would use (hub id or checkpoint directory) and the take cache folder.
-Output: ``Check`` rows (name, status, detail, fix) for torch and the device, the AudioGen and T5
-weights, the take cache, free disk and the hub's online/offline state. Reads the environment and
+Output: ``Check`` rows (name, status, detail, fix) for torch and the device, the model's weights
+(AudioGen and T5, or a Stable Audio model), each engine's licence, gate, cache and measured cost,
+the take cache, free disk and the hub's online/offline state. Reads the environment and
 the disk only; the one network request is a short probe of the hub when it is not offline.
 """
 
@@ -21,6 +22,7 @@ from ..generate.models import (
     COMPRESSION_FILE,
     LM_FILE,
     TEXT_ENCODER,
+    ModelRef,
     cached_hub_dir,
     hub_cache_dir,
     hub_endpoint,
@@ -71,13 +73,27 @@ def _cpu_bf16() -> str:
     return "yes" if cpu_has_native_bf16() else "no (emulated, slow)"
 
 
-def _cpu_cost(model: str = "hub:facebook/audiogen-medium") -> str:
+def _cost_key(model: str) -> str | None:
+    """The key a render remembers the model's measured cost by (engine, weights, revision), or
+    None while its weights are not here: a replica's figure is never the real model's."""
+    from ..takes.run import cost_model
+
+    try:
+        ref = resolve(model, Path.cwd())
+        revision = ref.revision()
+    except (ModelNotFoundError, OSError):
+        return None
+    return None if revision is None else cost_model(ref, revision)
+
+
+def _cpu_cost(model: str = "facebook/audiogen-medium") -> str:
     """This machine's measured cost at the precision a render would choose, if measured."""
     from ..generate.cost import cached_cost
     from ..generate.precision import choose_precision
 
     precision = choose_precision("auto", "cpu")
-    cost = cached_cost(model, "cpu", precision)
+    key = _cost_key(model)
+    cost = None if key is None else cached_cost(key, "cpu", precision)
     if cost is None:
         return (f"at {precision}; not measured here yet (the first generating render times a "
                 f"short probe take and remembers it; stock audiocraft in float32 needs about "
@@ -110,11 +126,43 @@ def check_torch() -> Check:
                  "model at all")
 
 
+def check_engines() -> list[Check]:
+    """Each engine: its weights' licence (commercial or not), whether its hub repository is
+    gated, whether it is cached here, and its cost measured here (by engine and revision)."""
+    from ..generate.cost import cached_cost
+    from ..generate.engines import ENGINES
+    from ..generate.models import ModelRef, cached_model_dir
+    from ..generate.precision import choose_precision
+
+    precision = choose_precision("auto", "cpu")
+    out = []
+    for spec in ENGINES.values():
+        lic = spec.licence
+        use = ("commercial use allowed under US$1M annual revenue" if lic.commercial
+               else "non-commercial use only")
+        gate = (f"gated: accept the licence at https://huggingface.co/{spec.repo} and log in "
+                f"(HF_TOKEN or 'hf auth login')" if spec.gated else "not gated")
+        snap = cached_model_dir(ModelRef(spec.repo, None, spec.name))
+        here = "cached" if snap is not None else "not in the cache"
+        key = _cost_key(spec.repo) if snap is not None else None
+        cost = None if key is None else cached_cost(key, "cpu", precision)
+        speed = (f"{cost:.2g} s of compute per second of audio at {precision}, measured here"
+                 if cost is not None else "speed not measured here")
+        short = spec.title.replace("Stable Audio Open", "SAO")
+        out.append(Check(f"engine {short}", OK, f"{lic.name}, {use}; {spec.sample_rate} Hz, "
+                         f"{'stereo' if spec.channels == 2 else 'mono'}, takes up to "
+                         f"{spec.max_take_s:g} s{' (longer ones extended)' if spec.extends else ''}"
+                         f"; {spec.repo} {here}, {gate}; {speed}"))
+    return out
+
+
 def check_weights(model: str) -> list[Check]:
     try:
         ref = resolve(model, Path.cwd())
     except ModelNotFoundError as e:
         return [Check("AudioGen weights", MISSING, str(e).split(";")[0])]
+    if ref.engine != "audiogen":
+        return [_stable_audio_weights(ref)]
     checks = []
     if ref.local_dir is not None:
         checks.append(Check("AudioGen weights", OK, f"local checkpoint {ref.local_dir} "
@@ -139,6 +187,21 @@ def check_weights(model: str) -> list[Check]:
         checks.append(Check("text encoder", MISSING, f"{TEXT_ENCODER} (AudioGen's T5) is not "
                             f"in the Hugging Face cache {hub_cache_dir()}", _fix(TEXT_ENCODER)))
     return checks
+
+
+def _stable_audio_weights(ref: ModelRef) -> Check:
+    from ..generate.models import cached_model_dir
+
+    label = f"{ref.spec.title.replace('Stable Audio Open', 'SAO')} weights"
+    if ref.local_dir is not None:
+        return Check(label, OK, f"local folder {ref.local_dir} ({ref.spec.title}'s published "
+                     f"layout)")
+    snap = cached_model_dir(ref)
+    if snap is not None:
+        return Check(label, OK, f"{ref.name} in {snap} ({_gb(_snapshot_bytes(snap))})")
+    return Check(label, MISSING, f"{ref.name} is not in the Hugging Face cache "
+                 f"{hub_cache_dir()}", f"accept the licence at https://huggingface.co/"
+                 f"{ref.name}, log in (HF_TOKEN or 'hf auth login'), then " + _fix(ref.name))
 
 
 def _fix(repo: str) -> str:
@@ -215,7 +278,7 @@ def report(model: str = "facebook/audiogen-medium", cache_dir: Path | None = Non
     weights = check_weights(model)
     missing = any(c.status == MISSING for c in weights)
     return [Check("soundscape", OK, f"{__version__} (python {platform.python_version()})"),
-            check_torch(), check_xformers(), *weights, check_hub(),
+            check_torch(), check_xformers(), *weights, *check_engines(), check_hub(),
             check_take_cache(cache_dir), check_disk(cache_dir, missing)]
 
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import output_problem, remove_stale_temps, written_bit_depth
+from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
 from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
 from ..errors import RenderError, SceneError, SoundscapeError
-from ..generate.models import ModelRef, resolve
+from ..generate.engines import ENGINES
+from ..generate.models import resolve
 from ..locks import locked
 from ..master import ElementLevels, master_bus
 from ..mixer import budget
@@ -56,11 +57,13 @@ from ..outputs.incremental import (
 )
 from ..outputs.lossy import MasterFile
 from ..outputs.manifest import (
+    NOTICE_FILE,
     Manifest,
     MixRecord,
     StemRecord,
     db,
     kept_record,
+    notice_text,
     read_manifest,
     render_manifest,
     stem_record,
@@ -69,7 +72,7 @@ from ..outputs.page import write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
-from ..takes.plan import Source, plan_sources
+from ..takes.plan import Models, Source, plan_sources
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
 
@@ -206,12 +209,12 @@ def output_dir(out: Path, scene: Scene) -> Path:
     return d / scene.variant if scene.variant else d
 
 
-def _plan(scene: Scene, ref: ModelRef, model: str, output: OutputOptions,
+def _plan(scene: Scene, models: Models, model: str, output: OutputOptions,
           directory: Path | None = None) -> _Plan:
     """What one scene or variant needs: its sources, arrangement, keys, and per stem whether
     the earlier render's file is current; nothing is read but the earlier manifest."""
     fmt, bit_depth = output.fmt, output.bit_depth
-    sources = plan_sources(scene, ref)
+    sources = plan_sources(scene, models)
     arr = arrange(scene, {n: s.length_s for n, s in sources.items()})
     m = scene.master
     out = Output(scene.sample_rate, scene.channels, int(round(scene.duration * scene.sample_rate)),
@@ -318,6 +321,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                                written_bit_depth(out.fmt, out.bit_depth), output.only,
                                mix_record, records, warnings)
     manifest_path = p.directory / "manifest.json"
+    write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
@@ -395,7 +399,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            progress: Progress | None = None, jobs: int | None = None,
            force: bool = False, precision: str = "auto", loopable: bool = False,
            loops: bool = False, export: Sequence[str] = (),
-           cluster: ClusterSpec | None = None) -> list[RenderResult]:
+           cluster: ClusterSpec | None = None,
+           commercial: bool = False) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -409,11 +414,13 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
     also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
     (as ``loops``). ``cluster``: generate the missing takes on that Ray cluster
-    (``takes.cluster``). The keywords are ``GenerationOptions`` and ``OutputOptions`` spelled out;
-    ``render_scenes`` takes those values.
+    (``takes.cluster``). ``commercial``: refuse models whose licence forbids commercial use,
+    before anything is generated (as ``commercial: true`` in a scene). The keywords are
+    ``GenerationOptions`` and ``OutputOptions`` spelled out; ``render_scenes`` takes those
+    values.
     """
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress, cluster)
+                            precision, log or quiet, progress, cluster, commercial)
     output = OutputOptions(Path(out), fmt, bit_depth, frozenset(only) if only else None, force,
                            jobs, loopable, loops, tuple(export))
     if isinstance(sources, str | Path | Scene):
@@ -435,16 +442,17 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     only = output.only
     if only:
         _check_only(scenes, only)
-    refs: dict[str, ModelRef] = {}
-    ref_of: dict[str, ModelRef] = {}
+    models = Models(gen.model, gen.log)
+    for s in scenes:  # pinned first: a missing or gated model is one line about the model
+        for name, e in s.elements.items():
+            if e.prompt is not None:
+                models.of_element(s, name)
     plans = []
     for s in scenes:
-        name = gen.model or s.model
         with _about(s):
-            if name not in refs:
-                refs[name] = resolve(name, s.base_dir)
-                ref_of[refs[name].public_name] = refs[name]
-            plans.append(_plan(s, refs[name], refs[name].public_name, output))
+            name = resolve(gen.model or s.model, s.base_dir).public_name
+            plans.append(_plan(s, models, name, output))
+    check_commercial(plans, gen.commercial)
     if want:
         check_request([p.arrangement for p in plans], want)
     for p in plans:  # before anything is generated or allocated (an up-to-date render needs
@@ -454,19 +462,17 @@ def render_scenes(scenes: Sequence[Scene], gen: GenerationOptions,
     cache = TakeCache(gen.cache_dir)
     generated: set[str] = set()
     shared: list[RenderWarning] = []
-    for ref in refs.values():
-        wanted = [t.request for p in plans if p.model == ref.public_name
-                  for n, src in p.sources.items() if p.needs_audio(n)
-                  and (only is None or n in only) for t in src.takes]
-        done, warns = generate_missing(wanted, cache, ref, gen)
-        generated |= done
-        shared += warns
+    wanted = [t.request for p in plans for n, src in p.sources.items() if p.needs_audio(n)
+              and (only is None or n in only) for t in src.takes]
+    done, warns = generate_missing(wanted, cache, models, gen)
+    generated |= done
+    shared += warns
     results = []
     claimed: set[str] = set()  # a take shared by variants was generated for the first of them
     for p in plans:
         try:
             with _about(p.scene):
-                results.append(_write(p, ref_of[p.model], cache, frozenset(generated - claimed),
+                results.append(_write(p, models, cache, frozenset(generated - claimed),
                                       tuple(shared), gen, output,
                                       want.with_scene(p.arrangement.scene)))
         except OSError as e:
@@ -500,7 +506,44 @@ def _check_outputs(p: _Plan, output: OutputOptions) -> None:
         workers, tuple(p.scene.master.effects)), p.directory)
 
 
-def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
+def check_commercial(plans: list[_Plan], commercial: bool) -> None:
+    """With ``--commercial`` (or ``commercial: true`` in a scene), refuse elements whose
+    model's licence forbids commercial use, before anything is generated.
+
+    Raises:
+        SoundscapeError: one line naming the elements, their engine and licence.
+    """
+    bad: dict[str, list[str]] = {}
+    for p in plans:
+        if not (commercial or p.scene.commercial):
+            continue
+        for name, src in p.sources.items():
+            for t in src.takes[:1]:
+                spec = ENGINES[t.request.engine]
+                if not spec.licence.commercial:
+                    bad.setdefault(f"{spec.title} ({spec.licence.name}, non-commercial use "
+                                   f"only)", []).append(f"{p.scene.label}/{name}")
+    if bad:
+        what, names = next(iter(bad.items()))
+        raise SoundscapeError(
+            f"commercial use was asked for (--commercial or commercial: true) but "
+            f"{', '.join(names)} would be made with {what}; give those elements a model whose "
+            f"licence allows it, e.g. model: stable-audio-open-small, or drop --commercial")
+
+
+def write_notice(directory: Path, licences: tuple[dict, ...]) -> None:
+    """``NOTICE.txt`` beside the outputs when a licence asks for a notice (Stable Audio:
+    "Powered by Stability AI"); an earlier one goes when it no longer applies."""
+    text = notice_text(licences)
+    path = directory / NOTICE_FILE
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    atomic_write_text(path, text)
+
+
+def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str],
            shared: tuple[RenderWarning, ...], gen: GenerationOptions, output: OutputOptions,
            want: ExportRequest = NO_EXPORTS) -> RenderResult:
     """The write phase of one scene or variant, under its output folder's lock.
@@ -516,13 +559,13 @@ def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
         with locked(p.directory):
             for folder in (p.directory, p.directory / "stems"):
                 remove_stale_temps(folder)
-            p = _plan(p.scene, ref, p.model, output, directory=p.directory)
+            p = _plan(p.scene, models, p.model, output, directory=p.directory)
             if not p.redo_mix and p.previous is not None:
                 same = RenderResult(p.previous, p.directory, p.directory / "manifest.json", True)
                 return _export(p, same, cache, want) if want else same
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (output.only is None or n in output.only) for t in src.takes]
-            done, warns = generate_missing(wanted, cache, ref, gen)
+            done, warns = generate_missing(wanted, cache, models, gen)
             if gen.progress is not None:  # servers report it, and may stop the job here
                 gen.progress(f"mix {p.scene.label}", 0, 1)
             mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)

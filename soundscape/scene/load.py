@@ -144,10 +144,25 @@ def _validate(data: Any, file: str, base_dir: Path | None, line_of: Any,
         scene = Scene.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         raise SceneError(format_errors(e, file, line_of, variant)) from None
-    problems = rate_problems(scene, file, line_of, variant)
+    problems = rate_problems(scene, file, line_of, variant) + \
+        engine_problems(scene, file, line_of, variant)
     if problems:
         raise SceneError(problems)
     return scene
+
+
+def engine_problems(scene: Scene, file: str, line_of: Any, variant: str | None) -> list[str]:
+    """Settings of another engine than the element's, takes longer than its engine makes:
+    one ``file:line: path: message`` per problem."""
+    from .engines import scene_engine_problems
+
+    tag = f"variant '{variant}': " if variant else ""
+    out = []
+    for loc, msg in scene_engine_problems(scene):
+        line = line_of(loc) or line_of(loc[:2])
+        where = f"{file}:{line}" if line else file
+        out.append(f"{where}: {tag}{'.'.join(loc[:-1])}.{msg}")
+    return out
 
 
 def rate_problems(scene: Scene, file: str, line_of: Any, variant: str | None) -> list[str]:

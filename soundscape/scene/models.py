@@ -52,6 +52,17 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
 
 
+# Which engines take a setting, in the JSON Schema ("x-engines"); the scene stage enforces it
+_AG: dict[str, Any] = {"x-engines": ["audiogen"]}
+_SA: dict[str, Any] = {"x-engines": ["stable-audio-open-1.0", "stable-audio-open-small"]}
+_SA1: dict[str, Any] = {"x-engines": ["stable-audio-open-1.0"]}
+_ALL: dict[str, Any] = {"x-engines": ["audiogen", "stable-audio-open-1.0",
+                                      "stable-audio-open-small"]}
+_MODEL_TEXT = ("The model: a short name (audiogen-medium, stable-audio-open-1.0, "
+               "stable-audio-open-small), a Hugging Face id, or a local folder in a published "
+               "layout (audiocraft export, diffusers, stable-audio-tools). It picks the engine.")
+
+
 class Defaults(_Model):
     """Generation settings every element inherits unless it sets its own."""
 
@@ -59,16 +70,30 @@ class Defaults(_Model):
                                    "5 min). AudioGen generates 10 s at once; longer takes are "
                                    "extended in steps of extend_stride (slower). Prefer a short "
                                    "take plus loop for beds.")
-    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature; lower is "
-                               "more conservative.")
-    top_k: int = Field(250, ge=0, le=4096, description="Sample from the k most likely tokens "
-                       "(0 disables).")
-    top_p: float = Field(0.0, ge=0, le=1, description="Nucleus sampling; when > 0 it replaces "
-                         "top_k.")
-    cfg_coef: float = Field(3.0, ge=0, le=30, description="Classifier-free guidance: how "
-                            "strongly the prompt is followed.")
-    extend_stride: PositiveDuration = Field(5.0, description="For takes longer than the model's "
-                                            "window: seconds of new audio per extension step.")
+    temperature: float = Field(1.0, gt=0, le=5, description="AudioGen only: sampling "
+                               "temperature; lower is more conservative.",
+                               json_schema_extra=_AG)
+    top_k: int = Field(250, ge=0, le=4096, description="AudioGen only: sample from the k most "
+                       "likely tokens (0 disables).", json_schema_extra=_AG)
+    top_p: float = Field(0.0, ge=0, le=1, description="AudioGen only: nucleus sampling; when "
+                         "> 0 it replaces top_k.", json_schema_extra=_AG)
+    cfg_coef: float | None = Field(None, ge=0, le=30, description="All engines: classifier-free "
+                                   "guidance, how strongly the prompt is followed (default per "
+                                   "engine: AudioGen 3, Stable Audio Open 1.0 7, Small 1; at 1 "
+                                   "or less Stable Audio skips guidance).",
+                                   json_schema_extra=_ALL)
+    extend_stride: PositiveDuration = Field(5.0, description="AudioGen only: for takes longer "
+                                            "than its 10 s window, seconds of new audio per "
+                                            "extension step.", json_schema_extra=_AG)
+    steps: int | None = Field(None, ge=1, le=1000, description="Stable Audio only: denoising "
+                              "steps (default: 100 for Open 1.0, 8 for Small).",
+                              json_schema_extra=_SA)
+    negative_prompt: str | None = Field(None, min_length=1, description="Stable Audio only: "
+                                        "what the take should not sound like, e.g. 'music, "
+                                        "voices'.", json_schema_extra=_SA)
+    sampler: str | None = Field(None, description="Stable Audio Open 1.0 only: the sampler, "
+                                "'dpmpp-2m-sde' (as published, default) or 'dpmpp-sde' "
+                                "(first order).", json_schema_extra=_SA1)
 
 
 class Loop(_Model):
@@ -153,28 +178,47 @@ class Keyframe(_Model):
 class Element(_Model):
     """One layer of the scene: a generated take (prompt) or a recording (file)."""
 
-    prompt: str | None = Field(None, min_length=1, description="What AudioGen should generate.")
+    prompt: str | None = Field(None, min_length=1, description="What the model should "
+                               "generate.")
+    model: str | None = Field(None, description=_MODEL_TEXT + " Default: the scene's (or "
+                              "--model). One scene may mix engines.")
     file: str | None = Field(None, description="A recording to use instead of a prompt "
                              "(any rate, any channels), relative to the scene file.")
     duration: TakeDuration | None = Field(None, description="Length of the generated take, at "
                                           "most 5 min (default: defaults.duration).")
-    temperature: float | None = Field(None, gt=0, le=5, description="Overrides defaults.")
-    top_k: int | None = Field(None, ge=0, le=4096, description="Overrides defaults.")
-    top_p: float | None = Field(None, ge=0, le=1, description="Overrides defaults.")
-    cfg_coef: float | None = Field(None, ge=0, le=30, description="Overrides defaults.")
+    temperature: float | None = Field(None, gt=0, le=5, description="AudioGen only; overrides "
+                                      "defaults.", json_schema_extra=_AG)
+    top_k: int | None = Field(None, ge=0, le=4096, description="AudioGen only; overrides "
+                              "defaults.", json_schema_extra=_AG)
+    top_p: float | None = Field(None, ge=0, le=1, description="AudioGen only; overrides "
+                                "defaults.", json_schema_extra=_AG)
+    cfg_coef: float | None = Field(None, ge=0, le=30, description="All engines; overrides "
+                                   "defaults.", json_schema_extra=_ALL)
+    steps: int | None = Field(None, ge=1, le=1000, description="Stable Audio only; overrides "
+                              "defaults.", json_schema_extra=_SA)
+    negative_prompt: str | None = Field(None, min_length=1, description="Stable Audio only; "
+                                        "overrides defaults.", json_schema_extra=_SA)
+    sampler: str | None = Field(None, description="Stable Audio Open 1.0 only; overrides "
+                                "defaults.", json_schema_extra=_SA1)
     seed: int | None = Field(None, ge=0, lt=2**63, description="Take seed; default derived "
                              "from the scene seed and the element name.")
     variations: int = Field(1, ge=1, le=64, description="Distinct takes to generate (seeds "
                             "seed, seed+1, ...); scattered one-shots pick among them.")
     volume: Level = Field(0.0, description="Element level: '-6 dB' or linear 0.5.")
-    pan: Pan = Field(0.0, description="Stereo position, -1 (left) to 1 (right).")
+    pan: Pan = Field(0.0, description="Stereo position, -1 (left) to 1 (right). A mono take is "
+                     "panned (constant power); a stereo take is balanced: the far side is "
+                     "turned down (pan 0.5: left at half level, right untouched), nothing "
+                     "moves across and nothing is decorrelated.")
     mute: bool = Field(False, description="Silence this element (its volume is kept).")
     stereo: Literal["pan", "decorrelate", "two_takes"] = Field(
         "pan", description="How a mono take becomes stereo: 'pan' (constant-power pan), "
         "'decorrelate' (a decorrelated copy on the other side, for wide beds) or 'two_takes' "
-        "(a second take of the same prompt on the right).")
-    width: float = Field(1.0, ge=0, le=1, description="Stereo width for decorrelate/two_takes, "
-                         "0 (mono) to 1 (full).")
+        "(a second take of the same prompt on the right). A stereo take (Stable Audio, a "
+        "stereo recording) stays stereo: 'pan' then acts as a balance (it turns one side "
+        "down, never moves sound across or decorrelates it), and 'decorrelate' and "
+        "'two_takes' leave it as it is but for width.")
+    width: float = Field(1.0, ge=0, le=1, description="Stereo width for decorrelate/two_takes "
+                         "and for stereo takes, 0 (mono) to 1 (full).")
     at: Annotated[list[Duration] | None, WithJsonSchema({
         "anyOf": [*_NUM_OR_STR, {"type": "array", "items": {"anyOf": _NUM_OR_STR}}],
         "description": "Start time(s): '12 s' or a list ['5 s', '20 s']."})] = Field(
@@ -272,8 +316,11 @@ class Scene(_Model):
     channels: Literal[1, 2] = Field(2, description="1 (mono) or 2 (stereo).")
     seed: int = Field(0, ge=0, lt=2**63, description="Scene seed: derives element seeds and "
                       "scatter timing.")
-    model: str = Field(DEFAULT_MODEL, description="Hugging Face id or local checkpoint "
-                       "directory (audiocraft export layout).")
+    model: str = Field(DEFAULT_MODEL, description=_MODEL_TEXT + " Elements may name their "
+                       "own.")
+    commercial: bool = Field(False, description="Refuse models whose licence forbids "
+                             "commercial use (AudioGen's CC-BY-NC-4.0) before anything is "
+                             "generated; as --commercial.")
     defaults: Defaults = Field(default_factory=lambda: Defaults(),
                                description="Generation defaults.")
     elements: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Element] = Field(

@@ -35,6 +35,11 @@ class SfxDefaults(_M):
     variations: int = Field(4, ge=1, le=64, description="Variations per sound.")
     loudness: Loudness = Field(-14.0, description="Loudness of each variation (LUFS).")
     ceiling: Ceiling = Field(-1.0, description="True-peak ceiling (dBTP).")
+    max_limiting: Decibels = Field(
+        6.0, ge=0.0, le=60.0,
+        description="The most the limiter may reduce a variation's peaks to reach the loudness "
+        "(dB, e.g. '6 dB'), as the master's max_limiting. Past it the make-up gain stops and "
+        "the file is warned about with the loudness it reached, rather than crushed flat.")
     trim_threshold: Decibels = Field(-50.0, description="Silence threshold for trimming, dB "
                                      "below the sound's peak.")
     temperature: float = Field(1.0, gt=0, le=5)
@@ -96,6 +101,8 @@ class Sound(_M):
 class SfxList(_M):
     name: str = Field(pattern=NAME_PATTERN)
     model: str = DEFAULT_MODEL
+    commercial: bool = Field(False, description="Refuse models whose licence forbids "
+                             "commercial use, as --commercial.")
     seed: int = Field(0, ge=0)
     defaults: SfxDefaults = Field(default_factory=lambda: SfxDefaults())
     ucs: UcsList | None = None

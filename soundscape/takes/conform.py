@@ -29,7 +29,8 @@ def element_takes(source: Source, cache: TakeCache) -> list[np.ndarray] | None:
     """The element's takes at the scene rate, in its stereo mode; None if a take is missing.
 
     ``two_takes`` gives one stereo take per variation (left and right from two generations);
-    ``decorrelate`` widens each mono take with a decorrelated copy.
+    ``decorrelate`` widens each mono take with a decorrelated copy. A stereo engine's takes
+    (Stable Audio) stay as they are but for ``width``; the mixer balances them (``pan``).
     """
     from ..audio_io import read_audio
     from ..dsp.stereo import decorrelate, widen
@@ -53,6 +54,8 @@ def element_takes(source: Source, cache: TakeCache) -> list[np.ndarray] | None:
         if got is None:
             return None
         out.append(conform(got[0], got[1], sr_out))
+    if any(a.shape[0] == 2 for a in out):  # a stereo engine's takes: stereo stays, width applies
+        return [widen(a, source.width) if stereo and source.width < 1 else a for a in out]
     if source.paired:
         pairs = []
         for left, right in zip(out[0::2], out[1::2], strict=True):

@@ -25,6 +25,7 @@ from .. import locks
 from ..audio_io import atomic_path, atomic_write_text, remove_stale_temps
 from ..dirs import default_cache_dir
 from ..generate import GENERATOR_VERSION, TakeRequest
+from ..generate.engines import ENGINES
 
 
 class TakeCache:
@@ -132,6 +133,9 @@ class TakeCache:
             "generation_s": round(generation_s, 3),
             "generator_version": GENERATOR_VERSION,
             **({"generator": generator} if generator else {}),
+            "engine": request.engine,
+            "revision": request.revision,
+            "licence": ENGINES[request.engine].licence.name,
         }
         atomic_write_text(self.sidecar_path(key), json.dumps(meta, indent=2))
         return self.sidecar_path(key)

@@ -38,12 +38,12 @@ class Engine(Protocol):
 
 def build_engine(ref: ModelRef, device: str, precision: str, max_batch: int) -> Engine:
     """The engine for ``ref`` on ``device`` at ``precision``: the one seam between the cluster
-    and the engines (the same ``Generator`` a local run builds, so the same bits)."""
-    from ...generate.audiogen import Generator
+    and the engines (the same engine a local run builds for the model, so the same bits)."""
+    from ...generate.factory import open_engine
     from ...generate.models import locate
 
     locate(ref)
-    return Generator(ref, device, max_batch=max_batch, precision=precision)
+    return open_engine(ref, device, max_batch=max_batch, precision=precision)
 
 
 class TakeWorker:

@@ -1,0 +1,190 @@
+"""Generator stage, Stable Audio Open Small: timing at the published shapes (imports torch).
+
+Input: a batch size, a take length, a step count and a precision. Output: a dict of measured
+seconds (text encoder, one DiT step, the decoder), seconds of compute per second of audio, and
+the floor a step cannot beat on this machine (DiT weight bytes read per step over the measured
+memory bandwidth; the step's FLOPs). The model is Small's published architecture (DiT 1024 x 16
+layers, 8 heads; Oobleck 128 channels; T5-base's shape for the text encoder) with random weights
+built in memory, so no download is needed; random weights cost what trained ones cost.
+
+Precisions: ``fp32``; ``bf16`` (CPU autocast: fp32 weights cast per matmul); ``bf16w`` (bf16
+weights for the DiT, decoder under autocast); ``int8`` (the DiT's Linear layers dynamically
+quantised to int8 with torch.ao, decoder fp32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from .config import parse_config, published_config
+from .model import NumberEmbedder, SmallDiT, SmallModel
+from .sample import DECODE_CHUNK_LATENTS, DECODE_OVERLAP_LATENTS, latent_length
+
+BENCH_PRECISIONS = ("fp32", "bf16", "bf16w", "int8")
+_CACHE: dict[str, Any] = {}
+
+
+def published_model(seed: int = 0) -> SmallModel:
+    """Small's published architecture with random weights (cached for the process)."""
+    if "model" in _CACHE:
+        return _CACHE["model"]  # type: ignore[no-any-return]
+    from diffusers.models.autoencoders.autoencoder_oobleck import OobleckDecoder
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = parse_config(published_config())
+    torch.manual_seed(seed)
+    dit = SmallDiT(cfg)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.normal_(0.0, 0.02)
+    decoder = OobleckDecoder(channels=cfg.ae_channels, input_channels=cfg.latent_dim,
+                             audio_channels=cfg.audio_channels,
+                             upsampling_ratios=list(cfg.ae_strides[::-1]),
+                             channel_multiples=list(cfg.ae_c_mults))
+    for m in decoder.modules():
+        if hasattr(m, "weight_g"):
+            torch.nn.utils.remove_weight_norm(m)
+    t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072,
+                                 num_layers=12, num_heads=12, feed_forward_proj="relu"))
+    for m in (dit, decoder, t5):
+        m.eval().requires_grad_(False)
+    model = SmallModel(cfg, dit, NumberEmbedder(cfg.cond_dim).eval(), torch.nn.Identity(),
+                       decoder, None, t5, "random weights, published shapes")
+    _CACHE["model"] = model
+    return model
+
+
+def _dit_for(model: SmallModel, precision: str) -> torch.nn.Module:
+    key = f"dit-{precision}"
+    if key not in _CACHE:
+        if precision == "bf16w":
+            _CACHE[key] = copy.deepcopy(model.dit).to(torch.bfloat16)
+        elif precision == "int8":
+            _CACHE[key] = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(model.dit), {torch.nn.Linear}, dtype=torch.qint8)
+        else:
+            _CACHE[key] = model.dit
+    return _CACHE[key]  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _autocast(on: bool) -> Iterator[None]:
+    if on:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def _best(fn: Callable[[], object], repeats: int, cpu: dict[str, float] | None = None,
+          name: str = "") -> float:
+    """Best wall time of ``repeats`` runs after a warm-up; the matching process CPU time (all
+    threads) goes into ``cpu[name]``: on a shared machine wall time includes waiting for a core,
+    CPU time does not."""
+    fn()  # warm-up: allocations, oneDNN's kernel choice
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall, used = time.perf_counter() - t0, time.process_time() - c0
+        if wall < best:
+            best, best_cpu = wall, used
+    if cpu is not None:
+        cpu[name] = best_cpu
+    return best
+
+
+def memory_bandwidth_gbs(mbytes: int = 256) -> float:
+    """Bytes read + written per second by a large copy (GB/s), best of three."""
+    a = torch.empty(mbytes * (1 << 20) // 4)
+    b = torch.empty_like(a)
+    t = _best(lambda: b.copy_(a), 3)
+    return 2 * a.numel() * 4 / t / 1e9
+
+
+def dit_flops(model: SmallModel, batch: int, latents: int) -> float:
+    """Multiply-adds x 2 of one DiT step: every Linear on its tokens, attention's two matmuls."""
+    cfg = model.config
+    n = latents + 1  # the prepended global token
+    ctx = len(cfg.cross_attn_ids) and (cfg.t5_max_length + 1)
+    e = cfg.embed_dim
+    per_layer = n * (3 * e * e + e * e) + n * e * e + ctx * 2 * e * e + n * e * e \
+        + n * (8 * e * e + 4 * e * e) + 2 * n * n * e + 2 * n * ctx * e
+    return 2.0 * batch * (cfg.depth * per_layer + n * 2 * cfg.latent_dim * e)
+
+
+def benchmark_small(batch: int, seconds: float, steps: int = 8, precision: str = "fp32",
+                    repeats: int = 1, timed_steps: int = 2,
+                    decode_seconds: float | None = 2.0) -> dict[str, float | str]:
+    """Time one take of ``seconds`` at ``batch`` on Small's published shapes.
+
+    The DiT step is timed ``timed_steps`` times (best kept) and scaled to ``steps``; the decoder
+    decodes the whole batch in its chunks. ``compute_s_per_audio_s`` is the total over the audio
+    made (``batch * seconds``). The decoder's cost is linear in the length (it runs in
+    chunks), so it is timed on ``decode_seconds`` of each row (None: all) and scaled. ``*_cpu_s``
+    are process CPU seconds (all threads) of the same runs.
+    """
+    if precision not in BENCH_PRECISIONS:
+        raise ValueError(f"precision {precision!r}; use one of {', '.join(BENCH_PRECISIONS)}")
+    model = published_model()
+    cfg = model.config
+    length = latent_length(model, round(seconds * cfg.sample_rate))
+    dit = _dit_for(model, precision)
+    dtype = torch.bfloat16 if precision == "bf16w" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.latent_dim, length, generator=g).to(dtype)
+    t = torch.full((batch,), 0.5, dtype=dtype)
+    cross = torch.randn(batch, cfg.t5_max_length + 1, cfg.cond_dim, generator=g).to(dtype)
+    glob = torch.randn(batch, cfg.cond_dim, generator=g).to(dtype)
+    ids = torch.randint(0, 32000, (batch, cfg.t5_max_length), generator=g)
+    cpu: dict[str, float] = {}
+    with torch.no_grad():
+        t5_s = _best(lambda: model.text_encoder(input_ids=ids), repeats, cpu, "t5")
+        with _autocast(precision == "bf16"):
+            cond, g_emb = dit.project_cond(cross, glob)  # type: ignore[operator]
+            step_s = _best(lambda: dit(x, t, cond, g_emb), max(timed_steps, repeats), cpu,
+                           "step")
+        dec_len = length if decode_seconds is None else min(length, latent_length(
+            model, round(decode_seconds * cfg.sample_rate)))
+        z = torch.randn(batch, cfg.latent_dim, dec_len, generator=g)
+
+        def run_decoder() -> None:
+            with _autocast(precision in ("bf16", "bf16w")):
+                for j in range(batch):  # row by row, as generate_small does
+                    zz = z[j:j + 1]
+                    n = zz.shape[-1]
+                    for start in range(0, n, DECODE_CHUNK_LATENTS):
+                        a = max(0, start - DECODE_OVERLAP_LATENTS)
+                        b = min(n, start + DECODE_CHUNK_LATENTS + DECODE_OVERLAP_LATENTS)
+                        model.decoder(zz[:, :, a:b])
+
+        scale = length / dec_len
+        decode_s = _best(run_decoder, repeats, cpu, "decode") * scale
+        cpu["decode"] *= scale
+    audio_s = batch * seconds
+    total = t5_s + steps * step_s + decode_s
+    total_cpu = cpu["t5"] + steps * cpu["step"] + cpu["decode"]
+    weight_bytes = sum(p.numel() * p.element_size() for p in dit.parameters())
+    if precision == "int8":  # packed int8 Linear weights are not parameters
+        weight_bytes += sum(m.weight().numel() for m in dit.modules()  # type: ignore[operator]
+                            if hasattr(m, "weight") and callable(m.weight))
+    bw = memory_bandwidth_gbs()
+    flops = dit_flops(model, batch, length)
+    return {
+        "precision": precision, "batch": batch, "seconds": seconds, "steps": steps,
+        "latents": length, "t5_s": t5_s, "dit_step_s": step_s, "decode_s": decode_s,
+        "total_s": total, "compute_s_per_audio_s": total / audio_s,
+        "dit_step_cpu_s": cpu["step"], "decode_cpu_s": cpu["decode"], "total_cpu_s": total_cpu,
+        "cpu_s_per_audio_s": total_cpu / audio_s,
+        "dit_s_per_audio_s": steps * step_s / audio_s, "decode_s_per_audio_s": decode_s / audio_s,
+        "dit_weight_mb": weight_bytes / 1e6, "bandwidth_gbs": bw,
+        "floor_step_s_weights": weight_bytes / (bw * 1e9),
+        "dit_step_gflop": flops / 1e9, "dit_gflops_achieved": flops / step_s / 1e9,
+        "threads": torch.get_num_threads(),
+    }
