@@ -369,7 +369,7 @@ def takes(
 
             # a scene that does not load gets its errors first
             name = load_scene(scene, variant).name
-            with edit_lock(out, name):  # the studio's lock: its edits and this one both land
+            with edit_lock(out, name, create=False):  # the studio's: both edits land
                 where = keep_seed(scene, element, keep, variant)
             typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return

@@ -40,10 +40,15 @@ def keep_seed(scene_path: str | Path, element: str, seed: int,
 
 
 @contextmanager
-def edit_lock(out: str | Path, scene_name: str) -> Iterator[None]:
+def edit_lock(out: str | Path, scene_name: str, *, create: bool = True) -> Iterator[None]:
     """Held while one scene file is read, edited and written: a lock file in the scene's output
-    folder, shared by ``takes --keep`` and the studio (``serve``), so two edits both land."""
+    folder, shared by ``takes --keep`` and the studio (``serve``), so two edits both land.
+    ``create=False`` (the CLI): no folder is made where none is, for no studio edits a scene
+    it has neither rendered nor locked."""
     folder = Path(out) / scene_name
+    if not create and not folder.is_dir():
+        yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / ".edit.lock"):
         yield
