@@ -336,3 +336,16 @@ def test_flow_mappings_with_trailing_commas_and_closing_lines(element: str, seed
     after = set_scalar(HEAD + element, ("elements", "a", "seed"), "9")
     assert after == HEAD + seeded
     assert yaml.safe_load(after)["elements"]["a"]["seed"] == 9
+
+
+def test_an_insert_after_a_list_that_ends_with_an_alias() -> None:
+    import yaml
+
+    text = (HEAD + "  a:\n    file: t.wav\n    effects:\n      - &warm {lowpass: {cutoff: 8 kHz}}"
+            "\n  b:\n    file: t.wav\n    effects:\n      - {highpass: {cutoff: 80 Hz}}\n"
+            "      - *warm\n  c: {file: t.wav}\n")
+    after = set_scalar(text, ("elements", "b", "seed"), "9")
+    assert changed(text, after) == ["+     seed: 9"]
+    assert "      - *warm\n    seed: 9\n  c:" in after
+    data = yaml.safe_load(after)["elements"]
+    assert (data["b"]["seed"], "seed" in data["a"]) == (9, False)

@@ -50,15 +50,25 @@ def _end(node: yaml.Node, text: str, key: yaml.Node | None = None) -> int:
         alias = _ALIAS.match(text, int(key.end_mark.index))
         if alias:
             return alias.end()
-    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style \
-            and node.value:
-        last = node.value[-1]
-        return _end(last[1], text, last[0]) if isinstance(last, tuple) else _end(last, text)
+    if isinstance(node, yaml.MappingNode) and not node.flow_style and node.value:
+        k, v = node.value[-1]
+        return _end(v, text, k)
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value:
+        items = node.value
+        # the item before the last one (or the list's own start) ends before the last item's
+        # text; an alias item's node starts earlier, where its anchor is
+        before = _end(items[-2], text) if len(items) > 1 else int(node.start_mark.index)
+        if int(items[-1].start_mark.index) < before:
+            alias = _SEQ_ALIAS.match(text, before)
+            if alias:
+                return alias.end()
+        return _end(items[-1], text)
     return int(node.end_mark.index)
 
 
 _TRAILING_COMMA = re.compile(r"[ \t]*,")
 _ALIAS = re.compile(r"\s*:[ \t]*\*[^\s,\[\]{}]+")
+_SEQ_ALIAS = re.compile(r"\s*-[ \t]*\*[^\s,\[\]{}]+")
 
 
 def _refuse_shared(text: str, key: yaml.Node, node: yaml.Node, path: KeyPath, file: str) -> None:
