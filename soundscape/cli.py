@@ -361,14 +361,16 @@ def takes(
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
     from .pipelines.audition import audition
-    from .scene.keep import keep_seed
+    from .scene.keep import edit_lock, keep_seed
 
     with _user_errors():
         if keep is not None:
             from .scene import load_scene
 
-            load_scene(scene, variant)  # a scene that does not load gets its errors first
-            where = keep_seed(scene, element, keep, variant)
+            # a scene that does not load gets its errors first
+            name = load_scene(scene, variant).name
+            with edit_lock(out, name, create=False):  # the studio's: both edits land
+                where = keep_seed(scene, element, keep, variant)
             typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return
         spec = _cluster_spec(cluster, actors)

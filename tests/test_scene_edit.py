@@ -196,3 +196,156 @@ def test_takes_prints_its_page_and_the_keep_command(tmp_path: Path, tiny_model: 
     assert lines[-2] == f"page: {tmp_path / 'o/quirks/takes/owl/index.html'}"
     assert lines[-1] == f"keep one: soundscape takes {scene} owl --variant night --keep SEED"
     assert (tmp_path / "o/quirks/takes/owl/index.html").is_file()
+
+
+HEAD = "name: x\nduration: 2 s\nelements:\n"
+
+
+@pytest.mark.parametrize("text, path, error", [
+    (HEAD + "  a: {file: t.wav, volume: &v -6 dB}\n  b: {file: t.wav, volume: *v}\n",
+     ("elements", "a", "volume"), "<scene>:4: elements.a.volume carries an anchor (&name)"),
+    (HEAD + "  a: {file: t.wav, volume: &v -6 dB}\n  b: {file: t.wav, volume: *v}\n",
+     ("elements", "b", "volume"), "<scene>:5: elements.b.volume is an alias (*name)"),
+    (HEAD + "  a:\n    file: t.wav\n    seed: !!int 5\n",
+     ("elements", "a", "seed"), "<scene>:6: elements.a.seed carries a tag (!...)"),
+    (HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b: *A\n",
+     ("elements", "b", "seed"), "<scene>:7: elements.b is an alias (*name)"),
+    (HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b: *A\n",
+     ("elements", "a", "seed"), "<scene>:4: elements.a carries an anchor (&name)"),
+])
+def test_anchors_aliases_and_tags_are_not_edited(text: str, path: tuple[str, ...],
+                                                 error: str) -> None:
+    with pytest.raises(SceneError) as e:
+        set_scalar(text, path, "9")
+    assert str(e.value).startswith(error), str(e.value)
+
+
+def test_a_merge_key_element_gets_its_own_value() -> None:
+    text = HEAD + "  a: &A\n    file: t.wav\n    seed: 5\n  b:\n    <<: *A\n"
+    after = set_scalar(text, ("elements", "b", "seed"), "9")
+    assert changed(text, after) == ["+     seed: 9"]
+    import yaml
+
+    data = yaml.safe_load(after)["elements"]
+    assert (data["a"]["seed"], data["b"]["seed"]) == (5, 9)
+
+
+@pytest.mark.parametrize("seed", ["-5", str(10**20), str(2**63)])
+def test_keep_refuses_a_seed_the_scene_would_reject(scene_file: Path, seed: str) -> None:
+    res = CliRunner().invoke(app, ["takes", str(scene_file), "cups", "--keep", seed])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == (f"Error: seed {seed} is not a take's seed; give a whole "
+                                  f"number from 0 to {2**63 - 1}")
+    assert scene_file.read_text() == SCENE
+    code, _ = run_cli("takes", str(scene_file), "cups", "--keep", str(2**63 - 1))
+    assert code == 0 and load_scene(scene_file).elements["cups"].seed == 2**63 - 1
+
+
+def test_keep_over_http_and_mcp_refuses_a_bad_seed(tmp_path: Path) -> None:
+    import anyio
+    import httpx
+    from mcp import Client
+
+    from soundscape.servers.http import build_app
+    from soundscape.servers.mcp import build
+    from soundscape.servers.service import Service, Settings
+
+    from .servers_util import STUDIO_SCENE, running, studio_folder
+
+    root = tmp_path / "root"
+    scene = studio_folder(root)
+    service = Service(Settings(root=root))
+    expected = f"seed -5 is not a take's seed; give a whole number from 0 to {2**63 - 1}"
+    with running(build_app(service)) as url:
+        r = httpx.post(f"{url}/api/keep", json={"scene": "scenes/live.yaml", "element": "tone",
+                                                "seed": -5})
+    assert (r.status_code, r.json()["error"]) == (400, f"Error: {expected}")
+
+    async def mcp() -> None:
+        async with Client(build(service)) as c:
+            r = await c.call_tool("keep_take", {"scene": "scenes/live.yaml", "element": "tone",
+                                                "seed": 10**20})
+            assert r.is_error and r.content[0].text == (
+                f"Error executing tool keep_take: {expected.replace('-5', str(10**20))}")
+
+    anyio.run(mcp)
+    assert scene.read_text() == STUDIO_SCENE
+
+
+def test_an_edit_that_does_not_load_is_never_written(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from soundscape.scene import edit
+    from soundscape.servers.service import Service, Settings
+
+    from .servers_util import STUDIO_SCENE, studio_folder
+
+    root = tmp_path / "root"
+    scene = studio_folder(root)
+    real = edit.set_scalar
+
+    def breaks_hum(text: str, *args: object, **kwargs: object) -> str:
+        """An edit whose text is YAML but no longer a valid scene."""
+        edited = real(text, *args, **kwargs)  # type: ignore[arg-type]
+        return edited.replace("volume: -18 dB", "volume: -18 dbb")
+
+    monkeypatch.setattr(edit, "set_scalar", breaks_hum)
+    service = Service(Settings(root=root))
+    error = ("scenes/live.yaml:16: elements.hum.volume: '-18 dbb' is not a level; write e.g. "
+             "'-6 dB' or 0.5")
+    with pytest.raises(SceneError) as e:
+        service.call(service.set_element, "scenes/live.yaml", "tone", volume_db=-3, pan=0.5)
+    assert str(e.value) == error
+    assert scene.read_text() == STUDIO_SCENE  # neither the volume nor the pan was written
+    code, out = run_cli("takes", str(scene), "tone", "--keep", "5")
+    # tone's seed: line is inserted above hum's, so hum's volume is on line 17 of that text
+    assert code == 1 and out.strip() == f"Error: {scene}:17: {error.split(':16: ')[1]}"
+    assert scene.read_text() == STUDIO_SCENE
+    assert not [p for p in scene.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_crlf_stays_crlf_and_one_line_changes(tmp_path: Path) -> None:
+    scene = tmp_path / "crlf.yaml"
+    text = SCENE.replace("\n", "\r\n")
+    scene.write_bytes(text.encode())
+    code, out = run_cli("takes", str(scene), "cups", "--keep", "123")
+    assert code == 0, out
+    after = scene.read_bytes().decode()
+    assert changed(text, after) == ["-     seed: 11    # the good one",
+                                    "+     seed: 123    # the good one"]
+    assert after == text.replace("seed: 11 ", "seed: 123 ")
+    code, out = run_cli("takes", str(scene), "rain", "--keep", "7")  # an inserted line
+    assert code == 0, out
+    final = scene.read_bytes().decode()
+    assert changed(after, final) == ["+     seed: 7"]
+    assert final.count("\r\n") == final.count("\n")
+
+
+@pytest.mark.parametrize("element, seeded", [
+    ("  a: {file: t.wav, loop: true, }\n", "  a: {file: t.wav, loop: true, seed: 9, }\n"),
+    ("  a: {file: t.wav, loop: true,}\n", "  a: {file: t.wav, loop: true, seed: 9,}\n"),
+    ("  a: {file: t.wav,\n      volume: -6 dB\n  }\n",
+     "  a: {file: t.wav,\n      volume: -6 dB, seed: 9\n  }\n"),
+    ("  a: {file: t.wav,\n      volume: -6 dB,\n  }\n",
+     "  a: {file: t.wav,\n      volume: -6 dB, seed: 9,\n  }\n"),
+    ("  a: {file: t.wav, at: [1 s, 2 s] }  # c\n",
+     "  a: {file: t.wav, at: [1 s, 2 s], seed: 9 }  # c\n"),
+])
+def test_flow_mappings_with_trailing_commas_and_closing_lines(element: str, seeded: str) -> None:
+    import yaml
+
+    after = set_scalar(HEAD + element, ("elements", "a", "seed"), "9")
+    assert after == HEAD + seeded
+    assert yaml.safe_load(after)["elements"]["a"]["seed"] == 9
+
+
+def test_an_insert_after_a_list_that_ends_with_an_alias() -> None:
+    import yaml
+
+    text = (HEAD + "  a:\n    file: t.wav\n    effects:\n      - &warm {lowpass: {cutoff: 8 kHz}}"
+            "\n  b:\n    file: t.wav\n    effects:\n      - {highpass: {cutoff: 80 Hz}}\n"
+            "      - *warm\n  c: {file: t.wav}\n")
+    after = set_scalar(text, ("elements", "b", "seed"), "9")
+    assert changed(text, after) == ["+     seed: 9"]
+    assert "      - *warm\n    seed: 9\n  c:" in after
+    data = yaml.safe_load(after)["elements"]
+    assert (data["b"]["seed"], "seed" in data["a"]) == (9, False)

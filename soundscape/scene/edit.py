@@ -13,11 +13,13 @@ Positions come from PyYAML's composed nodes (line and column of every key and va
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from ..audio_io import atomic_write_text
+from ..audio_io import atomic_path
 from ..errors import SceneError
 
 KeyPath = tuple[str, ...]
@@ -41,21 +43,59 @@ def _child(node: yaml.MappingNode, key: str) -> tuple[yaml.Node, yaml.Node] | No
     return None
 
 
-def _end(node: yaml.Node) -> int:
-    """The index in the text just past ``node``'s last character."""
-    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and not node.flow_style \
-            and node.value:
-        last = node.value[-1]
-        return _end(last[1] if isinstance(last, tuple) else last)
+def _end(node: yaml.Node, text: str, key: yaml.Node | None = None) -> int:
+    """The index in the text just past ``node``'s last character (``key``: the node is that
+    key's value, which may be an alias whose node is written elsewhere)."""
+    if key is not None and int(node.start_mark.index) < int(key.end_mark.index):
+        alias = _ALIAS.match(text, int(key.end_mark.index))
+        if alias:
+            return alias.end()
+    if isinstance(node, yaml.MappingNode) and not node.flow_style and node.value:
+        k, v = node.value[-1]
+        return _end(v, text, k)
+    if isinstance(node, yaml.SequenceNode) and not node.flow_style and node.value:
+        items = node.value
+        # the item before the last one (or the list's own start) ends before the last item's
+        # text; an alias item's node starts earlier, where its anchor is
+        before = _end(items[-2], text) if len(items) > 1 else int(node.start_mark.index)
+        if int(items[-1].start_mark.index) < before:
+            alias = _SEQ_ALIAS.match(text, before)
+            if alias:
+                return alias.end()
+        return _end(items[-1], text)
     return int(node.end_mark.index)
+
+
+_TRAILING_COMMA = re.compile(r"[ \t]*,")
+_ALIAS = re.compile(r"\s*:[ \t]*\*[^\s,\[\]{}]+")
+_SEQ_ALIAS = re.compile(r"\s*-[ \t]*\*[^\s,\[\]{}]+")
+
+
+def _refuse_shared(text: str, key: yaml.Node, node: yaml.Node, path: KeyPath, file: str) -> None:
+    """An alias (``*name``), an anchored (``&name``) or a tagged (``!!int``) node is not edited:
+    the text at an alias is not the value's, an anchored value is shared with its aliases, and
+    a tag would be lost with the characters it stands on."""
+    line = int(key.start_mark.line) + 1
+    where = ".".join(path)
+    start = int(node.start_mark.index)
+    # PyYAML hands an alias site the anchored node itself, whose text is earlier in the file
+    if start < int(key.end_mark.index):
+        raise SceneError(f"{file}:{line}: {where} is an alias (*name) of a value written "
+                         f"elsewhere; write the value itself here to edit it")
+    if text[start:start + 1] == "&":
+        raise SceneError(f"{file}:{line}: {where} carries an anchor (&name) that other entries "
+                         f"share; edit the file by hand (or remove the anchor) to change it")
+    if text[start:start + 1] == "!":
+        raise SceneError(f"{file}:{line}: {where} carries a tag (!...); remove the tag to "
+                         f"edit it here")
 
 
 def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> str:
     """``text`` with the scalar at ``path`` set to ``value`` (already YAML, e.g. ``-6 dB``).
 
     Raises:
-        SceneError: when the text is not YAML, a mapping on the way is missing, or the value at
-            ``path`` is a list or mapping.
+        SceneError: when the text is not YAML, a mapping on the way is missing, the value at
+            ``path`` is a list or mapping, or a node on the way is an alias, anchored or tagged.
     """
     root = _compose(text, file)
     node = root
@@ -71,6 +111,7 @@ def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> s
                 raise SceneError(f"{file}:{node.start_mark.line + 1}: no "
                                  f"{'.'.join(path[:i + 1])} to set {path[-1]} in")
             return _insert(text, node, key, value)
+        _refuse_shared(text, found[0], found[1], path[:i + 1], file)
         node = found[1]
     assert node is not None
     if not isinstance(node, yaml.ScalarNode) or node.style in ("|", ">"):
@@ -86,14 +127,23 @@ def set_scalar(text: str, path: KeyPath, value: str, file: str = "<scene>") -> s
 def _insert(text: str, node: yaml.MappingNode, key: str, value: str) -> str:
     if node.flow_style:
         close = int(node.end_mark.index) - 1  # the '}'
-        body = text[:close].rstrip(" ")
-        sep = ", " if node.value else ""
-        return body + f"{sep}{key}: {value}" + text[len(body):close] + text[close:]
+        if not node.value:
+            body = text[:close].rstrip(" ")
+            return body + f"{key}: {value}" + text[len(body):close] + text[close:]
+        # right after the last value: before a '}' on its own line, and after a trailing comma
+        # (``{a: 1, }``) with one of its own, so the mapping's layout stays as written
+        k, v = node.value[-1]
+        at = _end(v, text, k)
+        comma = _TRAILING_COMMA.match(text, at, close)
+        if comma:
+            at = comma.end()
+            return text[:at] + f" {key}: {value}," + text[at:]
+        return text[:at] + f", {key}: {value}" + text[at:]
     if not node.value:
         raise SceneError(f"an empty mapping on line {node.start_mark.line + 1}: cannot add {key}")
     indent = node.value[0][0].start_mark.column
     last = node.value[-1][1]
-    at = _end(last)
+    at = _end(last, text, node.value[-1][0])
     newline = "\r\n" if "\r\n" in text else "\n"
     if not (isinstance(last, yaml.ScalarNode) and last.style in ("|", ">")) \
             or text[at - 1:at] not in ("\n", "\r"):
@@ -104,14 +154,33 @@ def _insert(text: str, node: yaml.MappingNode, key: str, value: str) -> str:
     return text[:at] + " " * indent + f"{key}: {value}{newline}" + text[at:]
 
 
-def edit_file(path: str | Path, path_in_file: KeyPath, value: str, display: str | None = None) \
-        -> tuple[str, str]:
-    """Set one scalar in a scene file (atomically); returns the text before and after."""
-    p = Path(path)
-    before = p.read_text(encoding="utf-8")
+def read_text(path: str | Path) -> str:
+    """A scene file's text with its line endings as they are (CRLF stays CRLF)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+Check = Callable[[str], object]
+
+
+def write_text(path: str | Path, before: str, after: str, check: Check | None = None) -> None:
+    """Write ``after`` over the file (atomically, line endings untouched) once ``check(after)``
+    passes; a text that does not pass is never written and the file keeps ``before``."""
+    if after == before:
+        return
+    if check is not None:
+        check(after)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(after)
+
+
+def edit_file(path: str | Path, path_in_file: KeyPath, value: str, display: str | None = None,
+              check: Check | None = None) -> tuple[str, str]:
+    """Set one scalar in a scene file (atomically, once ``check`` accepts the new text);
+    returns the text before and after."""
+    before = read_text(path)
     after = set_scalar(before, path_in_file, value, display or str(path))
-    if after != before:
-        atomic_write_text(p, after)
+    write_text(path, before, after, check)
     return before, after
 
 

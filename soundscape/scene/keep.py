@@ -7,9 +7,15 @@ text as it was).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from .edit import KeyPath, edit_file, element_path
+from ..errors import SoundscapeError
+from ..locks import locked
+from .edit import KeyPath, edit_file, element_path, read_text
+
+MAX_SEED = 2**63 - 1  # as the scene format's seed: field
 
 
 def keep_seed(scene_path: str | Path, element: str, seed: int,
@@ -17,6 +23,32 @@ def keep_seed(scene_path: str | Path, element: str, seed: int,
     """Write ``seed`` as ``element``'s seed: in ``variant``'s override when that variant declares
     the element, else in the base scene. Returns the key path written."""
     path = Path(scene_path)
-    where = element_path(path.read_text(encoding="utf-8"), element, variant, "seed", str(path))
-    edit_file(path, where, str(int(seed)), str(path))
+    if not 0 <= seed <= MAX_SEED:
+        raise SoundscapeError(f"seed {seed} is not a take's seed; give a whole number from 0 "
+                              f"to {MAX_SEED}")
+    where = element_path(read_text(path), element, variant, "seed", str(path))
+
+    def loads(text: str) -> None:  # the base scene and every variant, as the file will be
+        from .load import load_scene
+
+        base = load_scene(path, text=text)
+        for v in base.variants:
+            load_scene(path, v, text=text)
+
+    edit_file(path, where, str(int(seed)), str(path), check=loads)
     return where
+
+
+@contextmanager
+def edit_lock(out: str | Path, scene_name: str, *, create: bool = True) -> Iterator[None]:
+    """Held while one scene file is read, edited and written: a lock file in the scene's output
+    folder, shared by ``takes --keep`` and the studio (``serve``), so two edits both land.
+    ``create=False`` (the CLI): no folder is made where none is, for no studio edits a scene
+    it has neither rendered nor locked."""
+    folder = Path(out) / scene_name
+    if not create and not folder.is_dir():
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".edit.lock"):
+        yield

@@ -184,8 +184,10 @@ def rate_problems(scene: Scene, file: str, line_of: Any, variant: str | None) ->
 MAX_FILE_BYTES = 1 << 20
 
 
-def _read(path: Path) -> tuple[yamlsrc.Source, str]:
+def _read(path: Path, text: str | None = None) -> tuple[yamlsrc.Source, str]:
     display = str(path)
+    if text is not None:
+        return _parse(path, text, display), display
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -198,23 +200,29 @@ def _read(path: Path) -> tuple[yamlsrc.Source, str]:
         raise SceneError(f"{display}: is a directory; give a .yaml scene file") from None
     except UnicodeDecodeError:
         raise SceneError(f"{display}:1: not UTF-8 text; save the scene as UTF-8") from None
+    return _parse(path, text, display), display
+
+
+def _parse(path: Path, text: str, display: str) -> yamlsrc.Source:
     try:
         src = yamlsrc.load(text)
     except yamlsrc.YamlProblem as p:
         raise SceneError(f"{display}:{p.line}: {p.message}") from None
     if isinstance(src.data, dict) and "name" not in src.data:
         src.data["name"] = path.stem.replace(".", "_")
-    return src, display
+    return src
 
 
-def load_scene(path: str | Path, variant: str | None = None) -> Scene:
-    """Load and validate a scene file, optionally resolved for one variant.
+def load_scene(path: str | Path, variant: str | None = None, *, text: str | None = None) \
+        -> Scene:
+    """Load and validate a scene file, optionally resolved for one variant; ``text``: validate
+    this text as if the file held it (an edit checked before it is written).
 
     Raises:
         SceneError: with one ``file:line: path: message`` line per problem.
     """
     path = Path(path)
-    src, display = _read(path)
+    src, display = _read(path, text)
     base = _validate(src.data, display, path.parent, src.line_of, None)
     base._path = path
     if variant is None:

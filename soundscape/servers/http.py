@@ -42,11 +42,15 @@ from ..errors import SceneError, SoundscapeError
 from .jobs import Jobs
 from .mcp import build as build_mcp
 from .mcp import error_lines
-from .service import MAX_SCENE_BYTES, AccessError, Service
+from .service import MAX_SCENE_BYTES, MAX_TAKES, AccessError, Service
 from .studio import Studio, inject
 
 MAX_BODY_BYTES = MAX_SCENE_BYTES + (64 << 10)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INDEX_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+FILES_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' "
+             "'unsafe-inline'; img-src 'self' data: blob:; media-src 'self' data: blob:; "
+             "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'self'")
 
 
 class BodyTooLarge(Exception):
@@ -73,10 +77,9 @@ class _Guard:
         if self.loopback and hostname not in LOOPBACK:
             await _plain(send, 421, f"Error: host {host!r} is not served here")
             return
-        origin = headers.get("origin")
-        if origin and scope["method"] not in ("GET", "HEAD", "OPTIONS") and \
-                origin.split("://", 1)[-1] != host:
-            await _plain(send, 403, f"Error: a request from {origin} is refused")
+        foreign = _foreign(headers)
+        if foreign and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            await _plain(send, 403, f"Error: a request from {foreign} is refused")
             return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
@@ -97,6 +100,19 @@ class _Guard:
             await self.app(scope, bounded, send)
         except BodyTooLarge:
             await _plain(send, 413, f"Error: the request body is over {MAX_BODY_BYTES} bytes")
+
+
+def _foreign(headers: dict[str, str]) -> str | None:
+    """Where a browser says a request comes from, when that is another origin or site (a page
+    elsewhere that links, posts or fetches here); None for this server's pages, an address
+    typed in, and clients that are not browsers."""
+    origin = headers.get("origin")
+    if origin and origin.split("://", 1)[-1] != headers.get("host", ""):
+        return origin
+    site = headers.get("sec-fetch-site")
+    if site in ("cross-site", "same-site"):
+        return f"a {site} page"
+    return None
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
@@ -142,6 +158,13 @@ def _str(data: dict[str, Any], key: str, required: bool = True) -> Any:
     return v
 
 
+def _flag(data: dict[str, Any], key: str) -> bool:
+    v = data.get(key, False)
+    if not isinstance(v, bool):
+        raise SoundscapeError(f"'{key}' must be true or false")
+    return v
+
+
 def _script() -> str:
     web = resources.files("soundscape.outputs").joinpath("web")
     return web.joinpath("studio.js").read_text(encoding="utf-8")
@@ -167,9 +190,10 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         for r in renders:
             label = f"{r['scene']}{' / ' + r['variant'] if r['variant'] else ''}"
             items += (f'<li><a href="/files/{html.escape(r["directory"])}/index.html">'
-                      f"{html.escape(label)}</a> {r['mix_lufs']} LUFS</li>")
+                      f"{html.escape(label)}</a> {html.escape(str(r['mix_lufs']))} LUFS</li>")
         return HTMLResponse(f"<!DOCTYPE html><meta charset=utf-8><title>soundscape</title>"
-                            f"<h1>soundscape</h1><ul>{items}</ul>")
+                            f"<h1>soundscape</h1><ul>{items}</ul>",
+                            headers={"content-security-policy": INDEX_CSP})
 
     async def validate(request: Request) -> Response:
         try:
@@ -195,13 +219,19 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                 scene = _str(data, "scene")
                 service.scene_file(scene)  # refused now, not in the job
                 only = data.get("only")
+                if only is not None and (not isinstance(only, list) or
+                                         not all(isinstance(x, str) and x for x in only)):
+                    raise SoundscapeError("'only' must be a list of element names")
+                all_variants, force = _flag(data, "all_variants"), _flag(data, "force")
                 fn: Any = lambda events, cancel: service.call(  # noqa: E731
-                    service.render, scene, variant, all_variants=bool(data.get("all_variants")),
-                    only=only, force=bool(data.get("force")), events=events, cancel=cancel)
+                    service.render, scene, variant, all_variants=all_variants,
+                    only=only, force=force, events=events, cancel=cancel)
             elif kind == "audition":
                 scene, element = _str(data, "scene"), _str(data, "element")
                 service.scene_file(scene)
-                n = int(data.get("n", 4))
+                n = data.get("n", 4)
+                if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_TAKES:
+                    raise SoundscapeError(f"'n' must be a whole number from 1 to {MAX_TAKES}")
                 fn = lambda events, cancel: service.call(  # noqa: E731
                     service.audition, scene, element, n, variant, events=events, cancel=cancel)
             elif kind == "sfx":
@@ -313,13 +343,28 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                                   f"server's root")
         except Exception as e:
             return _fail(e)
-        return FileResponse(p, headers={"cache-control": "no-cache"})
+        # a page under the root (ours embeds its data and script) runs with no reach beyond
+        # this server: no outside scripts, no sending what it reads elsewhere, no framing
+        return FileResponse(p, headers={"cache-control": "no-cache",
+                                        "content-security-policy": FILES_CSP,
+                                        "x-content-type-options": "nosniff"})
+
+    def refused(request: Request, scene: str, variant: str | None) -> Response | None:
+        """Another site's page may show a render that is current, never start one (nor a
+        watch): a link or an image on any page could otherwise make this machine work."""
+        foreign = _foreign({k.lower(): v for k, v in request.headers.items()})
+        if foreign is None or studio.current(scene, variant) is not None:
+            return None
+        return JSONResponse({"error": f"Error: a request from {foreign} may not start a "
+                             f"render; open the page from this server"}, status_code=403)
 
     async def studio_page(request: Request) -> Response:
         scene = request.path_params["path"]
         variant = request.query_params.get("variant") or None
+        if (no := refused(request, scene, variant)) is not None:
+            return no
         try:
-            w = studio.watch(scene, variant)
+            w = await asyncio.to_thread(studio.watch, scene, variant)
             state = await studio.ensure(w, variant)
             if state is None:
                 return JSONResponse({"error": w.error}, status_code=422)
@@ -332,9 +377,12 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
                             headers={"cache-control": "no-store"})
 
     async def studio_events(request: Request) -> Response:
+        scene = request.query_params.get("scene", "")
+        variant = request.query_params.get("variant") or None
+        if (no := refused(request, scene, variant)) is not None:
+            return no
         try:
-            w = studio.watch(request.query_params.get("scene", ""),
-                             request.query_params.get("variant") or None)
+            w = await asyncio.to_thread(studio.watch, scene, variant)
         except Exception as e:
             return _fail(e)
         q = await studio.subscribe(w)
@@ -354,7 +402,7 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(studio.run())
         for s in scenes:  # rendered (or found up to date) at once, watched from then on
-            studio.spawn(studio.watch(s))
+            studio.spawn(studio.watch(s, check=False))
         try:
             async with mcp.session_manager.run():
                 yield
@@ -385,5 +433,6 @@ def build_app(service: Service, scenes: tuple[str, ...] = (), host: str = "127.0
         *mcp_app.routes,
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.studio = studio
     app.add_middleware(_Guard, loopback=host in LOOPBACK)
     return app

@@ -72,6 +72,8 @@ class Jobs:
             try:
                 job.result = call(events=job.add, cancel=job.cancel)
                 state, end = "done", {"type": "done", "result": job.result}
+                if job.cancel.is_set():  # everything was written: say so, not "cancelled"
+                    end["note"] = "finished before the cancel took effect"
             except Cancelled as e:
                 job.error = f"Error: {e}"
                 state, end = "cancelled", {"type": "cancelled", "error": job.error}

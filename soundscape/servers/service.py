@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SceneError, SoundscapeError
-from ..locks import locked
 from ..options import GenerationOptions, OutputOptions
 
 MAX_SCENE_BYTES = 1 << 20  # as a scene file (scene.load)
@@ -132,18 +131,38 @@ class Service:
 
         path = self.scene_file(scene)
         s = load_scene(path, variant)
-        where = self.rel(path)
+        self._confine(s, self.rel(path))
+        return s
+
+    def _confine(self, s: Any, where: str) -> None:
+        """Refuse a loaded scene (base or variant) that reads a file out of the root: a
+        recording, an impulse response or a model folder."""
         for name, e in s.elements.items():
             if e.file is not None:
                 f = (s.base_dir / e.file).resolve()
                 if not _within(f, self.root):
                     raise AccessError(f"{where}: elements.{name}.file: {e.file} is outside the "
                                       f"server's root; copy the recording under it")
-        model = Path(s.model)
-        if model.is_absolute() and model.exists() and not _within(model.resolve(), self.root) \
-                and str(model) != self.settings.model:
-            raise AccessError(f"{where}: model: {s.model} is outside the server's root")
-        return s
+            self._confine_effects(e.effects, f"{where}: elements.{name}.effects")
+        self._confine_effects(s.master.effects, f"{where}: master.effects")
+        self._confine_model(s.model, None, where)
+
+    def _confine_effects(self, effects: Any, where: str) -> None:
+        for i, fx in enumerate(effects):
+            ir = getattr(fx, "ir_path", None)
+            if ir is not None and not _within(Path(ir).resolve(), self.root):
+                raise AccessError(f"{where}[{i}].{fx.name}.ir: {ir} is outside the server's "
+                                  f"root; copy the impulse response under it")
+
+    def _confine_model(self, given: str, base: Path | None, where: str) -> None:
+        """A model folder the file names (not the server's own ``--model``, which wins)."""
+        if self.settings.model is not None:
+            return  # the server's model is used, whatever the file says
+        model = Path(given).expanduser()
+        if not model.is_absolute() and base is not None and (base / model).is_dir():
+            model = base / model
+        if model.is_absolute() and model.exists() and not _within(model.resolve(), self.root):
+            raise AccessError(f"{where}: model: {given} is outside the server's root")
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one of the methods below with its errors' messages relative to the root."""
@@ -199,7 +218,8 @@ class Service:
                 events({"type": "log", "message": message})
 
         def progress(label: str, step: int, total: int) -> None:
-            check()
+            if step < total:  # the last report follows work already written: never stop there
+                check()
             if events:
                 events({"type": "progress", "label": label, "step": step, "total": total})
 
@@ -214,9 +234,12 @@ class Service:
 
         path = self.scene_file(scene)
         self._load(scene, variant)
+        scenes = select_scenes(path, variant, all_variants)
+        for s in scenes:  # every variant rendered, not only the one loaded above
+            self._confine(s, self.rel(path))
         gen = self._gen(events, cancel)
         gen.log(f"rendering {self.rel(path)}")
-        results = render_scenes(select_scenes(path, variant, all_variants), gen,
+        results = render_scenes(scenes, gen,
                                 OutputOptions(out=self.out, force=force,
                                               only=frozenset(only) if only else None))
         return {"renders": [self.describe(r.directory) | {"up_to_date": r.up_to_date}
@@ -251,13 +274,11 @@ class Service:
                 "page": self.rel(files[0][1].parent / "index.html")}
 
     def edit_lock(self, scene_path: Path) -> Any:
-        """The lock that serialises edits of one scene: a lock file in its output folder."""
+        """The lock that serialises edits of one scene (``takes --keep`` takes it too)."""
         from ..scene import load_scene
+        from ..scene.keep import edit_lock
 
-        name = load_scene(scene_path).name
-        folder = self.out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        return locked(folder / ".edit.lock")
+        return edit_lock(self.out, load_scene(scene_path).name)
 
     def keep(self, scene: str, element: str, seed: int, variant: str | None = None) \
             -> dict[str, Any]:
@@ -275,7 +296,14 @@ class Service:
                     mute: bool | None = None) -> dict[str, Any]:
         """Write an element's volume, pan or mute into the scene file (one line each), under
         the edit lock, so two edits at once both land."""
-        from ..scene.edit import edit_file, element_path, yaml_level, yaml_number
+        from ..scene.edit import (
+            element_path,
+            read_text,
+            set_scalar,
+            write_text,
+            yaml_level,
+            yaml_number,
+        )
 
         path = self.scene_file(scene)
         values: dict[str, str] = {}
@@ -294,20 +322,33 @@ class Service:
         display = self.rel(path)
         written = {}
         with self.edit_lock(path):
+            before = text = read_text(path)
             for key, value in values.items():
-                text = path.read_text(encoding="utf-8")
                 where = element_path(text, element, variant, key, display)
-                edit_file(path, where, value, display)
+                text = set_scalar(text, where, value, display)
                 written[".".join(where)] = value
-            self._load(scene, variant)  # the edit leaves a valid scene
+            # written only once the edited text loads (base and every variant)
+            write_text(path, before, text, lambda t: self._check_text(path, t))
         return {"scene": display, "set": written}
+
+    def _check_text(self, path: Path, text: str) -> None:
+        """The scene file's text as an edit would leave it loads, within the root."""
+        from ..scene import load_scene
+
+        where = self.rel(path)
+        base = load_scene(path, text=text)
+        for v in [None, *base.variants]:
+            self._confine(base if v is None else load_scene(path, v, text=text), where)
 
     def sfx(self, sfx_list: str, events: Events | None = None,
             cancel: threading.Event | None = None) -> dict[str, Any]:
         """Render an SFX list: its manifest and files."""
         from ..pipelines.sfx import render_sfx_list
+        from ..scene.sfxlist import load_sfx_list
 
         path = self.path(sfx_list)
+        lst = load_sfx_list(path)
+        self._confine_model(lst.model, path.parent, self.rel(path))
         r = render_sfx_list(path, self._gen(events, cancel), self.out)
         return {"manifest_file": self.rel(r.manifest), "generated": r.generated,
                 "files": [self.rel(r.directory / v.file) for v in r.variations],

@@ -20,8 +20,9 @@ from typing import Any
 
 import anyio.to_thread
 
+from ..errors import SoundscapeError
 from .mcp import error_lines
-from .service import Service
+from .service import AccessError, Service
 
 POLL_S = 0.2
 
@@ -61,12 +62,35 @@ class Studio:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def watch(self, rel: str, variant: str | None = None) -> Watch:
+    def watch(self, rel: str, variant: str | None = None, *, check: bool = True) -> Watch:
+        """The watch of a scene file, started for ``variant`` if it is new. ``check``: only a
+        scene that loads (with that variant) is watched, so a request for any other file, or
+        for a variant the scene lacks, changes nothing (``serve``'s own scenes are watched
+        even while broken, to show their errors)."""
         path = self.service.path(rel)
         w = self.watches.get(path)
+        if w is not None and variant in w.variants:
+            return w
+        if check:
+            if path.suffix not in (".yaml", ".yml"):
+                raise AccessError(f"{rel}: not a scene (.yaml) file")
+            self.service.call(self.service._load, self.service.rel(path), variant)
+            w = self.watches.get(path)  # another request may have started it meanwhile
         if w is None:
             w = self.watches[path] = Watch(path, self.service.rel(path))
         w.variants.add(variant)
+        return w
+
+    def current(self, rel: str, variant: str | None) -> Watch | None:
+        """The watch of a scene whose render of ``variant`` is up to date with its file, if
+        any: what a page can be served from without starting work."""
+        try:
+            w = self.watches.get(self.service.path(rel))
+        except SoundscapeError:
+            return None
+        if w is None or variant not in w.states or w.lock.locked() or w.dirty \
+                or _digest(w.path) != w.digest:
+            return None
         return w
 
     def publish(self, w: Watch, message: dict[str, Any]) -> None:
