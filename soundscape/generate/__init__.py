@@ -73,6 +73,16 @@ def audiogen_request(model: str, prompt: str, duration_s: float, temperature: fl
                            "cfg_coef": cfg_coef, "extend_stride": extend_stride_s})
 
 
+def batches_by_key(requests: list[TakeRequest], max_batch: int) -> list[list[int]]:
+    """Indices of ``requests`` grouped by equal ``batch_key`` (what one generate call must
+    share), at most ``max_batch`` to a group, in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.batch_key(), []).append(i)
+    return [idx[k:k + max_batch] for idx in groups.values()
+            for k in range(0, len(idx), max_batch)]
+
+
 class _XformersBuildWarning(logging.Filter):
     """Drops xFormers' "can't load C++/CUDA extensions ... Please reinstall xformers" warning.
 

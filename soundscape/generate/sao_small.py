@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import TakeRequest, quiet_xformers
+from . import TakeRequest, batches_by_key, quiet_xformers
 from .device import pick_device
 from .engines import SAO_SMALL_SPEC, EngineSpec, ProgressFn
 from .models import Log, ModelRef, locate
@@ -69,11 +69,7 @@ class StableAudioOpenSmall:
 
     def plan_batches(self, requests: list[TakeRequest]) -> list[list[int]]:
         """Indices grouped by equal settings (the sampler's steps and guidance are per call)."""
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.batch_key(), []).append(i)
-        return [idx[k:k + self.max_batch] for idx in groups.values()
-                for k in range(0, len(idx), self.max_batch)]
+        return batches_by_key(requests, self.max_batch)
 
     def generate(self, requests: list[TakeRequest],
                  on_batch: Callable[[list[TakeRequest], list[np.ndarray], float], None]

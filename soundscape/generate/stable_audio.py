@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GeneratorError
-from . import TakeRequest, quiet_xformers
+from . import TakeRequest, batches_by_key, quiet_xformers
 from .device import pick_device
 from .engines import SAO_1_SAMPLERS, SAO_1_SPEC, EngineSpec
 from .models import Log, ModelRef, locate
@@ -377,11 +377,7 @@ class StableAudioOpen1:
         """Indices grouped by equal length and settings (the latent length and the schedule
         must match within a batch); T5 pads every prompt to one length, so prompts of any
         token count share a batch."""
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            groups.setdefault(r.batch_key(), []).append(i)
-        return [idx[k:k + self.max_batch] for idx in groups.values()
-                for k in range(0, len(idx), self.max_batch)]
+        return batches_by_key(requests, self.max_batch)
 
     def generate(self, requests: list[TakeRequest],
                  on_batch: Callable[[list[TakeRequest], list[np.ndarray], float], None]
