@@ -90,7 +90,7 @@ def t5_base_files(seed: int = 0) -> dict[str, bytes]:
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
     from transformers.utils import logging as hf_logging
 
-    from ..replica import T5_EXTRA_IDS, _train_spiece
+    from ..dev.replica import T5_EXTRA_IDS, _train_spiece
 
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +117,7 @@ def t5_base_files(seed: int = 0) -> dict[str, bytes]:
 def write_small_hub_replica(hf_home: str | Path, seed: int = 0) -> Path:
     """Write tiny ``stabilityai/stable-audio-open-small`` and ``t5-base`` into the Hugging Face
     cache under ``<hf_home>/hub`` (``hf download``'s layout) and return ``hf_home``."""
-    from ..replica import write_repo
+    from ..dev.replica import write_repo
 
     hf_home = Path(hf_home)
     hub = hf_home / "hub"
