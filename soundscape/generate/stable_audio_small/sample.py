@@ -22,8 +22,8 @@ from ...errors import GeneratorError
 from .model import SmallModel
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp16: CUDA only
-DECODE_CHUNK_LATENTS = 64  # about 3 s of audio per decoder call
-DECODE_OVERLAP_LATENTS = 16  # each side; the decoder's receptive field is about 8 latents
+DECODE_CHUNK_LATENTS = 128  # about 6 s of audio per decoder call (about 1 GB of activations)
+DECODE_OVERLAP_LATENTS = 12  # each side; the decoder reaches about 10 latents
 
 
 def schedule(steps: int) -> torch.Tensor:
