@@ -43,10 +43,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.stem}.{os.getpid()}-",
                                 suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
     tmp = Path(name)
-    _OURS.add(os.path.abspath(name))
-    try:
+    try:  # from the first instruction on: an interrupt here must not leave the file behind
+        _OURS.add(os.path.abspath(name))
+        os.close(fd)
         yield tmp
         umask = os.umask(0)
         os.umask(umask)

@@ -152,7 +152,7 @@ def test_file_scene_renders_without_torch(tmp_path: Path) -> None:
     import sys
 
     scene = _file_scene(tmp_path)
-    code = ("import sys, soundscape; soundscape.pipelines.render(sys.argv[1], out=sys.argv[2]); "
+    code = ("import sys, soundscape; soundscape.render(sys.argv[1], out=sys.argv[2]); "
             "print(sorted(m for m in ('torch', 'audiocraft') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(scene), str(tmp_path / "out")],
                          capture_output=True, text=True, check=True)

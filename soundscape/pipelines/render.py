@@ -441,6 +441,11 @@ def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
             mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
             return _export(p, mixed, cache, want)
     except BaseException:
+        # Every writer of this process has closed by now: a temporary file of ours or of a dead
+        # worker that is still here was caught between its creation and its cleanup (an
+        # interrupt lands anywhere), so it goes too.
+        for folder in (p.directory, p.directory / "stems"):
+            remove_stale_temps(folder)
         if created:  # leave no empty folder behind a failed first render
             with contextlib.suppress(OSError):
                 p.directory.rmdir()
