@@ -10,6 +10,7 @@ changes because another element was added.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -226,7 +227,8 @@ def arrange(scene: Scene, take_lengths_s: dict[str, float]) -> Arrangement:
         rule = None if sc is None else ScatterRule(
             None if sc.interval is None else (sc.interval[0], sc.interval[1]), sc.density,
             sc.count, sc.start, sc.end, sc.level_jitter, sc.pan_jitter, sc.overlap)
-        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops), e.volume, auto,
+        plans.append(ElementPlan(name, L, tuple(clips), tuple(loops),
+                                 -math.inf if e.mute else e.volume, auto,
                                  tuple(e.effects), e.pan, e.fade_in, e.fade_out, rule, e.prompt,
                                  e.file))
     arr = Arrangement(SceneInfo.of(scene), D, scene.sample_rate, scene.channels, tuple(plans),

@@ -84,7 +84,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
     console = Console(stderr=True)
     columns = [TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} steps"),
+               TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
                TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False,
@@ -92,12 +92,17 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def update(label: str, step: int, total: int) -> None:
-            if label not in tasks or progress.tasks[tasks[label]].finished:
-                tasks[label] = progress.add_task(label, total=total, rate="")
-            task_id = tasks[label]
-            progress.update(task_id, completed=step, total=max(total, step))
+            # A bar is its label up to " (": what follows may change as the job runs (the
+            # cluster's bar says its actors alive and its takes per minute there).
+            key = label.split(" (", 1)[0]
+            takes = key.startswith("takes")
+            if key not in tasks or progress.tasks[tasks[key]].finished:
+                tasks[key] = progress.add_task(label, total=total, rate="",
+                                               unit="takes" if takes else "steps")
+            task_id = tasks[key]
+            progress.update(task_id, completed=step, total=max(total, step), description=label)
             speed = progress.tasks[task_id].speed
-            progress.update(task_id, rate=f"{speed:.1f} steps/s" if speed else "")
+            progress.update(task_id, rate=f"{speed:.1f} steps/s" if speed and not takes else "")
 
         yield update
 
@@ -190,6 +195,29 @@ BitDepth = Annotated[int | None, typer.Option(help="16, 24 or 32 (float) for wav
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Take cache (default: "
                                                "$SOUNDSCAPE_CACHE_DIR or the user cache).")]
 Batch = Annotated[int, typer.Option("--max-batch", min=1, help="Most takes per batch.")]
+Cluster = Annotated[str | None, typer.Option(
+    "--cluster", help="Generate missing takes on a Ray cluster: local (a throwaway one here), ray "
+    "(RAY_ADDRESS or the cluster 'ray start' started) or ray://host:port. Needs the cluster "
+    "extra.")]
+Actors = Annotated[int | None, typer.Option("--actors", min=1, help="With --cluster: models "
+                                            "loaded at once (default: one per GPU, or one per "
+                                            "CPU but one).")]
+
+
+def _cluster_spec(address: str | None, actors: int | None) -> Any:
+    """The ``ClusterSpec`` of --cluster (None without it); Ray must import, or one Error line."""
+    if address is None:
+        if actors is not None:
+            raise SoundscapeError("--actors is for --cluster; add --cluster local, ray or "
+                                  "ray://host:port")
+        return None
+    from .takes.cluster import ClusterSpec, require_ray
+
+    spec = ClusterSpec.parse(address, actors)
+    require_ray()
+    return spec
+
+
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32, bf16 or fp16: the "
                                         "language model's arithmetic (auto: bf16 on CPUs with "
                                         "AVX-512 BF16 or AMX, fp16 on GPUs, else fp32).",
@@ -225,6 +253,7 @@ def render(
         "--export", help="Also write pools: each scattered element's one-shots and "
         "pools/pools.json, for an engine's random container (repeatable; loops = --loops).",
         callback=_each_of("--export", ("pools", "loops")))] = None,
+    cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Generate missing takes, mix, master and write mix, stems and manifest.
 
@@ -239,11 +268,13 @@ def render(
         _err("give --variant NAME or --all-variants, not both")
         raise typer.Exit(1)
     with _user_errors(), _progress() as progress:
+        spec = _cluster_spec(cluster, actors)
         results = do_render(scenes, variant=variant, all_variants=all_variants, out=out,
                             fmt=fmt, bit_depth=bit_depth, only=only, model=model,
                             device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
                             progress=progress, jobs=jobs, force=force, precision=precision,
-                            loopable=loopable, loops=loops, export=export or ())
+                            loopable=loopable, loops=loops, export=export or (),
+                            cluster=spec)
     console = Console()
     printed: set[str] = set()
     for r in results:
@@ -290,6 +321,7 @@ def takes(
     variant: Annotated[str | None, typer.Option(help="Variant name.")] = None,
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
+    cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Audition N takes of one element with distinct seeds; keep one with --keep SEED."""
     from .pipelines.audition import audition
@@ -299,18 +331,20 @@ def takes(
         if keep is not None:
             from .scene import load_scene
 
-            if element not in load_scene(scene).elements:
-                raise SoundscapeError(f"{scene}: no element '{element}'")
-            keep_seed(scene, element, keep)
-            typer.echo(f"{scene}: elements.{element}.seed = {keep}")
+            load_scene(scene, variant)  # a scene that does not load gets its errors first
+            where = keep_seed(scene, element, keep, variant)
+            typer.echo(f"{scene}: {'.'.join(where)} = {keep}")
             return
+        spec = _cluster_spec(cluster, actors)
         with _progress() as progress:
             files = audition(scene, element, n, variant=variant, out=out, model=model,
                              device=device, cache_dir=cache_dir, max_batch=max_batch, log=_log,
-                             progress=progress, precision=precision)
+                             progress=progress, precision=precision, cluster=spec)
         for seed, path in files:
             typer.echo(f"seed {seed}: {path}")
-        typer.echo(f"keep one: soundscape takes {scene} {element} --keep SEED")
+        typer.echo(f"page: {files[0][1].parent / 'index.html'}")
+        v = f" --variant {variant}" if variant else ""
+        typer.echo(f"keep one: soundscape takes {scene} {element}{v} --keep SEED")
 
 
 @app.command()
@@ -318,15 +352,16 @@ def sfx(
     sfx_list: Annotated[Path, typer.Argument(metavar="LIST", help="SFX list (YAML or JSON).")],
     out: Out = Path("renders"), model: Model = None, device: Device = "auto",
     cache_dir: CacheDir = None, max_batch: Batch = 8, precision: Precision = "auto",
-    fmt: Format = "wav",
+    fmt: Format = "wav", cluster: Cluster = None, actors: Actors = None,
 ) -> None:
     """Render a game's SFX list: N trimmed, loudness-normalised variations per sound."""
     from .pipelines.sfx import render_sfx
 
     with _user_errors(), _progress() as progress:
+        spec = _cluster_spec(cluster, actors)
         result = render_sfx(sfx_list, out, model=model, device=device, cache_dir=cache_dir,
                             fmt=fmt, max_batch=max_batch, log=_log, progress=progress,
-                            precision=precision)
+                            precision=precision, cluster=spec)
     for w in result.warnings:
         _log(f"warning: {w}")
     typer.echo(f"wrote {len(result.variations)} variations ({result.generated} generated) and "
@@ -369,6 +404,80 @@ def open_page(
         if not webbrowser.open(url):
             raise SoundscapeError(f"no web browser could be started; open {url} yourself")
     typer.echo(f"opened {url}")
+
+
+Root = Annotated[Path, typer.Option("--root", help="Serve this folder: scenes are read and "
+                                    "renders written only under it (default: the current "
+                                    "folder).")]
+Host = Annotated[str, typer.Option("--host", help="Address to bind (default loopback; another "
+                                   "address lets anyone who reaches it render and write files).")]
+
+
+def _service(root: Path, out: Path, model: str | None, device: str, cache_dir: Path | None,
+             max_batch: int, precision: str) -> Any:
+    from .servers.service import Service, Settings
+
+    return Service(Settings(root=root, out=str(out), model=model, device=device,
+                            cache_dir=str(cache_dir) if cache_dir else None,
+                            max_batch=max_batch, precision=precision))
+
+
+def _warn_bind(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _log(f"warning: binding {host}: anyone who can reach this address can render scenes "
+             f"and write files under the root; there is no authentication")
+
+
+@app.command()
+def mcp(
+    root: Root = Path("."), out: Out = Path("renders"),
+    transport: Annotated[str, typer.Option("--transport", help="stdio (for a desktop "
+                                           "assistant) or http (streamable HTTP at /mcp).",
+                                           callback=_one_of("--transport", ("stdio", "http")))]
+    = "stdio",
+    host: Host = "127.0.0.1", port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
+    max_batch: Batch = 8, precision: Precision = "auto",
+) -> None:
+    """Serve soundscape to MCP clients (agents): validate, plan, render, takes, SFX."""
+    with _user_errors():
+        from .servers.mcp import build
+
+        service = _service(root, out, model, device, cache_dir, max_batch, precision)
+        server = build(service)
+        if transport == "stdio":
+            server.run("stdio")
+            return
+        import uvicorn
+
+        _warn_bind(host)
+        uvicorn.run(server.streamable_http_app(host=host), host=host, port=port,
+                    log_level="warning")
+
+
+@app.command()
+def serve(
+    scenes: Annotated[list[str] | None, typer.Argument(help="Scene files (under the root) to "
+                                                       "open in the live studio.")] = None,
+    root: Root = Path("."), out: Out = Path("renders"),
+    host: Host = "127.0.0.1", port: Annotated[int, typer.Option(help="HTTP port.")] = 8765,
+    model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
+    max_batch: Batch = 8, precision: Precision = "auto",
+) -> None:
+    """A local web server: the live studio, render jobs, files, and MCP at /mcp."""
+    with _user_errors():
+        import uvicorn
+
+        from .servers.http import build_app
+
+        service = _service(root, out, model, device, cache_dir, max_batch, precision)
+        app_ = build_app(service, tuple(scenes or ()), host)
+        _warn_bind(host)
+        shown = f"[{host}]" if ":" in host else host
+        for s in scenes or ():
+            typer.echo(f"studio: http://{shown}:{port}/studio/{s}", err=True)
+        typer.echo(f"serving {service.root} at http://{shown}:{port}/ (MCP at /mcp)", err=True)
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @dev.command("tiny-model")

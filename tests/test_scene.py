@@ -71,7 +71,7 @@ def test_units_are_parsed_once(tmp_path: Path) -> None:
                      "right"),
     ("    volumme: -3 dB\n",
      "S:6: elements.rain.volumme: unknown key 'volumme'; did you mean 'volume'? allowed: at, "
-     "automation, cfg_coef, duration, effects, fade_in, fade_out, file, loop, pan, prompt, "
+     "automation, cfg_coef, duration, effects, fade_in, fade_out, file, loop, mute, pan, prompt, "
      "scatter, seed, stereo, temperature, top_k, top_p, variations, volume, width"),
     ("    effects: [{reverbb: {}}]\n",
      "S:6: elements.rain.effects[0]: unknown effect 'reverbb'; did you mean 'reverb'? valid "

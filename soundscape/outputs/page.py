@@ -198,7 +198,8 @@ def _refresh_links(page: Path) -> None:
 
 
 def write_takes_page(directory: str | Path, scene: str, scene_file: str, element: str,
-                     prompt: str, takes: list[tuple[int, Path]]) -> Path:
+                     prompt: str, takes: list[tuple[int, Path]],
+                     variant: str | None = None) -> Path:
     """Write ``index.html`` beside auditioned takes: waveform, player and seed of each, with
     the ``--keep SEED`` command to copy.
 
@@ -212,10 +213,11 @@ def write_takes_page(directory: str | Path, scene: str, scene_file: str, element
     for seed, path in takes:
         items.append({"seed": seed, "file": Path(path).relative_to(directory).as_posix(),
                       "keep": f"soundscape takes {_shell(scene_file)} {_shell(element)} "
-                              f"--keep {seed}",
+                              + (f"--variant {_shell(variant)} " if variant else "")
+                              + f"--keep {seed}",
                       **overview(path)})
     data = {"scene": scene, "scene_file": scene_file, "element": element, "prompt": prompt,
-            "takes": items}
+            "variant": variant, "takes": items}
     path = directory / PAGE
     atomic_write_text(path, _fill(_template("takes.html"), f"{element} takes — {scene}",
                                   {"data": data}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..audio_io import write_audio
 from ..errors import RenderError, SoundscapeError
 from ..generate.models import resolve
-from ..options import GenerationOptions, Log, Progress, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, Progress, quiet
 from ..outputs.page import write_takes_page
 from ..scene import load_scene
 from ..takes.plan import take_requests
@@ -23,14 +23,15 @@ from ..takes.store import TakeCache
 def audition(scene_path: str | Path, element: str, n: int = 4, *, variant: str | None = None,
              out: str | Path = "renders", model: str | None = None, device: str = "auto",
              cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
-             progress: Progress | None = None, precision: str = "auto") \
+             progress: Progress | None = None, precision: str = "auto",
+             cluster: ClusterSpec | None = None) \
         -> list[tuple[int, Path]]:
     """Generate ``n`` takes of one element with distinct seeds (one batch) and write each.
 
     Returns ``(seed, path)`` per take, seeds in order.
     """
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress)
+                            precision, log or quiet, progress, cluster)
     return audition_takes(scene_path, element, n, gen, variant=variant, out=Path(out))
 
 
@@ -62,5 +63,6 @@ def audition_takes(scene_path: str | Path, element: str, n: int, gen: Generation
         path = Path(out) / scene.name / "takes" / element / f"{element}-seed{t.request.seed}.wav"
         write_audio(path, got[0], got[1])
         files.append((t.request.seed, path))
-    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files)
+    write_takes_page(files[0][1].parent, scene.label, str(scene_path), element, e.prompt, files,
+                     variant)
     return files

@@ -38,7 +38,7 @@ from ..mixer.workers import (
     render_stems,
 )
 from ..notices import RenderWarning
-from ..options import GenerationOptions, Log, OutputOptions, Progress, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, OutputOptions, Progress, quiet
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
     Decision,
@@ -324,7 +324,8 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
            cache_dir: str | Path | None = None, max_batch: int = 8, log: Log | None = None,
            progress: Progress | None = None, jobs: int | None = None,
            force: bool = False, precision: str = "auto", loopable: bool = False,
-           loops: bool = False, export: Sequence[str] = ()) -> list[RenderResult]:
+           loops: bool = False, export: Sequence[str] = (),
+           cluster: ClusterSpec | None = None) -> list[RenderResult]:
     """Render scenes end to end; returns one ``RenderResult`` per scene or variant.
 
     Only what changed is redone: takes missing from the cache are generated (shared between
@@ -337,11 +338,12 @@ def render(sources: str | Path | Scene | Sequence[str | Path | Scene], *,
     every mix loop seamlessly (``master.loopable``; scenes that set it keep their crossfade).
     ``loops``: write each looped element's loop file (``loops/<element>.wav``); ``export``:
     also ``"pools"`` (each scattered element's one-shots and ``pools/pools.json``), ``"loops"``
-    (as ``loops``). The keywords are ``GenerationOptions`` and ``OutputOptions`` spelled out;
+    (as ``loops``). ``cluster``: generate the missing takes on that Ray cluster
+    (``takes.cluster``). The keywords are ``GenerationOptions`` and ``OutputOptions`` spelled out;
     ``render_scenes`` takes those values.
     """
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress)
+                            precision, log or quiet, progress, cluster)
     output = OutputOptions(Path(out), fmt, bit_depth, frozenset(only) if only else None, force,
                            jobs, loopable, loops, tuple(export))
     if isinstance(sources, str | Path | Scene):
@@ -438,7 +440,11 @@ def _write(p: _Plan, ref: ModelRef, cache: TakeCache, generated: frozenset[str],
             wanted = [t.request for n, src in p.sources.items() if p.needs_audio(n)
                       and (output.only is None or n in output.only) for t in src.takes]
             done, warns = generate_missing(wanted, cache, ref, gen)
+            if gen.progress is not None:  # servers report it, and may stop the job here
+                gen.progress(f"mix {p.scene.label}", 0, 1)
             mixed = _mix(p, cache, generated | done, shared + tuple(warns), output)
+            if gen.progress is not None:
+                gen.progress(f"mix {p.scene.label}", 1, 1)
             return _export(p, mixed, cache, want)
     except BaseException:
         # Every writer of this process has closed by now: a temporary file of ours or of a dead

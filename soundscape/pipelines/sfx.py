@@ -24,7 +24,7 @@ from ..generate import TakeRequest
 from ..generate.models import resolve
 from ..master import limit
 from ..notices import RenderWarning
-from ..options import GenerationOptions, Log, quiet
+from ..options import ClusterSpec, GenerationOptions, Log, quiet
 from ..outputs.catalog import SfxVariation, catalog_csv
 from ..outputs.manifest import db
 from ..outputs.tags import Tags, now_iso, tag_file
@@ -70,12 +70,12 @@ def sfx_requests(lst: SfxList, identity: str) -> list[tuple[Sound, TakeRequest]]
 def render_sfx(path: str | Path, out: str | Path = "renders", *, model: str | None = None,
                device: str = "auto", cache_dir: str | Path | None = None, fmt: str = "wav",
                max_batch: int = 8, log: Log | None = None, progress: Any = None,
-               precision: str = "auto") -> SfxResult:
+               precision: str = "auto", cluster: ClusterSpec | None = None) -> SfxResult:
     """Generate, trim, normalise and write every variation of an SFX list. ``precision``:
     auto, fp32, bf16 or fp16 for the language model. The keywords are ``GenerationOptions``
     spelled out; ``render_sfx_list`` takes that value."""
     gen = GenerationOptions(model, device, Path(cache_dir) if cache_dir else None, max_batch,
-                            precision, log or quiet, progress)
+                            precision, log or quiet, progress, cluster)
     return render_sfx_list(path, gen, Path(out), fmt)
 
 

@@ -1,26 +1,22 @@
-"""Write a chosen seed back into a scene file, keeping its comments and layout (ruamel.yaml)."""
+"""Scene stage, writing back: a chosen take's seed into the scene file, changing only its line.
+
+Input: a scene file, an element (of the base scene or of a variant) and a seed. Output: the file
+with that element's ``seed:`` set (``scene.edit``: one line changed or inserted, the rest of the
+text as it was).
+"""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from ..audio_io import atomic_write_text
-from ..errors import SceneError
+from .edit import KeyPath, edit_file, element_path
 
 
-def keep_seed(scene_path: str | Path, element: str, seed: int) -> None:
-    from ruamel.yaml import YAML
-
+def keep_seed(scene_path: str | Path, element: str, seed: int,
+              variant: str | None = None) -> KeyPath:
+    """Write ``seed`` as ``element``'s seed: in ``variant``'s override when that variant declares
+    the element, else in the base scene. Returns the key path written."""
     path = Path(scene_path)
-    yaml = YAML()  # round-trip mode: comments, order and quoting survive
-    yaml.preserve_quotes = True
-    data = yaml.load(path.read_text(encoding="utf-8"))
-    try:
-        node = data["elements"][element]
-    except (KeyError, TypeError):
-        raise SceneError(f"{path}: no element '{element}' to keep a seed for") from None
-    node["seed"] = seed
-    buf = io.StringIO()
-    yaml.dump(data, buf)
-    atomic_write_text(path, buf.getvalue())
+    where = element_path(path.read_text(encoding="utf-8"), element, variant, "seed", str(path))
+    edit_file(path, where, str(int(seed)), str(path))
+    return where

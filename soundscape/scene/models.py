@@ -166,6 +166,7 @@ class Element(_Model):
                             "seed, seed+1, ...); scattered one-shots pick among them.")
     volume: Level = Field(0.0, description="Element level: '-6 dB' or linear 0.5.")
     pan: Pan = Field(0.0, description="Stereo position, -1 (left) to 1 (right).")
+    mute: bool = Field(False, description="Silence this element (its volume is kept).")
     stereo: Literal["pan", "decorrelate", "two_takes"] = Field(
         "pan", description="How a mono take becomes stereo: 'pan' (constant-power pan), "
         "'decorrelate' (a decorrelated copy on the other side, for wide beds) or 'two_takes' "

@@ -32,7 +32,8 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
     renders at once never generate one take twice. Before generating, logs how long it will
     take from this machine's measured cost at the chosen precision (measured with a short probe
     the first time, then remembered). Returns the keys generated now and the warnings of the
-    cache and the generator.
+    cache and the generator. With ``options.cluster`` the takes are generated on that Ray
+    cluster instead (``takes.cluster``), under the same locks.
     """
     pending: dict[str, TakeRequest] = {}
     for r in requests:
@@ -55,11 +56,17 @@ def generate_missing(requests: Iterable[TakeRequest], cache: TakeCache, ref: Mod
                     held[key] = fd
             if held:
                 mine = [pending.pop(k) for k in held]
-                if gen is None:
-                    gen = _generator(ref, options, mine)
+                if options.cluster is not None:
+                    from .cluster.job import generate_on_cluster
+
+                    generate_on_cluster(held, mine, cache, ref, options, done)
                 else:
-                    options.log(_cost_line(gen, ref, mine))
-                gen.generate(mine, on_batch=functools.partial(_store, cache, gen, held, done))
+                    if gen is None:
+                        gen = _generator(ref, options, mine)
+                    else:
+                        options.log(_cost_line(gen, ref, mine))
+                    gen.generate(mine,
+                                 on_batch=functools.partial(_store, cache, gen, held, done))
         finally:
             for fd in held.values():
                 locks.unlock(fd)
