@@ -44,7 +44,8 @@ def main() -> None:
                       f"(floor {float(r['floor_step_s_weights']):.3f} s by bandwidth, "
                       f"{float(r['dit_step_gflop']):.0f} GFLOP, "
                       f"{float(r['dit_gflops_achieved']):.0f} GFLOP/s)  "
-                      f"decode {float(r['decode_s']):6.2f} s  "
+                      f"decode {float(r['decode_s']):6.2f} s "
+                      f"({float(r['decode_gflop_per_audio_s']):.0f} GFLOP per s of audio)  "
                       f"-> {per:5.2f} s/s  ({base / per:4.2f}x fp32)", flush=True)
                 if batch == 1 and (seconds not in best or per < best[seconds][0]):
                     best[seconds] = (per, precision)

@@ -236,3 +236,14 @@ def test_seconds_total_says_the_takes_length(model) -> None:
     np.testing.assert_array_equal(take, own[0.3])
     assert float(np.abs(take - own[model.config.max_duration_s]).max()) > 1e-3 * float(
         np.abs(take).max())
+
+
+def test_config_and_layout_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; import soundscape.generate.stable_audio_small.config, "
+            "soundscape.generate.stable_audio_small.sat_layout; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
