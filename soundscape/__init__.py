@@ -1,4 +1,4 @@
-"""soundscape: layered soundscapes from YAML scenes, generated with AudioGen and mixed.
+"""soundscape: layered soundscapes from YAML scenes, generated (AudioGen, Stable Audio Open), mixed.
 
 Public API: ``load_scene``, ``render``, ``render_sfx``, ``__version__``. Importing this package
 does not import torch or audiocraft.
