@@ -3,6 +3,7 @@ links, ``soundscape open``; and the pages themselves loaded in headless Chromium
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -89,6 +90,39 @@ def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(page, "READ_FRAMES", 10**9)
     assert streamed == overview(path, bins=777)
     assert streamed["peak_db"][-1] > streamed["peak_db"][10]  # the ramp is seen
+
+
+@pytest.mark.parametrize("frames,channels,bins", [(5, 1, 2000), (1001, 2, 777),
+                                                  (300_001, 2, 2000), (4001, 3, 4000),
+                                                  (123_457, 2, 13)])
+def test_overview_bins_equal_each_bins_own_slice(frames: int, channels: int,
+                                                 bins: int) -> None:
+    """Blocks of any size, cut where they cross bin edges, give each bin exactly the peak and
+    power of its own slice of frames, worked out bin by bin."""
+    from soundscape.outputs.page import OverviewAccumulator
+
+    rng = np.random.default_rng(frames)
+    audio = (rng.normal(0, 0.3, (channels, frames))
+             * np.exp(rng.normal(0, 2, (1, frames)))).astype(np.float32)
+    acc = OverviewAccumulator(frames, channels, bins)
+    pos = 0
+    while pos < frames:  # blocks shorter and longer than a bin
+        k = int(rng.integers(1, 3 * frames // min(bins, frames) + 2))
+        acc.add(audio[:, pos:pos + k])
+        pos += k
+    got = acc.result(48000.0)
+    n = min(bins, frames)
+    edges = np.linspace(0, frames, n + 1).round().astype(np.int64)
+    peak = [float(np.abs(audio[:, a:b]).max()) for a, b in itertools.pairwise(edges)]
+    rms = [math.sqrt(float(np.sum(np.square(audio[:, a:b], dtype=np.float64)))
+                     / ((b - a) * channels)) for a, b in itertools.pairwise(edges)]
+
+    def db(v: float) -> int:
+        return max(FLOOR_DB, min(24, round(20 * math.log10(v)))) if v > 0 else FLOOR_DB
+
+    assert got["bins"] == n
+    assert got["peak_db"] == [db(v) for v in peak]
+    assert got["rms_db"] == [db(v) for v in rms]
 
 
 # --- loop seams -----------------------------------------------------------------------------
