@@ -128,8 +128,8 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
     np.minimum(gain, need, out=gain)  # guard the filters' rounding
     out = audio * gain
     for _ in range(3):
-        tp = measure(out, sample_rate, interpolator=LIMITER_DETECTOR,
-                     loudness=False).true_peak_db
+        tp = measure(out, sample_rate, interpolator=LIMITER_DETECTOR, loudness=False,
+                     peak_floor=float(np.abs(out).max(initial=0.0))).true_peak_db
         if tp <= ceiling_db - TRUE_PEAK_MARGIN_DB:
             break
         out *= np.float32(10 ** ((ceiling_db - TRUE_PEAK_MARGIN_DB - tp) / 20))
@@ -190,17 +190,22 @@ class LimiterStream:
             low = np.flatnonzero(ahead < 1.0)
             ahead_db[low] = 20 * np.log10(np.maximum(ahead[low], 1e-12).astype(np.float64))
         gain_db, self._state_db = release_envelope(ahead_db, self.release_frames, self._state_db)
-        linear = np.ones(m)
         low = np.flatnonzero(gain_db < 0.0)
-        linear[low] = 10 ** (gain_db[low] / 20)
-        both = np.concatenate([self._carry, linear])
-        sums = np.cumsum(np.concatenate([[0.0], both]))
-        mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
-        if self.la > 1:
-            self._carry = both[-(self.la - 1):]
-        gain = np.minimum(mean, self._need[:m])
-        self.lowest = min(self.lowest, float(gain.min(initial=1.0)))
-        out = self._pending[:, :m] * gain
+        if low.size == 0 and float(self._carry.min(initial=1.0)) >= 1.0:
+            # no reduction in this stretch nor in the mean's memory: every gain is 1, as the
+            # mean of ones is (and the carry stays ones); the frames pass as they are
+            out = self._pending[:, :m].copy()
+        else:
+            linear = np.ones(m)
+            linear[low] = 10 ** (gain_db[low] / 20)
+            both = np.concatenate([self._carry, linear])
+            sums = np.cumsum(np.concatenate([[0.0], both]))
+            mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
+            if self.la > 1:
+                self._carry = both[-(self.la - 1):]
+            gain = np.minimum(mean, self._need[:m])
+            self.lowest = min(self.lowest, float(gain.min(initial=1.0)))
+            out = self._pending[:, :m] * gain
         self._left = np.concatenate([self._left, self._pending[:, :m]], axis=1)[:, -k:]
         self._pending, self._need = self._pending[:, m:], self._need[m:]
         return out
@@ -489,6 +494,18 @@ def _prime_effects(board: Any, bus: Bus, sample_rate: int,
     return fed, out
 
 
+def _true_peak_db(bus: Bus, sample_rate: int, sample_peak: float) -> float:
+    """The true peak (dBTP, ``LIMITER_DETECTOR``) of the signal in ``bus``, whose sample peak
+    is known: from the first block on, only gaps that could rise above the whole signal's
+    sample peak are interpolated (measured as the signal comes, the running peak starts low
+    and most of the early gaps are interpolated for nothing)."""
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR, loudness=False,
+                  peak_floor=sample_peak)
+    for _, block in bus.blocks():
+        meter.add(block)
+    return meter.finish().true_peak_db
+
+
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
                 ceiling_db: float, loop: bool = False) -> _Pass:
     """Gain and limit the bus into ``staged``, measuring the output as it goes. A loop is
@@ -496,7 +513,8 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
     follows its end (so the look-ahead sees across the wrap)."""
     gain = np.float32(10 ** (gain_db / 20))
     limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
-    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
+    # loudness and sample peak as the output comes; its true peak once the pass is done
+    meter = Meter(sample_rate, bus.channels, true_peak=False)
     pos = 0
     skip = 0
 
@@ -520,7 +538,7 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
         take(limiter.push(block * gain))
     take(limiter.finish())
     meter.finish()
-    tp = meter.true_peak_db
+    tp = _true_peak_db(staged, sample_rate, meter.sample_peak)
     aim = ceiling_db - TRUE_PEAK_MARGIN_DB
     trim = aim - tp if tp > aim else 0.0
     return _Pass(meter.integrated_loudness(), tp, limiter.reduction_db, trim)

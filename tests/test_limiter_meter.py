@@ -176,3 +176,24 @@ def test_max_gap_peak_is_exact_above_its_floor(channels: int) -> None:
             assert got == brute
         else:
             assert got <= floor
+
+
+@pytest.mark.parametrize("material", MATERIALS + ["steady_noise"])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
+def test_a_known_sample_peak_as_floor_reads_the_same_true_peak(sr: int, channels: int,
+                                                               material: str) -> None:
+    """Told the signal's sample peak up front (as the master's output is measured), the meter
+    interpolates less and reads the very same true peak, at 8x and at 4x."""
+    from soundscape.dsp.meter import REPORTED_TRUE_PEAK, TRUE_PEAK
+
+    if material == "steady_noise":
+        x = np.random.default_rng(sr).normal(0, 0.2, (channels, 3 * sr)).astype(np.float32)
+    else:
+        x = hard(material, sr, channels) * np.float32(0.7)
+    peak = float(np.abs(x).max())
+    for ip in (TRUE_PEAK, REPORTED_TRUE_PEAK):
+        whole = measure(x, sr, interpolator=ip, loudness=False)
+        told = measure(x, sr, interpolator=ip, loudness=False, peak_floor=peak)
+        assert told.true_peak == whole.true_peak
+        assert told.sample_peak == whole.sample_peak == peak
