@@ -197,3 +197,25 @@ def test_a_known_sample_peak_as_floor_reads_the_same_true_peak(sr: int, channels
         told = measure(x, sr, interpolator=ip, loudness=False, peak_floor=peak)
         assert told.true_peak == whole.true_peak
         assert told.sample_peak == whole.sample_peak == peak
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_meter_reads_blocks_from_a_reused_buffer_as_the_whole_signal(sr: int,
+                                                                         channels: int) -> None:
+    """Blocks handed over from one buffer that the caller overwrites after each call (as the
+    mixer does) measure as the whole signal does: the meter keeps what it gathers."""
+    from soundscape.dsp.meter import Meter
+
+    x = hard("transients", sr, channels, seconds=12.0)
+    whole = measure(x, sr, block=x.shape[1])
+    meter = Meter(sr, channels)
+    buf = np.empty((channels, 5000), np.float32)
+    for i in range(0, x.shape[1], 5000):
+        k = min(5000, x.shape[1] - i)
+        buf[:, :k] = x[:, i:i + k]
+        meter.add(buf[:, :k])
+        buf[:] = np.nan  # the caller's next use of its buffer
+    meter.finish()
+    assert meter.true_peak == whole.true_peak and meter.sample_peak == whole.sample_peak
+    assert meter.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-9)
