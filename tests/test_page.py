@@ -310,3 +310,16 @@ def test_takes_page_keeps_odd_text_inside_its_data(tmp_path: Path) -> None:
     assert [t["file"] for t in data["takes"]] == ["drip-seed1.wav", "drip-seed2.wav"]
     assert [t["peak_db"][0] for t in data["takes"]] == [-20, -14]
     assert page.read_text().count("</script>") == 2  # the data block's and the code's
+
+
+def test_overviews_of_several_files_are_each_files_overview(tmp_path: Path) -> None:
+    """Read several at a time, each file still gets its own overview."""
+    from soundscape.outputs.page import overviews_of
+
+    rng = np.random.default_rng(4)
+    paths = [wav(tmp_path / f"{i}.wav", (rng.normal(0, 0.1, (2, 30_000)) * (i + 1) / 5)
+                 .astype(np.float32), 44100) for i in range(5)]
+    got = overviews_of(paths)
+    assert list(got) == paths
+    assert [got[p] for p in paths] == [overview(p) for p in paths]
+    assert len({tuple(got[p]["rms_db"]) for p in paths}) == 5

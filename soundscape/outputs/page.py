@@ -106,6 +106,20 @@ def _db(x: np.ndarray) -> list[int]:
     return np.clip(np.nan_to_num(v, neginf=FLOOR_DB), FLOOR_DB, 24).round().astype(int).tolist()
 
 
+def overviews_of(paths: list[Path]) -> dict[Path, dict[str, Any]]:
+    """``overview`` of each file, several at a time: the decoding and the sums release the
+    GIL, so threads use the cores a render leaves idle while it writes its page."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..mixer.workers import cpu_count
+
+    threads = max(1, min(4, cpu_count(), len(paths)))
+    if threads == 1:
+        return {p: overview(p) for p in paths}
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(paths, pool.map(overview, paths), strict=True))
+
+
 def _template(name: str) -> str:
     return resources.files(__package__).joinpath("web", name).read_text(encoding="utf-8")
 
@@ -170,17 +184,19 @@ def page_data(directory: Path) -> dict[str, Any]:
                               f"scene again") from None
     names = [e["element"] for e in manifest["elements"]]
     per_element, general = _element_warnings(names, manifest.get("warnings", []))
-    overviews: dict[str, Any] = {}
+    stems: dict[str, Path] = {}
     for e in manifest["elements"]:
         stem = directory / e["stem"] if e.get("stem") else None
         if stem is None:  # --only left the old stem in place
             guess = directory / "stems" / f"{e['element']}.{manifest['format']}"
             stem = guess if guess.is_file() else None
         if stem is not None and stem.is_file():
-            overviews[e["element"]] = {"file": stem.relative_to(directory).as_posix(),
-                                       **overview(stem)}
+            stems[e["element"]] = stem
     mix = directory / manifest["mix"]["file"]
-    mix_overview = overview(mix) if mix.is_file() else None
+    found = overviews_of([*stems.values(), *([mix] if mix.is_file() else [])])
+    overviews = {name: {"file": stem.relative_to(directory).as_posix(), **found[stem]}
+                 for name, stem in stems.items()}
+    mix_overview = found.get(mix)
     return {"manifest": manifest, "overviews": overviews, "mix_overview": mix_overview,
             "warnings": {"elements": per_element, "scene": general},
             "siblings": siblings(directory, manifest)}
