@@ -234,7 +234,8 @@ def output_problem(fmt: str, sample_rate: int, channels: int, bit_depth: int | N
 class AtomicAudioWriter:
     """Stream ``(channels, frames)`` blocks into an audio file that appears only when complete.
 
-    Use as a context manager; on an exception the partial file is deleted. With
+    Use as a context manager; on an exception the partial file is deleted. A WAV file starts
+    with ``WAV_RESERVE`` bytes of room (a ``JUNK`` chunk) for its tags. With
     ``background=True`` blocks are encoded and written by a thread (pedalboard releases the GIL
     while it encodes), so writing overlaps the work that produces the next block; the blocks
     handed to ``write`` must then not be modified afterwards.

@@ -88,3 +88,19 @@ def test_an_untagged_file_reads_as_the_encoder_wrote_it(tmp_path: Path) -> None:
                                   sf.read(str(tmp_path / "b.wav"), dtype="float32",
                                           always_2d=True)[0])
     assert os.path.getsize(ours) == len(plain) + WAV_RESERVE
+
+
+def test_a_file_the_room_cannot_front_is_moved_to_the_start(tmp_path: Path) -> None:
+    """An encoder's file that must begin the file (RF64, whose ds64 comes first) is moved down
+    over the room: the file is then exactly what the encoder wrote."""
+    from soundscape.audio_io import _Shifted
+
+    path = tmp_path / "x.wav"
+    path.touch()
+    body = b"RF64" + b"\xff" * 4 + b"WAVE" + bytes(range(256)) * 300
+    shifted = _Shifted(path, WAV_RESERVE)
+    assert shifted.write(body[:1000]) == 1000
+    shifted.seek(1000)
+    shifted.write(body[1000:])
+    shifted.finish()
+    assert path.read_bytes() == body

@@ -2,8 +2,8 @@
 
 Input: float32 blocks ``(channels, frames)`` in time order, of any size. Output: integrated
 loudness (LUFS), true peak and sample peak. Nothing is kept but the filter state, one energy
-value per 100 ms and a few samples of history, so a ten-minute stem is measured while it is
-written, without holding it.
+value per 100 ms, a few samples of history and the blocks gathered until ``BATCH`` frames are
+measured together, so a ten-minute stem is measured while it is written, without holding it.
 
 The K-weighting filters are pyloudnorm's designs (``pyloudnorm.IIRfilter``), run with scipy's
 ``sosfilt`` carrying state from block to block; the gating follows BS.1770-4 (400 ms blocks,
