@@ -13,9 +13,11 @@ history and tails settle) and run a post-roll past the join (the stretcher's loo
 
 Why a crossfade, and which: a phase vocoder accumulates each partial's phase from where it
 started, so two runs begun at different times agree in magnitude but not in phase, at any
-pre-roll. The joins are short crossfades whose gains are normalised by the measured
-correlation of the two runs (as loop seams are), and the next run's start is chosen among a
-few nearby ones for the best correlation, so a tonal partial is not cancelled at the join.
+pre-roll. The joins are 50 ms crossfades whose gains are normalised by the measured
+correlation of the two runs (as loop seams are), and the next run's start is chosen among
+nearby ones for the crossfade that best keeps its level, so a tonal partial is not cancelled at
+the join. The first segment is the whole call's output to the bit; the others match it in level
+(and in placement), not in phase (tests/test_segmented_effects.py gives the figures).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ SEGMENT_S = 30.0  # output per call: ~23 MB at 96 kHz stereo, held about three t
 PRE_ROLL_S = 0.5  # before the join, plus the chain's tail: state and tails settle
 MAX_TAIL_S = 10.0  # of a longer tail (a delay fed back for minutes) the rest is not waited for
 POST_ROLL_S = 0.5  # past the join: Rubber Band's look-ahead is well under this
+LOOK_AHEAD_S = 0.1  # past a candidate's crossfade (its output there is only compared)
 CROSSFADE_S = 0.05
 # Candidate starts of the next run: the join itself, then 1.25 ms apart up to 8.75 ms, then
 # doubling from 10 ms to 1.28 s earlier. A partial's phase offset between two runs grows with how
@@ -38,8 +41,7 @@ CROSSFADE_S = 0.05
 SEARCH_STEP_S = 0.00125
 SEARCH_CLOSE = 8
 SEARCH_FAR_S = tuple(0.01 * 2 ** k for k in range(8))
-GOOD_ENOUGH = 0.7  # a candidate this well correlated ends the search
-CLEAN_JOIN_DB = 0.25  # ... if its crossfade keeps within this of the level it should have
+CLEAN_JOIN_DB = 0.25  # a candidate whose crossfade keeps this close to its due level wins
 JOIN_WINDOWS = 5  # sub-windows of the crossfade whose level is checked (10 ms each)
 INCOHERENT = 0.2  # three candidates all within this of 0: noise-like, a search cannot help
 
@@ -101,6 +103,7 @@ class _Layout:
     def __init__(self, sample_rate: int, tail_s: float, segment_s: float | None) -> None:
         self.pre = int(round((PRE_ROLL_S + min(tail_s, MAX_TAIL_S)) * sample_rate))
         self.post = int(round(POST_ROLL_S * sample_rate))
+        self.look = int(round(LOOK_AHEAD_S * sample_rate))
         self.xf = max(1, int(round(CROSSFADE_S * sample_rate)))
         step = SEARCH_STEP_S * sample_rate
         self.offsets = [int(round(k * step)) for k in range(SEARCH_CLOSE)] + [
@@ -145,6 +148,8 @@ def segmented(board: Any, read: Callable[[int, int], np.ndarray], total: int,
         return np.asarray(board(read(a, b), sample_rate), dtype=np.float32)
 
     ends = segment_ends(total, lay.segment)
+    if total <= 0:
+        return
     if not ends:
         yield run(0, total)
         return
@@ -157,15 +162,14 @@ def segmented(board: Any, read: Callable[[int, int], np.ndarray], total: int,
         seen = []
         for offset in offsets:
             s = end - pre - offset
-            cand = run(s, end + xf + post)
+            cand = run(s, end + xf + lay.look)
             into = cand[:, end - s:end + xf - s]
             r = _correlation(out, into)
             err = _join_error_db(out, into, r)
             seen.append(abs(r))
             if err < best_err:
                 best_err, best_s = err, s
-            if (r >= GOOD_ENOUGH and err <= CLEAN_JOIN_DB) or (
-                    len(seen) >= 3 and max(seen) < INCOHERENT):
+            if err <= CLEAN_JOIN_DB or (len(seen) >= 3 and max(seen) < INCOHERENT):
                 break
         nxt = run(best_s, nxt_stop)  # read before anything up to the join is handed out
         into = nxt[:, end - best_s:end + xf - best_s]
