@@ -21,6 +21,7 @@ import numpy as np
 from .dsp.bus import BLOCK, Bus
 from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
 from .dsp.meter import TRUE_PEAK, Meter, measure
+from .dsp.segments import segmented
 from .notices import RenderWarning
 
 
@@ -402,7 +403,7 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
                   loop: bool = False) -> tuple[float, float]:
     """Run the master effects over the bus in place; return the integrated loudness (LUFS)
     and sample peak (dBFS) of the result. A chain that cannot stream (``WHOLE_TIMELINE``) runs
-    over the whole timeline at once, as it does on an element."""
+    in overlapping segments (``dsp.segments``), as it does on an element."""
     meter = Meter(sample_rate, bus.channels, true_peak=False)
     if not effects:
         for _, block in bus.blocks():
@@ -410,10 +411,16 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
         return _loudness_peak(meter.finish())
     board = build_board(effects)
     if any(fx.name in WHOLE_TIMELINE for fx in effects):
-        wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
-        bus.write(0, wet)
-        for start in range(0, bus.frames, BLOCK):
-            meter.add(wet[:, start:start + BLOCK])
+        # every read for a later segment lies past what has been handed out: overwriting the
+        # bus behind the segments is safe
+        at = 0
+        for wet in segmented(board, lambda a, b: bus.read(a, b - a), bus.frames, sample_rate,
+                             chain_tail_s(effects)):
+            for start in range(0, wet.shape[1], BLOCK):
+                block = np.ascontiguousarray(wet[:, start:start + BLOCK], np.float32)
+                bus.write(at, block)
+                meter.add(block)
+                at += block.shape[1]
         return _loudness_peak(meter.finish())
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
