@@ -155,6 +155,16 @@ EFFECTS: dict[str, EffectDef] = {
 WHOLE_TIMELINE = frozenset({"pitch_shift"})
 
 
+def split_at_whole_timeline(specs: tuple[EffectSpec, ...]) \
+        -> tuple[tuple[EffectSpec, ...], tuple[EffectSpec, ...]]:
+    """The chain up to its last ``WHOLE_TIMELINE`` effect (run in segments) and the rest (which
+    streams block by block, so a long tail after a pitch shift, a delay fed back for a
+    minute, rings on across the segments' joins instead of being cut to their pre-roll).
+    No such effect: ``((), specs)``."""
+    last = max((i for i, fx in enumerate(specs) if fx.name in WHOLE_TIMELINE), default=-1)
+    return specs[:last + 1], specs[last + 1:]
+
+
 @dataclass(frozen=True)
 class EffectSpec:
     """A validated effect: its registry name, parameters in registry units, optional IR file."""

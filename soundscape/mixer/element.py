@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..arrange import Clip, ElementPlan, Keypoint
-from ..dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
+from ..dsp.effects import EffectSpec, build_board, chain_tail_s, split_at_whole_timeline
 from ..dsp.fades import fade_curves
 from ..dsp.segments import segmented
 from ..dsp.stereo import pan_gains, to_channels
@@ -218,13 +218,26 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                 sink(out[:, :s])
         emitted += k
 
-    if board is not None and any(fx.name in WHOLE_TIMELINE for fx in effects):
+    segment_fx, stream_fx = split_at_whole_timeline(effects)
+    if segment_fx:
         # Some plugins do not stream (pedalboard's PitchShift drops audio when called block
-        # by block): this element's timeline goes through them in overlapping segments.
-        for wet in segmented(board, lambda a, b: dry_range(srcs, src_channels, a, b), total,
-                             sample_rate, chain_tail_s(effects)):
+        # by block): this element's timeline goes through them in overlapping segments, and
+        # through the rest of the chain block by block.
+        after = build_board(stream_fx) if stream_fx else None
+        for wet in segmented(build_board(segment_fx),
+                             lambda a, b: dry_range(srcs, src_channels, a, b), total,
+                             sample_rate, chain_tail_s(segment_fx)):
             for b0 in range(0, wet.shape[1], BLOCK):
-                emit(wet[:, b0:b0 + BLOCK], min(BLOCK, wet.shape[1] - b0))
+                piece = wet[:, b0:b0 + BLOCK]
+                if after is not None:
+                    piece = after(piece, sample_rate, reset=False)
+                emit(piece, piece.shape[1])
+        for _ in range(64):  # drain what the streamed part's latency still holds back
+            if emitted >= total or after is None:
+                break
+            piece = after(np.zeros((src_channels, BLOCK), dtype=np.float32), sample_rate,
+                          reset=False)
+            emit(piece, piece.shape[1])
         emit(None, total - emitted)
         return meter.finish()
 
