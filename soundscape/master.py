@@ -41,6 +41,10 @@ LIMITER_DETECTOR = TRUE_PEAK
 
 def _required_gain(audio: np.ndarray, ceiling: float) -> np.ndarray:
     """Per-frame gain that brings the oversampled envelope to the ceiling (1 where below)."""
+    if float(np.abs(audio).max(initial=0.0)) * LIMITER_DETECTOR.bound <= ceiling:
+        # no interpolated value can reach the ceiling: the envelope is the samples, all under
+        # it, and ceiling / ceiling is 1 to the bit
+        return np.ones(audio.shape[1], np.float32)
     env = LIMITER_DETECTOR.envelope(audio, floor=ceiling)
     np.maximum(env, np.float32(ceiling), out=env)
     return np.divide(np.float32(ceiling), env, out=env)

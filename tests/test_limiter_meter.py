@@ -219,3 +219,21 @@ def test_the_meter_reads_blocks_from_a_reused_buffer_as_the_whole_signal(sr: int
     meter.finish()
     assert meter.true_peak == whole.true_peak and meter.sample_peak == whole.sample_peak
     assert meter.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-9)
+
+
+@pytest.mark.parametrize("level", [0.2, 0.39, 0.41, 0.9, 1.5])
+def test_the_required_gain_is_the_envelopes_whether_or_not_it_is_skipped(level: float) -> None:
+    """Below the level where no interpolated value can reach the ceiling the limiter skips its
+    envelope: the gain it needs is the one the envelope gives, to the bit, either side of it."""
+    from soundscape.master import LIMITER_DETECTOR, _required_gain
+
+    ceiling = 10 ** (-1 / 20)
+    rng = np.random.default_rng(int(level * 100))
+    x = rng.uniform(-1, 1, (2, 20_000)).astype(np.float32)
+    x *= np.float32(level * ceiling / LIMITER_DETECTOR.bound / float(np.abs(x).max()) * 2)
+    env = LIMITER_DETECTOR.envelope(x, floor=ceiling)
+    np.maximum(env, np.float32(ceiling), out=env)
+    want = np.float32(ceiling) / env
+    got = _required_gain(x, ceiling)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32 and got.shape == (20_000,)
