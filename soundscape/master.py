@@ -315,7 +315,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         # the limiting allowed, before the first pass says how much it took
         gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
     with Bus.temporary(channels, frames, scratch) as staged:
-        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
         if normalise:
             assert target_lufs is not None
             # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
@@ -335,7 +335,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         break
                 before = done
                 gain_db += step
-                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
                 if step > 0 and over <= 0.05 and \
                         done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
                     break  # more gain makes the mix flatter, hardly louder: stop raising it
@@ -507,38 +507,28 @@ def _prime_effects(board: Any, bus: Bus, sample_rate: int,
     return fed, out
 
 
-def _true_peak_db(bus: Bus, sample_rate: int, sample_peak: float) -> float:
-    """The true peak (dBTP, ``LIMITER_DETECTOR``) of the signal in ``bus``, whose sample peak
-    is known: from the first block on, only gaps that could rise above the whole signal's
-    sample peak are interpolated (measured as the signal comes, the running peak starts low
-    and most of the early gaps are interpolated for nothing)."""
-    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR, loudness=False,
-                  peak_floor=sample_peak)
-    for _, block in bus.blocks():
-        meter.add(block)
-    return meter.finish().true_peak_db
-
-
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
-                ceiling_db: float, loop: bool = False) -> _Pass:
-    """Gain and limit the bus into ``staged``, measuring the output as it goes. A loop is
-    limited as it plays repeated: its end goes in first (that output is dropped) and its start
-    follows its end (so the look-ahead sees across the wrap)."""
+                ceiling_db: float, loop: bool = False,
+                input_lufs: float | None = None) -> _Pass:
+    """Gain and limit the bus into ``staged``, then measure the output. A loop is limited as
+    it plays repeated: its end goes in first (that output is dropped) and its start follows
+    its end (so the look-ahead sees across the wrap). ``input_lufs``: the bus's loudness, when
+    known; where the limiter reduces nothing the output is the bus times the gain, whose
+    loudness is ``input_lufs + gain_db`` (the K-weighting is linear), not measured again."""
     gain = np.float32(10 ** (gain_db / 20))
     limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
-    # loudness and sample peak as the output comes; its true peak once the pass is done
-    meter = Meter(sample_rate, bus.channels, true_peak=False)
     pos = 0
     skip = 0
+    peak = 0.0  # the output's sample peak
 
     def take(out: np.ndarray) -> None:
-        nonlocal pos, skip
+        nonlocal pos, skip, peak
         drop = min(skip, out.shape[1])
         out, skip = out[:, drop:], skip - drop
         out = out[:, :bus.frames - pos]
         if out.shape[1]:
             staged.write(pos, out)
-            meter.add(out)
+            peak = max(peak, float(np.abs(out).max()))
             pos += out.shape[1]
 
     blocks: Iterable[np.ndarray] = (block for _, block in bus.blocks())
@@ -550,8 +540,18 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
     for block in blocks:
         take(limiter.push(block * gain))
     take(limiter.finish())
+    scaled = input_lufs is not None and limiter.lowest >= 1.0
+    # the true peak with the sample peak as the floor from the first block on (measured as the
+    # output came, the running peak starts low and most early gaps are interpolated for
+    # nothing); the loudness too, unless the gain alone made the output
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR,
+                  loudness=not scaled, peak_floor=peak)
+    for _, block in staged.blocks():
+        meter.add(block)
     meter.finish()
-    tp = _true_peak_db(staged, sample_rate, meter.sample_peak)
+    loudness = input_lufs + gain_db if scaled and input_lufs is not None else \
+        meter.integrated_loudness()
+    tp = meter.true_peak_db
     aim = ceiling_db - TRUE_PEAK_MARGIN_DB
     trim = aim - tp if tp > aim else 0.0
-    return _Pass(meter.integrated_loudness(), tp, limiter.reduction_db, trim)
+    return _Pass(loudness, tp, limiter.reduction_db, trim)
