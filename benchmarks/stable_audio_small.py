@@ -55,7 +55,9 @@ def main() -> None:
                       f"{float(r['dit_gflops_achieved']):.0f} GFLOP/s)  "
                       f"decode {float(r['decode_s']):6.2f} s "
                       f"({float(r['decode_gflop_per_audio_s']):.0f} GFLOP per s of audio)  "
-                      f"-> {per:5.2f} s/s  ({base / per:4.2f}x fp32)", flush=True)
+                      f"-> {per:5.2f} s/s  ({base / per:4.2f}x fp32; CPU time "
+                      f"{float(r['cpu_s_per_audio_s']):5.2f} s/s, {r['threads']} threads)",
+                      flush=True)
                 if batch == 1 and (seconds not in best or per < best[seconds][0]):
                     best[seconds] = (per, precision, r)
     if args.error_seconds > 0 and "bf16" in args.precisions:
