@@ -49,6 +49,7 @@ def to_device(model: SmallModel, device: str) -> SmallModel:
     because the noise is always drawn on the CPU."""
     for m in (model.dit, model.seconds, model.prompt_proj, model.decoder, model.text_encoder):
         m.to(device)
+    model.derived.clear()  # copies built for the old device
     return model
 
 
