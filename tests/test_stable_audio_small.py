@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 
 from soundscape.errors import ModelNotFoundError  # noqa: E402
 from soundscape.generate.models import cached_snapshot, text_encoder_dir  # noqa: E402
+from soundscape.generate.precision import cpu_has_native_bf16  # noqa: E402
 from soundscape.generate.stable_audio_small import sample as S  # noqa: E402
 from soundscape.generate.stable_audio_small.config import (  # noqa: E402
     CKPT_FILE,
@@ -163,6 +164,62 @@ def test_chunked_decode_equals_whole(model) -> None:
 def test_bf16_error_is_measured_and_small(model) -> None:
     err = S.bf16_error(model, duration_s=0.5, steps=3)
     assert 0 < err["audio_rel_rms_error"] < 0.1
+    if cpu_has_native_bf16():  # the channels-last decoder runs at bf16
+        assert 0 < err["decoder_rel_rms_error"] < 0.03
+    else:  # elsewhere the decoder stays fp32
+        assert err["decoder_rel_rms_error"] == 0
+
+
+@pytest.mark.parametrize("dtype,rel", [(torch.float32, 1e-5), (torch.bfloat16, 0.03)])
+def test_channels_last_decoder_computes_diffusers_decoder(model, dtype, rel: float) -> None:
+    """The channels-last decoder is diffusers' function: equal to float rounding at fp32 (so
+    every stride, padding and dilation is carried over), within bf16 rounding at bf16."""
+    from soundscape.generate.stable_audio_small.oobleck import ChannelsLastDecoder
+
+    z = torch.randn(1, model.config.latent_dim, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model.decoder(z)
+    out = ChannelsLastDecoder(model.decoder, dtype)(z)
+    assert out.dtype == dtype and out.shape == ref.shape == (1, 2, 9 * 2048)
+    err = float((out.float() - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt())
+    assert err <= rel
+    if dtype == torch.bfloat16:
+        assert err > 1e-5  # it did run at bf16
+
+
+def test_bf16_dit_copy_computes_what_autocast_computes(model) -> None:
+    """The DiT copy with bf16 Linear weights gives autocast's result bit for bit, and the
+    fp32 DiT keeps its fp32 weights."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, cfg.latent_dim, 11, generator=g)
+    cross, glob = S.conditioning(model, S.encode_text(model, PROMPTS[:2]), [1.0, 0.5])
+    t = torch.tensor([0.7, 0.3])
+    fast = S.cpu_bf16_dit(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = model.dit(x, t, *model.dit.project_cond(cross, glob))
+        out = fast(x, t, *fast.project_cond(cross, glob))
+    assert torch.equal(out, ref)
+    assert model.dit.transformer.project_in.weight.dtype == torch.float32
+    assert fast.transformer.project_in.weight.dtype == torch.bfloat16
+
+
+def test_fp32_take_builds_no_bf16_copies(replica) -> None:
+    fresh = load_small(*replica)
+    S.generate_small(fresh, ["rain"], [0.2], [1], steps=2)
+    assert fresh.derived == {}
+    S.generate_small(fresh, ["rain"], [0.2], [1], steps=2, precision="bf16")
+    assert "cpu_bf16_dit" in fresh.derived
+    assert ("cpu_decoder" in fresh.derived) == cpu_has_native_bf16()
+
+
+def test_bf16_decoder_falls_back_to_fp32_without_native_bf16(model, monkeypatch) -> None:
+    """Where the CPU lacks native bf16 a bf16 take decodes in fp32 (emulated bf16 convolutions
+    are slower than fp32 ones), so its decoder adds no error."""
+    monkeypatch.setattr("soundscape.generate.precision.cpu_has_native_bf16", lambda: False)
+    assert not S.fast_cpu_decode(model, "bf16")
+    err = S.bf16_error(model, duration_s=0.3, steps=2)
+    assert err["decoder_rel_rms_error"] == 0
 
 
 def _copy_replica(snap: Path, dst: Path) -> Path:

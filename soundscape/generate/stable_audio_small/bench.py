@@ -7,10 +7,11 @@ memory bandwidth; the step's FLOPs). The model is Small's published architecture
 layers, 8 heads; Oobleck 128 channels; T5-base's shape for the text encoder) with random weights
 built in memory, so no download is needed; random weights cost what trained ones cost.
 
-Precisions: ``fp32``; ``bf16`` (CPU autocast: fp32 weights cast per matmul); ``bf16w`` (bf16
-weights for the DiT); ``int8`` (the DiT's Linear layers dynamically
-quantised to int8 with torch.ao). The decoder runs fp32 in all four, as ``generate_small`` runs it
-on a CPU (bf16 autocast measured slower there).
+Precisions: ``fp32``; ``bf16`` (as ``generate_small`` runs it on a CPU: T5 and the DiT under
+autocast, the DiT's Linear weights held in bf16, the channels-last bf16 decoder); ``bf16w`` (the
+whole DiT in bf16, no autocast); ``int8`` (the DiT's Linear layers dynamically quantised to int8
+with torch.ao). The three reduced precisions decode as ``bf16`` does; each part
+runs through ``sample``'s own functions, so the benchmark times what a take costs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from .config import parse_config, published_config
 from .model import NumberEmbedder, SmallDiT, SmallModel
-from .sample import DECODE_CHUNK_LATENTS, DECODE_OVERLAP_LATENTS, latent_length
+from .sample import conditioning, cpu_bf16_dit, decode, denoise, latent_length
 
 BENCH_PRECISIONS = ("fp32", "bf16", "bf16w", "int8")
 _CACHE: dict[str, Any] = {}
@@ -69,6 +70,8 @@ def _dit_for(model: SmallModel, precision: str) -> torch.nn.Module:
         elif precision == "int8":
             _CACHE[key] = torch.ao.quantization.quantize_dynamic(
                 copy.deepcopy(model.dit), {torch.nn.Linear}, dtype=torch.qint8)
+        elif precision == "bf16":
+            _CACHE[key] = cpu_bf16_dit(model)
         else:
             _CACHE[key] = model.dit
     return _CACHE[key]  # type: ignore[no-any-return]
@@ -161,8 +164,10 @@ def benchmark_small(batch: int, seconds: float, steps: int = 8, precision: str =
     glob = torch.randn(batch, cfg.cond_dim, generator=g).to(dtype)
     ids = torch.randint(0, 32000, (batch, cfg.t5_max_length), generator=g)
     cpu: dict[str, float] = {}
+    reduced = precision != "fp32"
     with torch.no_grad():
-        t5_s = _best(lambda: model.text_encoder(input_ids=ids), repeats, cpu, "t5")
+        with _autocast(reduced):  # as sample.encode_text at bf16
+            t5_s = _best(lambda: model.text_encoder(input_ids=ids), repeats, cpu, "t5")
         with _autocast(precision == "bf16"):
             cond, g_emb = dit.project_cond(cross, glob)  # type: ignore[operator]
             step_s = _best(lambda: dit(x, t, cond, g_emb), max(timed_steps, repeats), cpu,
@@ -172,14 +177,8 @@ def benchmark_small(batch: int, seconds: float, steps: int = 8, precision: str =
         z = torch.randn(batch, cfg.latent_dim, dec_len, generator=g)
 
         def run_decoder() -> None:
-            with _autocast(False):  # fp32, as generate_small decodes on a CPU
-                for j in range(batch):  # row by row, as generate_small does
-                    zz = z[j:j + 1]
-                    n = zz.shape[-1]
-                    for start in range(0, n, DECODE_CHUNK_LATENTS):
-                        a = max(0, start - DECODE_OVERLAP_LATENTS)
-                        b = min(n, start + DECODE_CHUNK_LATENTS + DECODE_OVERLAP_LATENTS)
-                        model.decoder(zz[:, :, a:b])
+            for j in range(batch):  # row by row, in chunks, as generate_small decodes
+                decode(model, z[j:j + 1], "bf16" if reduced else "fp32")
 
         scale = length / dec_len
         decode_s = _best(run_decoder, repeats, cpu, "decode") * scale
@@ -206,3 +205,33 @@ def benchmark_small(batch: int, seconds: float, steps: int = 8, precision: str =
         "decode_gflop_per_audio_s": decoder_flops_per_audio_s(model) / 1e9,
         "threads": torch.get_num_threads(),
     }
+
+
+def bf16_take_error(seconds: float = 2.0, steps: int = 8, seed: int = 0) -> dict[str, float]:
+    """How far a bf16 take is from the fp32 take of the same seed on the published shapes, as
+    relative RMS errors (RMS of the difference over the fp32 take's RMS): ``take`` (T5, DiT
+    and decoder at bf16, as ``generate_small`` runs them on a CPU) and ``decoder`` (the fp32
+    take's latents through the bf16 decoder). Random weights: the figure says how much bf16
+    rounding the computation adds, not how a trained model's output sounds."""
+    model = published_model()
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 32000, (1, cfg.t5_max_length), generator=g)
+    frames = round(seconds * cfg.sample_rate)
+    length = latent_length(model, frames)
+
+    def latents(precision: str) -> torch.Tensor:
+        with torch.no_grad(), _autocast(precision == "bf16"):  # as sample.encode_text
+            states = model.text_encoder(input_ids=ids).last_hidden_state.float()
+        cross, glob = conditioning(model, states, [seconds])
+        gen = torch.Generator().manual_seed(seed)
+        return denoise(model, [gen], length, cross, glob, steps, 1.0, None, precision)
+
+    lat = latents("fp32")
+    ref = decode(model, lat, "fp32")[..., :frames].double()
+    rms = float(ref.pow(2).mean().sqrt())
+    out = {}
+    for name, audio in (("take", decode(model, latents("bf16"), "bf16")),
+                        ("decoder", decode(model, lat, "bf16"))):
+        out[name] = float((audio[..., :frames].double() - ref).pow(2).mean().sqrt()) / rms
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +232,8 @@ class SmallModel:
     tokenizer: Any
     text_encoder: Any
     source: str  # where the weights came from, for messages
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # built from the weights on first use (sample.cpu_decoder's bf16 decoder)
 
     @property
     def sample_rate(self) -> int:
