@@ -8,6 +8,7 @@ interrupted write never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import queue
 import re
@@ -27,6 +28,10 @@ WAV_BIT_DEPTHS = (16, 24, 32)
 _TEMP = re.compile(r"^\..*\.(\d+)-[A-Za-z0-9_]+\.tmp(\.[^.]*)?$")
 STALE_TEMP_AGE_S = 24 * 3600.0  # past this without a write, a temp is stale whoever wrote it
 _OURS: set[str] = set()  # temps this process is writing (its pid may be a dead run's, reused)
+# Bytes a WAV file is written after, so that its tags (``fact``, ``bext``: about 700 bytes) can
+# later go before the audio in place instead of by copying the file (``riff.set_chunks``); the
+# room reads as a ``JUNK`` chunk, which every RIFF reader skips.
+WAV_RESERVE = 2048
 
 
 @contextlib.contextmanager
@@ -229,7 +234,8 @@ def output_problem(fmt: str, sample_rate: int, channels: int, bit_depth: int | N
 class AtomicAudioWriter:
     """Stream ``(channels, frames)`` blocks into an audio file that appears only when complete.
 
-    Use as a context manager; on an exception the partial file is deleted. With
+    Use as a context manager; on an exception the partial file is deleted. A WAV file starts
+    with ``WAV_RESERVE`` bytes of room (a ``JUNK`` chunk) for its tags. With
     ``background=True`` blocks are encoded and written by a thread (pedalboard releases the GIL
     while it encodes), so writing overlaps the work that produces the next block; the blocks
     handed to ``write`` must then not be modified afterwards.
@@ -248,6 +254,7 @@ class AtomicAudioWriter:
         self._queue: queue.Queue[np.ndarray | None] | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._shifted: _Shifted | None = None
         self.frames_written = 0
 
     def __enter__(self) -> AtomicAudioWriter:
@@ -257,9 +264,17 @@ class AtomicAudioWriter:
         tmp = self._ctx.__enter__()
         try:
             options = _writer_options(self.fmt, self.bit_depth)  # 32-bit WAV is IEEE float
-            self._file = AudioFile(  # type: ignore[call-overload]
-                str(tmp), "w", self.sample_rate, self.channels, **options)
+            if self.fmt == "wav":
+                self._shifted = _Shifted(tmp, WAV_RESERVE)
+                self._file = AudioFile(  # type: ignore[call-overload]
+                    self._shifted, "w", self.sample_rate, self.channels, format="wav",
+                    **options)
+            else:
+                self._file = AudioFile(  # type: ignore[call-overload]
+                    str(tmp), "w", self.sample_rate, self.channels, **options)
         except BaseException:
+            if self._shifted is not None:
+                self._shifted.release()
             self._ctx.__exit__(*sys.exc_info())
             raise
         if self._background:
@@ -298,7 +313,11 @@ class AtomicAudioWriter:
                 self._thread.join()
             if self._file is not None:
                 self._file.close()
+            if self._shifted is not None:
+                self._shifted.finish()
         except BaseException:
+            if self._shifted is not None:
+                self._shifted.release()
             self._ctx.__exit__(*sys.exc_info())
             raise
         if exc_type is None and self._error is not None:
@@ -306,6 +325,78 @@ class AtomicAudioWriter:
             self._ctx.__exit__(type(err), err, err.__traceback__)
             raise err
         self._ctx.__exit__(exc_type, exc, tb)
+
+
+class _Shifted(io.RawIOBase):
+    """The file pedalboard writes a WAV into, seen ``offset`` bytes further on: the bytes
+    before are left for tags. ``finish`` turns them into a ``JUNK`` chunk in front of the
+    encoder's own chunks (one RIFF file again), or, where that cannot be (an RF64 file past
+    4 GiB, whose ``ds64`` must come first), moves the encoder's file down to offset 0."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        super().__init__()
+        assert offset % 2 == 0 and offset >= 20
+        self.path, self.offset, self.pos = path, offset, 0
+        self.fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], self.offset + self.pos + done)
+        self.pos += done
+        return done
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence == 1:
+            pos += self.pos
+        elif whence == 2:
+            pos += os.fstat(self.fd).st_size - self.offset
+        self.pos = max(0, pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def finish(self) -> None:
+        import struct
+
+        try:
+            end = os.fstat(self.fd).st_size
+            head = os.pread(self.fd, 12, self.offset)
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE" and end - 8 <= 0xFFFFFFFF:
+                # RIFF <size> WAVE, then JUNK over the room and the encoder's own header
+                os.pwrite(self.fd, b"RIFF" + struct.pack("<I", end - 8) + b"WAVE" + b"JUNK"
+                          + struct.pack("<I", self.offset - 8), 0)
+            else:
+                _move_down(self.fd, self.offset, end)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the file (``close`` is the encoder's, and may come first)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _move_down(fd: int, offset: int, end: int, step: int = 1 << 24) -> None:
+    """Move bytes ``[offset, end)`` of a file to its start and cut it there."""
+    pos = offset
+    while pos < end:
+        data = os.pread(fd, min(step, end - pos), pos)
+        os.pwrite(fd, data, pos - offset)
+        pos += len(data)
+    os.ftruncate(fd, end - offset)
 
 
 def write_audio(target: str | Path, audio: np.ndarray, sample_rate: int,

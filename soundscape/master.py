@@ -41,6 +41,10 @@ LIMITER_DETECTOR = TRUE_PEAK
 
 def _required_gain(audio: np.ndarray, ceiling: float) -> np.ndarray:
     """Per-frame gain that brings the oversampled envelope to the ceiling (1 where below)."""
+    if float(np.abs(audio).max(initial=0.0)) * LIMITER_DETECTOR.bound <= ceiling:
+        # no interpolated value can reach the ceiling: the envelope is the samples, all under
+        # it, and ceiling / ceiling is 1 to the bit
+        return np.ones(audio.shape[1], np.float32)
     env = LIMITER_DETECTOR.envelope(audio, floor=ceiling)
     np.maximum(env, np.float32(ceiling), out=env)
     return np.divide(np.float32(ceiling), env, out=env)
@@ -129,8 +133,8 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = -1.0,
     np.minimum(gain, need, out=gain)  # guard the filters' rounding
     out = audio * gain
     for _ in range(3):
-        tp = measure(out, sample_rate, interpolator=LIMITER_DETECTOR,
-                     loudness=False).true_peak_db
+        tp = measure(out, sample_rate, interpolator=LIMITER_DETECTOR, loudness=False,
+                     peak_floor=float(np.abs(out).max(initial=0.0))).true_peak_db
         if tp <= ceiling_db - TRUE_PEAK_MARGIN_DB:
             break
         out *= np.float32(10 ** ((ceiling_db - TRUE_PEAK_MARGIN_DB - tp) / 20))
@@ -191,17 +195,22 @@ class LimiterStream:
             low = np.flatnonzero(ahead < 1.0)
             ahead_db[low] = 20 * np.log10(np.maximum(ahead[low], 1e-12).astype(np.float64))
         gain_db, self._state_db = release_envelope(ahead_db, self.release_frames, self._state_db)
-        linear = np.ones(m)
         low = np.flatnonzero(gain_db < 0.0)
-        linear[low] = 10 ** (gain_db[low] / 20)
-        both = np.concatenate([self._carry, linear])
-        sums = np.cumsum(np.concatenate([[0.0], both]))
-        mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
-        if self.la > 1:
-            self._carry = both[-(self.la - 1):]
-        gain = np.minimum(mean, self._need[:m])
-        self.lowest = min(self.lowest, float(gain.min(initial=1.0)))
-        out = self._pending[:, :m] * gain
+        if low.size == 0 and float(self._carry.min(initial=1.0)) >= 1.0:
+            # no reduction in this stretch nor in the mean's memory: every gain is 1, as the
+            # mean of ones is (and the carry stays ones); the frames pass as they are
+            out = self._pending[:, :m].copy()
+        else:
+            linear = np.ones(m)
+            linear[low] = 10 ** (gain_db[low] / 20)
+            both = np.concatenate([self._carry, linear])
+            sums = np.cumsum(np.concatenate([[0.0], both]))
+            mean = ((sums[self.la:] - sums[:-self.la]) / self.la).astype(np.float32)
+            if self.la > 1:
+                self._carry = both[-(self.la - 1):]
+            gain = np.minimum(mean, self._need[:m])
+            self.lowest = min(self.lowest, float(gain.min(initial=1.0)))
+            out = self._pending[:, :m] * gain
         self._left = np.concatenate([self._left, self._pending[:, :m]], axis=1)[:, -k:]
         self._pending, self._need = self._pending[:, m:], self._need[m:]
         return out
@@ -306,7 +315,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         # the limiting allowed, before the first pass says how much it took
         gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
     with Bus.temporary(channels, frames, scratch) as staged:
-        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
         if normalise:
             assert target_lufs is not None
             # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
@@ -326,7 +335,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         break
                 before = done
                 gain_db += step
-                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
+                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
                 if step > 0 and over <= 0.05 and \
                         done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
                     break  # more gain makes the mix flatter, hardly louder: stop raising it
@@ -499,24 +508,27 @@ def _prime_effects(board: Any, bus: Bus, sample_rate: int,
 
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
-                ceiling_db: float, loop: bool = False) -> _Pass:
-    """Gain and limit the bus into ``staged``, measuring the output as it goes. A loop is
-    limited as it plays repeated: its end goes in first (that output is dropped) and its start
-    follows its end (so the look-ahead sees across the wrap)."""
+                ceiling_db: float, loop: bool = False,
+                input_lufs: float | None = None) -> _Pass:
+    """Gain and limit the bus into ``staged``, then measure the output. A loop is limited as
+    it plays repeated: its end goes in first (that output is dropped) and its start follows
+    its end (so the look-ahead sees across the wrap). ``input_lufs``: the bus's loudness, when
+    known; where the limiter reduces nothing the output is the bus times the gain, whose
+    loudness is ``input_lufs + gain_db`` (the K-weighting is linear), not measured again."""
     gain = np.float32(10 ** (gain_db / 20))
     limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
-    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
     pos = 0
     skip = 0
+    peak = 0.0  # the output's sample peak
 
     def take(out: np.ndarray) -> None:
-        nonlocal pos, skip
+        nonlocal pos, skip, peak
         drop = min(skip, out.shape[1])
         out, skip = out[:, drop:], skip - drop
         out = out[:, :bus.frames - pos]
         if out.shape[1]:
             staged.write(pos, out)
-            meter.add(out)
+            peak = max(peak, float(np.abs(out).max()))
             pos += out.shape[1]
 
     blocks: Iterable[np.ndarray] = (block for _, block in bus.blocks())
@@ -528,8 +540,18 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
     for block in blocks:
         take(limiter.push(block * gain))
     take(limiter.finish())
+    scaled = input_lufs is not None and limiter.lowest >= 1.0
+    # the true peak with the sample peak as the floor from the first block on (measured as the
+    # output came, the running peak starts low and most early gaps are interpolated for
+    # nothing); the loudness too, unless the gain alone made the output
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR,
+                  loudness=not scaled, peak_floor=peak)
+    for _, block in staged.blocks():
+        meter.add(block)
     meter.finish()
+    loudness = input_lufs + gain_db if scaled and input_lufs is not None else \
+        meter.integrated_loudness()
     tp = meter.true_peak_db
     aim = ceiling_db - TRUE_PEAK_MARGIN_DB
     trim = aim - tp if tp > aim else 0.0
-    return _Pass(meter.integrated_loudness(), tp, limiter.reduction_db, trim)
+    return _Pass(loudness, tp, limiter.reduction_db, trim)

@@ -1,8 +1,10 @@
-"""Files stage: metadata chunks written into a finished WAV file (RIFF), atomically.
+"""Files stage: metadata chunks written into a finished WAV file (RIFF).
 
 Input: the path of a WAV file written by ``audio_io`` and the chunks to put in it (``bext``,
-``smpl``, ``LIST``/``INFO``). Output: the same file with those chunks, rewritten through a
-temporary file beside it and renamed into place, so a reader never sees it half-written.
+``smpl``, ``LIST``/``INFO``). Output: the same file with those chunks. A file with room before
+its audio (every WAV ``audio_io`` writes) is tagged in place, its audio never touched (two small
+writes: what follows the audio, then the header); any other is rewritten through a temporary
+file beside it and renamed into place.
 
 Why by hand: pedalboard writes no metadata chunks, and no maintained PyPI library writes ``smpl``
 and ``bext``. The format is small: a RIFF file is ``"RIFF" <size:u32> "WAVE"`` followed by
@@ -153,8 +155,11 @@ def set_chunks(path: str | Path, before_data: dict[bytes, bytes],
     ``LIST`` is replaced only by a ``LIST`` of the same type). ``before_data`` go before the
     audio (where Broadcast Wave readers look for ``bext`` first), ``after_data`` after it.
 
-    The file is rewritten to a temporary file beside it and renamed into place. Returns False,
-    leaving the file alone, when it is not a RIFF/WAVE file or would outgrow RIFF's 4 GiB.
+    Where the file has room before its audio (a ``JUNK`` chunk there, which ``audio_io``
+    reserves in every WAV file it writes), the chunks before the audio are rewritten in that
+    room and those after it at the end, in place: the audio is not copied. Else the file is
+    rewritten to a temporary file beside it and renamed into place. Returns False, leaving the
+    file alone, when it is not a RIFF/WAVE file or would outgrow RIFF's 4 GiB.
     """
     path = Path(path)
     chunks = wav_chunks(path)
@@ -175,6 +180,8 @@ def set_chunks(path: str | Path, before_data: dict[bytes, bytes],
         size = 4 + len(pre) + len(post) + sum(8 + c.size + (c.size & 1) for c in kept)
         if size > RIFF_LIMIT:
             return False
+        if _in_place(path, src, kept, pre, post):
+            return True
         with atomic_path(path) as tmp, tmp.open("wb", buffering=0) as dst:
             dst.write(b"RIFF" + struct.pack("<I", size) + b"WAVE")
             for c in kept:
@@ -183,6 +190,48 @@ def set_chunks(path: str | Path, before_data: dict[bytes, bytes],
                 dst.write(struct.pack("<4sI", c.id, c.size))
                 _copy(src, dst, c.offset, c.size + (c.size & 1))
             dst.write(post)
+    return True
+
+
+IN_PLACE_MAX = 1 << 20  # chunks beside the audio read into memory to be laid out again
+
+
+def _in_place(path: Path, src: BinaryIO, kept: list[Chunk], pre: bytes, post: bytes) -> bool:
+    """``set_chunks`` without copying the audio, where the chunks before the ``data`` chunk
+    (``JUNK`` dropped), then ``pre``, fit in front of it with room for a ``JUNK`` chunk over
+    the rest (or exactly). The bytes after the audio are written (and the file cut) first, then
+    the header in one write, so the audio itself is never touched. False: nothing was done."""
+    i = next(k for k, c in enumerate(kept) if c.id == b"data")
+    data = kept[i]
+    head_end = data.offset - 8  # where the data chunk's header starts
+    before = [c for c in kept[:i] if c.id != b"JUNK"]
+    after = kept[i + 1:]
+    body = sum(8 + c.size + (c.size & 1) for c in before + after)
+    if not any(c.id == b"JUNK" for c in kept[:i]) or body > IN_PLACE_MAX:
+        return False
+    used = 12 + sum(8 + c.size + (c.size & 1) for c in before) + len(pre)
+    room = head_end - used
+    if room < 0 or 0 < room < 8:
+        return False
+
+    def raw(c: Chunk) -> bytes:
+        src.seek(c.offset - 8)
+        got = src.read(8 + c.size + (c.size & 1))
+        return got + b"\0" * (8 + c.size + (c.size & 1) - len(got))  # a truncated pad byte
+
+    audio_end = data.offset + data.size + (data.size & 1)
+    tail = b"".join(raw(c) for c in after) + post
+    head = b"".join(raw(c) for c in before) + pre
+    if room:
+        head += struct.pack("<4sI", b"JUNK", room - 8) + b"\0" * (room - 8)
+    total = audio_end + len(tail)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, tail, audio_end)
+        os.ftruncate(fd, total)
+        os.pwrite(fd, b"RIFF" + struct.pack("<I", total - 8) + b"WAVE" + head, 0)
+    finally:
+        os.close(fd)
     return True
 
 

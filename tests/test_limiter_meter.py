@@ -176,3 +176,64 @@ def test_max_gap_peak_is_exact_above_its_floor(channels: int) -> None:
             assert got == brute
         else:
             assert got <= floor
+
+
+@pytest.mark.parametrize("material", MATERIALS + ["steady_noise"])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("sr", RATES)
+def test_a_known_sample_peak_as_floor_reads_the_same_true_peak(sr: int, channels: int,
+                                                               material: str) -> None:
+    """Told the signal's sample peak up front (as the master's output is measured), the meter
+    interpolates less and reads the very same true peak, at 8x and at 4x."""
+    from soundscape.dsp.meter import REPORTED_TRUE_PEAK, TRUE_PEAK
+
+    if material == "steady_noise":
+        x = np.random.default_rng(sr).normal(0, 0.2, (channels, 3 * sr)).astype(np.float32)
+    else:
+        x = hard(material, sr, channels) * np.float32(0.7)
+    peak = float(np.abs(x).max())
+    for ip in (TRUE_PEAK, REPORTED_TRUE_PEAK):
+        whole = measure(x, sr, interpolator=ip, loudness=False)
+        told = measure(x, sr, interpolator=ip, loudness=False, peak_floor=peak)
+        assert told.true_peak == whole.true_peak
+        assert told.sample_peak == whole.sample_peak == peak
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_meter_reads_blocks_from_a_reused_buffer_as_the_whole_signal(sr: int,
+                                                                         channels: int) -> None:
+    """Blocks handed over from one buffer that the caller overwrites after each call (as the
+    mixer does) measure as the whole signal does: the meter keeps what it gathers."""
+    from soundscape.dsp.meter import Meter
+
+    x = hard("transients", sr, channels, seconds=12.0)
+    whole = measure(x, sr, block=x.shape[1])
+    meter = Meter(sr, channels)
+    buf = np.empty((channels, 5000), np.float32)
+    for i in range(0, x.shape[1], 5000):
+        k = min(5000, x.shape[1] - i)
+        buf[:, :k] = x[:, i:i + k]
+        meter.add(buf[:, :k])
+        buf[:] = np.nan  # the caller's next use of its buffer
+    meter.finish()
+    assert meter.true_peak == whole.true_peak and meter.sample_peak == whole.sample_peak
+    assert meter.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-9)
+
+
+@pytest.mark.parametrize("level", [0.2, 0.39, 0.41, 0.9, 1.5])
+def test_the_required_gain_is_the_envelopes_whether_or_not_it_is_skipped(level: float) -> None:
+    """Below the level where no interpolated value can reach the ceiling the limiter skips its
+    envelope: the gain it needs is the one the envelope gives, to the bit, either side of it."""
+    from soundscape.master import LIMITER_DETECTOR, _required_gain
+
+    ceiling = 10 ** (-1 / 20)
+    rng = np.random.default_rng(int(level * 100))
+    x = rng.uniform(-1, 1, (2, 20_000)).astype(np.float32)
+    x *= np.float32(level * ceiling / LIMITER_DETECTOR.bound / float(np.abs(x).max()) * 2)
+    env = LIMITER_DETECTOR.envelope(x, floor=ceiling)
+    np.maximum(env, np.float32(ceiling), out=env)
+    want = np.float32(ceiling) / env
+    got = _required_gain(x, ceiling)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32 and got.shape == (20_000,)

@@ -3,6 +3,7 @@ links, ``soundscape open``; and the pages themselves loaded in headless Chromium
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -89,6 +90,39 @@ def test_overview_streams_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(page, "READ_FRAMES", 10**9)
     assert streamed == overview(path, bins=777)
     assert streamed["peak_db"][-1] > streamed["peak_db"][10]  # the ramp is seen
+
+
+@pytest.mark.parametrize("frames,channels,bins", [(5, 1, 2000), (1001, 2, 777),
+                                                  (300_001, 2, 2000), (4001, 3, 4000),
+                                                  (123_457, 2, 13)])
+def test_overview_bins_equal_each_bins_own_slice(frames: int, channels: int,
+                                                 bins: int) -> None:
+    """Blocks of any size, cut where they cross bin edges, give each bin exactly the peak and
+    power of its own slice of frames, worked out bin by bin."""
+    from soundscape.outputs.page import OverviewAccumulator
+
+    rng = np.random.default_rng(frames)
+    audio = (rng.normal(0, 0.3, (channels, frames))
+             * np.exp(rng.normal(0, 2, (1, frames)))).astype(np.float32)
+    acc = OverviewAccumulator(frames, channels, bins)
+    pos = 0
+    while pos < frames:  # blocks shorter and longer than a bin
+        k = int(rng.integers(1, 3 * frames // min(bins, frames) + 2))
+        acc.add(audio[:, pos:pos + k])
+        pos += k
+    got = acc.result(48000.0)
+    n = min(bins, frames)
+    edges = np.linspace(0, frames, n + 1).round().astype(np.int64)
+    peak = [float(np.abs(audio[:, a:b]).max()) for a, b in itertools.pairwise(edges)]
+    rms = [math.sqrt(float(np.sum(np.square(audio[:, a:b], dtype=np.float64)))
+                     / ((b - a) * channels)) for a, b in itertools.pairwise(edges)]
+
+    def db(v: float) -> int:
+        return max(FLOOR_DB, min(24, round(20 * math.log10(v)))) if v > 0 else FLOOR_DB
+
+    assert got["bins"] == n
+    assert got["peak_db"] == [db(v) for v in peak]
+    assert got["rms_db"] == [db(v) for v in rms]
 
 
 # --- loop seams -----------------------------------------------------------------------------
@@ -276,3 +310,40 @@ def test_takes_page_keeps_odd_text_inside_its_data(tmp_path: Path) -> None:
     assert [t["file"] for t in data["takes"]] == ["drip-seed1.wav", "drip-seed2.wav"]
     assert [t["peak_db"][0] for t in data["takes"]] == [-20, -14]
     assert page.read_text().count("</script>") == 2  # the data block's and the code's
+
+
+def test_overviews_of_several_files_are_each_files_overview(tmp_path: Path) -> None:
+    """Read several at a time, each file still gets its own overview."""
+    from soundscape.outputs.page import overviews_of
+
+    rng = np.random.default_rng(4)
+    paths = [wav(tmp_path / f"{i}.wav", (rng.normal(0, 0.1, (2, 30_000)) * (i + 1) / 5)
+                 .astype(np.float32), 44100) for i in range(5)]
+    got = overviews_of(paths)
+    assert list(got) == paths
+    assert [got[p] for p in paths] == [overview(p) for p in paths]
+    assert len({tuple(got[p]["rms_db"]) for p in paths}) == 5
+
+
+def test_an_overview_read_ahead_is_the_files_and_a_changed_file_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read ahead, a file's overview is what reading it then gives; a file rewritten since is
+    read again (its new levels), never answered from the earlier read."""
+    import os
+
+    import soundscape.outputs.page as page
+
+    rng = np.random.default_rng(5)
+    a = wav(tmp_path / "a.wav", (rng.normal(0, 0.05, (2, 40_000))).astype(np.float32), 48000)
+    b = wav(tmp_path / "b.wav", (rng.normal(0, 0.05, (1, 40_000))).astype(np.float32), 48000)
+    direct = {p: overview(p) for p in (a, b)}
+    page.read_overviews_ahead([a, b])
+    wav(b, np.full((1, 40_000), 0.5, np.float32), 48000)  # b changes after the read started
+    os.utime(b, ns=(0, 12345))  # a new version even where the clock is coarse
+    reads: list[Path] = []
+    real = page._read_overview
+    monkeypatch.setattr(page, "_read_overview",
+                        lambda p, bins=page.OVERVIEW_BINS: reads.append(Path(p)) or real(p, bins))
+    assert overview(a) == direct[a] and reads == []  # from the read ahead
+    assert overview(b)["peak_db"] == [-6] * 2000 and reads == [b]  # read again
+    assert overview(a) == direct[a] and reads == [b, a]  # taken once, then read as before

@@ -231,3 +231,28 @@ def test_a_loud_low_sine_is_mastered_as_the_whole_array_master_does(hz: int,
     assert report.true_peak_dbtp == pytest.approx(measure(ref, sr).true_peak_db, abs=1e-4)
     # not trimmed below the ceiling's margin by a misread peak
     assert report.true_peak_dbtp > -1.0 - TRUE_PEAK_MARGIN_DB - 0.01
+
+
+@pytest.mark.parametrize("sr", RATES)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_reported_loudness_is_the_outputs_with_or_without_limiting(sr: int,
+                                                                      channels: int) -> None:
+    """A pass the limiter leaves alone reports the input's loudness moved by the gain (it is
+    not measured again); a limited one measures its output. Either way the report is what an
+    independent meter reads of the mastered mix, within 0.01 LU."""
+    import pyloudnorm
+
+    for target, expect_limiting in ((-30.0, False), (-12.0, True)):
+        mix = bursts(sr, channels, seconds=6.0, seed=3)
+        chunks: list[np.ndarray] = []
+        with Bus(channels, mix.shape[1], array=mix.copy()) as bus:
+            report = master_bus(bus, sr, target, -1.0, (), chunks.append)
+        out = np.concatenate(chunks, axis=1)
+        assert (report.limiter_reduction_db > 0) == expect_limiting
+        reference = pyloudnorm.Meter(sr).integrated_loudness(out.T.astype(np.float64))
+        assert report.output_lufs == pytest.approx(reference, abs=0.01)
+        ours = measure(out, sr).integrated_loudness()
+        assert report.output_lufs == pytest.approx(ours, abs=1e-4)
+        if not expect_limiting:
+            assert report.output_lufs == pytest.approx(report.input_lufs + report.gain_db,
+                                                       abs=1e-9)

@@ -67,6 +67,11 @@ class Bus:
         n = max(0, min(n, self.frames - start))
         if self.array is not None:
             return self.array[:, start:start + n].copy()
+        return self._read_frames(start, n).T.copy()
+
+    def _read_frames(self, start: int, n: int) -> np.ndarray:
+        """Frames ``[start, start + n)`` of the file as they lie in it: ``(n, channels)``,
+        writable."""
         assert self.fd is not None
         size = n * self.channels * 4
         data = bytearray(size)
@@ -78,7 +83,15 @@ class Bus:
                 raise OSError(f"the mix bus file ends at frame {start + got // 4} of "
                               f"{self.frames}")
             got += k
-        return np.frombuffer(data, np.float32).reshape(n, self.channels).T.copy()
+        return np.frombuffer(data, np.float32).reshape(n, self.channels)
+
+    def _write_frames(self, start: int, frames: np.ndarray) -> None:
+        """Write ``(n, channels)`` C-contiguous float32 frames at frame ``start``."""
+        assert self.fd is not None
+        view = memoryview(frames.data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], start * self.channels * 4 + done)
 
     def write(self, start: int, block: np.ndarray) -> None:
         """Overwrite frames ``[start, start + block frames)`` with ``block``."""
@@ -86,20 +99,17 @@ class Bus:
             self.array[:, start:start + block.shape[1]] = block
             return
         assert self.fd is not None
-        data = np.ascontiguousarray(np.asarray(block, np.float32).T).tobytes()
-        view = memoryview(data)
-        done = 0
-        while done < len(data):
-            done += os.pwrite(self.fd, view[done:], start * self.channels * 4 + done)
+        self._write_frames(start, np.ascontiguousarray(np.asarray(block, np.float32).T))
 
     def add(self, start: int, block: np.ndarray) -> None:
         """Add ``block`` (``(channels, n)``) into frames ``[start, start + n)``."""
         if self.array is not None:
             self.array[:, start:start + block.shape[1]] += block
             return
-        now = self.read(start, block.shape[1])
-        now += block
-        self.write(start, now)
+        # summed where the frames lie, interleaved: no copy to and from the planar layout
+        now = self._read_frames(start, block.shape[1])
+        now += block.T
+        self._write_frames(start, now)
 
     def blocks(self, size: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, block)`` over the whole signal, in order."""

@@ -2,8 +2,8 @@
 
 Input: float32 blocks ``(channels, frames)`` in time order, of any size. Output: integrated
 loudness (LUFS), true peak and sample peak. Nothing is kept but the filter state, one energy
-value per 100 ms and a few samples of history, so a ten-minute stem is measured while it is
-written, without holding it.
+value per 100 ms, a few samples of history and the blocks gathered until ``BATCH`` frames are
+measured together, so a ten-minute stem is measured while it is written, without holding it.
 
 The K-weighting filters are pyloudnorm's designs (``pyloudnorm.IIRfilter``), run with scipy's
 ``sosfilt`` carrying state from block to block; the gating follows BS.1770-4 (400 ms blocks,
@@ -30,6 +30,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 SUB = 64  # frames per skip decision
+BATCH = 1 << 18  # frames a Meter measures at a time (fewer, longer calls; the same figures)
 ABSOLUTE_GATE = -70.0
 
 
@@ -111,14 +112,12 @@ class Interpolator:
             ext = np.pad(ext, ((0, 0), (0, pad)))
         mag = _channel_max(np.abs(ext))
         near_w, far_w = self._split_bound
-        # the taps of sub-block b's gaps span frames [b*SUB, b*SUB + SUB + taps - 1)
-        sub_max = mag[: nsub * SUB].reshape(nsub, SUB).max(axis=1)
-        reach = -(-(taps - 1) // SUB)
-        spill = np.pad(mag[SUB:], (0, reach * SUB - taps + 1))
-        for r in range(reach):
-            part = spill[r * SUB: r * SUB + nsub * SUB].reshape(nsub, SUB)
-            keep = min(SUB, taps - 1 - r * SUB)
-            sub_max = np.maximum(sub_max, part[:, :keep].max(axis=1))
+        # the taps of sub-block b's gaps span frames [b*SUB, b*SUB + SUB + taps - 1): one
+        # reduceat over (start, end) pairs gives each span's maximum at the even places (a
+        # few times faster than a reduction over short rows)
+        starts = np.arange(0, nsub * SUB, SUB)
+        spans = np.stack([starts, starts + SUB + taps - 1], axis=1).ravel()
+        sub_max = np.maximum.reduceat(np.append(mag, np.float32(0.0)), spans)[::2]
         candidates = np.flatnonzero(sub_max * (near_w + far_w) > floor)
         if candidates.size == 0:
             return ext, n, candidates, np.zeros(0, np.float32)
@@ -249,13 +248,17 @@ class Meter:
             panned and scaled on its way out, the work is then done once, on the mono blocks.
         interpolator: how the true peak is read (``TRUE_PEAK``, 8x, by default).
         loudness: measure loudness (off: peaks only).
+        peak_floor: a level the signal is known to reach (its sample peak, measured before,
+            in the units of the output): gaps that cannot beat it are not interpolated from
+            the first block on. The true peak read is the same; only the work is less.
 
     Give the blocks to ``add`` in order, then call ``finish()``.
     """
 
     def __init__(self, sample_rate: int, channels: int, true_peak: bool = True,
                  gains: tuple[float, ...] | None = None,
-                 interpolator: Interpolator = TRUE_PEAK, loudness: bool = True) -> None:
+                 interpolator: Interpolator = TRUE_PEAK, loudness: bool = True,
+                 peak_floor: float = 0.0) -> None:
         from scipy.signal import sosfilt
 
         self._sosfilt = sosfilt
@@ -274,6 +277,9 @@ class Meter:
         self._energy_gain = 1.0 if gains is None else sum(g * g for g in gains)
         self.sample_peak = 0.0
         self._tp = 0.0
+        self._peak_floor = peak_floor
+        self._queue: list[np.ndarray] = []  # blocks gathered, not measured yet
+        self._queued = 0
         self._finished = False
 
     def _boundary(self, q: int) -> int:
@@ -282,13 +288,32 @@ class Meter:
     def _floor(self) -> float:
         """A gap matters only if it could beat the peak so far, samples included (in the
         blocks' units, before ``gains``)."""
-        return max(self._tp, self.sample_peak) / self._gain_peak
+        return max(self._tp, self.sample_peak, self._peak_floor) / self._gain_peak
 
     def add(self, block: np.ndarray) -> None:
+        """Measure the next ``(channels, n)`` frames. Short blocks are gathered (copied: the
+        caller may reuse its buffer) and measured ``BATCH`` frames at a time, which gives the
+        same figures with less work per frame."""
         if block.shape[1] == 0 or self._gain_peak == 0.0:
             self.frames += block.shape[1]
             return
-        block = np.asarray(block, dtype=np.float32)
+        if not self._queue and block.shape[1] >= BATCH:
+            self._measure(np.asarray(block, dtype=np.float32))
+            return
+        self._queue.append(np.array(block, dtype=np.float32))
+        self._queued += block.shape[1]
+        if self._queued >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._queue:
+            return
+        batch = self._queue[0] if len(self._queue) == 1 else \
+            np.concatenate(self._queue, axis=1)
+        self._queue, self._queued = [], 0
+        self._measure(batch)
+
+    def _measure(self, block: np.ndarray) -> None:
         if self._loudness:
             self._add_loudness(block)
         self.frames += block.shape[1]
@@ -312,20 +337,25 @@ class Meter:
             sq = np.einsum("cn,cn->n", y, y)
         start = self.frames
         end = start + n
+        cuts = []  # where 100 ms quanta end inside the block
         while self._next <= end:
-            cut = self._next - start
-            done = 0.0 if sq is None else float(np.sum(sq[:cut], dtype=np.float64))
-            self.energies.append(self._acc + done * self._energy_gain)
+            cuts.append(self._next - start)
+            self._next = self._boundary(len(self.energies) + len(cuts) + 1)
+        if sq is None:
+            parts = np.zeros(len(cuts) + 1)
+        else:  # the sum of each piece between the cuts, in one call
+            edges = np.array([0, *cuts], dtype=np.intp)
+            parts = np.zeros(len(cuts) + 1)
+            inside = edges < n
+            parts[inside] = np.add.reduceat(sq.astype(np.float64), edges[inside])
+        for part in parts[:-1]:
+            self.energies.append(self._acc + float(part) * self._energy_gain)
             self._acc = 0.0
-            if sq is not None:
-                sq = sq[cut:]
-            start = self._next
-            self._next = self._boundary(len(self.energies) + 1)
-        if sq is not None and sq.size:
-            self._acc += float(np.sum(sq, dtype=np.float64)) * self._energy_gain
+        self._acc += float(parts[-1]) * self._energy_gain
 
     def finish(self) -> Meter:
         """Account for the gaps after the last sample (the signal is followed by silence)."""
+        self._flush()
         if self._true_peak and not self._finished and self._gain_peak > 0:
             ip = self._ip
             ext = np.concatenate([self._history,
@@ -368,10 +398,11 @@ class Meter:
 
 def measure(audio: np.ndarray, sample_rate: int, true_peak: bool = True,
             block: int = 1 << 16, interpolator: Interpolator = TRUE_PEAK,
-            loudness: bool = True) -> Meter:
-    """Measure a whole signal ``(channels, frames)`` in blocks."""
+            loudness: bool = True, peak_floor: float = 0.0) -> Meter:
+    """Measure a whole signal ``(channels, frames)`` in blocks (``peak_floor``: as
+    ``Meter``'s)."""
     meter = Meter(sample_rate, audio.shape[0], true_peak, interpolator=interpolator,
-                  loudness=loudness)
+                  loudness=loudness, peak_floor=peak_floor)
     for i in range(0, audio.shape[1], block):
         meter.add(audio[:, i:i + block])
     return meter.finish()

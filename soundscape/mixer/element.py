@@ -241,9 +241,11 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
         emit(None, total - emitted)
         return meter.finish()
 
+    # one dry buffer, cleared after use: a fresh 64k-frame block each time costs more in
+    # allocation and page faults than the mixing into it (nothing downstream keeps it)
+    dry = np.zeros((src_channels, BLOCK), dtype=np.float32)
     for b0 in range(0, total, BLOCK):
         n = min(BLOCK, total - b0)
-        dry = np.zeros((src_channels, BLOCK), dtype=np.float32)
         active = False
         while first < len(srcs) and srcs[first].start + srcs[first].length <= b0:
             first += 1
@@ -266,6 +268,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             emit(dry, n)
         else:
             emit(None, n)
+        if active:
+            dry.fill(0.0)
     for _ in range(64):  # drain what latency still holds back
         if emitted >= total or board is None:
             break

@@ -13,9 +13,12 @@ the length of the render.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
 import re
+from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -38,46 +41,128 @@ def overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
 
     The file is streamed in blocks, so memory does not grow with its length. Every channel
     counts: a bin's peak is the largest absolute sample, its RMS the mean power of all
-    channels.
+    channels. A file given to ``read_overviews_ahead`` and unchanged since is not read again.
 
     Returns:
         ``{"bins": n, "seconds_per_bin": s, "peak_db": [...], "rms_db": [...]}``; values are
         ints from ``FLOOR_DB`` to 0 (or above, for a stem that clips).
     """
+    if bins == OVERVIEW_BINS:
+        ahead = _AHEAD.pop(_identity(path), None)
+        if ahead is not None and ahead.exception() is None:
+            return ahead.result()
+    return _read_overview(path, bins)
+
+
+_AHEAD: dict[tuple[Any, ...], Future[dict[str, Any]]] = {}
+
+
+def _identity(path: str | Path) -> tuple[Any, ...]:
+    """What tells a file's version apart: its place, inode, size and last change."""
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def read_overviews_ahead(paths: list[Path]) -> None:
+    """Start reading the overviews of finished files in a background thread, while the render
+    goes on (the master runs on the other core); ``overview`` then takes the result of each
+    file that has not changed since. Nothing is left running across a fork (the workers of a
+    later render): a fork waits for these reads first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _settle()
+    _AHEAD.clear()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="overview")
+    for p in paths:
+        with contextlib.suppress(OSError):
+            _AHEAD[_identity(p)] = pool.submit(_read_overview, p)
+    pool.shutdown(wait=False)
+
+
+def _settle() -> None:
+    """Wait for the overviews being read ahead."""
+    for ahead in list(_AHEAD.values()):
+        ahead.exception()
+
+
+os.register_at_fork(before=_settle)
+
+
+def _read_overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
     from pedalboard.io import AudioFile
 
     with AudioFile(str(path)) as f:
         frames, sr = int(f.frames), float(f.samplerate)
-        n = max(1, min(bins, frames))
-        # bin k covers frames [edges[k], edges[k + 1])
-        edges = np.linspace(0, frames, n + 1).round().astype(np.int64)
-        peak = np.zeros(n, dtype=np.float64)
-        power = np.zeros(n, dtype=np.float64)
-        counts = np.diff(edges).astype(np.float64) * f.num_channels
-        pos = 0
-        while pos < frames:
-            block = f.read(min(READ_FRAMES, frames - pos))
-            m = block.shape[1]
-            if m == 0:
+        acc = OverviewAccumulator(frames, f.num_channels, bins)
+        while acc.pos < frames:
+            block = f.read(min(READ_FRAMES, frames - acc.pos))
+            if block.shape[1] == 0:
                 break
-            idx = np.searchsorted(edges, pos + np.arange(m), side="right") - 1
-            starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-            absmax = np.abs(block).max(axis=0)
-            sq = np.square(block, dtype=np.float64).sum(axis=0)
-            b = idx[starts]
-            peak[b] = np.maximum(peak[b], np.maximum.reduceat(absmax, starts))
-            power[b] += np.add.reduceat(sq, starts)
-            pos += m
+            acc.add(block)
+    return acc.result(sr)
 
-    def db(x: np.ndarray) -> list[int]:
-        with np.errstate(divide="ignore"):
-            v = 20 * np.log10(x)
-        return np.clip(np.nan_to_num(v, neginf=FLOOR_DB), FLOOR_DB, 24).round() \
-            .astype(int).tolist()
 
-    rms = np.sqrt(power / np.maximum(counts, 1))
-    return {"bins": n, "seconds_per_bin": frames / n / sr if sr else 0.0,
-            "peak_db": db(peak), "rms_db": db(rms)}
+class OverviewAccumulator:
+    """``overview``'s sums, fed block by block in order: the peak and power of each bin.
+
+    Each block is cut where it crosses a bin edge (a few cuts per block, found among the edges
+    rather than frame by frame) and reduced per piece.
+    """
+
+    def __init__(self, frames: int, channels: int, bins: int = OVERVIEW_BINS) -> None:
+        self.frames, self.channels = frames, channels
+        self.n = max(1, min(bins, frames))
+        # bin k covers frames [edges[k], edges[k + 1])
+        self.edges = np.linspace(0, frames, self.n + 1).round().astype(np.int64)
+        self.peak = np.zeros(self.n, dtype=np.float64)
+        self.power = np.zeros(self.n, dtype=np.float64)
+        self.pos = 0
+
+    def add(self, block: np.ndarray) -> None:
+        """The next ``(channels, m)`` frames."""
+        pos, m = self.pos, block.shape[1]
+        if m == 0:
+            return
+        edges = self.edges
+        inside = edges[(edges > pos) & (edges < pos + m)] - pos
+        starts = np.concatenate([[0], np.unique(inside)]).astype(np.intp)
+        b = np.searchsorted(edges, pos + starts, side="right") - 1
+        absmax = np.abs(block[0])
+        sq = np.square(block[0], dtype=np.float64)
+        for row in block[1:]:  # row by row: a reduction over a short axis is slow
+            np.maximum(absmax, np.abs(row), out=absmax)
+            sq += np.square(row, dtype=np.float64)
+        self.peak[b] = np.maximum(self.peak[b], np.maximum.reduceat(absmax, starts))
+        self.power[b] += np.add.reduceat(sq, starts)
+        self.pos = pos + m
+
+    def result(self, sample_rate: float) -> dict[str, Any]:
+        """``overview``'s answer for what was added."""
+        n, frames = self.n, self.frames
+        counts = np.diff(self.edges).astype(np.float64) * self.channels
+        rms = np.sqrt(self.power / np.maximum(counts, 1))
+        return {"bins": n, "seconds_per_bin": frames / n / sample_rate if sample_rate else 0.0,
+                "peak_db": _db(self.peak), "rms_db": _db(rms)}
+
+
+def _db(x: np.ndarray) -> list[int]:
+    with np.errstate(divide="ignore"):
+        v = 20 * np.log10(x)
+    return np.clip(np.nan_to_num(v, neginf=FLOOR_DB), FLOOR_DB, 24).round().astype(int).tolist()
+
+
+def overviews_of(paths: list[Path]) -> dict[Path, dict[str, Any]]:
+    """``overview`` of each file, several at a time: the decoding and the sums release the
+    GIL, so threads use the cores a render leaves idle while it writes its page."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..mixer.workers import cpu_count
+
+    threads = max(1, min(4, cpu_count(), len(paths)))
+    if threads == 1:
+        return {p: overview(p) for p in paths}
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(paths, pool.map(overview, paths), strict=True))
 
 
 def _template(name: str) -> str:
@@ -144,17 +229,19 @@ def page_data(directory: Path) -> dict[str, Any]:
                               f"scene again") from None
     names = [e["element"] for e in manifest["elements"]]
     per_element, general = _element_warnings(names, manifest.get("warnings", []))
-    overviews: dict[str, Any] = {}
+    stems: dict[str, Path] = {}
     for e in manifest["elements"]:
         stem = directory / e["stem"] if e.get("stem") else None
         if stem is None:  # --only left the old stem in place
             guess = directory / "stems" / f"{e['element']}.{manifest['format']}"
             stem = guess if guess.is_file() else None
         if stem is not None and stem.is_file():
-            overviews[e["element"]] = {"file": stem.relative_to(directory).as_posix(),
-                                       **overview(stem)}
+            stems[e["element"]] = stem
     mix = directory / manifest["mix"]["file"]
-    mix_overview = overview(mix) if mix.is_file() else None
+    found = overviews_of([*stems.values(), *([mix] if mix.is_file() else [])])
+    overviews = {name: {"file": stem.relative_to(directory).as_posix(), **found[stem]}
+                 for name, stem in stems.items()}
+    mix_overview = found.get(mix)
     return {"manifest": manifest, "overviews": overviews, "mix_overview": mix_overview,
             "warnings": {"elements": per_element, "scene": general},
             "siblings": siblings(directory, manifest)}

@@ -68,7 +68,7 @@ from ..outputs.manifest import (
     render_manifest,
     stem_record,
 )
-from ..outputs.page import write_page
+from ..outputs.page import read_overviews_ahead, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
@@ -285,6 +285,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 p.keys[name],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
+        read_overviews_ahead([p.path(n) for n in sorted(written)])  # the page's, meanwhile
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
