@@ -9,6 +9,8 @@ under the ceiling without hard clipping, and the release recovers with its time 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -271,7 +273,8 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
                scratch: Path | None = None, loop: bool = False,
                max_limiting_db: float = MAX_LIMITING_DB,
-               elements: tuple[ElementLevels, ...] = ()) -> MasterReport:
+               elements: tuple[ElementLevels, ...] = (),
+               measured_sum: Meter | None = None, keep_sum: bool = False) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
@@ -290,9 +293,31 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
 
     ``loop``: the bus is a loop (``Bus.fold``): the effects and the limiter start with the
     state its end leaves them in, and the limiter looks ahead across the wrap into its start.
+
+    ``measured_sum``: the bus's loudness, sample and true peak (``LIMITER_DETECTOR``), finished,
+    when the caller measured it as it made the sum; without master effects the first pass is
+    then not needed. ``keep_sum``: leave the bus as it is (the effects' output goes to a
+    temporary bus of its own rather than over the sum).
+
+    Where the gain leaves the sum's true peak under the ceiling (less the final trim's margin),
+    the limiter cannot act: the output is the sum times the gain, written in one pass, and its
+    loudness and true peak are the sum's moved by the gain, not measured again.
     """
-    channels, frames = bus.channels, bus.frames
-    measured, peak_db = _effects_pass(bus, sample_rate, effects, loop)
+    with contextlib.ExitStack() as stack:
+        wet = stack.enter_context(Bus.temporary(bus.channels, bus.frames, scratch)) \
+            if effects and keep_sum else bus
+        dry = measured_sum if measured_sum is not None and not effects else \
+            _effects_pass(bus, sample_rate, effects, loop, wet)
+        return _master(wet, dry, sample_rate, target_lufs, ceiling_db, sink, scratch, loop,
+                       max_limiting_db, elements)
+
+
+def _master(bus: Bus, dry: Meter, sample_rate: int, target_lufs: float | None,
+            ceiling_db: float, sink: Callable[[np.ndarray], None], scratch: Path | None,
+            loop: bool, max_limiting_db: float,
+            elements: tuple[ElementLevels, ...]) -> MasterReport:
+    """``master_bus`` after its effects: ``bus`` holds their output, ``dry`` its meter."""
+    measured, peak_db = _loudness_peak(dry)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
     normalise = target_lufs is not None and not math.isinf(measured)
@@ -304,10 +329,69 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         # the sample peak bounds the true peak from below: no more gain than could stay within
         # the limiting allowed, before the first pass says how much it took
         gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
-    with Bus.temporary(channels, frames, scratch) as staged:
+    if dry.true_peak_db + gain_db <= ceiling_db - TRUE_PEAK_MARGIN_DB:
+        done = _scaled_pass(bus, dry, gain_db, sink)
+    else:
+        done, gain_db = _limited(bus, sample_rate, gain_db, ceiling_db, loop, scratch, sink,
+                                 target_lufs if normalise else None, max_limiting_db)
+    # the trim is a constant gain: it moves the pass's loudness and true peak dB for dB (both
+    # meters are linear), so the output is not measured again
+    output_lufs, output_peak = done.loudness_after, done.true_peak_db + done.trim_db
+    plr = None
+    if not (math.isinf(measured) or math.isinf(peak_db)):
+        # the sum's true peak before the gain: the deepest reduction is its excess over the
+        # ceiling (the limiter's envelope is the meter's detector)
+        peak_in = ceiling_db + done.reduction_db if done.reduction_db > 0 else \
+            done.true_peak_db
+        plr = peak_in - gain_db - measured
+    blocked: ElementLevels | None = None
+    if normalise:
+        assert target_lufs is not None
+        final = output_lufs
+        if abs(final - target_lufs) > 0.5:
+            blocked = _highest_peaks(elements) if final < target_lufs else None
+            warnings.append(RenderWarning(
+                "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
+                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB"
+                + _why_short(final, target_lufs, ceiling_db, max_limiting_db, plr, blocked),
+                None, target_lufs, None, final))
+    return MasterReport(measured, gain_db, output_lufs, output_peak,
+                        done.reduction_db, tuple(warnings), max_limiting_db, plr,
+                        blocked.name if blocked else None,
+                        blocked.peak_to_loudness_db if blocked else None)
+
+
+def _scaled_pass(bus: Bus, dry: Meter, gain_db: float,
+                 sink: Callable[[np.ndarray], None]) -> _Pass:
+    """The master where the limiter cannot act: the sum times the gain, block by block, into
+    ``sink``. A gain scales what was measured of the sum rather than measure it again: both
+    meters are linear, only the absolute gate stays where it is (``_scaled_loudness``)."""
+    gain = np.float32(10 ** (gain_db / 20))
+    for _, block in bus.blocks():
+        block *= gain
+        sink(block)
+    return _Pass(_scaled_loudness(dry, gain_db), dry.true_peak_db + gain_db, 0.0, 0.0)
+
+
+def _scaled_loudness(meter: Meter, gain_db: float) -> float:
+    """The integrated loudness ``meter`` would read of its signal scaled by ``gain_db``: every
+    100 ms energy scales by the gain squared, and the gates are applied to them again (the
+    absolute gate does not move with the signal, so a quiet stretch may cross it)."""
+    scaled = copy.copy(meter)
+    k = 10 ** (gain_db / 10)
+    scaled.energies = [e * k for e in meter.energies]
+    return scaled.integrated_loudness()
+
+
+def _limited(bus: Bus, sample_rate: int, gain_db: float, ceiling_db: float, loop: bool,
+             scratch: Path | None, sink: Callable[[np.ndarray], None],
+             target_lufs: float | None, max_limiting_db: float) -> tuple[_Pass, float]:
+    """The master where the limiter acts: limit passes into a staged bus, the gain corrected
+    between them toward ``target_lufs`` (None: leave it), then the staged output, trimmed, into
+    ``sink``. Returns the last pass and the gain it ran at."""
+    with Bus.temporary(bus.channels, bus.frames, scratch) as staged:
         done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop)
-        if normalise:
-            assert target_lufs is not None
+        if target_lufs is not None:
             # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
             # excess over the ceiling): one pass says how much gain the allowance leaves
             for _ in range(3):
@@ -334,31 +418,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
             if done.trim_db:
                 block *= trim
             sink(block)
-    # the trim is a constant gain: it moves the pass's loudness and true peak dB for dB (both
-    # meters are linear), so the output is not measured again
-    output_lufs, output_peak = done.loudness_after, done.true_peak_db + done.trim_db
-    plr = None
-    if not (math.isinf(measured) or math.isinf(peak_db)):
-        # the sum's true peak before the gain: the deepest reduction is its excess over the
-        # ceiling (the limiter's envelope is the meter's detector)
-        peak_in = ceiling_db + done.reduction_db if done.reduction_db > 0 else \
-            done.true_peak_db
-        plr = peak_in - gain_db - measured
-    blocked: ElementLevels | None = None
-    if normalise:
-        assert target_lufs is not None
-        final = output_lufs
-        if abs(final - target_lufs) > 0.5:
-            blocked = _highest_peaks(elements) if final < target_lufs else None
-            warnings.append(RenderWarning(
-                "master", f"reached {final:.1f} LUFS, not {target_lufs:.1f}: the ceiling of "
-                f"{ceiling_db:.1f} dBTP limits {done.reduction_db:.1f} dB"
-                + _why_short(final, target_lufs, ceiling_db, max_limiting_db, plr, blocked),
-                None, target_lufs, None, final))
-    return MasterReport(measured, gain_db, output_lufs, output_peak,
-                        done.reduction_db, tuple(warnings), max_limiting_db, plr,
-                        blocked.name if blocked else None,
-                        blocked.peak_to_loudness_db if blocked else None)
+    return done, gain_db
 
 
 def _highest_peaks(elements: tuple[ElementLevels, ...]) -> ElementLevels | None:
@@ -399,22 +459,24 @@ def _wrap_frames(bus: Bus, sample_rate: int) -> int:
 
 
 def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
-                  loop: bool = False) -> tuple[float, float]:
-    """Run the master effects over the bus in place; return the integrated loudness (LUFS)
-    and sample peak (dBFS) of the result. A chain that cannot stream (``WHOLE_TIMELINE``) runs
-    over the whole timeline at once, as it does on an element."""
-    meter = Meter(sample_rate, bus.channels, true_peak=False)
+                  loop: bool = False, dest: Bus | None = None) -> Meter:
+    """Run the master effects over the bus, into ``dest`` (None: in place, over the bus);
+    return the meter of the result, finished (loudness, sample peak and true peak by
+    ``LIMITER_DETECTOR``). A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole
+    timeline at once, as it does on an element."""
+    target = bus if dest is None else dest
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
     if not effects:
         for _, block in bus.blocks():
             meter.add(block)
-        return _loudness_peak(meter.finish())
+        return meter.finish()
     board = build_board(effects)
     if any(fx.name in WHOLE_TIMELINE for fx in effects):
         wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
-        bus.write(0, wet)
+        target.write(0, wet)
         for start in range(0, bus.frames, BLOCK):
             meter.add(wet[:, start:start + BLOCK])
-        return _loudness_peak(meter.finish())
+        return meter.finish()
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
     if loop:
@@ -428,7 +490,7 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
         k = min(wet.shape[1], bus.frames - emitted)
         if k > 0:  # behind what has been read: writing over the bus is safe
             block = np.ascontiguousarray(wet[:, :k], np.float32)
-            bus.write(emitted, block)
+            target.write(emitted, block)
             meter.add(block)
             emitted += k
 
@@ -440,9 +502,9 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
             break
         emit(board(zeros, sample_rate, reset=False))
     if emitted < bus.frames:
-        bus.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
+        target.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
         meter.add(np.zeros((bus.channels, bus.frames - emitted), np.float32))
-    return _loudness_peak(meter.finish())
+    return meter.finish()
 
 
 def _loudness_peak(meter: Meter) -> tuple[float, float]:

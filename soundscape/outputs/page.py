@@ -144,6 +144,7 @@ def page_data(directory: Path) -> dict[str, Any]:
                               f"scene again") from None
     names = [e["element"] for e in manifest["elements"]]
     per_element, general = _element_warnings(names, manifest.get("warnings", []))
+    earlier = _earlier_overviews(directory)
     overviews: dict[str, Any] = {}
     for e in manifest["elements"]:
         stem = directory / e["stem"] if e.get("stem") else None
@@ -152,12 +153,58 @@ def page_data(directory: Path) -> dict[str, Any]:
             stem = guess if guess.is_file() else None
         if stem is not None and stem.is_file():
             overviews[e["element"]] = {"file": stem.relative_to(directory).as_posix(),
-                                       **overview(stem)}
+                                       **_overview_of(directory, stem,
+                                                      e.get("key", "") if e.get("stem") else "",
+                                                      earlier)}
     mix = directory / manifest["mix"]["file"]
-    mix_overview = overview(mix) if mix.is_file() else None
+    mix_overview = _overview_of(directory, mix, manifest["mix"].get("key", ""), earlier) \
+        if mix.is_file() else None
     return {"manifest": manifest, "overviews": overviews, "mix_overview": mix_overview,
             "warnings": {"elements": per_element, "scene": general},
             "siblings": siblings(directory, manifest)}
+
+
+def _source(directory: Path, path: Path, key: str) -> dict[str, Any]:
+    """What identifies the file an overview was computed from: its path, the content key the
+    manifest gives it, and its size and modification time (a file rewritten or replaced since
+    has another of these)."""
+    st = path.stat()
+    return {"file": path.relative_to(directory).as_posix(), "key": key, "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def _earlier_overviews(directory: Path) -> dict[str, dict[str, Any]]:
+    """The overviews the folder's page holds now, by file, each with its ``source``: a render
+    that rewrote only some files reads back only those (the page is written whole, atomically,
+    so what it holds is what it was computed from)."""
+    try:
+        text = (directory / PAGE).read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    match = next((mt for mt in _DATA.finditer(text) if mt.group("id") == "data"), None)
+    try:
+        data = json.loads(match.group("json")) if match else {}
+    except ValueError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    items = [*(data.get("overviews") or {}).values(), data.get("mix_overview")] \
+        if isinstance(data, dict) else []
+    for item in items:
+        source = item.get("source") if isinstance(item, dict) else None
+        if isinstance(source, dict) and isinstance(source.get("file"), str):
+            found[source["file"]] = item
+    return found
+
+
+def _overview_of(directory: Path, path: Path, key: str,
+                 earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``overview(path)`` with its ``source``; the earlier page's when that was computed from
+    this very file (same key, size and modification time), else read anew."""
+    source = _source(directory, path, key)
+    old = earlier.get(source["file"])
+    if key and old is not None and old.get("source") == source:
+        return {k: v for k, v in old.items() if k != "file"}
+    return {**overview(path), "source": source}
 
 
 def write_page(directory: str | Path) -> Path:

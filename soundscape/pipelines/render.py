@@ -17,19 +17,20 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..arrange import Arrangement, arrange
 from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
-from ..dsp.bus import Bus
+from ..dsp.bus import BLOCK, Bus
 from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
 from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.engines import ENGINES
 from ..generate.models import resolve
 from ..locks import locked
-from ..master import ElementLevels, master_bus
+from ..master import LIMITER_DETECTOR, ElementLevels, master_bus
 from ..mixer import budget
 from ..mixer.loops import loop_seams
 from ..mixer.workers import (
@@ -42,8 +43,10 @@ from ..mixer.workers import (
 )
 from ..notices import RenderWarning
 from ..options import ClusterSpec, GenerationOptions, Log, OutputOptions, Progress, quiet
+from ..outputs import sumcache
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
+    LOSSLESS,
     Decision,
     Output,
     decide,
@@ -272,12 +275,33 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                      p.directory / "manifest.json")
     workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with Bus.temporary(out.channels, out.frames + p.overhang, p.directory) as mix:
+    m = scene.master
+    keeps_sum = _keeps_sum(p, output, jobs)
+    cached = sumcache.read(p.directory, out) if keeps_sum else None
+    in_sum = {n: p.keys[n] for n in present if n not in audio_of}  # kept as they are
+    old = sumcache.old_stems(cached, in_sum, p.previous, p.directory, out)
+    if old is not None and cached is not None:
+        reread = [n for n in in_sum if cached.stems.get(n) != in_sum[n]]
+        if len(old) + len(reread) >= len(kept):
+            old = None  # as many files to read as without the cached sum
+        else:
+            kept = [p.directory / p.decisions[n].keep.stem for n in reread]  # type: ignore
+    with contextlib.ExitStack() as stack:
+        # the earlier files of the stems that change, opened before they are replaced
+        olds = [stack.enter_context(_open_stem(path, out)) for path in (old or {}).values()]
+        if not keeps_sum:
+            sumcache.drop(p.directory)
+            mix = Bus.temporary(out.channels, out.frames + p.overhang, p.directory)
+        else:
+            mix = sumcache.open_bus(p.directory, out, reuse=old is not None)
+        stack.enter_context(mix)
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
         for path in kept:
             add_stem_file(path, mix)
+        # the sum is measured as the old stems leave it (the master need not read it first)
+        measured = _subtract(mix, olds, out.sample_rate) if old is not None else None
         written = {j.plan.name for j in jobs if j.path is not None}
         for name in written:  # metadata, before the records take the files' sizes
             tag_file(p.path(name), element_tags(
@@ -290,14 +314,17 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
                                 audio_of.get(name)) for name in present]
-        m = scene.master
         pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
                         m.ceiling, p.directory) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
                                 w.write, p.directory, loop=p.wrap > 0,
-                                max_limiting_db=m.max_limiting, elements=_levels(records))
+                                max_limiting_db=m.max_limiting, elements=_levels(records),
+                                measured_sum=measured, keep_sum=keeps_sum)
+        if keeps_sum:
+            sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
+                          cached.edits + 1 if old is not None and cached else 0)
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
@@ -325,6 +352,47 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest.write(manifest_path)
     write_page(p.directory)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _keeps_sum(p: _Plan, output: OutputOptions, jobs: list[StemJob]) -> bool:
+    """Whether this render keeps its pre-master sum for the next (``sumcache``): the sum is
+    then exactly the stems on disk (lossless, every stem rendered is written, no loop's tail
+    folded in)."""
+    return p.out.fmt in LOSSLESS and not p.wrap and output.only is None \
+        and all(j.path is not None for j in jobs)
+
+
+@contextlib.contextmanager
+def _open_stem(path: Path, out: Output) -> Iterator[Any]:
+    """An earlier stem file, open for reading (it stays readable when a new one replaces it).
+
+    Raises:
+        RenderError: it is not of the mix's shape.
+    """
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)) as f:
+        if f.num_channels != out.channels or f.frames != out.frames:
+            raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
+                              f"{out.channels} x {out.frames}; render with --force")
+        yield f
+
+
+def _subtract(mix: Bus, olds: list[Any], sample_rate: int) -> Meter:
+    """Subtract the earlier stem files ``olds`` from the sum, block by block, measuring what
+    is left: its loudness, sample and true peak (as the master's first pass would)."""
+    meter = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR)
+    for start, block in mix.blocks(BLOCK):
+        if olds:
+            for f in olds:
+                chunk = f.read(block.shape[1])
+                if chunk.shape[1] != block.shape[1]:
+                    raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]}"
+                                      f" of {mix.frames}; render with --force")
+                block -= chunk
+            mix.write(start, block)
+        meter.add(block)
+    return meter.finish()
 
 
 def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
@@ -551,7 +619,7 @@ def _write_locked(p: _Plan, models: Models, cache: TakeCache, generated: frozens
                   shared: tuple[RenderWarning, ...], gen: GenerationOptions,
                   output: OutputOptions, want: ExportRequest) -> RenderResult:
     """``_write``'s work, under the folder's lock."""
-    for folder in (p.directory, p.directory / "stems"):
+    for folder in (p.directory, p.directory / "stems", p.directory / sumcache.CACHE_DIR):
         remove_stale_temps(folder)
     p = _plan(p.scene, models, p.model, output, directory=p.directory)
     if not p.redo_mix and p.previous is not None:
@@ -588,7 +656,8 @@ def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str]
                 # The folder is this render's alone while it holds the lock, and its writers and
                 # workers have stopped (killed on an interrupt): every temporary file still in it
                 # was caught between its creation and its cleanup, so all of them go.
-                for folder in (p.directory, p.directory / "stems"):
+                for folder in (p.directory, p.directory / "stems",
+                               p.directory / sumcache.CACHE_DIR):
                     remove_stale_temps(folder, max_age_s=-1.0)
                 raise
     except BaseException:
