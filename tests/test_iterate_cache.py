@@ -258,3 +258,61 @@ def test_page_reads_a_replaced_file_again(tmp_path: Path, overviews: list[str]) 
     overviews.clear()
     render_module.write_page(out / "it")
     assert sorted(overviews) == ["bed.wav", "drip.wav", "mix.wav", "tone.wav"]
+
+
+# --- the master: a gain scales what it measured ------------------------------------------------
+
+
+def _quiet_then_quieter(sr: int, channels: int) -> np.ndarray:
+    """10 s of noise at -64 LUFS, then 10 s 8 dB under it, under the absolute gate (-70 LUFS):
+    at the gain that brings it to -20 LUFS the second half is above that gate and within 10 LU
+    of the first, so it counts, and the loudness is not the sum's moved by the gain."""
+    from soundscape.dsp.meter import measure
+
+    x = np.random.default_rng(4).normal(0, 1, (channels, 20 * sr)).astype(np.float32)
+    x *= np.float32(10 ** ((-64 - measure(x, sr, true_peak=False).integrated_loudness()) / 20))
+    x[:, 10 * sr:] *= np.float32(10 ** (-8 / 20))
+    return x
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (44100, 2), (48000, 2), (96000, 1)])
+def test_a_master_the_limiter_leaves_alone_is_the_sum_times_the_gain(sr: int,
+                                                                   channels: int) -> None:
+    import pyloudnorm
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.meter import measure
+    from soundscape.master import master_bus
+
+    x = _quiet_then_quieter(sr, channels)
+    blocks: list[np.ndarray] = []
+    with Bus(channels, x.shape[1], array=x.copy()) as bus:
+        report = master_bus(bus, sr, -20.0, -1.0, (), blocks.append)
+    out = np.concatenate(blocks, axis=1)
+    gain = np.float32(10 ** (report.gain_db / 20))
+    assert report.limiter_reduction_db == 0.0 and report.gain_db > 30
+    assert np.array_equal(out, x * gain)  # exactly: nothing else touched it
+    # the loudness the report gives is what the output measures, the quieter half included
+    # (10 s above the gate now): an independent meter agrees, and it is not the sum's + gain
+    theirs = pyloudnorm.Meter(sr).integrated_loudness(out.T.astype(np.float64))
+    assert report.output_lufs == pytest.approx(theirs, abs=0.05)
+    assert report.output_lufs < report.input_lufs + report.gain_db - 0.5
+    assert report.true_peak_dbtp == pytest.approx(measure(out, sr).true_peak_db, abs=1e-3)
+
+
+def test_master_effects_leave_a_kept_sum_as_it_was() -> None:
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.effects import EffectSpec
+    from soundscape.master import master_bus
+
+    sr = 48000
+    x = np.random.default_rng(5).normal(0, 0.05, (2, 6 * sr)).astype(np.float32)
+    effects = (EffectSpec("lowpass", (("cutoff", 2000.0),)),)
+    outs = []
+    for keep in (False, True):
+        blocks: list[np.ndarray] = []
+        with Bus(2, x.shape[1], array=x.copy()) as bus:
+            master_bus(bus, sr, -20.0, -1.0, effects, blocks.append, keep_sum=keep)
+            assert np.array_equal(bus.array, x) == keep  # type: ignore[arg-type]
+        outs.append(np.concatenate(blocks, axis=1))
+    assert np.array_equal(outs[0], outs[1])
