@@ -257,6 +257,20 @@ class MasterReport:
 
 
 @dataclass(frozen=True)
+class SumLevels:
+    """What was measured of the sum before the master's gain: ``loudness`` is its meter,
+    finished (integrated loudness from its 100 ms energies, and sample peak), and
+    ``true_peak_db`` its true peak by ``LIMITER_DETECTOR`` (dBTP)."""
+    loudness: Meter
+    true_peak_db: float
+
+    @classmethod
+    def of(cls, meter: Meter) -> SumLevels:
+        """From one finished meter that read both (with ``LIMITER_DETECTOR``)."""
+        return cls(meter, meter.true_peak_db)
+
+
+@dataclass(frozen=True)
 class _Pass:
     """What one limiter pass measured of its output, before and after the final trim."""
     loudness: float  # LUFS, before the trim
@@ -274,7 +288,7 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                scratch: Path | None = None, loop: bool = False,
                max_limiting_db: float = MAX_LIMITING_DB,
                elements: tuple[ElementLevels, ...] = (),
-               measured_sum: Meter | None = None, keep_sum: bool = False) -> MasterReport:
+               measured_sum: SumLevels | None = None, keep_sum: bool = False) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
@@ -294,10 +308,9 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
     ``loop``: the bus is a loop (``Bus.fold``): the effects and the limiter start with the
     state its end leaves them in, and the limiter looks ahead across the wrap into its start.
 
-    ``measured_sum``: the bus's loudness, sample and true peak (``LIMITER_DETECTOR``), finished,
-    when the caller measured it as it made the sum; without master effects the first pass is
-    then not needed. ``keep_sum``: leave the bus as it is (the effects' output goes to a
-    temporary bus of its own rather than over the sum).
+    ``measured_sum``: what the caller measured of the bus as it made the sum; without master
+    effects the first pass is then not needed. ``keep_sum``: leave the bus as it is (the
+    effects' output goes to a temporary bus of its own rather than over the sum).
 
     Where the gain leaves the sum's true peak under the ceiling (less the final trim's margin),
     the limiter cannot act: the output is the sum times the gain, written in one pass, and its
@@ -307,17 +320,17 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         wet = stack.enter_context(Bus.temporary(bus.channels, bus.frames, scratch)) \
             if effects and keep_sum else bus
         dry = measured_sum if measured_sum is not None and not effects else \
-            _effects_pass(bus, sample_rate, effects, loop, wet)
+            SumLevels.of(_effects_pass(bus, sample_rate, effects, loop, wet))
         return _master(wet, dry, sample_rate, target_lufs, ceiling_db, sink, scratch, loop,
                        max_limiting_db, elements)
 
 
-def _master(bus: Bus, dry: Meter, sample_rate: int, target_lufs: float | None,
+def _master(bus: Bus, dry: SumLevels, sample_rate: int, target_lufs: float | None,
             ceiling_db: float, sink: Callable[[np.ndarray], None], scratch: Path | None,
             loop: bool, max_limiting_db: float,
             elements: tuple[ElementLevels, ...]) -> MasterReport:
     """``master_bus`` after its effects: ``bus`` holds their output, ``dry`` its meter."""
-    measured, peak_db = _loudness_peak(dry)
+    measured, peak_db = _loudness_peak(dry.loudness)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
     normalise = target_lufs is not None and not math.isinf(measured)
@@ -361,7 +374,7 @@ def _master(bus: Bus, dry: Meter, sample_rate: int, target_lufs: float | None,
                         blocked.peak_to_loudness_db if blocked else None)
 
 
-def _scaled_pass(bus: Bus, dry: Meter, gain_db: float,
+def _scaled_pass(bus: Bus, dry: SumLevels, gain_db: float,
                  sink: Callable[[np.ndarray], None]) -> _Pass:
     """The master where the limiter cannot act: the sum times the gain, block by block, into
     ``sink``. A gain scales what was measured of the sum rather than measure it again: both
@@ -370,7 +383,8 @@ def _scaled_pass(bus: Bus, dry: Meter, gain_db: float,
     for _, block in bus.blocks():
         block *= gain
         sink(block)
-    return _Pass(_scaled_loudness(dry, gain_db), dry.true_peak_db + gain_db, 0.0, 0.0)
+    return _Pass(_scaled_loudness(dry.loudness, gain_db), dry.true_peak_db + gain_db, 0.0,
+                 0.0)
 
 
 def _scaled_loudness(meter: Meter, gain_db: float) -> float:

@@ -130,9 +130,12 @@ def siblings(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
              "current": d.resolve() == here} for variant, d in found]
 
 
-def page_data(directory: Path) -> dict[str, Any]:
+def page_data(directory: Path,
+              known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The data a render page embeds: the manifest, overviews of mix and stems, warnings per
-    element and the sibling renders."""
+    element and the sibling renders. ``known``: overviews already computed (``overview_of``),
+    by file; like the page's own, each is used only while its file is the one it was read
+    from."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -144,7 +147,7 @@ def page_data(directory: Path) -> dict[str, Any]:
                               f"scene again") from None
     names = [e["element"] for e in manifest["elements"]]
     per_element, general = _element_warnings(names, manifest.get("warnings", []))
-    earlier = _earlier_overviews(directory)
+    earlier = {**_earlier_overviews(directory), **(known or {})}
     overviews: dict[str, Any] = {}
     for e in manifest["elements"]:
         stem = directory / e["stem"] if e.get("stem") else None
@@ -196,6 +199,13 @@ def _earlier_overviews(directory: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
+def overview_of(directory: Path, path: Path, key: str) -> tuple[str, dict[str, Any]]:
+    """``overview(path)`` with its ``source``, for ``page_data``'s ``known``: its file (relative
+    to ``directory``) and the overview. ``key``: the file's content key in the manifest."""
+    source = _source(directory, path, key)
+    return source["file"], {**overview(path), "source": source}
+
+
 def _overview_of(directory: Path, path: Path, key: str,
                  earlier: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``overview(path)`` with its ``source``; the earlier page's when that was computed from
@@ -207,13 +217,14 @@ def _overview_of(directory: Path, path: Path, key: str,
     return {**overview(path), "source": source}
 
 
-def write_page(directory: str | Path) -> Path:
+def write_page(directory: str | Path, known: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``index.html`` into a render folder and refresh the sibling pages' variant links.
+    ``known``: overviews computed already (``page_data``).
 
     Returns the page's path.
     """
     directory = Path(directory)
-    data = page_data(directory)
+    data = page_data(directory, known)
     m = data["manifest"]
     title = f"{m['scene']}{' / ' + m['variant'] if m.get('variant') else ''} — soundscape"
     path = directory / PAGE

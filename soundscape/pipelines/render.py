@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.engines import ENGINES
 from ..generate.models import resolve
 from ..locks import locked
-from ..master import LIMITER_DETECTOR, ElementLevels, master_bus
+from ..master import LIMITER_DETECTOR, ElementLevels, SumLevels, master_bus
 from ..mixer import budget
 from ..mixer.loops import loop_seams
 from ..mixer.workers import (
@@ -71,7 +72,7 @@ from ..outputs.manifest import (
     render_manifest,
     stem_record,
 )
-from ..outputs.page import write_page
+from ..outputs.page import overview_of, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
@@ -298,10 +299,6 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
-        for path in kept:
-            add_stem_file(path, mix)
-        # the sum is measured as the old stems leave it (the master need not read it first)
-        measured = _subtract(mix, olds, out.sample_rate) if old is not None else None
         written = {j.plan.name for j in jobs if j.path is not None}
         for name in written:  # metadata, before the records take the files' sizes
             tag_file(p.path(name), element_tags(
@@ -309,6 +306,13 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 p.keys[name],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
+        # the new stems' overviews for the page, read while the sum is worked (another core)
+        pool = stack.enter_context(ThreadPoolExecutor(1))
+        ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
+        for path in kept:
+            add_stem_file(path, mix)
+        # the sum is measured as the old stems leave it (the master need not read it first)
+        measured = _subtract(mix, olds, out.sample_rate) if old is not None else None
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
@@ -350,7 +354,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
-    write_page(p.directory)
+    write_page(p.directory, dict(f.result() for f in ahead))
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 
@@ -378,21 +382,31 @@ def _open_stem(path: Path, out: Output) -> Iterator[Any]:
         yield f
 
 
-def _subtract(mix: Bus, olds: list[Any], sample_rate: int) -> Meter:
+def _subtract(mix: Bus, olds: list[Any], sample_rate: int) -> SumLevels:
     """Subtract the earlier stem files ``olds`` from the sum, block by block, measuring what
-    is left: its loudness, sample and true peak (as the master's first pass would)."""
-    meter = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR)
-    for start, block in mix.blocks(BLOCK):
-        if olds:
-            for f in olds:
-                chunk = f.read(block.shape[1])
-                if chunk.shape[1] != block.shape[1]:
-                    raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]}"
-                                      f" of {mix.frames}; render with --force")
-                block -= chunk
-            mix.write(start, block)
-        meter.add(block)
-    return meter.finish()
+    is left: its loudness, sample and true peak (as the master's first pass would; the true
+    peak on another thread, as the blocks go)."""
+    loudness = Meter(sample_rate, mix.channels, true_peak=False)
+    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
+    with ThreadPoolExecutor(1) as pool:
+        pending = None
+        for start, block in mix.blocks(BLOCK):
+            if olds:
+                for f in olds:
+                    chunk = f.read(block.shape[1])
+                    if chunk.shape[1] != block.shape[1]:
+                        raise RenderError(f"an earlier stem ends at frame "
+                                          f"{start + chunk.shape[1]} of {mix.frames}; render "
+                                          f"with --force")
+                    block -= chunk
+                mix.write(start, block)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(peaks.add, block)
+            loudness.add(block)
+        if pending is not None:
+            pending.result()
+    return SumLevels(loudness.finish(), peaks.finish().true_peak_db)
 
 
 def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
