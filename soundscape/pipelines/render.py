@@ -248,45 +248,22 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     warnings = [*p.arrangement.warnings, *shared]
     jobs: list[StemJob] = []
     audio_of: dict[str, list[np.ndarray]] = {}
-    kept: list[Path] = []
-    present: list[str] = []
-    for name in p.keys:
-        d = p.decisions[name]
-        if d.keep is not None and p.sums(d.keep):
-            kept.append(p.directory / d.keep.stem)  # type: ignore[operator]
-            present.append(name)
-            continue
-        audio = element_takes(p.sources[name], cache)
-        if audio is None:
-            warnings.append(RenderWarning("takes", f"{name} has no take yet (not generated: "
-                                          f"excluded by --only); left out of the mix", name))
-            continue
-        present.append(name)
-        audio_of[name] = audio
-        jobs.append(StemJob(p.arrangement.plan(name), audio,
-                            p.path(name) if d.write else None, out.sample_rate,
-                            scene.duration))
-    for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
-        if j.path is None and p.path(j.plan.name).exists():
-            warnings.append(RenderWarning(
-                "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} is "
-                f"from an earlier render and not rewritten (--only), so the stems no longer sum "
-                f"to the mix; render without --only to rewrite it", j.plan.name))
+    kept = {n: p.directory / d.keep.stem for n, d in p.decisions.items()  # type: ignore[operator]
+            if d.keep is not None and p.sums(d.keep)}
     forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
                      p.directory / "manifest.json")
-    workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
     m = scene.master
-    keeps_sum = _keeps_sum(p, output, jobs)
+    keeps_sum = _keeps_sum(p, output, kept)
     cached = sumcache.read(p.directory, out) if keeps_sum else None
-    in_sum = {n: p.keys[n] for n in present if n not in audio_of}  # kept as they are
-    old = sumcache.old_stems(cached, in_sum, p.previous, p.directory, out)
+    old = sumcache.old_stems(cached, {n: p.keys[n] for n in kept}, p.previous, p.directory,
+                             out)
     if old is not None and cached is not None:
-        reread = [n for n in in_sum if cached.stems.get(n) != in_sum[n]]
+        reread = {n: path for n, path in kept.items() if cached.stems.get(n) != p.keys[n]}
         if len(old) + len(reread) >= len(kept):
             old = None  # as many files to read as without the cached sum
         else:
-            kept = [p.directory / p.decisions[n].keep.stem for n in reread]  # type: ignore
+            kept = reread
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
         olds = [stack.enter_context(_open_stem(path, out)) for path in (old or {}).values()]
@@ -296,6 +273,36 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         else:
             mix = sumcache.open_bus(p.directory, out, reuse=old is not None)
         stack.enter_context(mix)
+        # work beside the main thread's (its last tasks done before the files above close)
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        # the earlier stems leave the sum on another core while the takes are conformed
+        taken_out = pool.submit(_subtract, mix, olds) if olds else None
+        present: list[str] = []
+        for name in p.keys:
+            d = p.decisions[name]
+            if name in kept or (d.keep is not None and p.sums(d.keep)):
+                present.append(name)
+                continue
+            audio = element_takes(p.sources[name], cache)
+            if audio is None:
+                warnings.append(RenderWarning(
+                    "takes", f"{name} has no take yet (not generated: excluded by --only); "
+                    f"left out of the mix", name))
+                continue
+            present.append(name)
+            audio_of[name] = audio
+            jobs.append(StemJob(p.arrangement.plan(name), audio,
+                                p.path(name) if d.write else None, out.sample_rate,
+                                scene.duration))
+        for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
+            if j.path is None and p.path(j.plan.name).exists():
+                warnings.append(RenderWarning(
+                    "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} "
+                    f"is from an earlier render and not rewritten (--only), so the stems no "
+                    f"longer sum to the mix; render without --only to rewrite it", j.plan.name))
+        if taken_out is not None:
+            taken_out.result()
+        workers = choose_workers(len(jobs), scene.duration, output.jobs)
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
@@ -307,12 +314,11 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
         # the new stems' overviews for the page, read while the sum is worked (another core)
-        pool = stack.enter_context(ThreadPoolExecutor(1))
         ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
-        for path in kept:
+        for path in kept.values():
             add_stem_file(path, mix)
-        # the sum is measured as the old stems leave it (the master need not read it first)
-        measured = _subtract(mix, olds, out.sample_rate) if old is not None else None
+        # an updated sum is measured here (the master need not read it first)
+        measured = _measure(mix, out.sample_rate, pool) if old is not None else None
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
@@ -358,12 +364,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 
-def _keeps_sum(p: _Plan, output: OutputOptions, jobs: list[StemJob]) -> bool:
+def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
     """Whether this render keeps its pre-master sum for the next (``sumcache``): the sum is
     then exactly the stems on disk (lossless, every stem rendered is written, no loop's tail
     folded in)."""
     return p.out.fmt in LOSSLESS and not p.wrap and output.only is None \
-        and all(j.path is not None for j in jobs)
+        and all(d.write for n, d in p.decisions.items() if n not in kept)
 
 
 @contextlib.contextmanager
@@ -382,30 +388,31 @@ def _open_stem(path: Path, out: Output) -> Iterator[Any]:
         yield f
 
 
-def _subtract(mix: Bus, olds: list[Any], sample_rate: int) -> SumLevels:
-    """Subtract the earlier stem files ``olds`` from the sum, block by block, measuring what
-    is left: its loudness, sample and true peak (as the master's first pass would; the true
-    peak on another thread, as the blocks go)."""
+def _subtract(mix: Bus, olds: list[Any]) -> None:
+    """Subtract the earlier stem files ``olds`` (open, at their start) from the sum."""
+    for start, block in mix.blocks(BLOCK):
+        for f in olds:
+            chunk = f.read(block.shape[1])
+            if chunk.shape[1] != block.shape[1]:
+                raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
+                                  f"{mix.frames}; render with --force")
+            block -= chunk
+        mix.write(start, block)
+
+
+def _measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
+    """The sum's loudness, sample and true peak, as the master's first pass would read them;
+    the true peak on ``pool``'s thread as the blocks go."""
     loudness = Meter(sample_rate, mix.channels, true_peak=False)
     peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
-    with ThreadPoolExecutor(1) as pool:
-        pending = None
-        for start, block in mix.blocks(BLOCK):
-            if olds:
-                for f in olds:
-                    chunk = f.read(block.shape[1])
-                    if chunk.shape[1] != block.shape[1]:
-                        raise RenderError(f"an earlier stem ends at frame "
-                                          f"{start + chunk.shape[1]} of {mix.frames}; render "
-                                          f"with --force")
-                    block -= chunk
-                mix.write(start, block)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(peaks.add, block)
-            loudness.add(block)
+    pending = None
+    for _, block in mix.blocks(BLOCK):
         if pending is not None:
             pending.result()
+        pending = pool.submit(peaks.add, block)
+        loudness.add(block)
+    if pending is not None:
+        pending.result()
     return SumLevels(loudness.finish(), peaks.finish().true_peak_db)
 
 
