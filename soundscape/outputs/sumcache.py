@@ -5,9 +5,10 @@ Input: a render folder, the stem keys its sum is made of, the earlier render's m
 mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The next render of
 the folder starts from that sum, subtracts the stems that changed as their earlier files hold
 them and adds their new renders, instead of reading every kept stem back: an edit to one
-element reads one old stem, not all of them.
+element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
+is measured once for the master (``measure``).
 
-Trust: the index names the stem key of every element in the sum and the sum file's size,
+Trust: the index names the stem key of every element in the sum and the sum file's size and
 modification time. It is removed before the sum file is touched and written (whole,
 atomically) only once the sum is complete, so a render that fails or is killed half-way leaves
 no index, and the sum is then rebuilt from the stems. A changed stem is subtracted only when
@@ -22,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,10 @@ from typing import Any
 import numpy as np
 
 from ..audio_io import atomic_path, atomic_write_text
-from ..dsp.bus import Bus, on_disk
+from ..dsp.bus import BLOCK, Bus, on_disk
+from ..dsp.meter import Meter
+from ..errors import RenderError
+from ..master import LIMITER_DETECTOR, SumLevels
 from .incremental import Output, stored_is_current, summable
 from .manifest import Manifest
 
@@ -148,3 +154,47 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
         "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
     atomic_write_text(index, json.dumps(data, indent=1, sort_keys=True))
+
+
+@contextlib.contextmanager
+def open_stem(path: Path, out: Output) -> Iterator[Any]:
+    """An earlier stem file, open for reading (it stays readable when a new one replaces it).
+
+    Raises:
+        RenderError: it is not of the mix's shape.
+    """
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)) as f:
+        if f.num_channels != out.channels or f.frames != out.frames:
+            raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
+                              f"{out.channels} x {out.frames}; render with --force")
+        yield f
+
+
+def subtract(mix: Bus, olds: list[Any]) -> None:
+    """Subtract the earlier stem files ``olds`` (open, at their start) from the sum."""
+    for start, block in mix.blocks(BLOCK):
+        for f in olds:
+            chunk = f.read(block.shape[1])
+            if chunk.shape[1] != block.shape[1]:
+                raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
+                                  f"{mix.frames}; render with --force")
+            block -= chunk
+        mix.write(start, block)
+
+
+def measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
+    """The sum's loudness, sample and true peak, as the master's first pass would read them;
+    the true peak on ``pool``'s thread as the blocks go."""
+    loudness = Meter(sample_rate, mix.channels, true_peak=False)
+    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
+    pending = None
+    for _, block in mix.blocks(BLOCK):
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(peaks.add, block)
+        loudness.add(block)
+    if pending is not None:
+        pending.result()
+    return SumLevels(loudness.finish(), peaks.finish().true_peak_db)

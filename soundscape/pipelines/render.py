@@ -18,20 +18,19 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..arrange import Arrangement, arrange
 from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
-from ..dsp.bus import BLOCK, Bus
+from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
 from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.engines import ENGINES
 from ..generate.models import resolve
 from ..locks import locked
-from ..master import LIMITER_DETECTOR, ElementLevels, SumLevels, master_bus
+from ..master import ElementLevels, master_bus
 from ..mixer import budget
 from ..mixer.loops import loop_seams
 from ..mixer.workers import (
@@ -243,7 +242,8 @@ def _plan(scene: Scene, models: Models, model: str, output: OutputOptions,
 
 def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
          shared: tuple[RenderWarning, ...], output: OutputOptions) -> RenderResult:
-    """Conform, render the stems that changed, sum the kept ones, master and write."""
+    """Conform, render the stems that changed, sum the kept ones, master and write. A sum
+    kept by the last render (``sumcache``) is updated instead, when that reads fewer files."""
     scene, out = p.scene, p.out
     warnings = [*p.arrangement.warnings, *shared]
     jobs: list[StemJob] = []
@@ -266,7 +266,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             kept = reread
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
-        olds = [stack.enter_context(_open_stem(path, out)) for path in (old or {}).values()]
+        olds = [stack.enter_context(sumcache.open_stem(path, out)) for path in (old or {}).values()]
         if not keeps_sum:
             sumcache.drop(p.directory)
             mix = Bus.temporary(out.channels, out.frames + p.overhang, p.directory)
@@ -276,7 +276,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         # work beside the main thread's (its last tasks done before the files above close)
         pool = stack.enter_context(ThreadPoolExecutor(2))
         # the earlier stems leave the sum on another core while the takes are conformed
-        taken_out = pool.submit(_subtract, mix, olds) if olds else None
+        taken_out = pool.submit(sumcache.subtract, mix, olds) if olds else None
         present: list[str] = []
         for name in p.keys:
             d = p.decisions[name]
@@ -318,7 +318,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         for path in kept.values():
             add_stem_file(path, mix)
         # an updated sum is measured here (the master need not read it first)
-        measured = _measure(mix, out.sample_rate, pool) if old is not None else None
+        measured = sumcache.measure(mix, out.sample_rate, pool) if old is not None else None
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
@@ -370,50 +370,6 @@ def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
     folded in)."""
     return p.out.fmt in LOSSLESS and not p.wrap and output.only is None \
         and all(d.write for n, d in p.decisions.items() if n not in kept)
-
-
-@contextlib.contextmanager
-def _open_stem(path: Path, out: Output) -> Iterator[Any]:
-    """An earlier stem file, open for reading (it stays readable when a new one replaces it).
-
-    Raises:
-        RenderError: it is not of the mix's shape.
-    """
-    from pedalboard.io import AudioFile
-
-    with AudioFile(str(path)) as f:
-        if f.num_channels != out.channels or f.frames != out.frames:
-            raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
-                              f"{out.channels} x {out.frames}; render with --force")
-        yield f
-
-
-def _subtract(mix: Bus, olds: list[Any]) -> None:
-    """Subtract the earlier stem files ``olds`` (open, at their start) from the sum."""
-    for start, block in mix.blocks(BLOCK):
-        for f in olds:
-            chunk = f.read(block.shape[1])
-            if chunk.shape[1] != block.shape[1]:
-                raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
-                                  f"{mix.frames}; render with --force")
-            block -= chunk
-        mix.write(start, block)
-
-
-def _measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
-    """The sum's loudness, sample and true peak, as the master's first pass would read them;
-    the true peak on ``pool``'s thread as the blocks go."""
-    loudness = Meter(sample_rate, mix.channels, true_peak=False)
-    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
-    pending = None
-    for _, block in mix.blocks(BLOCK):
-        if pending is not None:
-            pending.result()
-        pending = pool.submit(peaks.add, block)
-        loudness.add(block)
-    if pending is not None:
-        pending.result()
-    return SumLevels(loudness.finish(), peaks.finish().true_peak_db)
 
 
 def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
