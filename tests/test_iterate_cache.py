@@ -317,3 +317,27 @@ def test_master_effects_leave_a_kept_sum_as_it_was() -> None:
             assert np.array_equal(bus.array, x) == keep  # type: ignore[arg-type]
         outs.append(np.concatenate(blocks, axis=1))
     assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 2), (44100, 1), (48000, 2), (96000, 2)])
+def test_the_updated_sum_is_measured_as_the_master_would(sr: int, channels: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyloudnorm
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.meter import measure
+
+    # a peaky tone and noise: inter-sample peaks above the samples, a level that moves
+    rng = np.random.default_rng(6)
+    t = np.arange(12 * sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * (sr / 4) * t + np.pi / 4) * (1.5 + np.sin(2 * np.pi * t / 4))
+         + rng.normal(0, 0.01, (channels, t.size))).astype(np.float32)
+    with Bus(channels, x.shape[1], array=x.copy()) as bus, ThreadPoolExecutor(2) as pool:
+        got = sumcache.measure(bus, sr, pool)
+    ours = measure(x, sr)
+    assert got.true_peak_db == pytest.approx(ours.true_peak_db, abs=1e-6)
+    assert got.true_peak_db > 20 * np.log10(np.abs(x).max()) + 2  # between the samples
+    assert got.loudness.sample_peak == pytest.approx(float(np.abs(x).max()))
+    theirs = pyloudnorm.Meter(sr).integrated_loudness(x.T.astype(np.float64))
+    assert got.loudness.integrated_loudness() == pytest.approx(theirs, abs=0.05)

@@ -186,9 +186,14 @@ def subtract(mix: Bus, olds: list[Any]) -> None:
 
 def measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
     """The sum's loudness, sample and true peak, as the master's first pass would read them;
-    the true peak on ``pool``'s thread as the blocks go."""
+    the true peak on ``pool``'s thread as the blocks go. The sample peak is read first: the
+    true peak then interpolates, from the first block on, only the gaps that could rise above
+    it (from a running peak that starts at zero, most early gaps are worked for nothing)."""
+    sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
+                      default=0.0)
     loudness = Meter(sample_rate, mix.channels, true_peak=False)
     peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
+    peaks.sample_peak = sample_peak  # a level the signal reaches: the gaps' floor from the start
     pending = None
     for _, block in mix.blocks(BLOCK):
         if pending is not None:
