@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from .dsp.bus import BLOCK, Bus
-from .dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
+from .dsp.effects import EffectSpec, build_board, chain_tail_s, split_at_whole_timeline
 from .dsp.meter import TRUE_PEAK, Meter, measure
+from .dsp.segments import segmented
 from .notices import RenderWarning
 
 
@@ -476,24 +477,21 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
                   loop: bool = False, dest: Bus | None = None) -> Meter:
     """Run the master effects over the bus, into ``dest`` (None: in place, over the bus);
     return the meter of the result, finished (loudness, sample peak and true peak by
-    ``LIMITER_DETECTOR``). A chain that cannot stream (``WHOLE_TIMELINE``) runs over the whole
-    timeline at once, as it does on an element."""
+    ``LIMITER_DETECTOR``). A chain that cannot stream (``WHOLE_TIMELINE``) runs in overlapping
+    segments (``dsp.segments``), as it does on an element."""
     target = bus if dest is None else dest
     meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
     if not effects:
         for _, block in bus.blocks():
             meter.add(block)
         return meter.finish()
-    board = build_board(effects)
-    if any(fx.name in WHOLE_TIMELINE for fx in effects):
-        wet = np.ascontiguousarray(board(bus.read(0, bus.frames), sample_rate), np.float32)
-        target.write(0, wet)
-        for start in range(0, bus.frames, BLOCK):
-            meter.add(wet[:, start:start + BLOCK])
-        return meter.finish()
+    # a chain holding a plugin that cannot stream (``WHOLE_TIMELINE``) runs up to it in
+    # overlapping segments (``dsp.segments``), as on an element; the rest streams block by block
+    segment_fx, stream_fx = split_at_whole_timeline(effects)
+    board = build_board(stream_fx) if stream_fx else None
     emitted = 0  # output lags the input while a plugin withholds latency
     skip = 0  # output still to drop: what the primer (a loop's end) produced
-    if loop:
+    if loop and board is not None and not segment_fx:
         fed, out = _prime_effects(board, bus, sample_rate, effects)
         skip = fed - out
 
@@ -508,11 +506,22 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
             meter.add(block)
             emitted += k
 
-    for _, block in bus.blocks():
-        emit(board(block, sample_rate, reset=False))
+    def stream(block: np.ndarray) -> None:
+        emit(block if board is None else board(block, sample_rate, reset=False))
+
+    if segment_fx:
+        # every read for a later segment lies past what has been handed out (and the
+        # streamed part only writes behind that): overwriting the bus is safe
+        for wet in segmented(build_board(segment_fx), lambda a, b: bus.read(a, b - a),
+                             bus.frames, sample_rate, chain_tail_s(segment_fx)):
+            for start in range(0, wet.shape[1], BLOCK):
+                stream(wet[:, start:start + BLOCK])
+    else:
+        for _, block in bus.blocks():
+            stream(block)
     zeros = np.zeros((bus.channels, BLOCK), np.float32)
     for _ in range(64):  # drain what latency still holds back
-        if emitted >= bus.frames:
+        if emitted >= bus.frames or board is None:
             break
         emit(board(zeros, sample_rate, reset=False))
     if emitted < bus.frames:

@@ -128,9 +128,9 @@ EFFECTS: dict[str, EffectDef] = {
         "bits": _p("bit_depth", 8.0, "Bit depth, 1..32.", parse=units.parse_float, low=1.0,
                    high=32.0, unit="bits"),
     }),
-    "pitch_shift": EffectDef("PitchShift", "Shifts pitch, keeps duration. Processes the "
-                             "element's whole timeline at once (it cannot stream), so it costs "
-                             "memory in proportion to the scene's length.", {
+    "pitch_shift": EffectDef("PitchShift", "Shifts pitch, keeps duration. Runs in "
+                             "overlapping 30 s segments joined by 50 ms crossfades (it cannot "
+                             "stream block by block).", {
         "semitones": _p("semitones", 0.0, "Shift in semitones, -72..72.",
                         parse=units.parse_float, low=-72.0, high=72.0, unit="st"),
     }),
@@ -149,9 +149,20 @@ EFFECTS: dict[str, EffectDef] = {
 
 
 # Plugins that give wrong output when called block by block with reset=False (measured against
-# one whole-file call: pedalboard 0.9's PitchShift returns gaps of silence); the mixer runs
-# chains holding one of these over the element's whole timeline in one call.
+# one whole-file call: pedalboard 0.9's PitchShift returns gaps of silence, as the delay line
+# that primes it is cleared on every call); the mixer and the master run chains holding one of
+# these in overlapping segments of one call each (``dsp.segments``).
 WHOLE_TIMELINE = frozenset({"pitch_shift"})
+
+
+def split_at_whole_timeline(specs: tuple[EffectSpec, ...]) \
+        -> tuple[tuple[EffectSpec, ...], tuple[EffectSpec, ...]]:
+    """The chain up to its last ``WHOLE_TIMELINE`` effect (run in segments) and the rest (which
+    streams block by block, so a long tail after a pitch shift, a delay fed back for a
+    minute, rings on across the segments' joins instead of being cut to their pre-roll).
+    No such effect: ``((), specs)``."""
+    last = max((i for i, fx in enumerate(specs) if fx.name in WHOLE_TIMELINE), default=-1)
+    return specs[:last + 1], specs[last + 1:]
 
 
 @dataclass(frozen=True)

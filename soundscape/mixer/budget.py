@@ -16,10 +16,12 @@ from pathlib import Path
 from ..arrange import Arrangement
 from ..dsp.bus import on_disk
 from ..dsp.effects import EffectSpec
+from ..dsp.segments import SEGMENT_S
 from ..errors import SoundscapeError
 
 BUS_COPIES = 2  # the sum, and the limiter's output staged for the final trim (``master_bus``)
-WHOLE_TIMELINE_COPIES = 3  # a chain that cannot stream holds its element's timeline in and out
+WHOLE_TIMELINE_COPIES = 3  # a chain that cannot stream holds a segment in and out (and ours)
+SEGMENT_MARGIN_S = 13.0  # pre-roll (the longest tail waited for), search and post-roll
 STREAMING = 64 * 2**20  # blocks in flight, meters, the limiter's state: flat at any length
 LOSSY_BYTES_PER_SAMPLE = 0.25  # ogg and mp3 at their default quality, generously
 
@@ -41,11 +43,13 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
     from ..dsp.effects import WHOLE_TIMELINE
 
     mix = channels * frames * 4
+    segment = WHOLE_TIMELINE_COPIES * min(
+        mix, int(channels * (SEGMENT_S + SEGMENT_MARGIN_S) * arr.sample_rate * 4))
     buses = (BUS_COPIES + max(0, workers - 1)) * mix
     scratch = buses if on_disk(channels, frames) else 0
     master = STREAMING + (buses - scratch)
     if any(fx.name in WHOLE_TIMELINE for fx in master_effects):
-        master += WHOLE_TIMELINE_COPIES * mix
+        master += segment
     clips = 0
     whole = 0
     for plan in arr.elements:
@@ -53,7 +57,7 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
         per_clip = 4 * (2 if len(plan.pans) > 1 and channels == 2 else 1)
         clips += sum(int(c.length_s * arr.sample_rate) * per_clip for c in plan.clips)
         if any(fx.name in WHOLE_TIMELINE for fx in plan.effects):
-            whole = max(whole, WHOLE_TIMELINE_COPIES * mix)
+            whole = max(whole, segment)
     memory = master + clips + whole
     if fmt == "wav":
         per_sample = (bit_depth or 24) / 8
@@ -65,7 +69,7 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
     detail = (f"{_gib(master)} GiB for the mix and its master, {_gib(clips)} GiB for "
               f"{sum(len(p.clips) for p in arr.elements)} one-shots")
     if whole:
-        detail += f", {_gib(whole)} GiB for a pitch_shift chain over its whole timeline"
+        detail += f", {_gib(whole)} GiB for a pitch_shift chain's segments"
     return Need(memory, disk, detail)
 
 

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..arrange import Clip, ElementPlan, Keypoint
-from ..dsp.effects import WHOLE_TIMELINE, EffectSpec, build_board, chain_tail_s
+from ..dsp.effects import EffectSpec, build_board, chain_tail_s, split_at_whole_timeline
 from ..dsp.fades import fade_curves
+from ..dsp.segments import segmented
 from ..dsp.stereo import pan_gains, to_channels
 from ..errors import RenderError
 from .loops import LoopSource
@@ -123,6 +124,17 @@ def automation_gain(automation: tuple[Keypoint, ...], start: int, n: int,
     return (10 ** (np.interp(t, times, levels) / 20)).astype(np.float32)
 
 
+def dry_range(srcs: list[Source], channels: int, a: int, b: int) -> np.ndarray:
+    """The sum of ``srcs`` over timeline frames ``[a, b)``, float32 ``(channels, b - a)``
+    (mono sources broadcast over stereo)."""
+    dry = np.zeros((channels, b - a), dtype=np.float32)
+    for src in srcs:
+        s0, s1 = max(src.start, a), min(src.start + src.length, b)
+        if s1 > s0:
+            dry[:, s0 - a:s1 - a] += src.read(s0 - src.start, s1 - src.start)
+    return dry
+
+
 StemSink = Callable[[np.ndarray], None]
 
 
@@ -206,18 +218,26 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                 sink(out[:, :s])
         emitted += k
 
-    if board is not None and any(fx.name in WHOLE_TIMELINE for fx in effects):
+    segment_fx, stream_fx = split_at_whole_timeline(effects)
+    if segment_fx:
         # Some plugins do not stream (pedalboard's PitchShift drops audio when called block
-        # by block): this element's timeline is processed in one call instead.
-        dry = np.zeros((src_channels, total), dtype=np.float32)
-        for src in srcs:
-            for a in range(0, min(src.length, total - src.start), BLOCK):
-                b = min(a + BLOCK, src.length, total - src.start)
-                dry[:, src.start + a:src.start + b] += src.read(a, b)
-        wet = board(dry, sample_rate)
-        del dry
-        for b0 in range(0, total, BLOCK):
-            emit(wet[:, b0:b0 + BLOCK], BLOCK)
+        # by block): this element's timeline goes through them in overlapping segments, and
+        # through the rest of the chain block by block.
+        after = build_board(stream_fx) if stream_fx else None
+        for wet in segmented(build_board(segment_fx),
+                             lambda a, b: dry_range(srcs, src_channels, a, b), total,
+                             sample_rate, chain_tail_s(segment_fx)):
+            for b0 in range(0, wet.shape[1], BLOCK):
+                piece = wet[:, b0:b0 + BLOCK]
+                if after is not None:
+                    piece = after(piece, sample_rate, reset=False)
+                emit(piece, piece.shape[1])
+        for _ in range(64):  # drain what the streamed part's latency still holds back
+            if emitted >= total or after is None:
+                break
+            piece = after(np.zeros((src_channels, BLOCK), dtype=np.float32), sample_rate,
+                          reset=False)
+            emit(piece, piece.shape[1])
         emit(None, total - emitted)
         return meter.finish()
 
