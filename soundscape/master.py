@@ -9,6 +9,8 @@ under the ceiling without hard clipping, and the release recovers with its time 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -265,6 +267,20 @@ class MasterReport:
 
 
 @dataclass(frozen=True)
+class SumLevels:
+    """What was measured of the sum before the master's gain: ``loudness`` is its meter,
+    finished (integrated loudness from its 100 ms energies, and sample peak), and
+    ``true_peak_db`` its true peak by ``LIMITER_DETECTOR`` (dBTP)."""
+    loudness: Meter
+    true_peak_db: float
+
+    @classmethod
+    def of(cls, meter: Meter) -> SumLevels:
+        """From one finished meter that read both (with ``LIMITER_DETECTOR``)."""
+        return cls(meter, meter.true_peak_db)
+
+
+@dataclass(frozen=True)
 class _Pass:
     """What one limiter pass measured of its output, before and after the final trim."""
     loudness: float  # LUFS, before the trim
@@ -281,7 +297,8 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                effects: tuple[EffectSpec, ...], sink: Callable[[np.ndarray], None],
                scratch: Path | None = None, loop: bool = False,
                max_limiting_db: float = MAX_LIMITING_DB,
-               elements: tuple[ElementLevels, ...] = ()) -> MasterReport:
+               elements: tuple[ElementLevels, ...] = (),
+               measured_sum: SumLevels | None = None, keep_sum: bool = False) -> MasterReport:
     """Master the sum in ``bus`` and hand the result to ``sink`` block by block, in order.
 
     The master ``effects`` run first (streamed, their output written back over the bus);
@@ -300,9 +317,30 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
 
     ``loop``: the bus is a loop (``Bus.fold``): the effects and the limiter start with the
     state its end leaves them in, and the limiter looks ahead across the wrap into its start.
+
+    ``measured_sum``: what the caller measured of the bus as it made the sum; without master
+    effects the first pass is then not needed. ``keep_sum``: leave the bus as it is (the
+    effects' output goes to a temporary bus of its own rather than over the sum).
+
+    Where the gain leaves the sum's true peak under the ceiling (less the final trim's margin),
+    the limiter cannot act: the output is the sum times the gain, written in one pass, and its
+    loudness and true peak are the sum's moved by the gain, not measured again.
     """
-    channels, frames = bus.channels, bus.frames
-    measured, peak_db = _effects_pass(bus, sample_rate, effects, loop)
+    with contextlib.ExitStack() as stack:
+        wet = stack.enter_context(Bus.temporary(bus.channels, bus.frames, scratch)) \
+            if effects and keep_sum else bus
+        dry = measured_sum if measured_sum is not None and not effects else \
+            SumLevels.of(_effects_pass(bus, sample_rate, effects, loop, wet))
+        return _master(wet, dry, sample_rate, target_lufs, ceiling_db, sink, scratch, loop,
+                       max_limiting_db, elements)
+
+
+def _master(bus: Bus, dry: SumLevels, sample_rate: int, target_lufs: float | None,
+            ceiling_db: float, sink: Callable[[np.ndarray], None], scratch: Path | None,
+            loop: bool, max_limiting_db: float,
+            elements: tuple[ElementLevels, ...]) -> MasterReport:
+    """``master_bus`` after its effects: ``bus`` holds their output, ``dry`` its meter."""
+    measured, peak_db = _loudness_peak(dry.loudness)
     warnings: list[RenderWarning] = []
     gain_db = 0.0
     normalise = target_lufs is not None and not math.isinf(measured)
@@ -314,36 +352,12 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
         # the sample peak bounds the true peak from below: no more gain than could stay within
         # the limiting allowed, before the first pass says how much it took
         gain_db = min(target_lufs - measured, ceiling_db + max_limiting_db - peak_db)
-    with Bus.temporary(channels, frames, scratch) as staged:
-        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
-        if normalise:
-            assert target_lufs is not None
-            # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
-            # excess over the ceiling): one pass says how much gain the allowance leaves
-            for _ in range(3):
-                over = done.reduction_db - max_limiting_db
-                if over > 0.05:
-                    step = -over
-                else:
-                    now = done.loudness_after
-                    if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
-                        break
-                    step = target_lufs - now
-                    if step > 0:
-                        step = min(step, max_limiting_db - done.reduction_db)
-                    if abs(step) <= 0.05:
-                        break
-                before = done
-                gain_db += step
-                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, measured)
-                if step > 0 and over <= 0.05 and \
-                        done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
-                    break  # more gain makes the mix flatter, hardly louder: stop raising it
-        trim = np.float32(10 ** (done.trim_db / 20))
-        for _, block in staged.blocks():
-            if done.trim_db:
-                block *= trim
-            sink(block)
+    if dry.true_peak_db + gain_db <= ceiling_db - TRUE_PEAK_MARGIN_DB:
+        done = _scaled_pass(bus, dry, gain_db, sink)
+    else:
+        done, gain_db = _limited(bus, dry.loudness, sample_rate, gain_db, ceiling_db, loop,
+                                 scratch, sink, target_lufs if normalise else None,
+                                 max_limiting_db)
     # the trim is a constant gain: it moves the pass's loudness and true peak dB for dB (both
     # meters are linear), so the output is not measured again
     output_lufs, output_peak = done.loudness_after, done.true_peak_db + done.trim_db
@@ -369,6 +383,67 @@ def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db
                         done.reduction_db, tuple(warnings), max_limiting_db, plr,
                         blocked.name if blocked else None,
                         blocked.peak_to_loudness_db if blocked else None)
+
+
+def _scaled_pass(bus: Bus, dry: SumLevels, gain_db: float,
+                 sink: Callable[[np.ndarray], None]) -> _Pass:
+    """The master where the limiter cannot act: the sum times the gain, block by block, into
+    ``sink``. A gain scales what was measured of the sum rather than measure it again: both
+    meters are linear, only the absolute gate stays where it is (``_scaled_loudness``)."""
+    gain = np.float32(10 ** (gain_db / 20))
+    for _, block in bus.blocks():
+        block *= gain
+        sink(block)
+    return _Pass(_scaled_loudness(dry.loudness, gain_db), dry.true_peak_db + gain_db, 0.0,
+                 0.0)
+
+
+def _scaled_loudness(meter: Meter, gain_db: float) -> float:
+    """The integrated loudness ``meter`` would read of its signal scaled by ``gain_db``: every
+    100 ms energy scales by the gain squared, and the gates are applied to them again (the
+    absolute gate does not move with the signal, so a quiet stretch may cross it)."""
+    scaled = copy.copy(meter)
+    k = 10 ** (gain_db / 10)
+    scaled.energies = [e * k for e in meter.energies]
+    return scaled.integrated_loudness()
+
+
+def _limited(bus: Bus, dry: Meter, sample_rate: int, gain_db: float, ceiling_db: float,
+             loop: bool, scratch: Path | None, sink: Callable[[np.ndarray], None],
+             target_lufs: float | None, max_limiting_db: float) -> tuple[_Pass, float]:
+    """The master where the limiter acts: limit passes into a staged bus, the gain corrected
+    between them toward ``target_lufs`` (None: leave it), then the staged output, trimmed, into
+    ``sink``. ``dry``: the bus's meter. Returns the last pass and the gain it ran at."""
+    with Bus.temporary(bus.channels, bus.frames, scratch) as staged:
+        done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, dry)
+        if target_lufs is not None:
+            # the limiter's deepest reduction grows dB for dB with the gain (it is the peak's
+            # excess over the ceiling): one pass says how much gain the allowance leaves
+            for _ in range(3):
+                over = done.reduction_db - max_limiting_db
+                if over > 0.05:
+                    step = -over
+                else:
+                    now = done.loudness_after
+                    if abs(now - target_lufs) <= 0.1 or done.reduction_db == 0.0:
+                        break
+                    step = target_lufs - now
+                    if step > 0:
+                        step = min(step, max_limiting_db - done.reduction_db)
+                    if abs(step) <= 0.05:
+                        break
+                before = done
+                gain_db += step
+                done = _limit_pass(bus, staged, sample_rate, gain_db, ceiling_db, loop, dry)
+                if step > 0 and over <= 0.05 and \
+                        done.loudness_after - before.loudness_after < MIN_MAKEUP_YIELD * step:
+                    break  # more gain makes the mix flatter, hardly louder: stop raising it
+        trim = np.float32(10 ** (done.trim_db / 20))
+        for _, block in staged.blocks():
+            if done.trim_db:
+                block *= trim
+            sink(block)
+    return done, gain_db
 
 
 def _highest_peaks(elements: tuple[ElementLevels, ...]) -> ElementLevels | None:
@@ -409,15 +484,17 @@ def _wrap_frames(bus: Bus, sample_rate: int) -> int:
 
 
 def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
-                  loop: bool = False) -> tuple[float, float]:
-    """Run the master effects over the bus in place; return the integrated loudness (LUFS)
-    and sample peak (dBFS) of the result. A chain that cannot stream (``WHOLE_TIMELINE``) runs
-    in overlapping segments (``dsp.segments``), as it does on an element."""
-    meter = Meter(sample_rate, bus.channels, true_peak=False)
+                  loop: bool = False, dest: Bus | None = None) -> Meter:
+    """Run the master effects over the bus, into ``dest`` (None: in place, over the bus);
+    return the meter of the result, finished (loudness, sample peak and true peak by
+    ``LIMITER_DETECTOR``). A chain that cannot stream (``WHOLE_TIMELINE``) runs in overlapping
+    segments (``dsp.segments``), as it does on an element."""
+    target = bus if dest is None else dest
+    meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
     if not effects:
         for _, block in bus.blocks():
             meter.add(block)
-        return _loudness_peak(meter.finish())
+        return meter.finish()
     # a chain holding a plugin that cannot stream (``WHOLE_TIMELINE``) runs up to it in
     # overlapping segments (``dsp.segments``), as on an element; the rest streams block by block
     segment_fx, stream_fx = split_at_whole_timeline(effects)
@@ -435,7 +512,7 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
         k = min(wet.shape[1], bus.frames - emitted)
         if k > 0:  # behind what has been read: writing over the bus is safe
             block = np.ascontiguousarray(wet[:, :k], np.float32)
-            bus.write(emitted, block)
+            target.write(emitted, block)
             meter.add(block)
             emitted += k
 
@@ -458,9 +535,9 @@ def _effects_pass(bus: Bus, sample_rate: int, effects: tuple[EffectSpec, ...],
             break
         emit(board(zeros, sample_rate, reset=False))
     if emitted < bus.frames:
-        bus.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
+        target.write(emitted, np.zeros((bus.channels, bus.frames - emitted), np.float32))
         meter.add(np.zeros((bus.channels, bus.frames - emitted), np.float32))
-    return _loudness_peak(meter.finish())
+    return meter.finish()
 
 
 def _loudness_peak(meter: Meter) -> tuple[float, float]:
@@ -509,12 +586,12 @@ def _prime_effects(board: Any, bus: Bus, sample_rate: int,
 
 def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
                 ceiling_db: float, loop: bool = False,
-                input_lufs: float | None = None) -> _Pass:
+                dry: Meter | None = None) -> _Pass:
     """Gain and limit the bus into ``staged``, then measure the output. A loop is limited as
     it plays repeated: its end goes in first (that output is dropped) and its start follows
-    its end (so the look-ahead sees across the wrap). ``input_lufs``: the bus's loudness, when
-    known; where the limiter reduces nothing the output is the bus times the gain, whose
-    loudness is ``input_lufs + gain_db`` (the K-weighting is linear), not measured again."""
+    its end (so the look-ahead sees across the wrap). ``dry``: the bus's meter, when known;
+    where the limiter reduces nothing the output is the bus times the gain, whose loudness is
+    the bus's scaled (``_scaled_loudness``), not measured again."""
     gain = np.float32(10 ** (gain_db / 20))
     limiter = LimiterStream(sample_rate, bus.channels, ceiling_db)
     pos = 0
@@ -540,7 +617,7 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
     for block in blocks:
         take(limiter.push(block * gain))
     take(limiter.finish())
-    scaled = input_lufs is not None and limiter.lowest >= 1.0
+    scaled = dry is not None and limiter.lowest >= 1.0
     # the true peak with the sample peak as the floor from the first block on (measured as the
     # output came, the running peak starts low and most early gaps are interpolated for
     # nothing); the loudness too, unless the gain alone made the output
@@ -549,7 +626,7 @@ def _limit_pass(bus: Bus, staged: Bus, sample_rate: int, gain_db: float,
     for _, block in staged.blocks():
         meter.add(block)
     meter.finish()
-    loudness = input_lufs + gain_db if scaled and input_lufs is not None else \
+    loudness = _scaled_loudness(dry, gain_db) if scaled and dry is not None else \
         meter.integrated_loudness()
     tp = meter.true_peak_db
     aim = ceiling_db - TRUE_PEAK_MARGIN_DB

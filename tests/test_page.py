@@ -324,26 +324,3 @@ def test_overviews_of_several_files_are_each_files_overview(tmp_path: Path) -> N
     assert [got[p] for p in paths] == [overview(p) for p in paths]
     assert len({tuple(got[p]["rms_db"]) for p in paths}) == 5
 
-
-def test_an_overview_read_ahead_is_the_files_and_a_changed_file_is_read_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Read ahead, a file's overview is what reading it then gives; a file rewritten since is
-    read again (its new levels), never answered from the earlier read."""
-    import os
-
-    import soundscape.outputs.page as page
-
-    rng = np.random.default_rng(5)
-    a = wav(tmp_path / "a.wav", (rng.normal(0, 0.05, (2, 40_000))).astype(np.float32), 48000)
-    b = wav(tmp_path / "b.wav", (rng.normal(0, 0.05, (1, 40_000))).astype(np.float32), 48000)
-    direct = {p: overview(p) for p in (a, b)}
-    page.read_overviews_ahead([a, b])
-    wav(b, np.full((1, 40_000), 0.5, np.float32), 48000)  # b changes after the read started
-    os.utime(b, ns=(0, 12345))  # a new version even where the clock is coarse
-    reads: list[Path] = []
-    real = page._read_overview
-    monkeypatch.setattr(page, "_read_overview",
-                        lambda p, bins=page.OVERVIEW_BINS: reads.append(Path(p)) or real(p, bins))
-    assert overview(a) == direct[a] and reads == []  # from the read ahead
-    assert overview(b)["peak_db"] == [-6] * 2000 and reads == [b]  # read again
-    assert overview(a) == direct[a] and reads == [b, a]  # taken once, then read as before

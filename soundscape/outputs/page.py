@@ -13,12 +13,9 @@ the length of the render.
 
 from __future__ import annotations
 
-import contextlib
 import html
 import json
-import os
 import re
-from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,51 +38,13 @@ def overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
 
     The file is streamed in blocks, so memory does not grow with its length. Every channel
     counts: a bin's peak is the largest absolute sample, its RMS the mean power of all
-    channels. A file given to ``read_overviews_ahead`` and unchanged since is not read again.
+    channels.
 
     Returns:
         ``{"bins": n, "seconds_per_bin": s, "peak_db": [...], "rms_db": [...]}``; values are
         ints from ``FLOOR_DB`` to 0 (or above, for a stem that clips).
     """
-    if bins == OVERVIEW_BINS:
-        ahead = _AHEAD.pop(_identity(path), None)
-        if ahead is not None and ahead.exception() is None:
-            return ahead.result()
     return _read_overview(path, bins)
-
-
-_AHEAD: dict[tuple[Any, ...], Future[dict[str, Any]]] = {}
-
-
-def _identity(path: str | Path) -> tuple[Any, ...]:
-    """What tells a file's version apart: its place, inode, size and last change."""
-    st = os.stat(path)
-    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def read_overviews_ahead(paths: list[Path]) -> None:
-    """Start reading the overviews of finished files in a background thread, while the render
-    goes on (the master runs on the other core); ``overview`` then takes the result of each
-    file that has not changed since. Nothing is left running across a fork (the workers of a
-    later render): a fork waits for these reads first."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    _settle()
-    _AHEAD.clear()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="overview")
-    for p in paths:
-        with contextlib.suppress(OSError):
-            _AHEAD[_identity(p)] = pool.submit(_read_overview, p)
-    pool.shutdown(wait=False)
-
-
-def _settle() -> None:
-    """Wait for the overviews being read ahead."""
-    for ahead in list(_AHEAD.values()):
-        ahead.exception()
-
-
-os.register_at_fork(before=_settle)
 
 
 def _read_overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any]:
@@ -215,9 +174,12 @@ def siblings(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
              "current": d.resolve() == here} for variant, d in found]
 
 
-def page_data(directory: Path) -> dict[str, Any]:
+def page_data(directory: Path,
+              known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The data a render page embeds: the manifest, overviews of mix and stems, warnings per
-    element and the sibling renders."""
+    element and the sibling renders. ``known``: overviews already computed (``overview_of``),
+    by file; like the page's own, each is used only while its file is the one it was read
+    from."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -229,31 +191,90 @@ def page_data(directory: Path) -> dict[str, Any]:
                               f"scene again") from None
     names = [e["element"] for e in manifest["elements"]]
     per_element, general = _element_warnings(names, manifest.get("warnings", []))
-    stems: dict[str, Path] = {}
+    earlier = {**_earlier_overviews(directory), **(known or {})}
+    stems: dict[str, tuple[Path, str]] = {}
     for e in manifest["elements"]:
         stem = directory / e["stem"] if e.get("stem") else None
         if stem is None:  # --only left the old stem in place
             guess = directory / "stems" / f"{e['element']}.{manifest['format']}"
             stem = guess if guess.is_file() else None
         if stem is not None and stem.is_file():
-            stems[e["element"]] = stem
+            stems[e["element"]] = (stem, e.get("key", "") if e.get("stem") else "")
     mix = directory / manifest["mix"]["file"]
-    found = overviews_of([*stems.values(), *([mix] if mix.is_file() else [])])
+    found = _overviews(directory, [*stems.values(), *(
+        [(mix, manifest["mix"].get("key", ""))] if mix.is_file() else [])], earlier)
     overviews = {name: {"file": stem.relative_to(directory).as_posix(), **found[stem]}
-                 for name, stem in stems.items()}
+                 for name, (stem, _) in stems.items()}
     mix_overview = found.get(mix)
     return {"manifest": manifest, "overviews": overviews, "mix_overview": mix_overview,
             "warnings": {"elements": per_element, "scene": general},
             "siblings": siblings(directory, manifest)}
 
 
-def write_page(directory: str | Path) -> Path:
+def _source(directory: Path, path: Path, key: str) -> dict[str, Any]:
+    """What identifies the file an overview was computed from: its path, the content key the
+    manifest gives it, and its size and modification time (a file rewritten or replaced since
+    has another of these)."""
+    st = path.stat()
+    return {"file": path.relative_to(directory).as_posix(), "key": key, "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def _earlier_overviews(directory: Path) -> dict[str, dict[str, Any]]:
+    """The overviews the folder's page holds now, by file, each with its ``source``: a render
+    that rewrote only some files reads back only those (the page is written whole, atomically,
+    so what it holds is what it was computed from)."""
+    try:
+        text = (directory / PAGE).read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    match = next((mt for mt in _DATA.finditer(text) if mt.group("id") == "data"), None)
+    try:
+        data = json.loads(match.group("json")) if match else {}
+    except ValueError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    items = [*(data.get("overviews") or {}).values(), data.get("mix_overview")] \
+        if isinstance(data, dict) else []
+    for item in items:
+        source = item.get("source") if isinstance(item, dict) else None
+        if isinstance(source, dict) and isinstance(source.get("file"), str):
+            found[source["file"]] = item
+    return found
+
+
+def overview_of(directory: Path, path: Path, key: str) -> tuple[str, dict[str, Any]]:
+    """``overview(path)`` with its ``source``, for ``page_data``'s ``known``: its file (relative
+    to ``directory``) and the overview. ``key``: the file's content key in the manifest."""
+    source = _source(directory, path, key)
+    return source["file"], {**overview(path), "source": source}
+
+
+def _overviews(directory: Path, files: list[tuple[Path, str]],
+               earlier: dict[str, dict[str, Any]]) -> dict[Path, dict[str, Any]]:
+    """``overview`` of each ``(path, key)`` with its ``source``: the earlier page's where that
+    was computed from this very file (same key, size and modification time), the others read
+    anew, several at a time (``overviews_of``)."""
+    done: dict[Path, dict[str, Any]] = {}
+    sources = {path: _source(directory, path, key) for path, key in files}
+    for path, source in sources.items():
+        old = earlier.get(source["file"])
+        if source["key"] and old is not None and old.get("source") == source:
+            done[path] = {k: v for k, v in old.items() if k != "file"}
+    todo = [path for path in sources if path not in done]
+    for path, found in overviews_of(todo).items():
+        done[path] = {**found, "source": sources[path]}
+    return done
+
+
+def write_page(directory: str | Path, known: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``index.html`` into a render folder and refresh the sibling pages' variant links.
+    ``known``: overviews computed already (``page_data``).
 
     Returns the page's path.
     """
     directory = Path(directory)
-    data = page_data(directory)
+    data = page_data(directory, known)
     m = data["manifest"]
     title = f"{m['scene']}{' / ' + m['variant'] if m.get('variant') else ''} — soundscape"
     path = directory / PAGE

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,8 +43,10 @@ from ..mixer.workers import (
 )
 from ..notices import RenderWarning
 from ..options import ClusterSpec, GenerationOptions, Log, OutputOptions, Progress, quiet
+from ..outputs import sumcache
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
+    LOSSLESS,
     Decision,
     Output,
     decide,
@@ -68,7 +71,7 @@ from ..outputs.manifest import (
     render_manifest,
     stem_record,
 )
-from ..outputs.page import read_overviews_ahead, write_page
+from ..outputs.page import overview_of, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
@@ -239,45 +242,70 @@ def _plan(scene: Scene, models: Models, model: str, output: OutputOptions,
 
 def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
          shared: tuple[RenderWarning, ...], output: OutputOptions) -> RenderResult:
-    """Conform, render the stems that changed, sum the kept ones, master and write."""
+    """Conform, render the stems that changed, sum the kept ones, master and write. A sum
+    kept by the last render (``sumcache``) is updated instead, when that reads fewer files."""
     scene, out = p.scene, p.out
     warnings = [*p.arrangement.warnings, *shared]
     jobs: list[StemJob] = []
     audio_of: dict[str, list[np.ndarray]] = {}
-    kept: list[Path] = []
-    present: list[str] = []
-    for name in p.keys:
-        d = p.decisions[name]
-        if d.keep is not None and p.sums(d.keep):
-            kept.append(p.directory / d.keep.stem)  # type: ignore[operator]
-            present.append(name)
-            continue
-        audio = element_takes(p.sources[name], cache)
-        if audio is None:
-            warnings.append(RenderWarning("takes", f"{name} has no take yet (not generated: "
-                                          f"excluded by --only); left out of the mix", name))
-            continue
-        present.append(name)
-        audio_of[name] = audio
-        jobs.append(StemJob(p.arrangement.plan(name), audio,
-                            p.path(name) if d.write else None, out.sample_rate,
-                            scene.duration))
-    for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
-        if j.path is None and p.path(j.plan.name).exists():
-            warnings.append(RenderWarning(
-                "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} is "
-                f"from an earlier render and not rewritten (--only), so the stems no longer sum "
-                f"to the mix; render without --only to rewrite it", j.plan.name))
+    kept = {n: p.directory / d.keep.stem for n, d in p.decisions.items()  # type: ignore[operator]
+            if d.keep is not None and p.sums(d.keep)}
     forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
                      p.directory / "manifest.json")
-    workers = choose_workers(len(jobs), scene.duration, output.jobs)
     mix_path = p.directory / f"mix.{out.fmt}"
-    with Bus.temporary(out.channels, out.frames + p.overhang, p.directory) as mix:
+    m = scene.master
+    keeps_sum = _keeps_sum(p, output, kept)
+    cached = sumcache.read(p.directory, out) if keeps_sum else None
+    old = sumcache.old_stems(cached, {n: p.keys[n] for n in kept}, p.previous, p.directory,
+                             out)
+    if old is not None and cached is not None:
+        reread = {n: path for n, path in kept.items() if cached.stems.get(n) != p.keys[n]}
+        if len(old) + len(reread) >= len(kept):
+            old = None  # as many files to read as without the cached sum
+        else:
+            kept = reread
+    with contextlib.ExitStack() as stack:
+        # the earlier files of the stems that change, opened before they are replaced
+        olds = [stack.enter_context(sumcache.open_stem(path, out)) for path in (old or {}).values()]
+        if not keeps_sum:
+            sumcache.drop(p.directory)
+            mix = Bus.temporary(out.channels, out.frames + p.overhang, p.directory)
+        else:
+            mix = sumcache.open_bus(p.directory, out, reuse=old is not None)
+        stack.enter_context(mix)
+        # work beside the main thread's (its last tasks done before the files above close)
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        # the earlier stems leave the sum on another core while the takes are conformed
+        taken_out = pool.submit(sumcache.subtract, mix, olds) if olds else None
+        present: list[str] = []
+        for name in p.keys:
+            d = p.decisions[name]
+            if name in kept or (d.keep is not None and p.sums(d.keep)):
+                present.append(name)
+                continue
+            audio = element_takes(p.sources[name], cache)
+            if audio is None:
+                warnings.append(RenderWarning(
+                    "takes", f"{name} has no take yet (not generated: excluded by --only); "
+                    f"left out of the mix", name))
+                continue
+            present.append(name)
+            audio_of[name] = audio
+            jobs.append(StemJob(p.arrangement.plan(name), audio,
+                                p.path(name) if d.write else None, out.sample_rate,
+                                scene.duration))
+        for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
+            if j.path is None and p.path(j.plan.name).exists():
+                warnings.append(RenderWarning(
+                    "render", f"{j.plan.name}: {p.path(j.plan.name).relative_to(p.directory)} "
+                    f"is from an earlier render and not rewritten (--only), so the stems no "
+                    f"longer sum to the mix; render without --only to rewrite it", j.plan.name))
+        if taken_out is not None:
+            taken_out.result()
+        workers = choose_workers(len(jobs), scene.duration, output.jobs)
         measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
                                 p.directory, out.frames)
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
-        for path in kept:
-            add_stem_file(path, mix)
         written = {j.plan.name for j in jobs if j.path is not None}
         for name in written:  # metadata, before the records take the files' sizes
             tag_file(p.path(name), element_tags(
@@ -285,20 +313,28 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 p.keys[name],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
-        read_overviews_ahead([p.path(n) for n in sorted(written)])  # the page's, meanwhile
+        # the new stems' overviews for the page, read while the sum is worked (another core)
+        ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
+        for path in kept.values():
+            add_stem_file(path, mix)
+        # an updated sum is measured here (the master need not read it first)
+        measured = sumcache.measure(mix, out.sample_rate, pool) if old is not None else None
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
                                 audio_of.get(name)) for name in present]
-        m = scene.master
         pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
                         m.ceiling, p.directory) as w:
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
                                 w.write, p.directory, loop=p.wrap > 0,
-                                max_limiting_db=m.max_limiting, elements=_levels(records))
+                                max_limiting_db=m.max_limiting, elements=_levels(records),
+                                measured_sum=measured, keep_sum=keeps_sum)
+        if keeps_sum:
+            sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
+                          cached.edits + 1 if old is not None and cached else 0)
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
@@ -324,8 +360,16 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
-    write_page(p.directory)
+    write_page(p.directory, dict(f.result() for f in ahead))
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
+    """Whether this render keeps its pre-master sum for the next (``sumcache``): the sum is
+    then exactly the stems on disk (lossless, every stem rendered is written, no loop's tail
+    folded in)."""
+    return p.out.fmt in LOSSLESS and not p.wrap and output.only is None \
+        and all(d.write for n, d in p.decisions.items() if n not in kept)
 
 
 def _pre_master_lufs(mix: Bus, frames: int, sample_rate: int) -> float:
@@ -552,7 +596,7 @@ def _write_locked(p: _Plan, models: Models, cache: TakeCache, generated: frozens
                   shared: tuple[RenderWarning, ...], gen: GenerationOptions,
                   output: OutputOptions, want: ExportRequest) -> RenderResult:
     """``_write``'s work, under the folder's lock."""
-    for folder in (p.directory, p.directory / "stems"):
+    for folder in (p.directory, p.directory / "stems", p.directory / sumcache.CACHE_DIR):
         remove_stale_temps(folder)
     p = _plan(p.scene, models, p.model, output, directory=p.directory)
     if not p.redo_mix and p.previous is not None:
@@ -589,7 +633,8 @@ def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str]
                 # The folder is this render's alone while it holds the lock, and its writers and
                 # workers have stopped (killed on an interrupt): every temporary file still in it
                 # was caught between its creation and its cleanup, so all of them go.
-                for folder in (p.directory, p.directory / "stems"):
+                for folder in (p.directory, p.directory / "stems",
+                               p.directory / sumcache.CACHE_DIR):
                     remove_stale_temps(folder, max_age_s=-1.0)
                 raise
     except BaseException:

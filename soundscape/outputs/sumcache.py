@@ -1,0 +1,205 @@
+"""The pre-master sum a render leaves for the next one (incremental renders).
+
+Input: a render folder, the stem keys its sum is made of, the earlier render's manifest. Output:
+``.cache/sum.f32`` (the float32 sum of the stems before the master, frames interleaved, as the
+mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The next render of
+the folder starts from that sum, subtracts the stems that changed as their earlier files hold
+them and adds their new renders, instead of reading every kept stem back: an edit to one
+element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
+is measured once for the master (``measure``).
+
+Trust: the index names the stem key of every element in the sum and the sum file's size and
+modification time. It is removed before the sum file is touched and written (whole,
+atomically) only once the sum is complete, so a render that fails or is killed half-way leaves
+no index, and the sum is then rebuilt from the stems. A changed stem is subtracted only when
+its file is the one the index's key names (the earlier manifest's key, size and format) and can
+be read back exactly enough (``incremental.summable``). Each such edit leaves the error of the
+subtracted file's rounding (half a step of its bit depth: 6e-8 at 24 bits) in the sum; after
+``MAX_EDITS`` of them the sum is rebuilt from the stems.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..audio_io import atomic_path, atomic_write_text
+from ..dsp.bus import BLOCK, Bus, on_disk
+from ..dsp.meter import Meter
+from ..errors import RenderError
+from ..master import LIMITER_DETECTOR, SumLevels
+from .incremental import Output, stored_is_current, summable
+from .manifest import Manifest
+
+CACHE_DIR = ".cache"
+SUM_FILE = "sum.f32"
+INDEX_FILE = "sum.json"
+VERSION = 1
+MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
+
+
+@dataclass(frozen=True)
+class CachedSum:
+    """What the cached sum is made of: element -> stem key, and how many edits it has had."""
+
+    stems: dict[str, str]
+    edits: int
+
+
+def _paths(directory: Path) -> tuple[Path, Path]:
+    folder = directory / CACHE_DIR
+    return folder / SUM_FILE, folder / INDEX_FILE
+
+
+def _shape(out: Output) -> dict[str, int]:
+    return {"sample_rate": out.sample_rate, "channels": out.channels, "frames": out.frames}
+
+
+def read(directory: Path, out: Output) -> CachedSum | None:
+    """The cached sum of ``directory`` if its index is whole, is of ``out``'s shape and still
+    describes the sum file on disk; else None."""
+    path, index = _paths(directory)
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("version") != VERSION \
+            or data.get("shape") != _shape(out):
+        return None
+    size = out.channels * out.frames * 4
+    if data.get("file") != {"bytes": size, "mtime_ns": st.st_mtime_ns} \
+            or st.st_size != size:
+        return None
+    stems, edits = data.get("stems"), data.get("edits")
+    if not isinstance(stems, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in stems.items()) \
+            or not isinstance(edits, int):
+        return None
+    return CachedSum(stems, edits)
+
+
+def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest | None,
+              directory: Path, out: Output) -> dict[str, Path] | None:
+    """The earlier stem files to subtract from the cached sum so that it holds only the stems
+    in ``keep`` (element -> key, the stems kept as they are): every element of the sum that is
+    not kept with the same key. None when the sum cannot be used: missing, edited too often, or
+    one of those files is not the one the sum holds or cannot be read back exactly."""
+    if cached is None or cached.edits >= MAX_EDITS:
+        return None
+    found: dict[str, Path] = {}
+    for name, key in cached.stems.items():
+        if keep.get(name) == key:
+            continue
+        rec = previous.element(name) if previous is not None else None
+        if rec is None or rec.stem is None:
+            return None
+        path = directory / rec.stem
+        if not stored_is_current(rec, key, directory, path) or not summable(rec, out):
+            return None
+        found[name] = path
+    return found
+
+
+def drop(directory: Path) -> None:
+    """Remove the cached sum and its index (a render that cannot keep one, or not yet)."""
+    path, index = _paths(directory)
+    for p in (index, path):  # the index first: a sum without one is never trusted
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
+    """The mix bus of a render that keeps its sum: the cached sum's samples (``reuse``) or
+    zeros. Its index is removed first, so the sum is untrusted until ``save``. A sum too long
+    to hold is the cache file itself (worked in place); a shorter one is read into memory."""
+    path, index = _paths(directory)
+    with contextlib.suppress(FileNotFoundError):
+        index.unlink()
+    channels, frames = out.channels, out.frames
+    if not on_disk(channels, frames):
+        if reuse:
+            data = np.fromfile(path, np.float32).reshape(frames, channels)
+            return Bus(channels, frames, array=np.ascontiguousarray(data.T))
+        return Bus(channels, frames, array=np.zeros((channels, frames), np.float32))
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if reuse else os.O_TRUNC), 0o644)
+    try:
+        os.ftruncate(fd, channels * frames * 4)  # a new one is sparse: reads as zeros
+    except OSError:
+        os.close(fd)
+        raise
+    return Bus(channels, frames, fd=fd)
+
+
+def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int) -> None:
+    """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key) for the next
+    render: the samples first (a sum held in memory is written to a temporary name and
+    renamed), then the index that vouches for them."""
+    path, index = _paths(directory)
+    if bus.array is not None:
+        path.parent.mkdir(exist_ok=True)
+        with atomic_path(path) as tmp:
+            np.ascontiguousarray(bus.array.T).tofile(tmp)
+    st = path.stat()
+    data: dict[str, Any] = {
+        "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
+        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    atomic_write_text(index, json.dumps(data, indent=1, sort_keys=True))
+
+
+@contextlib.contextmanager
+def open_stem(path: Path, out: Output) -> Iterator[Any]:
+    """An earlier stem file, open for reading (it stays readable when a new one replaces it).
+
+    Raises:
+        RenderError: it is not of the mix's shape.
+    """
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(path)) as f:
+        if f.num_channels != out.channels or f.frames != out.frames:
+            raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
+                              f"{out.channels} x {out.frames}; render with --force")
+        yield f
+
+
+def subtract(mix: Bus, olds: list[Any]) -> None:
+    """Subtract the earlier stem files ``olds`` (open, at their start) from the sum."""
+    for start, block in mix.blocks(BLOCK):
+        for f in olds:
+            chunk = f.read(block.shape[1])
+            if chunk.shape[1] != block.shape[1]:
+                raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
+                                  f"{mix.frames}; render with --force")
+            block -= chunk
+        mix.write(start, block)
+
+
+def measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
+    """The sum's loudness, sample and true peak, as the master's first pass would read them;
+    the true peak on ``pool``'s thread as the blocks go. The sample peak is read first: the
+    true peak then interpolates, from the first block on, only the gaps that could rise above
+    it (from a running peak that starts at zero, most early gaps are worked for nothing)."""
+    sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
+                      default=0.0)
+    loudness = Meter(sample_rate, mix.channels, true_peak=False)
+    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
+    peaks.sample_peak = sample_peak  # a level the signal reaches: the gaps' floor from the start
+    pending = None
+    for _, block in mix.blocks(BLOCK):
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(peaks.add, block)
+        loudness.add(block)
+    if pending is not None:
+        pending.result()
+    return SumLevels(loudness.finish(), peaks.finish().true_peak_db)

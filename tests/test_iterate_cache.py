@@ -1,0 +1,343 @@
+"""An edit is heard quickly: the pre-master sum and the page's overviews are kept between renders
+(``outputs.sumcache``, ``outputs.page``), and what an edit redoes still equals a fresh render."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import soundscape.outputs.page as page_module
+import soundscape.pipelines.render as render_module
+from soundscape.audio_io import read_audio
+from soundscape.outputs import sumcache
+from soundscape.pipelines.render import render
+from tests.conftest import wav
+
+SCENE = """\
+name: it
+duration: 4 s
+sample_rate: {sr}
+channels: {channels}
+elements:
+  bed: {{file: bed.wav, loop: {{crossfade: 300 ms}}, volume: {bed}}}
+  drip: {{file: drip.wav, scatter: {{interval: [0.5 s, 1.5 s], pan_jitter: 0.5}}}}
+  tone: {{file: tone.wav, at: 1 s, volume: -6 dB, effects: [{{lowpass: {{cutoff: 2 kHz}}}}]}}
+master: {{loudness: -20 LUFS}}
+"""
+# the edited mix against a fresh render: the subtracted stem's rounding (half a step of its
+# bit depth) times the master's gain, and the mix's own rounding (seen: 1.2e-7 at 24 and 32
+# bits, two steps of a 24-bit mix; 3.1e-5 at 16 bits, one step)
+TOLERANCE = {24: 5e-7, 32: 5e-7, 16: 1e-4}
+
+
+def write_scene(root: Path, sr: int, channels: int, bed: str = "-6 dB") -> Path:
+    rng = np.random.default_rng(1)
+    wav(root / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(root / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    t = np.arange(48000) / 48000
+    wav(root / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    path = root / "it.yaml"
+    path.write_text(SCENE.format(sr=sr, channels=channels, bed=bed))
+    return path
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The kept stems the render reads back whole into the sum (what the cached sum saves)."""
+    seen: list[str] = []
+    real = render_module.add_stem_file
+
+    def spy(path: Path, mix: Any, *a: Any) -> None:
+        seen.append(Path(path).stem)
+        real(path, mix, *a)
+
+    monkeypatch.setattr(render_module, "add_stem_file", spy)
+    return seen
+
+
+def index(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "it" / sumcache.CACHE_DIR /
+                                       sumcache.INDEX_FILE).read_text())
+    return data
+
+
+def mix_of(res: Any) -> np.ndarray:
+    return read_audio(res.mix)[0]
+
+
+@pytest.mark.parametrize("sr,channels,bit_depth", [(22050, 1, 24), (44100, 2, 16),
+                                                   (48000, 2, 24), (96000, 2, 32)])
+def test_edited_mix_equals_a_fresh_render(tmp_path: Path, reads: list[str], sr: int,
+                                          channels: int, bit_depth: int) -> None:
+    scene = write_scene(tmp_path, sr, channels)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1, bit_depth=bit_depth)
+    assert index(out)["edits"] == 0 and sorted(index(out)["stems"]) == ["bed", "drip", "tone"]
+    reads.clear()
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-12 dB"))
+    [res] = render(scene, out=out, jobs=1, bit_depth=bit_depth)
+    assert reads == []  # the kept stems were not read back: the cached sum holds them
+    assert index(out)["edits"] == 1
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1, bit_depth=bit_depth)
+    a, b = mix_of(res), mix_of(fresh)
+    assert a.shape == b.shape == (channels, 4 * sr)
+    assert float(np.abs(a - b).max()) <= TOLERANCE[bit_depth]
+    assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
+    assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+    # the cached sum is the stems' sum (each read back within its rounding)
+    stems = sum(read_audio(p)[0] for p in res.stems.values())
+    cached = np.fromfile(out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE, np.float32)
+    cached = cached.reshape(-1, channels).T
+    assert float(np.abs(cached - stems).max()) <= 3 * TOLERANCE[bit_depth]
+
+
+def test_edits_in_a_row_are_rebuilt_from_the_stems_after_max_edits(
+        tmp_path: Path, reads: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sumcache, "MAX_EDITS", 2)
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    for k, volume in enumerate(["-7 dB", "-8 dB", "-9 dB"]):
+        reads.clear()
+        scene.write_text(SCENE.format(sr=48000, channels=2, bed=volume))
+        [res] = render(scene, out=out, jobs=1)
+        if k < 2:
+            assert reads == [] and index(out)["edits"] == k + 1
+        else:  # the third: from the stems again, and the count starts over
+            assert sorted(reads) == ["drip", "tone"] and index(out)["edits"] == 0
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+
+
+def _garbage_index(d: Path) -> None:
+    (d / sumcache.INDEX_FILE).write_text("{not json")
+
+
+def _truncated_sum(d: Path) -> None:
+    p = d / sumcache.SUM_FILE
+    p.write_bytes(p.read_bytes()[:-8])
+
+
+def _rewritten_sum(d: Path) -> None:  # same size, other samples, written after the index
+    p = d / sumcache.SUM_FILE
+    st = p.stat()
+    p.write_bytes(np.full(st.st_size // 4, 0.25, np.float32).tobytes())
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def _wrong_key(d: Path) -> None:  # the index says the sum holds another drip than the stem's
+    data = json.loads((d / sumcache.INDEX_FILE).read_text())
+    data["stems"]["drip"] = "0" * 64
+    (d / sumcache.INDEX_FILE).write_text(json.dumps(data))
+
+
+def _no_index(d: Path) -> None:  # as a render killed between its start and its end leaves it
+    (d / sumcache.INDEX_FILE).unlink()
+
+
+@pytest.mark.parametrize("damage", [_garbage_index, _truncated_sum, _rewritten_sum, _wrong_key,
+                                    _no_index])
+def test_a_damaged_or_mismatched_cache_is_not_trusted(tmp_path: Path, reads: list[str],
+                                                      damage: Any) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    damage(out / "it" / sumcache.CACHE_DIR)
+    reads.clear()
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert sorted(reads) == ["drip", "tone"]  # rebuilt from the stems
+    assert index(out)["edits"] == 0
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+
+
+def test_a_failed_render_leaves_no_trusted_sum(tmp_path: Path, reads: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    real = render_module.master_bus
+
+    def fail(*a: Any, **k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render_module, "master_bus", fail)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    with pytest.raises(KeyboardInterrupt):
+        render(scene, out=out, jobs=1)  # the bed's difference is already in the sum
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
+    monkeypatch.setattr(render_module, "master_bus", real)
+    reads.clear()
+    [res] = render(scene, out=out, jobs=1)
+    assert sorted(reads) == ["drip", "tone"]
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+
+
+def test_a_loopable_or_lossy_render_keeps_no_sum(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    assert (out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE).is_file()
+    render(scene, out=out, jobs=1, loopable=True)  # the sum then holds folded tails
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE).exists()
+    render(scene, out=out, jobs=1, fmt="ogg")
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE).exists()
+
+
+# --- the page's overviews ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def overviews(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files whose overview is computed (read back), by name."""
+    seen: list[str] = []
+    real = page_module.overview
+
+    def spy(path: Any, *a: Any, **k: Any) -> Any:
+        seen.append(Path(path).name)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(page_module, "overview", spy)
+    return seen
+
+
+def embedded(out: Path) -> dict[str, Any]:
+    text = (out / "it" / page_module.PAGE).read_text(encoding="utf-8")
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    assert m is not None
+    data: dict[str, Any] = json.loads(m.group(1))
+    return data
+
+
+def test_page_reads_only_the_files_that_changed(tmp_path: Path, overviews: list[str]) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    assert sorted(overviews) == ["bed.wav", "drip.wav", "mix.wav", "tone.wav"]
+    before = embedded(out)
+    overviews.clear()
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    render(scene, out=out, jobs=1)
+    assert sorted(overviews) == ["bed.wav", "mix.wav"]
+    after = embedded(out)
+    for name in ("drip", "tone"):  # kept as they were, source and all
+        assert after["overviews"][name] == before["overviews"][name]
+    # the bed is 6 dB lower: its overview says so (a stale one would not)
+    old, new = (np.array(x["overviews"]["bed"]["rms_db"]) for x in (before, after))
+    heard = old > -60
+    assert np.median(new[heard] - old[heard]) == pytest.approx(-6, abs=1)
+    assert after["overviews"]["bed"] == {"file": "stems/bed.wav",
+                                         **page_module.overview(out / "it/stems/bed.wav"),
+                                         "source": after["overviews"]["bed"]["source"]}
+
+
+def test_page_reads_a_replaced_file_again(tmp_path: Path, overviews: list[str]) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    before = embedded(out)
+    tone = out / "it/stems/tone.wav"
+    data = bytearray(tone.read_bytes())
+    at = data.find(b"data") + 8 + 72000 * 6  # 1.5 s into the samples (24-bit stereo)
+    data[at:at + 60000] = bytes(60000)  # 0.2 s of silence there, by hand
+    tone.write_bytes(bytes(data))  # same key and size: only its time says it changed
+    overviews.clear()
+    render_module.write_page(out / "it")
+    assert overviews == ["tone.wav"]
+    old, new = (np.array(x["overviews"]["tone"]["peak_db"]) for x in (before, embedded(out)))
+    silenced = (new == page_module.FLOOR_DB) & (old > -40)
+    assert 103 <= silenced.sum() <= 105 and (new[~silenced] == old[~silenced]).all()
+    (out / "it" / page_module.PAGE).write_text("<html>not a page</html>")
+    overviews.clear()
+    render_module.write_page(out / "it")
+    assert sorted(overviews) == ["bed.wav", "drip.wav", "mix.wav", "tone.wav"]
+
+
+# --- the master: a gain scales what it measured ------------------------------------------------
+
+
+def _quiet_then_quieter(sr: int, channels: int) -> np.ndarray:
+    """10 s of noise at -64 LUFS, then 10 s 8 dB under it, under the absolute gate (-70 LUFS):
+    at the gain that brings it to -20 LUFS the second half is above that gate and within 10 LU
+    of the first, so it counts, and the loudness is not the sum's moved by the gain."""
+    from soundscape.dsp.meter import measure
+
+    x = np.random.default_rng(4).normal(0, 1, (channels, 20 * sr)).astype(np.float32)
+    x *= np.float32(10 ** ((-64 - measure(x, sr, true_peak=False).integrated_loudness()) / 20))
+    x[:, 10 * sr:] *= np.float32(10 ** (-8 / 20))
+    return x
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (44100, 2), (48000, 2), (96000, 1)])
+def test_a_master_the_limiter_leaves_alone_is_the_sum_times_the_gain(sr: int,
+                                                                   channels: int) -> None:
+    import pyloudnorm
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.meter import measure
+    from soundscape.master import master_bus
+
+    x = _quiet_then_quieter(sr, channels)
+    blocks: list[np.ndarray] = []
+    with Bus(channels, x.shape[1], array=x.copy()) as bus:
+        report = master_bus(bus, sr, -20.0, -1.0, (), blocks.append)
+    out = np.concatenate(blocks, axis=1)
+    gain = np.float32(10 ** (report.gain_db / 20))
+    assert report.limiter_reduction_db == 0.0 and report.gain_db > 30
+    assert np.array_equal(out, x * gain)  # exactly: nothing else touched it
+    # the loudness the report gives is what the output measures, the quieter half included
+    # (10 s above the gate now): an independent meter agrees, and it is not the sum's + gain
+    theirs = pyloudnorm.Meter(sr).integrated_loudness(out.T.astype(np.float64))
+    assert report.output_lufs == pytest.approx(theirs, abs=0.05)
+    assert report.output_lufs < report.input_lufs + report.gain_db - 0.5
+    assert report.true_peak_dbtp == pytest.approx(measure(out, sr).true_peak_db, abs=1e-3)
+
+
+def test_master_effects_leave_a_kept_sum_as_it_was() -> None:
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.effects import EffectSpec
+    from soundscape.master import master_bus
+
+    sr = 48000
+    x = np.random.default_rng(5).normal(0, 0.05, (2, 6 * sr)).astype(np.float32)
+    effects = (EffectSpec("lowpass", (("cutoff", 2000.0),)),)
+    outs = []
+    for keep in (False, True):
+        blocks: list[np.ndarray] = []
+        with Bus(2, x.shape[1], array=x.copy()) as bus:
+            master_bus(bus, sr, -20.0, -1.0, effects, blocks.append, keep_sum=keep)
+            assert np.array_equal(bus.array, x) == keep  # type: ignore[arg-type]
+        outs.append(np.concatenate(blocks, axis=1))
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 2), (44100, 1), (48000, 2), (96000, 2)])
+def test_the_updated_sum_is_measured_as_the_master_would(sr: int, channels: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyloudnorm
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.dsp.meter import measure
+
+    # a peaky tone and noise: inter-sample peaks above the samples, a level that moves
+    rng = np.random.default_rng(6)
+    t = np.arange(12 * sr) / sr
+    x = (0.3 * np.sin(2 * np.pi * (sr / 4) * t + np.pi / 4) * (1.5 + np.sin(2 * np.pi * t / 4))
+         + rng.normal(0, 0.01, (channels, t.size))).astype(np.float32)
+    with Bus(channels, x.shape[1], array=x.copy()) as bus, ThreadPoolExecutor(2) as pool:
+        got = sumcache.measure(bus, sr, pool)
+    ours = measure(x, sr)
+    assert got.true_peak_db == pytest.approx(ours.true_peak_db, abs=1e-6)
+    assert got.true_peak_db > 20 * np.log10(np.abs(x).max()) + 2  # between the samples
+    assert got.loudness.sample_peak == pytest.approx(float(np.abs(x).max()))
+    theirs = pyloudnorm.Meter(sr).integrated_loudness(x.T.astype(np.float64))
+    assert got.loudness.integrated_loudness() == pytest.approx(theirs, abs=0.05)
