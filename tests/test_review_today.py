@@ -236,3 +236,65 @@ def json_edits(out: Path) -> int:
     edits: int = json.loads((out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE)
                             .read_text())["edits"]
     return edits
+
+
+def _drop_drip(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "drip:" not in line) + "\n"
+
+
+def _add_tone2(text: str) -> str:
+    return text.replace("master:", "  tone2: {file: tone.wav, at: 2 s, volume: -9 dB}\nmaster:")
+
+
+@pytest.mark.parametrize("change", [
+    _drop_drip, _add_tone2,
+    lambda t: t.replace("duration: 4 s", "duration: 3 s"),
+    lambda t: t.replace("sample_rate: 48000", "sample_rate: 44100"),
+    lambda t: t.replace("channels: 2", "channels: 1"),
+], ids=["element removed", "element added", "duration", "sample rate", "channels"])
+def test_a_scene_change_with_a_kept_sum_equals_a_fresh_render(tmp_path: Path,
+                                                             change: object) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(change(SCENE.format(sr=48000, channels=2, bed="-12 dB")))  # type: ignore
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    a, b = mix_of(res), mix_of(fresh)
+    assert a.shape == b.shape
+    assert float(np.abs(a - b).max()) <= TOLERANCE[24]
+    stems = sum(read_audio(p)[0] for p in res.stems.values())
+    assert float(np.abs(_cached_sum(out, a.shape[0]) - stems).max()) <= 3 * TOLERANCE[24]
+
+
+def test_an_only_render_then_an_edit_equals_a_fresh_render(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-9 dB"))
+    render(scene, out=out, jobs=1, only=["bed"])
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-14 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+
+
+def test_the_budget_counts_the_master_effects_own_bus(tmp_path: Path) -> None:
+    """A render that keeps its sum runs the master effects into a bus of their own (``master_bus``
+    with ``keep_sum``): with the sum and the limiter's staged output, three buses; a long
+    scene's are files on the output disk, so the disk estimate holds all three."""
+    from soundscape.arrange import arrange
+    from soundscape.dsp.effects import EffectSpec
+    from soundscape.mixer import budget
+    from soundscape.scene import load_scene
+
+    scene = write_scene(tmp_path, 48000, 2)
+    arr = arrange(load_scene(scene), {"bed": 2.0, "drip": 0.25, "tone": 1.0})
+    frames = 3 * 3600 * 48000  # three hours: the buses are files
+    fx = (EffectSpec("lowpass", (("cutoff", 2000.0),)),)
+    plain = budget.estimate(arr, frames, 2, "wav", 24, 3, 1, ())
+    with_fx = budget.estimate(arr, frames, 2, "wav", 24, 3, 1, fx)
+    assert with_fx.disk - plain.disk >= 2 * frames * 4
