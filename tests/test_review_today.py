@@ -298,3 +298,34 @@ def test_the_budget_counts_the_master_effects_own_bus(tmp_path: Path) -> None:
     plain = budget.estimate(arr, frames, 2, "wav", 24, 3, 1, ())
     with_fx = budget.estimate(arr, frames, 2, "wav", 24, 3, 1, fx)
     assert with_fx.disk - plain.disk >= 2 * frames * 4
+
+
+def test_a_failed_edit_of_a_sum_worked_in_place_is_rebuilt(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long scene's sum is the cache file itself, worked in place: an edit that fails after
+    the old stem was subtracted leaves it half-updated; the next render must not trust it."""
+    from typing import Any
+
+    import soundscape.dsp.bus as bus_module
+    import soundscape.pipelines.render as render_module
+
+    monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1 << 16)
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    real = render_module.master_bus
+
+    def fail(*a: Any, **k: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render_module, "master_bus", fail)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    with pytest.raises(KeyboardInterrupt):
+        render(scene, out=out, jobs=1)
+    monkeypatch.setattr(render_module, "master_bus", real)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-14 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+    stems = sum(read_audio(p)[0] for p in res.stems.values())
+    assert float(np.abs(_cached_sum(out, 2) - stems).max()) <= 3 * TOLERANCE[24]
