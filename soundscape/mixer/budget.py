@@ -20,6 +20,9 @@ from ..dsp.segments import SEGMENT_S
 from ..errors import SoundscapeError
 
 BUS_COPIES = 2  # the sum, and the limiter's output staged for the final trim (``master_bus``)
+# master effects write into a bus of their own when the sum is kept for the next render
+# (``master_bus(keep_sum=True)``, every lossless render that is not loopable)
+EFFECTS_BUS_COPIES = 1
 WHOLE_TIMELINE_COPIES = 3  # a chain that cannot stream holds a segment in and out (and ours)
 SEGMENT_MARGIN_S = 13.0  # pre-roll (the longest tail waited for), search and post-roll
 STREAMING = 64 * 2**20  # blocks in flight, meters, the limiter's state: flat at any length
@@ -45,7 +48,8 @@ def estimate(arr: Arrangement, frames: int, channels: int, fmt: str, bit_depth: 
     mix = channels * frames * 4
     segment = WHOLE_TIMELINE_COPIES * min(
         mix, int(channels * (SEGMENT_S + SEGMENT_MARGIN_S) * arr.sample_rate * 4))
-    buses = (BUS_COPIES + max(0, workers - 1)) * mix
+    buses = (BUS_COPIES + (EFFECTS_BUS_COPIES if master_effects else 0)
+             + max(0, workers - 1)) * mix
     scratch = buses if on_disk(channels, frames) else 0
     master = STREAMING + (buses - scratch)
     if any(fx.name in WHOLE_TIMELINE for fx in master_effects):

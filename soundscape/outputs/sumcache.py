@@ -8,14 +8,17 @@ them and adds their new renders, instead of reading every kept stem back: an edi
 element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
 is measured once for the master (``measure``).
 
-Trust: the index names the stem key of every element in the sum and the sum file's size and
-modification time. It is removed before the sum file is touched and written (whole,
-atomically) only once the sum is complete, so a render that fails or is killed half-way leaves
-no index, and the sum is then rebuilt from the stems. A changed stem is subtracted only when
-its file is the one the index's key names (the earlier manifest's key, size and format) and can
-be read back exactly enough (``incremental.summable``). Each such edit leaves the error of the
-subtracted file's rounding (half a step of its bit depth: 6e-8 at 24 bits) in the sum; after
-``MAX_EDITS`` of them the sum is rebuilt from the stems.
+Trust: the index names the stem key of every element in the sum, the size and modification time
+of each stem's file as the sum was saved, and the sum file's size and modification time. It is
+removed before the sum file is touched and written (whole, atomically) only once the sum is
+complete, so a render that fails or is killed half-way leaves no index, and the sum is then
+rebuilt from the stems. A changed stem is subtracted only when its file is the one the index's
+key names (the earlier manifest's key, size and format) and can be read back exactly enough
+(``incremental.summable``); a stem file of the sum replaced since (a user's edit keeps its
+size, not its modification time) makes the sum untrusted: subtracted, it would leave the
+difference in the sum; kept, the stems on disk would no longer sum to the mix. Each such edit
+leaves the error of the subtracted file's rounding (half a step of its bit depth: 6e-8 at 24
+bits) in the sum; after ``MAX_EDITS`` of them the sum is rebuilt from the stems.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from .manifest import Manifest
 CACHE_DIR = ".cache"
 SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
-VERSION = 1
+VERSION = 2  # 2: the stem files' size and modification time
 MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
 
 
@@ -52,6 +55,15 @@ class CachedSum:
 
     stems: dict[str, str]
     edits: int
+    files: dict[str, list[int]]  # element -> [bytes, mtime_ns] of its stem file at the save
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _paths(directory: Path) -> tuple[Path, Path]:
@@ -79,12 +91,12 @@ def read(directory: Path, out: Output) -> CachedSum | None:
     if data.get("file") != {"bytes": size, "mtime_ns": st.st_mtime_ns} \
             or st.st_size != size:
         return None
-    stems, edits = data.get("stems"), data.get("edits")
+    stems, edits, files = data.get("stems"), data.get("edits"), data.get("files")
     if not isinstance(stems, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in stems.items()) \
-            or not isinstance(edits, int):
+            or not isinstance(edits, int) or not isinstance(files, dict):
         return None
-    return CachedSum(stems, edits)
+    return CachedSum(stems, edits, files)
 
 
 def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest | None,
@@ -92,17 +104,20 @@ def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest
     """The earlier stem files to subtract from the cached sum so that it holds only the stems
     in ``keep`` (element -> key, the stems kept as they are): every element of the sum that is
     not kept with the same key. None when the sum cannot be used: missing, edited too often, or
-    one of those files is not the one the sum holds or cannot be read back exactly."""
+    one of those files is not the one the sum holds or cannot be read back exactly, or a stem
+    file of the sum was replaced since it was saved."""
     if cached is None or cached.edits >= MAX_EDITS:
         return None
     found: dict[str, Path] = {}
     for name, key in cached.stems.items():
-        if keep.get(name) == key:
-            continue
         rec = previous.element(name) if previous is not None else None
         if rec is None or rec.stem is None:
             return None
         path = directory / rec.stem
+        if _stat(path) != cached.files.get(name):
+            return None
+        if keep.get(name) == key:
+            continue
         if not stored_is_current(rec, key, directory, path) or not summable(rec, out):
             return None
         found[name] = path
@@ -140,10 +155,11 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
     return Bus(channels, frames, fd=fd)
 
 
-def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int) -> None:
-    """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key) for the next
-    render: the samples first (a sum held in memory is written to a temporary name and
-    renamed), then the index that vouches for them."""
+def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int,
+         files: dict[str, Path]) -> None:
+    """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key, whose files are
+    ``files``) for the next render: the samples first (a sum held in memory is written to a
+    temporary name and renamed), then the index that vouches for them."""
     path, index = _paths(directory)
     if bus.array is not None:
         path.parent.mkdir(exist_ok=True)
@@ -152,6 +168,7 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     st = path.stat()
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
+        "files": {name: _stat(p) for name, p in files.items()},
         "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
     atomic_write_text(index, json.dumps(data, indent=1, sort_keys=True))
 

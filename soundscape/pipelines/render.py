@@ -334,7 +334,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                                 measured_sum=measured, keep_sum=keeps_sum)
         if keeps_sum:
             sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
-                          cached.edits + 1 if old is not None and cached else 0)
+                          cached.edits + 1 if old is not None and cached else 0,
+                          {n: p.path(n) for n in present})
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
