@@ -17,8 +17,9 @@ key names (the earlier manifest's key, size and format) and can be read back exa
 (``incremental.summable``); a stem file of the sum replaced since (a user's edit keeps its
 size, not its modification time) makes the sum untrusted: subtracted, it would leave the
 difference in the sum; kept, the stems on disk would no longer sum to the mix. Each such edit
-leaves the error of the subtracted file's rounding (half a step of its bit depth: 6e-8 at 24
-bits) in the sum; after ``MAX_EDITS`` of them the sum is rebuilt from the stems.
+leaves the error of the subtracted file's rounding (up to a step of its bit depth: 1.2e-7 at
+24 bits) in the sum, always of one sign; after ``max_edits`` of them (16, 3 at 16 bits) the
+sum is rebuilt from the stems.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
 VERSION = 2  # 2: the stem files' size and modification time
 MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
+# The encoder floors integer PCM, so each subtracted file leaves up to one step of its bit depth
+# in the sum, always of one sign: the error grows a step per edit (measured: 16 bits 3.05e-5 a
+# step, 24 bits about 1e-7). The sum is rebuilt before it can carry more than this.
+MAX_DRIFT = 1e-4
+
+
+def max_edits(out: Output) -> int:
+    """Edits in a row that ``out``'s stems allow before the sum is rebuilt: ``MAX_EDITS``, fewer
+    where a step of the stems' bit depth would add up past ``MAX_DRIFT`` (3 at 16 bits)."""
+    from ..audio_io import written_bit_depth
+
+    depth = written_bit_depth(out.fmt, out.bit_depth)
+    if out.float_stems or depth is None:
+        return MAX_EDITS
+    return max(1, min(MAX_EDITS, int(MAX_DRIFT * 2 ** (depth - 1))))
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,7 @@ def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest
     not kept with the same key. None when the sum cannot be used: missing, edited too often, or
     one of those files is not the one the sum holds or cannot be read back exactly, or a stem
     file of the sum was replaced since it was saved."""
-    if cached is None or cached.edits >= MAX_EDITS:
+    if cached is None or cached.edits >= max_edits(out):
         return None
     found: dict[str, Path] = {}
     for name, key in cached.stems.items():
