@@ -158,11 +158,9 @@ def test_a_damaged_or_mismatched_cache_is_not_trusted(tmp_path: Path, reads: lis
     assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
 
 
-def test_a_failed_render_leaves_no_trusted_sum(tmp_path: Path, reads: list[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    scene = write_scene(tmp_path, 48000, 2)
-    out = tmp_path / "o"
-    render(scene, out=out, jobs=1)
+def interrupted_edit(scene: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edit the bed's volume and render into ``out``, interrupted (Ctrl-C) where the master
+    begins: the bed's difference is already in the sum."""
     real = render_module.master_bus
 
     def fail(*a: Any, **k: Any) -> Any:
@@ -171,9 +169,17 @@ def test_a_failed_render_leaves_no_trusted_sum(tmp_path: Path, reads: list[str],
     monkeypatch.setattr(render_module, "master_bus", fail)
     scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
     with pytest.raises(KeyboardInterrupt):
-        render(scene, out=out, jobs=1)  # the bed's difference is already in the sum
-    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
+        render(scene, out=out, jobs=1)
     monkeypatch.setattr(render_module, "master_bus", real)
+
+
+def test_a_failed_render_leaves_no_trusted_sum(tmp_path: Path, reads: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    interrupted_edit(scene, out, monkeypatch)
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
     reads.clear()
     [res] = render(scene, out=out, jobs=1)
     assert sorted(reads) == ["drip", "tone"]

@@ -15,7 +15,7 @@ from soundscape.outputs import sumcache
 from soundscape.outputs.tags import Tags, tag_file
 from soundscape.pipelines.render import render
 from soundscape.riff import set_chunks, wav_chunks
-from tests.test_iterate_cache import SCENE, TOLERANCE, mix_of, write_scene
+from tests.test_iterate_cache import SCENE, TOLERANCE, interrupted_edit, mix_of, write_scene
 
 
 def _cached_sum(out: Path, channels: int) -> np.ndarray:
@@ -308,25 +308,13 @@ def test_a_failed_edit_of_a_sum_worked_in_place_is_rebuilt(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A long scene's sum is the cache file itself, worked in place: an edit that fails after
     the old stem was subtracted leaves it half-updated; the next render must not trust it."""
-    from typing import Any
-
     import soundscape.dsp.bus as bus_module
-    import soundscape.pipelines.render as render_module
 
     monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1 << 16)
     scene = write_scene(tmp_path, 48000, 2)
     out = tmp_path / "o"
     render(scene, out=out, jobs=1)
-    real = render_module.master_bus
-
-    def fail(*a: Any, **k: Any) -> Any:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(render_module, "master_bus", fail)
-    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
-    with pytest.raises(KeyboardInterrupt):
-        render(scene, out=out, jobs=1)
-    monkeypatch.setattr(render_module, "master_bus", real)
+    interrupted_edit(scene, out, monkeypatch)
     scene.write_text(SCENE.format(sr=48000, channels=2, bed="-14 dB"))
     [res] = render(scene, out=out, jobs=1)
     [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
