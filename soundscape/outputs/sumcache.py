@@ -140,6 +140,22 @@ def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest
     return found
 
 
+def plan_update(cached: CachedSum | None, kept: dict[str, Path], keys: dict[str, str],
+                previous: Manifest | None, directory: Path, out: Output) \
+        -> tuple[dict[str, Path] | None, dict[str, Path]]:
+    """How this render builds its sum from ``cached``: the earlier stem files to subtract from
+    it (None: start from zeros) and, of the ``kept`` stems (element -> file, whose keys are in
+    ``keys``), those still to read into it. The cached sum is used only when that reads fewer
+    files than reading every kept stem."""
+    old = old_stems(cached, {n: keys[n] for n in kept}, previous, directory, out)
+    if old is None or cached is None:
+        return None, kept
+    reread = {n: path for n, path in kept.items() if cached.stems.get(n) != keys[n]}
+    if len(old) + len(reread) >= len(kept):
+        return None, kept  # as many files to read as without the cached sum
+    return old, reread
+
+
 def drop(directory: Path) -> None:
     """Remove the cached sum and its index (a render that cannot keep one, or not yet)."""
     path, index = _paths(directory)
@@ -225,8 +241,8 @@ def measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
     sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
                       default=0.0)
     loudness = Meter(sample_rate, mix.channels, true_peak=False)
-    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False)
-    peaks.sample_peak = sample_peak  # a level the signal reaches: the gaps' floor from the start
+    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False,
+                  peak_floor=sample_peak)  # a level the signal reaches: the gaps' floor
     pending = None
     for _, block in mix.blocks(BLOCK):
         if pending is not None:

@@ -256,14 +256,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     m = scene.master
     keeps_sum = _keeps_sum(p, output, kept)
     cached = sumcache.read(p.directory, out) if keeps_sum else None
-    old = sumcache.old_stems(cached, {n: p.keys[n] for n in kept}, p.previous, p.directory,
-                             out)
-    if old is not None and cached is not None:
-        reread = {n: path for n, path in kept.items() if cached.stems.get(n) != p.keys[n]}
-        if len(old) + len(reread) >= len(kept):
-            old = None  # as many files to read as without the cached sum
-        else:
-            kept = reread
+    old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
         olds = [stack.enter_context(sumcache.open_stem(path, out)) for path in (old or {}).values()]
@@ -280,7 +273,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         present: list[str] = []
         for name in p.keys:
             d = p.decisions[name]
-            if name in kept or (d.keep is not None and p.sums(d.keep)):
+            if name in kept:
                 present.append(name)
                 continue
             audio = element_takes(p.sources[name], cache)
@@ -315,7 +308,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 true_peak_dbtp=measures[name].true_peak_dbtp))
         # the new stems' overviews for the page, read while the sum is worked (another core)
         ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
-        for path in kept.values():
+        for path in to_read.values():
             add_stem_file(path, mix)
         # an updated sum is measured here (the master need not read it first)
         measured = sumcache.measure(mix, out.sample_rate, pool) if old is not None else None
