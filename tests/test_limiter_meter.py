@@ -237,3 +237,41 @@ def test_the_required_gain_is_the_envelopes_whether_or_not_it_is_skipped(level: 
     got = _required_gain(x, ceiling)
     np.testing.assert_array_equal(got, want)
     assert got.dtype == np.float32 and got.shape == (20_000,)
+
+
+@pytest.mark.parametrize("which", ["TRUE_PEAK", "REPORTED_TRUE_PEAK"])  # the limiter's is the first
+@pytest.mark.parametrize("taps_set", ["all", "far"])
+def test_the_gap_bounds_never_skip_a_worst_case_gap(which: str, taps_set: str) -> None:
+    """A gap whose samples carry its kernel's signs sums every tap's weight: its value is the
+    bound itself. Such gaps (all taps, or only the far ones, the near two silent) in quiet
+    noise, at every position, are found exactly whatever the floor under them."""
+    import soundscape.dsp.meter as meter_module
+
+    ip = getattr(meter_module, which)
+    rng = np.random.default_rng(11)
+    n = 4000 * (ip.factor - 1)
+    x = rng.normal(0, 0.01, (2, n)).astype(np.float32)
+    weights = ip.kernels  # (taps, positions)
+    for p in range(ip.factor - 1):
+        signs = np.sign(weights[:, p])
+        if taps_set == "far":
+            signs[ip.left:ip.left + 2] = 0.0
+        j = 1000 + 4000 * p  # the gap after frame j
+        x[p % 2, j - ip.left:j + ip.right + 1] = 0.3 * signs
+    ext = np.pad(x, ((0, 0), (ip.left, ip.right)))
+    brute = float(ip.gap_peaks(ext, -1.0).max())
+    assert brute > float(np.abs(x).max()) * 1.05  # the peak lies between the samples
+    for floor in (0.0, 0.3, brute * 0.9, brute - 1e-4):
+        assert ip.max_gap_peak(ext, floor, chunk=1) == brute
+    m = measure(x, 48000, interpolator=ip, peak_floor=float(np.abs(x).max()))
+    assert m.true_peak == pytest.approx(brute, rel=1e-6)
+
+
+@pytest.mark.parametrize("width", [1, 2, 12, 26, 33])
+def test_window_max_is_the_largest_sample_under_each_gaps_taps(width: int) -> None:
+    from soundscape.dsp.meter import SUB, _window_max
+
+    mag = np.random.default_rng(width).random(SUB * 12 + width - 1).astype(np.float32)
+    starts = np.array([0, SUB, 5 * SUB, 11 * SUB])
+    brute = np.array([[mag[s + j:s + j + width].max() for j in range(SUB)] for s in starts])
+    np.testing.assert_array_equal(_window_max(mag, starts, width), brute)
