@@ -28,6 +28,7 @@ WAV_BIT_DEPTHS = (16, 24, 32)
 _TEMP = re.compile(r"^\..*\.(\d+)-[A-Za-z0-9_]+\.tmp(\.[^.]*)?$")
 STALE_TEMP_AGE_S = 24 * 3600.0  # past this without a write, a temp is stale whoever wrote it
 _OURS: set[str] = set()  # temps this process is writing (its pid may be a dead run's, reused)
+WRITE_BUFFER = 1 << 20  # bytes an encoder's writes are gathered into
 # Bytes a WAV file is written after, so that its tags (``fact``, ``bext``: about 700 bytes) can
 # later go before the audio in place instead of by copying the file (``riff.set_chunks``); the
 # room reads as a ``JUNK`` chunk, which every RIFF reader skips.
@@ -255,6 +256,7 @@ class AtomicAudioWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._shifted: _Shifted | None = None
+        self._buffered: io.BufferedWriter | None = None
         self.frames_written = 0
 
     def __enter__(self) -> AtomicAudioWriter:
@@ -266,8 +268,11 @@ class AtomicAudioWriter:
             options = _writer_options(self.fmt, self.bit_depth)  # 32-bit WAV is IEEE float
             if self.fmt == "wav":
                 self._shifted = _Shifted(tmp, WAV_RESERVE)
+                # the encoder writes a few kilobytes at a time: gathered in C, written in
+                # megabytes (a quarter less time per file than a Python call per piece)
+                self._buffered = io.BufferedWriter(self._shifted, WRITE_BUFFER)
                 self._file = AudioFile(  # type: ignore[call-overload]
-                    self._shifted, "w", self.sample_rate, self.channels, format="wav",
+                    self._buffered, "w", self.sample_rate, self.channels, format="wav",
                     **options)
             else:
                 self._file = AudioFile(  # type: ignore[call-overload]
@@ -314,6 +319,9 @@ class AtomicAudioWriter:
             if self._file is not None:
                 self._file.close()
             if self._shifted is not None:
+                assert self._buffered is not None
+                if not self._buffered.closed:
+                    self._buffered.flush()
                 self._shifted.finish()
         except BaseException:
             if self._shifted is not None:
