@@ -14,6 +14,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,42 @@ class _Pass:
     @property
     def loudness_after(self) -> float:
         return self.loudness + self.trim_db
+
+
+def sum_true_peak_db(mix: Bus, sample_rate: int, sample_peak: float,
+                  pool: ThreadPoolExecutor | None = None,
+                  also: Meter | None = None) -> float:
+    """The sum's true peak (dBTP, ``LIMITER_DETECTOR``), from its known ``sample_peak`` up: only
+    the gaps that could rise above it are interpolated. With a ``pool``, on its thread, as
+    ``also`` (a meter) reads the same blocks on this one."""
+    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False,
+                  peak_floor=sample_peak)  # a level the signal reaches: the gaps' floor
+    pending = None
+    for _, block in mix.blocks(BLOCK):
+        if pool is None:
+            peaks.add(block)
+            continue
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(peaks.add, block)
+        if also is not None:
+            also.add(block)
+    if pending is not None:
+        pending.result()
+    return peaks.finish().true_peak_db
+
+
+def measure_sum(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
+    """The sum's loudness, sample and true peak, as the master's first pass would read them
+    (``master_bus``'s ``measured_sum``), in two threads: the true peak on ``pool``'s as the
+    blocks go. The sample peak is read first: the
+    true peak then interpolates, from the first block on, only the gaps that could rise above
+    it (from a running peak that starts at zero, most early gaps are worked for nothing)."""
+    sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
+                      default=0.0)
+    loudness = Meter(sample_rate, mix.channels, true_peak=False)
+    tp = sum_true_peak_db(mix, sample_rate, sample_peak, pool, also=loudness)
+    return SumLevels(loudness.finish(), tp)
 
 
 def master_bus(bus: Bus, sample_rate: int, target_lufs: float | None, ceiling_db: float,

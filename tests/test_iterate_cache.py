@@ -333,6 +333,7 @@ def test_the_updated_sum_is_measured_as_the_master_would(sr: int, channels: int)
 
     from soundscape.dsp.bus import Bus
     from soundscape.dsp.meter import measure
+    from soundscape.master import measure_sum
 
     # a peaky tone and noise: inter-sample peaks above the samples, a level that moves
     rng = np.random.default_rng(6)
@@ -340,10 +341,73 @@ def test_the_updated_sum_is_measured_as_the_master_would(sr: int, channels: int)
     x = (0.3 * np.sin(2 * np.pi * (sr / 4) * t + np.pi / 4) * (1.5 + np.sin(2 * np.pi * t / 4))
          + rng.normal(0, 0.01, (channels, t.size))).astype(np.float32)
     with Bus(channels, x.shape[1], array=x.copy()) as bus, ThreadPoolExecutor(2) as pool:
-        got = sumcache.measure(bus, sr, pool)
+        got = measure_sum(bus, sr, pool)
     ours = measure(x, sr)
     assert got.true_peak_db == pytest.approx(ours.true_peak_db, abs=1e-6)
     assert got.true_peak_db > 20 * np.log10(np.abs(x).max()) + 2  # between the samples
     assert got.loudness.sample_peak == pytest.approx(float(np.abs(x).max()))
     theirs = pyloudnorm.Meter(sr).integrated_loudness(x.T.astype(np.float64))
     assert got.loudness.integrated_loudness() == pytest.approx(theirs, abs=0.05)
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "file"])
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2), (96000, 2)])
+def test_the_one_pass_update_equals_subtract_render_add(tmp_path: Path, sr: int, channels: int,
+                                                        on_disk: bool) -> None:
+    """An edit's sum, updated in the pass that renders the changed stem (its blocks with
+    silent stretches between them, where ``add`` is not called), is to the bit the sum the
+    three passes leave (subtract the old stems, add the new one, add a kept stem read back),
+    and is measured as ``measure_sum`` measures that sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.master import measure_sum
+    from soundscape.mixer.workers import add_stem_file
+
+    rng = np.random.default_rng(sr + channels)
+    frames = 3 * sr + 123
+    start = (rng.normal(0, 0.2, (channels, frames))
+             * np.sin(np.arange(frames) / sr * 9)).astype(np.float32)
+    old = [rng.normal(0, 0.1, (channels, frames)).astype(np.float32) for _ in range(2)]
+    kept = rng.normal(0, 0.05, (channels, frames)).astype(np.float32)
+    paths = [wav(tmp_path / f"old{i}.wav", a, sr) for i, a in enumerate(old)]
+    kept_path = wav(tmp_path / "kept.wav", kept, sr)
+    new = np.zeros((channels, frames), np.float32)
+    third = frames // 3
+    pieces = [(500, third), (third + 9000, 1000), (2 * third, frames - 2 * third - 700)]
+    for a, n in pieces:
+        new[:, a:a + n] = rng.normal(0, 0.3, (channels, n))
+
+    def bus(name: str) -> Bus:
+        if on_disk:
+            b = Bus.named(channels, frames, tmp_path / name, create=True)
+            b.write(0, start)
+            return b
+        return Bus(channels, frames, array=start.copy())
+
+    from pedalboard.io import AudioFile
+
+    with bus("three.f32") as three, ThreadPoolExecutor(2) as pool:
+        with AudioFile(str(paths[0])) as f0, AudioFile(str(paths[1])) as f1:
+            sumcache.subtract(three, [f0, f1])
+        for a, n in pieces:
+            three.add(a, new[:, a:a + n])
+        add_stem_file(kept_path, three)
+        want = three.read(0, frames)
+        levels_three = measure_sum(three, sr, pool)
+    with bus("one.f32") as one, ThreadPoolExecutor(2) as pool, \
+            AudioFile(str(paths[0])) as f0, AudioFile(str(paths[1])) as f1, \
+            AudioFile(str(kept_path)) as k:
+        update = sumcache.Update(one, [f0, f1], [k], sr, pool)
+        for a, n in pieces:
+            update.add(a, new[:, a:a + n])
+        with pytest.raises(ValueError, match="time order"):
+            update.add(0, new[:, :10])
+        levels = update.finish()
+        got = one.read(0, frames)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, start - old[0] - old[1] + new + kept, atol=1e-6)
+    assert levels.true_peak_db == levels_three.true_peak_db
+    assert levels.loudness.sample_peak == levels_three.loudness.sample_peak
+    assert levels.loudness.integrated_loudness() == pytest.approx(
+        levels_three.loudness.integrated_loudness(), abs=1e-9)

@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -24,6 +25,16 @@ BLOCK = 1 << 16
 def on_disk(channels: int, frames: int) -> bool:
     """Whether a sum of this shape is kept in a temporary file rather than in memory."""
     return channels * frames * 4 > IN_MEMORY_BYTES
+
+
+class Summing(Protocol):
+    """What the stem stage adds its stems into: a ``Bus``, or anything that takes its blocks
+    in the same way (``sumcache.Update`` updates a cached sum as one stem is rendered)."""
+
+    channels: int
+    frames: int
+
+    def add(self, start: int, block: np.ndarray) -> None: ...
 
 
 class Bus:

@@ -22,10 +22,10 @@ from ..dsp.fades import fade_curves
 from ..dsp.segments import segmented
 from ..dsp.stereo import pan_gains, to_channels
 from ..errors import RenderError
-from .loops import LoopSource
+from .loops import FoundLoops, LoopSource
 
 if TYPE_CHECKING:
-    from ..dsp.bus import Bus
+    from ..dsp.bus import Summing
     from ..dsp.meter import Meter
 
 
@@ -102,12 +102,14 @@ Source = LoopSource | ClipSource | PannedSource
 
 
 def element_sources(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
-                    total: int) -> list[LoopSource | ClipSource]:
-    """Every loop run and clip of one element, as sources placed on the timeline."""
+                    total: int, found: FoundLoops | None = None) -> list[LoopSource | ClipSource]:
+    """Every loop run and clip of one element, as sources placed on the timeline (``found``:
+    loop points searched already, and where those searched now are kept)."""
     srcs: list[LoopSource | ClipSource] = []
     for run in plan.loops:
         start = int(round(run.start_s * sample_rate))
-        srcs.append(LoopSource(takes[run.take], run, sample_rate, start, max(0, total - start)))
+        srcs.append(LoopSource(takes[run.take], run, sample_rate, start, max(0, total - start),
+                               found=found))
     for clip in plan.clips:
         srcs.append(ClipSource(clip, takes[clip.take], sample_rate, total))
     return sorted((s for s in srcs if s.length > 0), key=lambda s: s.start)
@@ -154,12 +156,13 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
-                   total: int, mix: Bus | None, sink: StemSink | None = None,
-                   stem_frames: int | None = None) -> Meter:
+                   total: int, mix: Summing | None, sink: StemSink | None = None,
+                   stem_frames: int | None = None, found: FoundLoops | None = None) -> Meter:
     """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
     sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
     from ``plan``. ``stem_frames``: only the first this many frames go to ``sink`` and the
     meter (a loopable mix sums what rings past the end; the stem file stops there).
+    ``found``: loop points searched already (by ``LoopSource``), and where the new go.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -167,7 +170,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
 
     for take in takes:  # a recording with NaN/inf is named as such, not as the effects' fault
         ensure_finite(take, plan.name)
-    raw = element_sources(plan, takes, sample_rate, total)
+    raw = element_sources(plan, takes, sample_rate, total, found)
     pans = {s.pan for s in raw}
     # Effects run on the mono take and the result is panned (cheaper), unless one-shots carry
     # pans of their own: then each is panned first and the effects run in stereo.

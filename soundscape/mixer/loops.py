@@ -216,6 +216,8 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     return _points(x, s, e, xf)
 
 
+# Loop points already searched, by (the take's id, crossfade frames): kept while the takes are.
+FoundLoops = dict[tuple[int, int], LoopPoints]
 DECLICK_S = 0.005  # the crossfade a loop asked to cut hard gets where its seam would click
 
 
@@ -249,13 +251,18 @@ class LoopSource:
     """
 
     def __init__(self, take: np.ndarray, run: LoopRun, sample_rate: int, start: int,
-                 limit: int | None = None, points: LoopPoints | None = None) -> None:
+                 limit: int | None = None, points: LoopPoints | None = None,
+                 found: FoundLoops | None = None) -> None:
         xf = int(round(run.crossfade_s * sample_rate))
         if xf == 0 and seam_clicks(take):
             xf = round(DECLICK_S * sample_rate)
         xf = min(xf, max_crossfade(take.shape[1]))
-        # ``points``: reuse a search already made for this take and crossfade
-        pts = best_loop_points(take, xf, sample_rate) if points is None else points
+        # ``points``: reuse a search already made for this take and crossfade; ``found``:
+        # searches made for the takes of one element (the stem, then its manifest record)
+        key = (id(take), xf)
+        pts = points or (found or {}).get(key) or best_loop_points(take, xf, sample_rate)
+        if found is not None:
+            found[key] = pts
         self.points = pts
         s, e = pts.start, pts.end
         xf = min(xf, (e - s) // 2)
@@ -330,7 +337,7 @@ class LoopSource:
 
 
 def loop_seams(take: np.ndarray, run: LoopRun, sample_rate: int,
-               total: int) -> dict[str, Any]:
+               total: int, found: FoundLoops | None = None) -> dict[str, Any]:
     """What the manifest tells about a loop run beyond its plan: its real length and its seams.
 
     The mixer picks the loop point from the audio, so the seams are asked of the same
@@ -338,7 +345,7 @@ def loop_seams(take: np.ndarray, run: LoopRun, sample_rate: int,
     crossfade; ``seams_s`` holds the scene times where each crossfade starts.
     """
     start = int(round(run.start_s * sample_rate))
-    src = LoopSource(take, run, sample_rate, start, max(0, total - start))
+    src = LoopSource(take, run, sample_rate, start, max(0, total - start), found=found)
     xf = src.xf
     # copy k >= 1 plays take[loop_start:end] from run frame k * period + loop_start
     seams = []

@@ -37,11 +37,12 @@ import numpy as np
 
 from ..arrange import ElementPlan
 from ..audio_io import AtomicAudioWriter, remove_stale_temps
-from ..dsp.bus import Bus
+from ..dsp.bus import Bus, Summing
 from ..dsp.effects import chain_tail_s
 from ..errors import RenderError
 from ..notices import RenderWarning
 from .element import render_element
+from .loops import FoundLoops, loop_seams
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
 # measured, the 60 s, 4-element rainy cafe mixes in 1.1 s alone and 1.7 s with two processes.
@@ -88,6 +89,7 @@ class StemMeasure:
     loudness_lufs: float
     true_peak_dbtp: float
     sample_peak: float  # linear
+    seams: tuple[dict[str, Any], ...] = ()  # ``loop_seams`` of each loop run, in plan order
 
 
 def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
@@ -130,17 +132,21 @@ def choose_workers(elements: int, duration_s: float, requested: int | None) -> i
     return max(1, min(cpu_count(), elements))
 
 
-def _render_group(jobs: list[StemJob], mix: Bus, sample_rate: int, channels: int,
+def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels: int,
                   bit_depth: int | None, stem_frames: int | None = None) -> list[StemMeasure]:
     measures = []
     for job in jobs:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
+        found: FoundLoops = {}  # the loop points the stem is made with, for its record
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
-                                   None if w is None else w.write, stem_frames)
+                                   None if w is None else w.write, stem_frames, found)
+        total = mix.frames if stem_frames is None else stem_frames
+        seams = tuple(loop_seams(job.takes[lp.take], lp, sample_rate, total, found)
+                      for lp in job.plan.loops)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
-                                    meter.true_peak_db, meter.sample_peak))
+                                    meter.true_peak_db, meter.sample_peak, seams))
     return measures
 
 
@@ -206,11 +212,12 @@ def _context() -> Any:
     return mp.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
-def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int | None,
+def render_stems(jobs: list[StemJob], mix: Summing, sample_rate: int, bit_depth: int | None,
                  workers: int = 1, scratch: Path | None = None,
                  stem_frames: int | None = None) -> dict[str, StemMeasure]:
     """Render, write and measure every job's stem, adding each into the ``mix`` bus
     (``stem_frames``: the stems' length when the bus runs on past it, for a loopable mix).
+    Several workers need a ``Bus``; one process adds into any ``Summing``.
 
     With several workers, each other process renders its group into a part of its own (a
     shared-memory buffer, or for a bus on disk a file in ``scratch``, by default the system
@@ -222,6 +229,7 @@ def render_stems(jobs: list[StemJob], mix: Bus, sample_rate: int, bit_depth: int
     if len(groups) == 1:
         measures = _render_group(jobs, mix, sample_rate, mix.channels, bit_depth, stem_frames)
         return {m.name: m for m in measures}
+    assert isinstance(mix, Bus), "stem workers sum into a Bus"
     shape = (mix.channels, mix.frames)
     remove_stale_buffers()
     buffers: list[shared_memory.SharedMemory] = []

@@ -6,7 +6,7 @@ mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The n
 the folder starts from that sum, subtracts the stems that changed as their earlier files hold
 them and adds their new renders, instead of reading every kept stem back: an edit to one
 element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
-is measured once for the master (``measure``).
+is measured once for the master (``master.measure_sum``).
 
 Trust: the index names the stem key of every element in the sum, the size and modification time
 of each stem's file as the sum was saved, and the sum file's size and modification time. It is
@@ -28,7 +28,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from ..audio_io import atomic_path, atomic_write_text
 from ..dsp.bus import BLOCK, Bus, on_disk
 from ..dsp.meter import Meter
 from ..errors import RenderError
-from ..master import LIMITER_DETECTOR, SumLevels
+from ..master import SumLevels, sum_true_peak_db
 from .incremental import Output, stored_is_current, summable
 from .manifest import Manifest
 
@@ -221,34 +221,79 @@ def open_stem(path: Path, out: Output) -> Iterator[Any]:
         yield f
 
 
+def _read_exact(f: Any, n: int, start: int, frames: int) -> np.ndarray:
+    """The next ``n`` frames of the open stem file ``f`` (frame ``start`` of ``frames``)."""
+    chunk = f.read(n)
+    if chunk.shape[1] != n:
+        raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
+                          f"{frames}; render with --force")
+    return chunk
+
+
 def subtract(mix: Bus, olds: list[Any]) -> None:
     """Subtract the earlier stem files ``olds`` (open, at their start) from the sum."""
     for start, block in mix.blocks(BLOCK):
         for f in olds:
-            chunk = f.read(block.shape[1])
-            if chunk.shape[1] != block.shape[1]:
-                raise RenderError(f"an earlier stem ends at frame {start + chunk.shape[1]} of "
-                                  f"{mix.frames}; render with --force")
-            block -= chunk
+            block -= _read_exact(f, block.shape[1], start, mix.frames)
         mix.write(start, block)
 
 
-def measure(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
-    """The sum's loudness, sample and true peak, as the master's first pass would read them;
-    the true peak on ``pool``'s thread as the blocks go. The sample peak is read first: the
-    true peak then interpolates, from the first block on, only the gaps that could rise above
-    it (from a running peak that starts at zero, most early gaps are worked for nothing)."""
-    sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
-                      default=0.0)
-    loudness = Meter(sample_rate, mix.channels, true_peak=False)
-    peaks = Meter(sample_rate, mix.channels, interpolator=LIMITER_DETECTOR, loudness=False,
-                  peak_floor=sample_peak)  # a level the signal reaches: the gaps' floor
-    pending = None
-    for _, block in mix.blocks(BLOCK):
-        if pending is not None:
-            pending.result()
-        pending = pool.submit(peaks.add, block)
-        loudness.add(block)
-    if pending is not None:
-        pending.result()
-    return SumLevels(loudness.finish(), peaks.finish().true_peak_db)
+class Update:
+    """The cached sum updated in the pass that renders the one stem that changed: each stretch
+    of the sum is read once, the earlier files ``olds`` subtracted, the new stem's blocks
+    (given to ``add`` in time order, as the stem stage gives them) and the kept files ``adds``
+    added, written back and its loudness and sample peak measured for the master on ``pool``'s
+    thread as the pass goes. Where the new stem is silent (``add`` is not called), the sum is
+    updated all the same. ``finish`` completes the sum and returns ``master.measure_sum``'s
+    figures: the true peak is read after the pass, from the sample peak up (read as the sum
+    goes, from a running peak that starts at zero, it cost more than the whole pass).
+
+    The order of the additions is ``subtract`` then the stem stage then ``add_stem_file``'s,
+    so the sum is the same, to the bit, as those three passes would leave it.
+    """
+
+    def __init__(self, bus: Bus, olds: list[Any], adds: list[Any], sample_rate: int,
+                 pool: ThreadPoolExecutor) -> None:
+        self.bus, self.channels, self.frames = bus, bus.channels, bus.frames
+        self._olds, self._adds, self._pool = olds, adds, pool
+        self._done = 0  # frames of the sum updated so far
+        self._sample_rate = sample_rate
+        self._loudness = Meter(sample_rate, bus.channels, true_peak=False)
+        self._pending: Future[None] | None = None
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        if start < self._done:
+            raise ValueError(f"the sum is updated in time order: frame {start} is behind "
+                             f"{self._done}")
+        self._advance(start)
+        self._step(start, block.shape[1], block)
+
+    def _advance(self, to: int) -> None:
+        while self._done < to:
+            self._step(self._done, min(BLOCK, to - self._done), None)
+
+    def _step(self, start: int, n: int, block: np.ndarray | None) -> None:
+        n = min(n, self.frames - start)
+        if n <= 0:
+            return
+        now = self.bus.read(start, n)
+        for f in self._olds:
+            now -= _read_exact(f, n, start, self.frames)
+        if block is not None:
+            now += block[:, :n]
+        for f in self._adds:
+            now += _read_exact(f, n, start, self.frames)
+        self.bus.write(start, now)
+        self._done = start + n
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pool.submit(self._loudness.add, now)
+
+    def finish(self) -> SumLevels:
+        """Update the rest of the sum; its loudness and true peak."""
+        self._advance(self.frames)
+        if self._pending is not None:
+            self._pending.result()
+        loudness = self._loudness.finish()
+        return SumLevels(loudness, sum_true_peak_db(self.bus, self._sample_rate,
+                                                    loudness.sample_peak))

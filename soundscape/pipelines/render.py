@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from ..arrange import Arrangement, arrange
 from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
 from ..dsp.bus import Bus
@@ -30,9 +28,8 @@ from ..errors import RenderError, SceneError, SoundscapeError
 from ..generate.engines import ENGINES
 from ..generate.models import resolve
 from ..locks import locked
-from ..master import ElementLevels, master_bus
+from ..master import ElementLevels, master_bus, measure_sum
 from ..mixer import budget
-from ..mixer.loops import loop_seams
 from ..mixer.workers import (
     StemJob,
     StemMeasure,
@@ -247,7 +244,6 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     scene, out = p.scene, p.out
     warnings = [*p.arrangement.warnings, *shared]
     jobs: list[StemJob] = []
-    audio_of: dict[str, list[np.ndarray]] = {}
     kept = {n: p.directory / d.keep.stem for n, d in p.decisions.items()  # type: ignore[operator]
             if d.keep is not None and p.sums(d.keep)}
     forget_rewritten(p.previous, {n for n, d in p.decisions.items() if d.keep is None and d.write},
@@ -268,8 +264,17 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         stack.enter_context(mix)
         # work beside the main thread's (its last tasks done before the files above close)
         pool = stack.enter_context(ThreadPoolExecutor(2))
-        # the earlier stems leave the sum on another core while the takes are conformed
-        taken_out = pool.submit(sumcache.subtract, mix, olds) if olds else None
+        # One stem changed (an edit): the sum is updated and measured in the pass that renders
+        # it. Else the earlier stems leave the sum on another core while the takes are
+        # conformed, and the sum is measured once complete.
+        update = None
+        if old is not None and sum(n not in kept for n in p.keys) == 1:
+            adds = [stack.enter_context(sumcache.open_stem(path, out))
+                    for path in to_read.values()]
+            update = sumcache.Update(mix, olds, adds, out.sample_rate, pool)
+            to_read = {}
+        taken_out = pool.submit(sumcache.subtract, mix, olds) \
+            if olds and update is None else None
         present: list[str] = []
         for name in p.keys:
             d = p.decisions[name]
@@ -283,7 +288,6 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                     f"left out of the mix", name))
                 continue
             present.append(name)
-            audio_of[name] = audio
             jobs.append(StemJob(p.arrangement.plan(name), audio,
                                 p.path(name) if d.write else None, out.sample_rate,
                                 scene.duration))
@@ -296,8 +300,9 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if taken_out is not None:
             taken_out.result()
         workers = choose_workers(len(jobs), scene.duration, output.jobs)
-        measures = render_stems(jobs, mix, out.sample_rate, out.bit_depth, workers,
-                                p.directory, out.frames)
+        measures = render_stems(jobs, mix if update is None else update, out.sample_rate,
+                                out.bit_depth, workers, p.directory, out.frames)
+        measured = None if update is None else update.finish()
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
         written = {j.plan.name for j in jobs if j.path is not None}
         for name in written:  # metadata, before the records take the files' sizes
@@ -310,13 +315,15 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
         for path in to_read.values():
             add_stem_file(path, mix)
-        # an updated sum is measured here (the master need not read it first)
-        measured = sumcache.measure(mix, out.sample_rate, pool) if old is not None else None
+        # the sum is measured here, in two threads (the master need not read it first),
+        # unless master effects change it first
+        if measured is None and not m.effects:
+            measured = measure_sum(mix, out.sample_rate, pool)
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
-        records = [_stem_record(p, name, measures.get(name), name in written, generated, cache,
-                                audio_of.get(name)) for name in present]
+        records = [_stem_record(p, name, measures.get(name), name in written, generated, cache)
+                   for name in present]
         pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
@@ -385,16 +392,14 @@ def _levels(records: list[StemRecord]) -> tuple[ElementLevels, ...]:
 
 
 def _stem_record(p: _Plan, name: str, measure: StemMeasure | None, written: bool,
-                 generated: frozenset[str], cache: TakeCache,
-                 audio: list[np.ndarray] | None) -> StemRecord:
+                 generated: frozenset[str], cache: TakeCache) -> StemRecord:
     d = p.decisions[name]
     if d.keep is not None:
         return kept_record(d.keep)
     assert measure is not None
     plan = p.arrangement.plan(name)
     path = p.path(name)
-    seams = None if audio is None else [
-        loop_seams(audio[lp.take], lp, p.out.sample_rate, p.out.frames) for lp in plan.loops]
+    seams = list(measure.seams)  # the stem stage's, from the loop points it rendered with
     return stem_record(plan, p.sources[name], str(path.relative_to(p.directory)) if written
                        else None, p.keys[name], measure.loudness_lufs, measure.true_peak_dbtp,
                        measure.sample_peak, path.stat().st_size if written else 0,
