@@ -243,11 +243,14 @@ def _earlier_overviews(directory: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def overview_of(directory: Path, path: Path, key: str) -> tuple[str, dict[str, Any]]:
+def overview_of(directory: Path, path: Path, key: str,
+                found: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """``overview(path)`` with its ``source``, for ``page_data``'s ``known``: its file (relative
-    to ``directory``) and the overview. ``key``: the file's content key in the manifest."""
+    to ``directory``) and the overview. ``key``: the file's content key in the manifest;
+    ``found``: the overview of the samples written into the file, if they were gathered as it
+    was written (``OverviewAccumulator``), rather than read back from it."""
     source = _source(directory, path, key)
-    return source["file"], {**overview(path), "source": source}
+    return source["file"], {**(overview(path) if found is None else found), "source": source}
 
 
 def _overviews(directory: Path, files: list[tuple[Path, str]],

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing as mp
 import os
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from ..audio_io import atomic_path, atomic_write_text
 from ..dsp.bus import BLOCK, Bus, on_disk
 from ..dsp.meter import Meter
 from ..errors import RenderError
-from ..master import SumLevels, sum_true_peak_db
+from ..master import LIMITER_DETECTOR, SumLevels, sum_true_peak_db
 from .incremental import Output, stored_is_current, summable
 from .manifest import Manifest
 
@@ -238,15 +241,80 @@ def subtract(mix: Bus, olds: list[Any]) -> None:
         mix.write(start, block)
 
 
+def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
+                        parent: int) -> None:
+    """A second process's work: measure the sum on disk (loudness, sample and true peak) as
+    ``written`` (frames, shared) says it is complete; send the meter (or the error's line)
+    down ``conn``. The true peak is read as the sum comes, from a running peak: it costs more
+    than from the sum's sample peak, but it keeps pace with the pass instead of following."""
+    from ..mixer.workers import _die_with_parent
+
+    _die_with_parent(parent)
+    try:
+        meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
+        pos = 0
+        while pos < bus.frames:
+            ready = written.value
+            if ready <= pos:
+                time.sleep(0.002)
+                continue
+            for start in range(pos, ready, BLOCK):
+                meter.add(bus.read(start, min(BLOCK, ready - start)))
+            pos = ready
+        conn.send(meter.finish())
+    except BaseException as e:  # noqa: BLE001  (told to the render, which raises it)
+        conn.send(f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
+
+
+class _SecondProcess:
+    """The sum measured by another process as the pass writes it: the work of measuring
+    (about half the pass's) then runs beside the pass, not under the one interpreter lock
+    both threads of this process share. For a sum on disk (``Bus`` on a file), on Linux,
+    where that process starts by ``fork`` and reads the file as it is written."""
+
+    def __init__(self, bus: Bus, sample_rate: int) -> None:
+        ctx = mp.get_context("fork")
+        self._written = ctx.RawValue("q", 0)
+        self._conn, child = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
+            bus, sample_rate, self._written, child, os.getpid()))
+        self._proc.start()
+        child.close()
+
+    def written(self, frames: int) -> None:
+        self._written.value = frames
+
+    def result(self) -> SumLevels:
+        try:
+            got = self._conn.recv()
+        except EOFError:
+            raise RenderError("the process measuring the mix died (out of memory?)") from None
+        finally:
+            self.close()
+        if isinstance(got, str):
+            raise RenderError(f"measuring the mix failed: {got}")
+        return SumLevels.of(got)
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join()
+        self._conn.close()
+
+
 class Update:
     """The cached sum updated in the pass that renders the one stem that changed: each stretch
     of the sum is read once, the earlier files ``olds`` subtracted, the new stem's blocks
     (given to ``add`` in time order, as the stem stage gives them) and the kept files ``adds``
-    added, written back and its loudness and sample peak measured for the master on ``pool``'s
-    thread as the pass goes. Where the new stem is silent (``add`` is not called), the sum is
-    updated all the same. ``finish`` completes the sum and returns ``master.measure_sum``'s
-    figures: the true peak is read after the pass, from the sample peak up (read as the sum
-    goes, from a running peak that starts at zero, it cost more than the whole pass).
+    added, written back and measured for the master as the pass goes: by a second process
+    where the sum is on disk (Linux), else its loudness on ``pool``'s thread and its true peak
+    after the pass, from the sample peak up (read as the sum goes, from a running peak that
+    starts at zero, on a thread of this process, it slowed the pass more than it saved).
+    Where the new stem is silent (``add`` is not called), the sum is updated all the same.
+    ``finish`` completes the sum and returns ``master.measure_sum``'s figures. Use as a
+    context manager, or call ``close``: a failed pass stops the second process.
 
     The order of the additions is ``subtract`` then the stem stage then ``add_stem_file``'s,
     so the sum is the same, to the bit, as those three passes would leave it.
@@ -258,7 +326,10 @@ class Update:
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
-        self._loudness = Meter(sample_rate, bus.channels, true_peak=False)
+        self._second = _SecondProcess(bus, sample_rate) \
+            if not bus.in_memory and sys.platform == "linux" else None
+        self._loudness = Meter(sample_rate, bus.channels, true_peak=False) \
+            if self._second is None else None
         self._pending: Future[None] | None = None
 
     def add(self, start: int, block: np.ndarray) -> None:
@@ -285,6 +356,10 @@ class Update:
             now += _read_exact(f, n, start, self.frames)
         self.bus.write(start, now)
         self._done = start + n
+        if self._second is not None:
+            self._second.written(self._done)
+            return
+        assert self._loudness is not None
         if self._pending is not None:
             self._pending.result()
         self._pending = self._pool.submit(self._loudness.add, now)
@@ -292,8 +367,21 @@ class Update:
     def finish(self) -> SumLevels:
         """Update the rest of the sum; its loudness and true peak."""
         self._advance(self.frames)
+        if self._second is not None:
+            return self._second.result()
+        assert self._loudness is not None
         if self._pending is not None:
             self._pending.result()
         loudness = self._loudness.finish()
         return SumLevels(loudness, sum_true_peak_db(self.bus, self._sample_rate,
                                                     loudness.sample_peak))
+
+    def close(self) -> None:
+        if self._second is not None:
+            self._second.close()
+
+    def __enter__(self) -> Update:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..arrange import Arrangement, arrange
 from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
 from ..dsp.bus import Bus
@@ -68,7 +70,7 @@ from ..outputs.manifest import (
     render_manifest,
     stem_record,
 )
-from ..outputs.page import overview_of, write_page
+from ..outputs.page import OverviewAccumulator, overview_of, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
 from ..takes.conform import element_takes
@@ -271,7 +273,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if old is not None and sum(n not in kept for n in p.keys) == 1:
             adds = [stack.enter_context(sumcache.open_stem(path, out))
                     for path in to_read.values()]
-            update = sumcache.Update(mix, olds, adds, out.sample_rate, pool)
+            update = stack.enter_context(
+                sumcache.Update(mix, olds, adds, out.sample_rate, pool))
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
             if olds and update is None else None
@@ -328,8 +331,18 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
                         m.ceiling, p.directory) as w:
+            # a lossless mix's overview for the page, from the blocks as they are written
+            # rather than read back (the page shows whole dB: the file's rounding can tip a
+            # bin lying on a half dB to the next)
+            seen = None if w.lossy else OverviewAccumulator(out.frames, out.channels)
+
+            def sink(block: np.ndarray) -> None:
+                if seen is not None:
+                    seen.add(block)
+                w.write(block)
+
             report = master_bus(mix, out.sample_rate, m.loudness, m.ceiling, tuple(m.effects),
-                                w.write, p.directory, loop=p.wrap > 0,
+                                sink, p.directory, loop=p.wrap > 0,
                                 max_limiting_db=m.max_limiting, elements=_levels(records),
                                 measured_sum=measured, keep_sum=keeps_sum)
         if keeps_sum:
@@ -361,7 +374,11 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
-    write_page(p.directory, dict(f.result() for f in ahead))
+    known = dict(f.result() for f in ahead)
+    if seen is not None and seen.pos == out.frames:
+        rel, ov = overview_of(p.directory, mix_path, p.mix_key, seen.result(out.sample_rate))
+        known[rel] = ov
+    write_page(p.directory, known)
     return RenderResult(manifest, p.directory, manifest_path, False)
 
 
