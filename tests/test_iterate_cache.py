@@ -420,3 +420,67 @@ def test_the_one_pass_update_equals_subtract_render_add(tmp_path: Path, sr: int,
     assert levels.loudness.sample_peak == levels_three.loudness.sample_peak
     assert levels.loudness.integrated_loudness() == pytest.approx(
         levels_three.loudness.integrated_loudness(), abs=1e-9)
+
+
+@pytest.fixture
+def sum_on_disk(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every sum goes to a file, as a long scene's does (a 4 s one is held in memory), and the
+    edits' second measuring processes are counted."""
+    import soundscape.dsp.bus as bus_module
+
+    monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    started: list[int] = []
+    real = sumcache._SecondProcess.__init__
+
+    def spy(self: Any, *a: Any, **k: Any) -> None:
+        real(self, *a, **k)
+        started.append(self._proc.pid)
+
+    monkeypatch.setattr(sumcache._SecondProcess, "__init__", spy)
+    return started
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2), (96000, 2)])
+def test_an_edit_of_a_sum_on_disk_is_measured_beside_the_pass(
+        tmp_path: Path, sum_on_disk: list[int], sr: int, channels: int) -> None:
+    scene = write_scene(tmp_path, sr, channels)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-12 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert len(sum_on_disk) == 1  # the edit's sum was measured by a second process
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+    assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
+    assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+    assert res.manifest.mix.pre_master_lufs == pytest.approx(fresh.manifest.mix.pre_master_lufs,
+                                                           abs=1e-3)
+
+
+def test_a_failed_measurement_is_one_error_line_and_leaves_no_process(
+        tmp_path: Path, sum_on_disk: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from soundscape.cli import app
+    from soundscape.dsp.meter import Meter
+
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+
+    class Broken(Meter):
+        def add(self, block: np.ndarray) -> None:
+            raise MemoryError("no room for the meter")
+
+    monkeypatch.setattr(sumcache, "Meter", Broken)  # the forked process measures with it
+    result = CliRunner().invoke(app, ["render", str(scene), "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert "measuring the mix failed: MemoryError: no room for the meter" in lines[0]
+    assert "Traceback" not in result.output
+    [pid] = sum_on_disk
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone, not left running
+    assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()

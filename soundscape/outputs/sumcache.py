@@ -28,6 +28,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -250,6 +251,7 @@ def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
     from ..mixer.workers import _die_with_parent
 
     _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the render's to handle: it kills us
     try:
         meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
         pos = 0
