@@ -328,8 +328,10 @@ class Update:
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
+        # a daemonic process (a script's multiprocessing.Pool worker) may not start children
         self._second = _SecondProcess(bus, sample_rate) \
-            if not bus.in_memory and sys.platform == "linux" else None
+            if not bus.in_memory and sys.platform == "linux" \
+            and not mp.current_process().daemon else None
         self._loudness = Meter(sample_rate, bus.channels, true_peak=False) \
             if self._second is None else None
         self._pending: Future[None] | None = None
