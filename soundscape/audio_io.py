@@ -317,7 +317,14 @@ class AtomicAudioWriter:
                 self._queue.put(None)
                 self._thread.join()
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except SystemError as e:
+                    # the buffer's last write failed inside the encoder's close (a full
+                    # disk): pedalboard raises that as a SystemError caused by the OSError
+                    if isinstance(e.__cause__, OSError):
+                        raise e.__cause__ from None
+                    raise
             if self._shifted is not None:
                 assert self._buffered is not None
                 if not self._buffered.closed:
