@@ -295,7 +295,8 @@ class Meter:
 
             self._sosfilt = sosfilt
         self.sample_rate = sample_rate
-        self.sos = _k_weighting(sample_rate)
+        # pyloudnorm's filters import scipy.signal too: a peak meter needs neither
+        self.sos = _k_weighting(sample_rate) if loudness else np.zeros((0, 6), np.float32)
         self.zi = np.zeros((self.sos.shape[0], channels, 2), dtype=np.float32)
         self.frames = 0
         self.energies: list[float] = []  # channel-summed sum of squares per 100 ms quantum
