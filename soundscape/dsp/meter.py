@@ -58,6 +58,11 @@ def _window_max(mag: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
 
 
 DENSE_MIN = 4096  # rows from which ``Interpolator._interpolate`` works a whole span
+# The bounds below are exact sums, but an interpolated value is a float32 sum of up to 26
+# products and may land a few ulps above its bound (on the pattern that reaches it): each bound
+# is widened by more than that rounding (26 ulps, 1.6e-6), so no gap that beats a floor is
+# skipped.
+ROUNDING = 1 + 1e-5
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class Interpolator:
 
     @functools.cached_property
     def bound(self) -> float:
-        return float(np.abs(self.kernels).sum(axis=0).max())
+        return float(np.abs(self.kernels).sum(axis=0).max()) * ROUNDING
 
     @functools.cached_property
     def _split_bound(self) -> tuple[float, float]:
@@ -104,7 +109,7 @@ class Interpolator:
         largest over positions: |value| <= near * max(|x_j|, |x_j+1|) + far * max|taps|."""
         k = np.abs(self.kernels.astype(np.float64))
         near = k[self.left] + k[self.left + 1]
-        return float(near.max()), float((k.sum(axis=0) - near).max())
+        return float(near.max()) * ROUNDING, float((k.sum(axis=0) - near).max()) * ROUNDING
 
     def _rows(self, ext: np.ndarray, floor: float) -> tuple[np.ndarray, int, np.ndarray]:
         """Pad ``ext`` to whole sub-blocks; return it, the gap count and the gaps whose
@@ -207,7 +212,7 @@ class Interpolator:
     @functools.cached_property
     def _tap_weights(self) -> np.ndarray:
         """Each tap's largest weight over the positions, ``(taps,)``."""
-        return np.abs(self.kernels).max(axis=1)
+        return np.abs(self.kernels).max(axis=1) * np.float32(ROUNDING)
 
     def _tap_bounds(self, ext: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """A bound on each gap's interpolated values: the sum over its taps of the tap's
