@@ -484,3 +484,43 @@ def test_a_failed_measurement_is_one_error_line_and_leaves_no_process(
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # gone, not left running
     assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
+
+
+def _stem_figures(res: Any) -> dict[str, tuple[float, float, float]]:
+    return {e.element: (e.loudness_lufs, e.true_peak_dbtp, e.sample_peak) for e in res.elements}
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (44100, 2), (48000, 2), (96000, 1)])
+def test_a_volume_edit_scales_the_stems_measurements_as_a_fresh_render_reads_them(
+        tmp_path: Path, sr: int, channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stem that changed only in volume is not measured again: its earlier figures are
+    scaled (the K-weighting and the interpolation are linear), and read as a fresh render's.
+    A change that is not only the volume (an effect) is measured anew."""
+    from soundscape.dsp.meter import Meter
+
+    scene = write_scene(tmp_path, sr, channels)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    measured: list[int] = []
+    real_add = Meter.add
+    monkeypatch.setattr(Meter, "add", lambda self, b: (measured.append(b.shape[1]),
+                                                       real_add(self, b))[1])
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-13.5 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    stem_frames = sum(measured)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    ours, theirs = _stem_figures(res), _stem_figures(fresh)
+    for name in ("bed", "drip", "tone"):
+        for a, b in zip(ours[name], theirs[name], strict=True):
+            assert a == pytest.approx(b, abs=1e-3), name
+    assert ours["bed"][0] == pytest.approx(theirs["bed"][0], abs=1e-3)
+    # the edit measured the sum (its loudness, then its true peak: twice its 4 s) and
+    # nothing of the bed's stem (another 4 s)
+    assert stem_frames <= 2 * 4 * sr
+    # an effect on the bed: not only its volume, so measured again, as fresh reads it
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-13.5 dB, effects: "
+                                  "[{lowpass: {cutoff: 1 kHz}}]"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh2", jobs=1)
+    for a, b in zip(_stem_figures(res)["bed"], _stem_figures(fresh)["bed"], strict=True):
+        assert a == pytest.approx(b, abs=1e-3)

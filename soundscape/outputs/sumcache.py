@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -33,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,25 @@ class CachedSum:
     stems: dict[str, str]
     edits: int
     files: dict[str, list[int]]  # element -> [bytes, mtime_ns] of its stem file at the save
+    # element -> its stem's measurements with its level-free key and volume (``levels``)
+    levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def known_levels(self, name: str, level_free: str, volume_db: float,
+                     sample_rate: int) -> Meter | None:
+        """The measurements of ``name``'s stem at ``volume_db``, from its earlier render at
+        another volume (the same level-free key), scaled; None where there is none."""
+        got = self.levels.get(name)
+        if not isinstance(got, dict) or got.get("level_free") != level_free:
+            return None
+        try:
+            old = float(got["volume_db"])
+            figures = {k: got[k] for k in ("energies", "frames", "sample_peak", "true_peak")}
+            meter = Meter.restored(sample_rate, **figures)
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not (math.isfinite(old) and math.isfinite(volume_db)):
+            return None
+        return meter.scaled(10 ** ((volume_db - old) / 20))
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -112,11 +132,13 @@ def read(directory: Path, out: Output) -> CachedSum | None:
             or st.st_size != size:
         return None
     stems, edits, files = data.get("stems"), data.get("edits"), data.get("files")
+    levels = data.get("levels", {})
     if not isinstance(stems, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in stems.items()) \
-            or not isinstance(edits, int) or not isinstance(files, dict):
+            or not isinstance(edits, int) or not isinstance(files, dict) \
+            or not isinstance(levels, dict):
         return None
-    return CachedSum(stems, edits, files)
+    return CachedSum(stems, edits, files, levels)
 
 
 def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest | None,
@@ -192,10 +214,12 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
 
 
 def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int,
-         files: dict[str, Path]) -> None:
+         files: dict[str, Path], levels: dict[str, dict[str, Any]] | None = None) -> None:
     """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key, whose files are
     ``files``) for the next render: the samples first (a sum held in memory is written to a
-    temporary name and renamed), then the index that vouches for them."""
+    temporary name and renamed), then the index that vouches for them. ``levels``: each
+    stem's measurements (``Meter.figures``) with its level-free key and volume, which a
+    later render of the stem at another volume scales (``CachedSum.known_levels``)."""
     path, index = _paths(directory)
     if bus.array is not None:
         path.parent.mkdir(exist_ok=True)
@@ -205,8 +229,9 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
         "files": {name: _stat(p) for name, p in files.items()},
-        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
-    atomic_write_text(index, json.dumps(data, indent=1, sort_keys=True))
+        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, "levels": levels or {}}
+    # compact: the levels hold ten energies a second per stem
+    atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from ..outputs.incremental import (
     Output,
     decide,
     forget_rewritten,
+    level_free_key,
     mix_is_current,
     mix_key,
     remove_stale,
@@ -254,6 +256,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     m = scene.master
     keeps_sum = _keeps_sum(p, output, kept)
     cached = sumcache.read(p.directory, out) if keeps_sum else None
+    level_free = {n: level_free_key(p.arrangement.plan(n), p.sources[n], out) for n in p.keys}
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
@@ -291,9 +294,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                     f"left out of the mix", name))
                 continue
             present.append(name)
-            jobs.append(StemJob(p.arrangement.plan(name), audio,
-                                p.path(name) if d.write else None, out.sample_rate,
-                                scene.duration))
+            plan = p.arrangement.plan(name)
+            # a stem that changed only in volume is measured by scaling its earlier figures
+            levels = None if cached is None else cached.known_levels(
+                name, level_free[name], plan.volume_db, out.sample_rate)
+            jobs.append(StemJob(plan, audio, p.path(name) if d.write else None,
+                                out.sample_rate, scene.duration, levels))
         for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
             if j.path is None and p.path(j.plan.name).exists():
                 warnings.append(RenderWarning(
@@ -348,7 +354,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if keeps_sum:
             sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
                           cached.edits + 1 if old is not None and cached else 0,
-                          {n: p.path(n) for n in present})
+                          {n: p.path(n) for n in present},
+                          _levels_kept(p, present, measures, cached, level_free))
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
@@ -374,12 +381,29 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
-    known = dict(f.result() for f in ahead)
+    overviews = dict(f.result() for f in ahead)
     if seen is not None and seen.pos == out.frames:
         rel, ov = overview_of(p.directory, mix_path, p.mix_key, seen.result(out.sample_rate))
-        known[rel] = ov
-    write_page(p.directory, known)
+        overviews[rel] = ov
+    write_page(p.directory, overviews)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _levels_kept(p: _Plan, present: list[str], measures: dict[str, StemMeasure],
+                 cached: sumcache.CachedSum | None,
+                 level_free: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each stem's measurements for the sum's index, with its level-free key and volume: those
+    of the stems rendered now, and the cached ones of the stems kept as they were."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in present:
+        m = measures.get(name)
+        if m is not None and m.figures is not None:
+            out[name] = {"level_free": level_free[name],
+                         "volume_db": p.arrangement.plan(name).volume_db, **m.figures}
+        elif cached is not None and name in cached.levels \
+                and cached.levels[name].get("level_free") == level_free[name]:
+            out[name] = cached.levels[name]
+    return out
 
 
 def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
