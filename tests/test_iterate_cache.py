@@ -524,3 +524,49 @@ def test_a_volume_edit_scales_the_stems_measurements_as_a_fresh_render_reads_the
     [fresh] = render(scene, out=tmp_path / "fresh2", jobs=1)
     for a, b in zip(_stem_figures(res)["bed"], _stem_figures(fresh)["bed"], strict=True):
         assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_kept_takes_are_the_conformed_takes_and_go_with_their_element(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The render folder keeps each element's conformed takes (and the loop points found in
+    them) for its next render, reads them instead of conforming again, makes a damaged one
+    again, and removes those of an element that changed or went."""
+    from soundscape.takes import conform as conform_module
+
+    scene = write_scene(tmp_path, 44100, 2)
+    out = tmp_path / "o"
+    [first] = render(scene, out=out, jobs=1)
+    folder = out / "it" / sumcache.CACHE_DIR / sumcache.TAKES_DIR
+    kept = sorted(folder.glob("*.npz"))
+    assert len(kept) == 3
+    loops = list(folder.glob("*.loops.json"))
+    assert len(loops) == 1  # the bed loops: its loop points are kept
+    bed = json.loads(loops[0].read_text())["loops"]
+    seams = [pl for pl in first.manifest.element("bed").placements  # type: ignore[union-attr]
+             if "seams_s" in pl]
+    assert bed and seams and seams[0]["seams_s"]
+    conformed: list[str] = []
+    real = conform_module.conform
+
+    def spy(audio: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
+        conformed.append("x")
+        return real(audio, sr, sample_rate)
+
+    monkeypatch.setattr(conform_module, "conform", spy)
+    kept[0].write_bytes(b"not an npz")  # damaged: made again
+    scene.write_text(SCENE.format(sr=44100, channels=2, bed="-9 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert len(conformed) == 1
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+    assert res.manifest.element("bed").placements == \
+        fresh.manifest.element("bed").placements  # type: ignore[union-attr]
+    assert sorted(folder.glob("*.npz")) == kept
+    # the tone's file changes: its kept takes go, the new ones come
+    wav(tmp_path / "tone.wav", np.zeros((1, 4410), np.float32) + 0.1, 44100)
+    render(scene, out=out, jobs=1)
+    now = sorted(folder.glob("*.npz"))
+    assert len(now) == 3 and len(set(now) & set(kept)) == 2
+    # a lossy render keeps nothing (no sum, no takes)
+    render(scene, out=out, jobs=1, fmt="mp3")
+    assert not folder.exists()

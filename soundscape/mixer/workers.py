@@ -63,6 +63,7 @@ class StemJob:
     # the stem's measurements, known already: its earlier render at another volume, scaled
     # (``Meter.scaled``); the stem is then rendered and written but not measured again
     known: Meter | None = None
+    loops: FoundLoops | None = None  # loop points searched by an earlier render of the takes
 
     @property
     def cost(self) -> float:
@@ -95,6 +96,7 @@ class StemMeasure:
     sample_peak: float  # linear
     seams: tuple[dict[str, Any], ...] = ()  # ``loop_seams`` of each loop run, in plan order
     figures: dict[str, Any] | None = None  # ``Meter.figures``, to scale at a later volume
+    loops: FoundLoops | None = None  # the loop points the stem was made with
 
 
 def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
@@ -143,7 +145,7 @@ def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels:
     for job in jobs:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
-        found: FoundLoops = {}  # the loop points the stem is made with, for its record
+        found = dict(job.loops or {})  # the loop points the stem is made with, for its record
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
                                    None if w is None else w.write, stem_frames, found,
@@ -153,7 +155,7 @@ def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels:
                       for lp in job.plan.loops)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak, seams,
-                                    meter.figures()))
+                                    meter.figures(), found))
     return measures
 
 

@@ -29,6 +29,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import time
@@ -49,6 +50,7 @@ from .incremental import Output, stored_is_current, summable
 from .manifest import Manifest
 
 CACHE_DIR = ".cache"
+TAKES_DIR = "takes"  # the elements' conformed takes (``takes.conform.KeptTakes``)
 SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
 VERSION = 2  # 2: the stem files' size and modification time
@@ -183,11 +185,13 @@ def plan_update(cached: CachedSum | None, kept: dict[str, Path], keys: dict[str,
 
 
 def drop(directory: Path) -> None:
-    """Remove the cached sum and its index (a render that cannot keep one, or not yet)."""
+    """Remove the cached sum and its index (a render that cannot keep one, or not yet), and
+    the conformed takes kept beside it."""
     path, index = _paths(directory)
     for p in (index, path):  # the index first: a sum without one is never trusted
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    shutil.rmtree(directory / CACHE_DIR / TAKES_DIR, ignore_errors=True)
 
 
 def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
