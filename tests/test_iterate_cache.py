@@ -570,3 +570,44 @@ def test_kept_takes_are_the_conformed_takes_and_go_with_their_element(
     # a lossy render keeps nothing (no sum, no takes)
     render(scene, out=out, jobs=1, fmt="mp3")
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("bits", [16, 24])
+def test_the_peak_after_a_volume_edit_is_a_level_the_new_sum_reaches(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    step = 2.0 ** -(bits - 1)
+    for _ in range(200):
+        n = int(rng.integers(50, 400))
+        stem = rng.normal(0, rng.uniform(0.01, 1), n)
+        rest = rng.normal(0, rng.uniform(0.01, 1), n)
+        total = (rest + stem).astype(np.float32)
+        gain = float(10 ** (rng.uniform(-20, 20) / 20))
+        filed = np.floor(stem / step) * step  # the stem as its file reads back (floored)
+        new = total - filed + gain * stem
+        cached = sumcache.CachedSum({}, 0, {}, {"e": {"sample_peak": float(np.abs(stem).max())}},
+                                    float(np.abs(total).max()))
+        floor = cached.peak_after("e", gain)
+        assert 0 <= floor <= float(np.abs(new).max())
+
+
+def test_a_volume_edit_reads_the_true_peak_between_the_samples(
+        tmp_path: Path, sum_on_disk: list[int]) -> None:
+    """A sum whose true peak lies 3 dB over its samples (a tone at a quarter of the rate, at
+    45 degrees): the edit's measuring process, starting from the level the sum is known to
+    reach, still reads the peak between the samples as a fresh render does."""
+    sr = 48000
+    t = np.arange(4 * sr) / sr
+    wav(tmp_path / "bed.wav", 0.5 * np.sin(2 * np.pi * sr / 4 * t + np.pi / 4), sr)
+    wav(tmp_path / "drip.wav", np.zeros((1, 100), np.float32), sr)
+    wav(tmp_path / "tone.wav", 0.05 * np.sin(2 * np.pi * 440 * t[:sr]), sr)
+    scene = tmp_path / "it.yaml"
+    scene.write_text(SCENE.format(sr=sr, channels=2, bed="-6 dB"))
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=sr, channels=2, bed="-9 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert len(sum_on_disk) == 1
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+    sample_peak = 20 * np.log10(np.abs(mix_of(res)).max())
+    assert res.mix_true_peak_dbtp > sample_peak + 2  # the peak is between the samples

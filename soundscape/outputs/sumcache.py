@@ -81,6 +81,20 @@ class CachedSum:
     files: dict[str, list[int]]  # element -> [bytes, mtime_ns] of its stem file at the save
     # element -> its stem's measurements with its level-free key and volume (``levels``)
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sample_peak: float | None = None  # the sum's (None: not known)
+
+    def peak_after(self, name: str, gain: float) -> float:
+        """A level the sum reaches once ``name``'s stem (its only change) is scaled by
+        ``gain``: the sum's sample peak less the most that scaling moves any sample
+        (``|gain - 1|`` times the stem's sample peak), a thousandth under for the rounding
+        the sum carries (the subtracted stem was read back from its file: a step of its bit
+        depth); 0 where it is not known. A true peak read from there interpolates fewer
+        gaps."""
+        got = self.levels.get(name)
+        stem_peak = got.get("sample_peak") if isinstance(got, dict) else None
+        if self.sample_peak is None or not isinstance(stem_peak, int | float):
+            return 0.0
+        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak) * (1 - 1e-3))
 
     def known_levels(self, name: str, level_free: str, volume_db: float,
                      sample_rate: int) -> Meter | None:
@@ -135,12 +149,14 @@ def read(directory: Path, out: Output) -> CachedSum | None:
         return None
     stems, edits, files = data.get("stems"), data.get("edits"), data.get("files")
     levels = data.get("levels", {})
+    peak = data.get("sample_peak")
     if not isinstance(stems, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in stems.items()) \
             or not isinstance(edits, int) or not isinstance(files, dict) \
             or not isinstance(levels, dict):
         return None
-    return CachedSum(stems, edits, files, levels)
+    return CachedSum(stems, edits, files, levels,
+                     float(peak) if isinstance(peak, int | float) else None)
 
 
 def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest | None,
@@ -218,7 +234,8 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
 
 
 def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int,
-         files: dict[str, Path], levels: dict[str, dict[str, Any]] | None = None) -> None:
+         files: dict[str, Path], levels: dict[str, dict[str, Any]] | None = None,
+         sample_peak: float | None = None) -> None:
     """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key, whose files are
     ``files``) for the next render: the samples first (a sum held in memory is written to a
     temporary name and renamed), then the index that vouches for them. ``levels``: each
@@ -233,7 +250,8 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
         "files": {name: _stat(p) for name, p in files.items()},
-        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, "levels": levels or {}}
+        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, "levels": levels or {},
+        "sample_peak": sample_peak}
     # compact: the levels hold ten energies a second per stem
     atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
 
@@ -272,17 +290,19 @@ def subtract(mix: Bus, olds: list[Any]) -> None:
 
 
 def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
-                        parent: int) -> None:
+                        parent: int, peak_floor: float = 0.0) -> None:
     """A second process's work: measure the sum on disk (loudness, sample and true peak) as
     ``written`` (frames, shared) says it is complete; send the meter (or the error's line)
-    down ``conn``. The true peak is read as the sum comes, from a running peak: it costs more
-    than from the sum's sample peak, but it keeps pace with the pass instead of following."""
+    down ``conn``. The true peak is read as the sum comes, from a running peak (or
+    ``peak_floor``, a level the sum is known to reach): it costs more than from the sum's
+    sample peak, but it keeps pace with the pass instead of following."""
     from ..mixer.workers import _die_with_parent
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the render's to handle: it kills us
     try:
-        meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
+        meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR,
+                      peak_floor=peak_floor)
         pos = 0
         while pos < bus.frames:
             ready = written.value
@@ -305,12 +325,12 @@ class _SecondProcess:
     both threads of this process share. For a sum on disk (``Bus`` on a file), on Linux,
     where that process starts by ``fork`` and reads the file as it is written."""
 
-    def __init__(self, bus: Bus, sample_rate: int) -> None:
+    def __init__(self, bus: Bus, sample_rate: int, peak_floor: float = 0.0) -> None:
         ctx = mp.get_context("fork")
         self._written = ctx.RawValue("q", 0)
         self._conn, child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
-            bus, sample_rate, self._written, child, os.getpid()))
+            bus, sample_rate, self._written, child, os.getpid(), peak_floor))
         self._proc.start()
         child.close()
 
@@ -352,12 +372,12 @@ class Update:
     """
 
     def __init__(self, bus: Bus, olds: list[Any], adds: list[Any], sample_rate: int,
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, peak_floor: float = 0.0) -> None:
         self.bus, self.channels, self.frames = bus, bus.channels, bus.frames
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
-        self._second = _SecondProcess(bus, sample_rate) \
+        self._second = _SecondProcess(bus, sample_rate, peak_floor) \
             if not bus.in_memory and sys.platform == "linux" else None
         self._loudness = Meter(sample_rate, bus.channels, true_peak=False) \
             if self._second is None else None

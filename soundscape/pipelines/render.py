@@ -281,8 +281,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if old is not None and sum(n not in kept for n in p.keys) == 1:
             adds = [stack.enter_context(sumcache.open_stem(path, out))
                     for path in to_read.values()]
-            update = stack.enter_context(
-                sumcache.Update(mix, olds, adds, out.sample_rate, pool))
+            update = stack.enter_context(sumcache.Update(
+                mix, olds, adds, out.sample_rate, pool, _peak_floor(p, cached, old, to_read)))
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
             if olds and update is None else None
@@ -365,7 +365,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
                           cached.edits + 1 if old is not None and cached else 0,
                           {n: p.path(n) for n in present},
-                          _levels_kept(p, present, measures, cached, level_free))
+                          _levels_kept(p, present, measures, cached, level_free),
+                          None if measured is None else measured.loudness.sample_peak)
             assert kept_takes is not None
             kept_takes.keep_only(list(p.sources.values()))
     warnings.extend(report.warnings)
@@ -399,6 +400,22 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         overviews[rel] = ov
     write_page(p.directory, overviews)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _peak_floor(p: _Plan, cached: sumcache.CachedSum | None, old: dict[str, Path],
+                to_read: dict[str, Path]) -> float:
+    """A level the updated sum reaches, where the edit is one stem's volume alone (0 else)."""
+    if cached is None or to_read or len(old) != 1:
+        return 0.0
+    [name] = old
+    got = cached.levels.get(name)
+    plan = p.arrangement.plan(name)
+    if not isinstance(got, dict) or got.get("level_free") != level_free_key(
+            plan, p.sources[name], p.out) or not isinstance(got.get("volume_db"), int | float):
+        return 0.0
+    if not (math.isfinite(plan.volume_db) and math.isfinite(got["volume_db"])):
+        return 0.0
+    return cached.peak_after(name, 10 ** ((plan.volume_db - got["volume_db"]) / 20))
 
 
 def _kept_loops(kept: KeptTakes | None, source: Source) -> FoundLoops | None:
