@@ -289,20 +289,20 @@ def subtract(mix: Bus, olds: list[Any]) -> None:
         mix.write(start, block)
 
 
-def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
-                        parent: int, peak_floor: float = 0.0) -> None:
-    """A second process's work: measure the sum on disk (loudness, sample and true peak) as
-    ``written`` (frames, shared) says it is complete; send the meter (or the error's line)
-    down ``conn``. The true peak is read as the sum comes, from a running peak (or
-    ``peak_floor``, a level the sum is known to reach): it costs more than from the sum's
-    sample peak, but it keeps pace with the pass instead of following."""
+def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any, parent: int,
+                        peak: bool, peak_floor: float = 0.0) -> None:
+    """A measuring process's work: read the sum on disk as ``written`` (frames, shared) says it
+    is complete, and measure its loudness and sample peak, or (``peak``) its true peak from a
+    running peak (or ``peak_floor``, a level the sum is known to reach); send the finished
+    meter (or the error's line) down ``conn``."""
     from ..mixer.workers import _die_with_parent
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the render's to handle: it kills us
     try:
         meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR,
-                      peak_floor=peak_floor)
+                      loudness=False, peak_floor=peak_floor) if peak else \
+            Meter(sample_rate, bus.channels, true_peak=False)
         pos = 0
         while pos < bus.frames:
             ready = written.value
@@ -320,39 +320,54 @@ def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
 
 
 class _SecondProcess:
-    """The sum measured by another process as the pass writes it: the work of measuring
-    (about half the pass's) then runs beside the pass, not under the one interpreter lock
-    both threads of this process share. For a sum on disk (``Bus`` on a file), on Linux,
-    where that process starts by ``fork`` and reads the file as it is written."""
+    """The sum measured by two other processes as the pass writes it, one its loudness, the
+    other its true peak: the work of measuring (about as much as the pass's) then runs beside
+    the pass, not under the one interpreter lock a thread of this process would share (the
+    loudness process also imports ``scipy.signal``, which an edit's pass no longer needs).
+    For a sum on disk (``Bus`` on a file), on Linux, where they start by ``fork`` and read
+    the file as it is written."""
 
     def __init__(self, bus: Bus, sample_rate: int, peak_floor: float = 0.0) -> None:
         ctx = mp.get_context("fork")
         self._written = ctx.RawValue("q", 0)
-        self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
-            bus, sample_rate, self._written, child, os.getpid(), peak_floor))
-        self._proc.start()
-        child.close()
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        for peak in (False, True):
+            conn, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
+                bus, sample_rate, self._written, child, os.getpid(), peak, peak_floor))
+            self._conns.append(conn)
+            self._procs.append(proc)
+            proc.start()
+            child.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
 
     def written(self, frames: int) -> None:
         self._written.value = frames
 
     def result(self) -> SumLevels:
         try:
-            got = self._conn.recv()
+            got = [conn.recv() for conn in self._conns]
         except EOFError:
-            raise RenderError("the process measuring the mix died (out of memory?)") from None
+            raise RenderError("a process measuring the mix died (out of memory?)") from None
         finally:
             self.close()
-        if isinstance(got, str):
-            raise RenderError(f"measuring the mix failed: {got}")
-        return SumLevels.of(got)
+        for g in got:
+            if isinstance(g, str):
+                raise RenderError(f"measuring the mix failed: {g}")
+        loudness, peaks = got
+        return SumLevels(loudness, peaks.true_peak_db)
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._proc.join()
-        self._conn.close()
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for conn in self._conns:
+            conn.close()
 
 
 class Update:
