@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -585,9 +586,9 @@ def test_the_peak_after_a_volume_edit_is_a_level_the_new_sum_reaches(bits: int) 
         gain = float(10 ** (rng.uniform(-20, 20) / 20))
         filed = np.floor(stem / step) * step  # the stem as its file reads back (floored)
         new = total - filed + gain * stem
-        cached = sumcache.CachedSum({}, 0, {}, {"e": {"sample_peak": float(np.abs(stem).max())}},
-                                    float(np.abs(total).max()))
-        floor = cached.peak_after("e", gain)
+        level = {"sample_peak": float(np.abs(stem).max()), "level_free": "k", "volume_db": 0.0}
+        cached = sumcache.CachedSum({}, 0, {}, {"e": level}, float(np.abs(total).max()))
+        floor = cached.peak_after("e", "k", 20 * math.log10(gain))
         assert 0 <= floor <= float(np.abs(new).max())
 
 

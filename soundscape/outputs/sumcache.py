@@ -83,35 +83,45 @@ class CachedSum:
     levels: dict[str, dict[str, Any]] = field(default_factory=dict)
     sample_peak: float | None = None  # the sum's (None: not known)
 
-    def peak_after(self, name: str, gain: float) -> float:
-        """A level the sum reaches once ``name``'s stem (its only change) is scaled by
-        ``gain``: the sum's sample peak less the most that scaling moves any sample
-        (``|gain - 1|`` times the stem's sample peak), a thousandth under for the rounding
-        the sum carries (the subtracted stem was read back from its file: a step of its bit
-        depth); 0 where it is not known. A true peak read from there interpolates fewer
-        gaps."""
+    def volume_change(self, name: str, level_free: str, volume_db: float) -> float | None:
+        """The linear gain from ``name``'s stem in the sum to the same stem at ``volume_db``,
+        where that is its only change (the same level-free key; both volumes finite); None
+        otherwise."""
         got = self.levels.get(name)
-        stem_peak = got.get("sample_peak") if isinstance(got, dict) else None
-        if self.sample_peak is None or not isinstance(stem_peak, int | float):
-            return 0.0
-        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak) * (1 - 1e-3))
+        if not isinstance(got, dict) or got.get("level_free") != level_free:
+            return None
+        old = got.get("volume_db")
+        if not isinstance(old, int | float) or not (math.isfinite(old)
+                                                    and math.isfinite(volume_db)):
+            return None
+        return float(10 ** ((volume_db - old) / 20))
 
     def known_levels(self, name: str, level_free: str, volume_db: float,
                      sample_rate: int) -> Meter | None:
         """The measurements of ``name``'s stem at ``volume_db``, from its earlier render at
         another volume (the same level-free key), scaled; None where there is none."""
-        got = self.levels.get(name)
-        if not isinstance(got, dict) or got.get("level_free") != level_free:
+        gain = self.volume_change(name, level_free, volume_db)
+        if gain is None:
             return None
+        got = self.levels[name]
         try:
-            old = float(got["volume_db"])
-            figures = {k: got[k] for k in ("energies", "frames", "sample_peak", "true_peak")}
-            meter = Meter.restored(sample_rate, **figures)
+            meter = Meter.restored(sample_rate, **{
+                k: got[k] for k in ("energies", "frames", "sample_peak", "true_peak")})
         except (KeyError, TypeError, ValueError):
             return None
-        if not (math.isfinite(old) and math.isfinite(volume_db)):
-            return None
-        return meter.scaled(10 ** ((volume_db - old) / 20))
+        return meter.scaled(gain)
+
+    def peak_after(self, name: str, level_free: str, volume_db: float) -> float:
+        """A level the sum reaches once ``name``'s stem, whose only change is its volume, is
+        at ``volume_db``: the sum's sample peak less the most that moves any sample (``|gain
+        - 1|`` times the stem's sample peak), a thousandth under for the rounding the sum
+        carries (the subtracted stem was read back from its file: a step of its bit depth);
+        0 where it is not known. A true peak read from there interpolates fewer gaps."""
+        gain = self.volume_change(name, level_free, volume_db)
+        stem_peak = self.levels[name].get("sample_peak") if gain is not None else None
+        if self.sample_peak is None or gain is None or not isinstance(stem_peak, int | float):
+            return 0.0
+        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak) * (1 - 1e-3))
 
 
 def _stat(path: Path) -> list[int] | None:

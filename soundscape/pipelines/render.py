@@ -282,7 +282,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             adds = [stack.enter_context(sumcache.open_stem(path, out))
                     for path in to_read.values()]
             update = stack.enter_context(sumcache.Update(
-                mix, olds, adds, out.sample_rate, pool, _peak_floor(p, cached, old, to_read)))
+                mix, olds, adds, out.sample_rate, pool,
+                _peak_floor(p, cached, old, to_read, level_free)))
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
             if olds and update is None else None
@@ -403,19 +404,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
 
 
 def _peak_floor(p: _Plan, cached: sumcache.CachedSum | None, old: dict[str, Path],
-                to_read: dict[str, Path]) -> float:
+                to_read: dict[str, Path], level_free: dict[str, str]) -> float:
     """A level the updated sum reaches, where the edit is one stem's volume alone (0 else)."""
     if cached is None or to_read or len(old) != 1:
         return 0.0
     [name] = old
-    got = cached.levels.get(name)
-    plan = p.arrangement.plan(name)
-    if not isinstance(got, dict) or got.get("level_free") != level_free_key(
-            plan, p.sources[name], p.out) or not isinstance(got.get("volume_db"), int | float):
-        return 0.0
-    if not (math.isfinite(plan.volume_db) and math.isfinite(got["volume_db"])):
-        return 0.0
-    return cached.peak_after(name, 10 ** ((plan.volume_db - got["volume_db"]) / 20))
+    return cached.peak_after(name, level_free[name], p.arrangement.plan(name).volume_db)
 
 
 def _kept_loops(kept: KeptTakes | None, source: Source) -> FoundLoops | None:
