@@ -613,3 +613,15 @@ def test_a_volume_edit_reads_the_true_peak_between_the_samples(
     assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
     sample_peak = 20 * np.log10(np.abs(mix_of(res)).max())
     assert res.mix_true_peak_dbtp > sample_peak + 2  # the peak is between the samples
+
+
+def test_an_element_renamed_is_one_removed_and_one_new(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path, 22050, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=22050, channels=2, bed="-6 dB").replace("tone:", "hum:"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert sorted(res.stems) == ["bed", "drip", "hum"]
+    assert not (out / "it" / "stems" / "tone.wav").exists()
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]

@@ -409,6 +409,8 @@ def _peak_floor(p: _Plan, cached: sumcache.CachedSum | None, old: dict[str, Path
     if cached is None or to_read or len(old) != 1:
         return 0.0
     [name] = old
+    if name not in level_free:  # removed (another element is new): not a volume edit
+        return 0.0
     return cached.peak_after(name, level_free[name], p.arrangement.plan(name).volume_db)
 
 
