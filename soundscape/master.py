@@ -10,7 +10,6 @@ under the ceiling without hard clipping, and the release recovers with its time 
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable
@@ -439,10 +438,7 @@ def _scaled_loudness(meter: Meter, gain_db: float) -> float:
     """The integrated loudness ``meter`` would read of its signal scaled by ``gain_db``: every
     100 ms energy scales by the gain squared, and the gates are applied to them again (the
     absolute gate does not move with the signal, so a quiet stretch may cross it)."""
-    scaled = copy.copy(meter)
-    k = 10 ** (gain_db / 10)
-    scaled.energies = [e * k for e in meter.energies]
-    return scaled.integrated_loudness()
+    return meter.scaled(10 ** (gain_db / 20)).integrated_loudness()
 
 
 def _limited(bus: Bus, dry: Meter, sample_rate: int, gain_db: float, ceiling_db: float,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -434,7 +435,7 @@ def sum_on_disk(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def spy(self: Any, *a: Any, **k: Any) -> None:
         real(self, *a, **k)
-        started.append(self._proc.pid)
+        started.extend(self.pids)
 
     monkeypatch.setattr(sumcache._SecondProcess, "__init__", spy)
     return started
@@ -448,7 +449,7 @@ def test_an_edit_of_a_sum_on_disk_is_measured_beside_the_pass(
     render(scene, out=out, jobs=1)
     scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-12 dB"))
     [res] = render(scene, out=out, jobs=1)
-    assert len(sum_on_disk) == 1  # the edit's sum was measured by a second process
+    assert len(sum_on_disk) == 2  # the edit's sum was measured by two other processes
     [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
     assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
     assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
@@ -480,7 +481,147 @@ def test_a_failed_measurement_is_one_error_line_and_leaves_no_process(
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert "measuring the mix failed: MemoryError: no room for the meter" in lines[0]
     assert "Traceback" not in result.output
-    [pid] = sum_on_disk
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)  # gone, not left running
+    assert len(sum_on_disk) == 2
+    for pid in sum_on_disk:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # gone, not left running
     assert not (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).exists()
+
+
+def _stem_figures(res: Any) -> dict[str, tuple[float, float, float]]:
+    return {e.element: (e.loudness_lufs, e.true_peak_dbtp, e.sample_peak) for e in res.elements}
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (44100, 2), (48000, 2), (96000, 1)])
+def test_a_volume_edit_scales_the_stems_measurements_as_a_fresh_render_reads_them(
+        tmp_path: Path, sr: int, channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stem that changed only in volume is not measured again: its earlier figures are
+    scaled (the K-weighting and the interpolation are linear), and read as a fresh render's.
+    A change that is not only the volume (an effect) is measured anew."""
+    from soundscape.dsp.meter import Meter
+
+    scene = write_scene(tmp_path, sr, channels)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    measured: list[int] = []
+    real_add = Meter.add
+    monkeypatch.setattr(Meter, "add", lambda self, b: (measured.append(b.shape[1]),
+                                                       real_add(self, b))[1])
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-13.5 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    stem_frames = sum(measured)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    ours, theirs = _stem_figures(res), _stem_figures(fresh)
+    for name in ("bed", "drip", "tone"):
+        for a, b in zip(ours[name], theirs[name], strict=True):
+            assert a == pytest.approx(b, abs=1e-3), name
+    assert ours["bed"][0] == pytest.approx(theirs["bed"][0], abs=1e-3)
+    # the edit measured the sum (its loudness, then its true peak: twice its 4 s) and
+    # nothing of the bed's stem (another 4 s)
+    assert stem_frames <= 2 * 4 * sr
+    # an effect on the bed: not only its volume, so measured again, as fresh reads it
+    scene.write_text(SCENE.format(sr=sr, channels=channels, bed="-13.5 dB, effects: "
+                                  "[{lowpass: {cutoff: 1 kHz}}]"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh2", jobs=1)
+    for a, b in zip(_stem_figures(res)["bed"], _stem_figures(fresh)["bed"], strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_kept_takes_are_the_conformed_takes_and_go_with_their_element(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The render folder keeps each element's conformed takes (and the loop points found in
+    them) for its next render, reads them instead of conforming again, makes a damaged one
+    again, and removes those of an element that changed or went."""
+    from soundscape.takes import conform as conform_module
+
+    scene = write_scene(tmp_path, 44100, 2)
+    out = tmp_path / "o"
+    [first] = render(scene, out=out, jobs=1)
+    folder = out / "it" / sumcache.CACHE_DIR / sumcache.TAKES_DIR
+    kept = sorted(folder.glob("*.npz"))
+    assert len(kept) == 3
+    loops = list(folder.glob("*.loops.json"))
+    assert len(loops) == 1  # the bed loops: its loop points are kept
+    bed = json.loads(loops[0].read_text())["loops"]
+    seams = [pl for pl in first.manifest.element("bed").placements  # type: ignore[union-attr]
+             if "seams_s" in pl]
+    assert bed and seams and seams[0]["seams_s"]
+    conformed: list[str] = []
+    real = conform_module.conform
+
+    def spy(audio: np.ndarray, sr: int, sample_rate: int) -> np.ndarray:
+        conformed.append("x")
+        return real(audio, sr, sample_rate)
+
+    monkeypatch.setattr(conform_module, "conform", spy)
+    kept[0].write_bytes(b"not an npz")  # damaged: made again
+    scene.write_text(SCENE.format(sr=44100, channels=2, bed="-9 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert len(conformed) == 1
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+    assert res.manifest.element("bed").placements == \
+        fresh.manifest.element("bed").placements  # type: ignore[union-attr]
+    assert sorted(folder.glob("*.npz")) == kept
+    # the tone's file changes: its kept takes go, the new ones come
+    wav(tmp_path / "tone.wav", np.zeros((1, 4410), np.float32) + 0.1, 44100)
+    render(scene, out=out, jobs=1)
+    now = sorted(folder.glob("*.npz"))
+    assert len(now) == 3 and len(set(now) & set(kept)) == 2
+    # a lossy render keeps nothing (no sum, no takes)
+    render(scene, out=out, jobs=1, fmt="mp3")
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("bits", [16, 24])
+def test_the_peak_after_a_volume_edit_is_a_level_the_new_sum_reaches(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    step = 2.0 ** -(bits - 1)
+    for _ in range(200):
+        n = int(rng.integers(50, 400))
+        stem = rng.normal(0, rng.uniform(0.01, 1), n)
+        rest = rng.normal(0, rng.uniform(0.01, 1), n)
+        total = (rest + stem).astype(np.float32)
+        gain = float(10 ** (rng.uniform(-20, 20) / 20))
+        filed = np.floor(stem / step) * step  # the stem as its file reads back (floored)
+        new = total - filed + gain * stem
+        level = {"sample_peak": float(np.abs(stem).max()), "level_free": "k", "volume_db": 0.0}
+        cached = sumcache.CachedSum({}, 0, {}, {"e": level}, float(np.abs(total).max()))
+        floor = cached.peak_after("e", "k", 20 * math.log10(gain))
+        assert 0 <= floor <= float(np.abs(new).max())
+
+
+def test_a_volume_edit_reads_the_true_peak_between_the_samples(
+        tmp_path: Path, sum_on_disk: list[int]) -> None:
+    """A sum whose true peak lies 3 dB over its samples (a tone at a quarter of the rate, at
+    45 degrees): the edit's measuring process, starting from the level the sum is known to
+    reach, still reads the peak between the samples as a fresh render does."""
+    sr = 48000
+    t = np.arange(4 * sr) / sr
+    wav(tmp_path / "bed.wav", 0.5 * np.sin(2 * np.pi * sr / 4 * t + np.pi / 4), sr)
+    wav(tmp_path / "drip.wav", np.zeros((1, 100), np.float32), sr)
+    wav(tmp_path / "tone.wav", 0.05 * np.sin(2 * np.pi * 440 * t[:sr]), sr)
+    scene = tmp_path / "it.yaml"
+    scene.write_text(SCENE.format(sr=sr, channels=2, bed="-6 dB"))
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=sr, channels=2, bed="-9 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert len(sum_on_disk) == 2
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+    sample_peak = 20 * np.log10(np.abs(mix_of(res)).max())
+    assert res.mix_true_peak_dbtp > sample_peak + 2  # the peak is between the samples
+
+
+def test_an_element_renamed_is_one_removed_and_one_new(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path, 22050, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    scene.write_text(SCENE.format(sr=22050, channels=2, bed="-6 dB").replace("tone:", "hum:"))
+    [res] = render(scene, out=out, jobs=1)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert sorted(res.stems) == ["bed", "drip", "hum"]
+    assert not (out / "it" / "stems" / "tone.wav").exists()
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]

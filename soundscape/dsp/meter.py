@@ -22,9 +22,11 @@ ceiling) are skipped without being interpolated.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -403,6 +405,33 @@ class Meter:
             self._tp = max(self._tp, gp * self._gain_peak)
         self._finished = True
         return self
+
+    def scaled(self, gain: float) -> Meter:
+        """A finished meter of this one's signal times ``gain`` (linear), without measuring it
+        again: every 100 ms energy scales by the gain squared and the peaks by the gain (the
+        K-weighting and the interpolation are linear); the gates apply anew when the
+        loudness is asked."""
+        out = copy.copy(self)
+        out.energies = [e * gain * gain for e in self.energies]
+        out.sample_peak = self.sample_peak * abs(gain)
+        out._tp = self._tp * abs(gain)
+        out._finished = True
+        return out
+
+    @classmethod
+    def restored(cls, sample_rate: int, energies: list[float], frames: int,
+                 sample_peak: float, true_peak: float) -> Meter:
+        """A finished meter with the figures a signal was measured at (``figures``)."""
+        m = cls(sample_rate, 1, true_peak=False, loudness=False)
+        m.energies, m.frames, m.sample_peak, m._tp = list(energies), frames, sample_peak, \
+            true_peak
+        m._finished = True
+        return m
+
+    def figures(self) -> dict[str, Any]:
+        """What ``restored`` needs (JSON-able): the 100 ms energies, frames and peaks."""
+        return {"energies": self.energies, "frames": self.frames,
+                "sample_peak": self.sample_peak, "true_peak": self.true_peak}
 
     @property
     def true_peak(self) -> float:

@@ -157,12 +157,15 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
                    total: int, mix: Summing | None, sink: StemSink | None = None,
-                   stem_frames: int | None = None, found: FoundLoops | None = None) -> Meter:
+                   stem_frames: int | None = None, found: FoundLoops | None = None,
+                   known: Meter | None = None) -> Meter:
     """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
     sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
     from ``plan``. ``stem_frames``: only the first this many frames go to ``sink`` and the
     meter (a loopable mix sums what rings past the end; the stem file stops there).
     ``found``: loop points searched already (by ``LoopSource``), and where the new go.
+    ``known``: the stem's measurements, known already (its earlier render at another volume,
+    scaled): returned as they are, and the stem is not measured.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -206,7 +209,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             return
         s = max(0, min(k, stem_end - emitted))  # of these, frames of the stem
         if chunk is None:
-            meter.add(zeros[: 1 if mono_meter else channels, :s])
+            if known is None:
+                meter.add(zeros[: 1 if mono_meter else channels, :s])
             if sink is not None and s:
                 sink(zeros[:, :s])
         else:
@@ -214,7 +218,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             out = _place(block, channels, pan, volume,
                          automation_gain(plan.automation, emitted, k, sample_rate))
             ensure_finite(out, plan.name, effects, emitted, sample_rate)
-            meter.add((block if mono_meter else out)[:, :s])
+            if known is None:
+                meter.add((block if mono_meter else out)[:, :s])
             if mix is not None:
                 mix.add(emitted, out)
             if sink is not None and s:
@@ -242,7 +247,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                           reset=False)
             emit(piece, piece.shape[1])
         emit(None, total - emitted)
-        return meter.finish()
+        return meter.finish() if known is None else known
 
     # one dry buffer, cleared after use: a fresh 64k-frame block each time costs more in
     # allocation and page faults than the mixing into it (nothing downstream keeps it)
@@ -280,4 +285,4 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                     reset=False)
         emit(wet, wet.shape[1])
     emit(None, total - emitted)
-    return meter.finish()
+    return meter.finish() if known is None else known

@@ -216,7 +216,7 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     return _points(x, s, e, xf)
 
 
-# Loop points already searched, by (the take's id, crossfade frames): kept while the takes are.
+# An element's loop points already searched, by (the take's index, crossfade frames).
 FoundLoops = dict[tuple[int, int], LoopPoints]
 DECLICK_S = 0.005  # the crossfade a loop asked to cut hard gets where its seam would click
 
@@ -258,8 +258,9 @@ class LoopSource:
             xf = round(DECLICK_S * sample_rate)
         xf = min(xf, max_crossfade(take.shape[1]))
         # ``points``: reuse a search already made for this take and crossfade; ``found``:
-        # searches made for the takes of one element (the stem, then its manifest record)
-        key = (id(take), xf)
+        # searches made for the takes of one element (the stem, its manifest record, and
+        # the next render, which keeps them with the element's conformed takes)
+        key = (run.take, xf)
         pts = points or (found or {}).get(key) or best_loop_points(take, xf, sample_rate)
         if found is not None:
             found[key] = pts

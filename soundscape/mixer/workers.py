@@ -39,6 +39,7 @@ from ..arrange import ElementPlan
 from ..audio_io import AtomicAudioWriter, remove_stale_temps
 from ..dsp.bus import Bus, Summing
 from ..dsp.effects import chain_tail_s
+from ..dsp.meter import Meter
 from ..errors import RenderError
 from ..notices import RenderWarning
 from .element import render_element
@@ -59,6 +60,10 @@ class StemJob:
     path: Path | None  # None: mixed but not written (``--only`` leaves the old stem)
     sample_rate: int
     duration_s: float  # the scene's
+    # the stem's measurements, known already: its earlier render at another volume, scaled
+    # (``Meter.scaled``); the stem is then rendered and written but not measured again
+    known: Meter | None = None
+    loops: FoundLoops | None = None  # loop points searched by an earlier render of the takes
 
     @property
     def cost(self) -> float:
@@ -90,6 +95,8 @@ class StemMeasure:
     true_peak_dbtp: float
     sample_peak: float  # linear
     seams: tuple[dict[str, Any], ...] = ()  # ``loop_seams`` of each loop run, in plan order
+    figures: dict[str, Any] | None = None  # ``Meter.figures``, to scale at a later volume
+    loops: FoundLoops | None = None  # the loop points the stem was made with
 
 
 def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
@@ -138,15 +145,17 @@ def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels:
     for job in jobs:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
-        found: FoundLoops = {}  # the loop points the stem is made with, for its record
+        found = dict(job.loops or {})  # the loop points the stem is made with, for its record
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
-                                   None if w is None else w.write, stem_frames, found)
+                                   None if w is None else w.write, stem_frames, found,
+                                   job.known)
         total = mix.frames if stem_frames is None else stem_frames
         seams = tuple(loop_seams(job.takes[lp.take], lp, sample_rate, total, found)
                       for lp in job.plan.loops)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
-                                    meter.true_peak_db, meter.sample_peak, seams))
+                                    meter.true_peak_db, meter.sample_peak, seams,
+                                    meter.figures(), found))
     return measures
 
 

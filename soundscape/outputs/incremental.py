@@ -61,6 +61,12 @@ def stem_key(plan: ElementPlan, source: Source, out: Output) -> str:
                   "source": source.identity, "irs": irs})
 
 
+def level_free_key(plan: ElementPlan, source: Source, out: Output) -> str:
+    """``stem_key`` at 0 dB: two stems with the same level-free key differ only by their
+    volume (applied last, after the effects), so one's measurements scale to the other's."""
+    return stem_key(replace(plan, volume_db=0.0), source, out)
+
+
 def mix_key(stem_keys: dict[str, str], master: dict[str, Any], out: Output) -> str:
     return _hash({"mixer": MIXER_VERSION, "out": asdict(out), "stems": stem_keys,
                   "master": master})

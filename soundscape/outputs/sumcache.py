@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from .incremental import Output, stored_is_current, summable
 from .manifest import Manifest
 
 CACHE_DIR = ".cache"
+TAKES_DIR = "takes"  # the elements' conformed takes (``takes.conform.KeptTakes``)
 SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
 VERSION = 2  # 2: the stem files' size and modification time
@@ -76,6 +79,49 @@ class CachedSum:
     stems: dict[str, str]
     edits: int
     files: dict[str, list[int]]  # element -> [bytes, mtime_ns] of its stem file at the save
+    # element -> its stem's measurements with its level-free key and volume (``levels``)
+    levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sample_peak: float | None = None  # the sum's (None: not known)
+
+    def volume_change(self, name: str, level_free: str, volume_db: float) -> float | None:
+        """The linear gain from ``name``'s stem in the sum to the same stem at ``volume_db``,
+        where that is its only change (the same level-free key; both volumes finite); None
+        otherwise."""
+        got = self.levels.get(name)
+        if not isinstance(got, dict) or got.get("level_free") != level_free:
+            return None
+        old = got.get("volume_db")
+        if not isinstance(old, int | float) or not (math.isfinite(old)
+                                                    and math.isfinite(volume_db)):
+            return None
+        return float(10 ** ((volume_db - old) / 20))
+
+    def known_levels(self, name: str, level_free: str, volume_db: float,
+                     sample_rate: int) -> Meter | None:
+        """The measurements of ``name``'s stem at ``volume_db``, from its earlier render at
+        another volume (the same level-free key), scaled; None where there is none."""
+        gain = self.volume_change(name, level_free, volume_db)
+        if gain is None:
+            return None
+        got = self.levels[name]
+        try:
+            meter = Meter.restored(sample_rate, **{
+                k: got[k] for k in ("energies", "frames", "sample_peak", "true_peak")})
+        except (KeyError, TypeError, ValueError):
+            return None
+        return meter.scaled(gain)
+
+    def peak_after(self, name: str, level_free: str, volume_db: float) -> float:
+        """A level the sum reaches once ``name``'s stem, whose only change is its volume, is
+        at ``volume_db``: the sum's sample peak less the most that moves any sample (``|gain
+        - 1|`` times the stem's sample peak), a thousandth under for the rounding the sum
+        carries (the subtracted stem was read back from its file: a step of its bit depth);
+        0 where it is not known. A true peak read from there interpolates fewer gaps."""
+        gain = self.volume_change(name, level_free, volume_db)
+        stem_peak = self.levels[name].get("sample_peak") if gain is not None else None
+        if self.sample_peak is None or gain is None or not isinstance(stem_peak, int | float):
+            return 0.0
+        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak) * (1 - 1e-3))
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -112,11 +158,15 @@ def read(directory: Path, out: Output) -> CachedSum | None:
             or st.st_size != size:
         return None
     stems, edits, files = data.get("stems"), data.get("edits"), data.get("files")
+    levels = data.get("levels", {})
+    peak = data.get("sample_peak")
     if not isinstance(stems, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                               for k, v in stems.items()) \
-            or not isinstance(edits, int) or not isinstance(files, dict):
+            or not isinstance(edits, int) or not isinstance(files, dict) \
+            or not isinstance(levels, dict):
         return None
-    return CachedSum(stems, edits, files)
+    return CachedSum(stems, edits, files, levels,
+                     float(peak) if isinstance(peak, int | float) else None)
 
 
 def old_stems(cached: CachedSum | None, keep: dict[str, str], previous: Manifest | None,
@@ -161,11 +211,13 @@ def plan_update(cached: CachedSum | None, kept: dict[str, Path], keys: dict[str,
 
 
 def drop(directory: Path) -> None:
-    """Remove the cached sum and its index (a render that cannot keep one, or not yet)."""
+    """Remove the cached sum and its index (a render that cannot keep one, or not yet), and
+    the conformed takes kept beside it."""
     path, index = _paths(directory)
     for p in (index, path):  # the index first: a sum without one is never trusted
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    shutil.rmtree(directory / CACHE_DIR / TAKES_DIR, ignore_errors=True)
 
 
 def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
@@ -192,10 +244,13 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
 
 
 def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int,
-         files: dict[str, Path]) -> None:
+         files: dict[str, Path], levels: dict[str, dict[str, Any]] | None = None,
+         sample_peak: float | None = None) -> None:
     """Keep ``bus`` (the complete pre-master sum of ``stems``, element -> key, whose files are
     ``files``) for the next render: the samples first (a sum held in memory is written to a
-    temporary name and renamed), then the index that vouches for them."""
+    temporary name and renamed), then the index that vouches for them. ``levels``: each
+    stem's measurements (``Meter.figures``) with its level-free key and volume, which a
+    later render of the stem at another volume scales (``CachedSum.known_levels``)."""
     path, index = _paths(directory)
     if bus.array is not None:
         path.parent.mkdir(exist_ok=True)
@@ -205,8 +260,10 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
         "files": {name: _stat(p) for name, p in files.items()},
-        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
-    atomic_write_text(index, json.dumps(data, indent=1, sort_keys=True))
+        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, "levels": levels or {},
+        "sample_peak": sample_peak}
+    # compact: the levels hold ten energies a second per stem
+    atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
 
 
 @contextlib.contextmanager
@@ -242,18 +299,20 @@ def subtract(mix: Bus, olds: list[Any]) -> None:
         mix.write(start, block)
 
 
-def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
-                        parent: int) -> None:
-    """A second process's work: measure the sum on disk (loudness, sample and true peak) as
-    ``written`` (frames, shared) says it is complete; send the meter (or the error's line)
-    down ``conn``. The true peak is read as the sum comes, from a running peak: it costs more
-    than from the sum's sample peak, but it keeps pace with the pass instead of following."""
+def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any, parent: int,
+                        peak: bool, peak_floor: float = 0.0) -> None:
+    """A measuring process's work: read the sum on disk as ``written`` (frames, shared) says it
+    is complete, and measure its loudness and sample peak, or (``peak``) its true peak from a
+    running peak (or ``peak_floor``, a level the sum is known to reach); send the finished
+    meter (or the error's line) down ``conn``."""
     from ..mixer.workers import _die_with_parent
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the render's to handle: it kills us
     try:
-        meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR)
+        meter = Meter(sample_rate, bus.channels, interpolator=LIMITER_DETECTOR,
+                      loudness=False, peak_floor=peak_floor) if peak else \
+            Meter(sample_rate, bus.channels, true_peak=False)
         pos = 0
         while pos < bus.frames:
             ready = written.value
@@ -271,39 +330,54 @@ def _measure_as_written(bus: Bus, sample_rate: int, written: Any, conn: Any,
 
 
 class _SecondProcess:
-    """The sum measured by another process as the pass writes it: the work of measuring
-    (about half the pass's) then runs beside the pass, not under the one interpreter lock
-    both threads of this process share. For a sum on disk (``Bus`` on a file), on Linux,
-    where that process starts by ``fork`` and reads the file as it is written."""
+    """The sum measured by two other processes as the pass writes it, one its loudness, the
+    other its true peak: the work of measuring (about as much as the pass's) then runs beside
+    the pass, not under the one interpreter lock a thread of this process would share (the
+    loudness process also imports ``scipy.signal``, which an edit's pass no longer needs).
+    For a sum on disk (``Bus`` on a file), on Linux, where they start by ``fork`` and read
+    the file as it is written."""
 
-    def __init__(self, bus: Bus, sample_rate: int) -> None:
+    def __init__(self, bus: Bus, sample_rate: int, peak_floor: float = 0.0) -> None:
         ctx = mp.get_context("fork")
         self._written = ctx.RawValue("q", 0)
-        self._conn, child = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
-            bus, sample_rate, self._written, child, os.getpid()))
-        self._proc.start()
-        child.close()
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        for peak in (False, True):
+            conn, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_measure_as_written, daemon=True, args=(
+                bus, sample_rate, self._written, child, os.getpid(), peak, peak_floor))
+            self._conns.append(conn)
+            self._procs.append(proc)
+            proc.start()
+            child.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
 
     def written(self, frames: int) -> None:
         self._written.value = frames
 
     def result(self) -> SumLevels:
         try:
-            got = self._conn.recv()
+            got = [conn.recv() for conn in self._conns]
         except EOFError:
-            raise RenderError("the process measuring the mix died (out of memory?)") from None
+            raise RenderError("a process measuring the mix died (out of memory?)") from None
         finally:
             self.close()
-        if isinstance(got, str):
-            raise RenderError(f"measuring the mix failed: {got}")
-        return SumLevels.of(got)
+        for g in got:
+            if isinstance(g, str):
+                raise RenderError(f"measuring the mix failed: {g}")
+        loudness, peaks = got
+        return SumLevels(loudness, peaks.true_peak_db)
 
     def close(self) -> None:
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._proc.join()
-        self._conn.close()
+        for proc in self._procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+        for conn in self._conns:
+            conn.close()
 
 
 class Update:
@@ -323,13 +397,13 @@ class Update:
     """
 
     def __init__(self, bus: Bus, olds: list[Any], adds: list[Any], sample_rate: int,
-                 pool: ThreadPoolExecutor) -> None:
+                 pool: ThreadPoolExecutor, peak_floor: float = 0.0) -> None:
         self.bus, self.channels, self.frames = bus, bus.channels, bus.frames
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
         # a daemonic process (a script's multiprocessing.Pool worker) may not start children
-        self._second = _SecondProcess(bus, sample_rate) \
+        self._second = _SecondProcess(bus, sample_rate, peak_floor) \
             if not bus.in_memory and sys.platform == "linux" \
             and not mp.current_process().daemon else None
         self._loudness = Meter(sample_rate, bus.channels, true_peak=False) \

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from ..generate.models import resolve
 from ..locks import locked
 from ..master import ElementLevels, master_bus, measure_sum
 from ..mixer import budget
+from ..mixer.loops import FoundLoops, LoopPoints
 from ..mixer.workers import (
     StemJob,
     StemMeasure,
@@ -46,10 +48,12 @@ from ..outputs import sumcache
 from ..outputs.exports import NO_EXPORTS, ExportRequest, check_request, write_exports
 from ..outputs.incremental import (
     LOSSLESS,
+    MIXER_VERSION,
     Decision,
     Output,
     decide,
     forget_rewritten,
+    level_free_key,
     mix_is_current,
     mix_key,
     remove_stale,
@@ -73,7 +77,7 @@ from ..outputs.manifest import (
 from ..outputs.page import OverviewAccumulator, overview_of, write_page
 from ..outputs.tags import element_tags, mix_tags, tag_file
 from ..scene import Scene, load_scene
-from ..takes.conform import element_takes
+from ..takes.conform import KeptTakes, element_takes
 from ..takes.plan import Models, Source, plan_sources
 from ..takes.run import generate_missing
 from ..takes.store import TakeCache
@@ -254,6 +258,10 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     m = scene.master
     keeps_sum = _keeps_sum(p, output, kept)
     cached = sumcache.read(p.directory, out) if keeps_sum else None
+    level_free = {n: level_free_key(p.arrangement.plan(n), p.sources[n], out) for n in p.keys}
+    # the conformed takes and their loop points, kept with the sum for the next render
+    kept_takes = KeptTakes(p.directory / sumcache.CACHE_DIR / sumcache.TAKES_DIR) \
+        if keeps_sum else None
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
@@ -273,8 +281,9 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if old is not None and sum(n not in kept for n in p.keys) == 1:
             adds = [stack.enter_context(sumcache.open_stem(path, out))
                     for path in to_read.values()]
-            update = stack.enter_context(
-                sumcache.Update(mix, olds, adds, out.sample_rate, pool))
+            update = stack.enter_context(sumcache.Update(
+                mix, olds, adds, out.sample_rate, pool,
+                _peak_floor(p, cached, old, to_read, level_free)))
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
             if olds and update is None else None
@@ -284,16 +293,20 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             if name in kept:
                 present.append(name)
                 continue
-            audio = element_takes(p.sources[name], cache)
+            audio = element_takes(p.sources[name], cache, kept_takes)
             if audio is None:
                 warnings.append(RenderWarning(
                     "takes", f"{name} has no take yet (not generated: excluded by --only); "
                     f"left out of the mix", name))
                 continue
             present.append(name)
-            jobs.append(StemJob(p.arrangement.plan(name), audio,
-                                p.path(name) if d.write else None, out.sample_rate,
-                                scene.duration))
+            plan = p.arrangement.plan(name)
+            # a stem that changed only in volume is measured by scaling its earlier figures
+            levels = None if cached is None else cached.known_levels(
+                name, level_free[name], plan.volume_db, out.sample_rate)
+            jobs.append(StemJob(plan, audio, p.path(name) if d.write else None,
+                                out.sample_rate, scene.duration, levels,
+                                _kept_loops(kept_takes, p.sources[name])))
         for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
             if j.path is None and p.path(j.plan.name).exists():
                 warnings.append(RenderWarning(
@@ -305,6 +318,10 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         workers = choose_workers(len(jobs), scene.duration, output.jobs)
         measures = render_stems(jobs, mix if update is None else update, out.sample_rate,
                                 out.bit_depth, workers, p.directory, out.frames)
+        if kept_takes is not None:
+            for j in jobs:
+                _keep_loops(kept_takes, p.sources[j.plan.name], j.loops,
+                            measures[j.plan.name].loops)
         measured = None if update is None else update.finish()
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
         written = {j.plan.name for j in jobs if j.path is not None}
@@ -348,7 +365,11 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         if keeps_sum:
             sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
                           cached.edits + 1 if old is not None and cached else 0,
-                          {n: p.path(n) for n in present})
+                          {n: p.path(n) for n in present},
+                          _levels_kept(p, present, measures, cached, level_free),
+                          None if measured is None else measured.loudness.sample_peak)
+            assert kept_takes is not None
+            kept_takes.keep_only(list(p.sources.values()))
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
@@ -374,12 +395,56 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     manifest_path = p.directory / "manifest.json"
     write_notice(p.directory, manifest.licences)
     manifest.write(manifest_path)
-    known = dict(f.result() for f in ahead)
+    overviews = dict(f.result() for f in ahead)
     if seen is not None and seen.pos == out.frames:
         rel, ov = overview_of(p.directory, mix_path, p.mix_key, seen.result(out.sample_rate))
-        known[rel] = ov
-    write_page(p.directory, known)
+        overviews[rel] = ov
+    write_page(p.directory, overviews)
     return RenderResult(manifest, p.directory, manifest_path, False)
+
+
+def _peak_floor(p: _Plan, cached: sumcache.CachedSum | None, old: dict[str, Path],
+                to_read: dict[str, Path], level_free: dict[str, str]) -> float:
+    """A level the updated sum reaches, where the edit is one stem's volume alone (0 else)."""
+    if cached is None or to_read or len(old) != 1:
+        return 0.0
+    [name] = old
+    if name not in level_free:  # removed (another element is new): not a volume edit
+        return 0.0
+    return cached.peak_after(name, level_free[name], p.arrangement.plan(name).volume_db)
+
+
+def _kept_loops(kept: KeptTakes | None, source: Source) -> FoundLoops | None:
+    """The loop points an earlier render found in the element's kept takes."""
+    if kept is None:
+        return None
+    return {(int(t), int(xf)): LoopPoints(int(s), int(e), float(r))
+            for t, xf, s, e, r in kept.loops(source, MIXER_VERSION)}
+
+
+def _keep_loops(kept: KeptTakes, source: Source, before: FoundLoops | None,
+                now: FoundLoops | None) -> None:
+    """Keep the loop points the stem was made with, where they are not kept already."""
+    if now and now != before:
+        kept.save_loops(source, MIXER_VERSION, [[t, xf, p.start, p.end, p.correlation]
+                                                for (t, xf), p in sorted(now.items())])
+
+
+def _levels_kept(p: _Plan, present: list[str], measures: dict[str, StemMeasure],
+                 cached: sumcache.CachedSum | None,
+                 level_free: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each stem's measurements for the sum's index, with its level-free key and volume: those
+    of the stems rendered now, and the cached ones of the stems kept as they were."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in present:
+        m = measures.get(name)
+        if m is not None and m.figures is not None:
+            out[name] = {"level_free": level_free[name],
+                         "volume_db": p.arrangement.plan(name).volume_db, **m.figures}
+        elif cached is not None and name in cached.levels \
+                and cached.levels[name].get("level_free") == level_free[name]:
+            out[name] = cached.levels[name]
+    return out
 
 
 def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
@@ -612,7 +677,8 @@ def _write_locked(p: _Plan, models: Models, cache: TakeCache, generated: frozens
                   shared: tuple[RenderWarning, ...], gen: GenerationOptions,
                   output: OutputOptions, want: ExportRequest) -> RenderResult:
     """``_write``'s work, under the folder's lock."""
-    for folder in (p.directory, p.directory / "stems", p.directory / sumcache.CACHE_DIR):
+    for folder in (p.directory, p.directory / "stems", p.directory / sumcache.CACHE_DIR,
+                   p.directory / sumcache.CACHE_DIR / sumcache.TAKES_DIR):
         remove_stale_temps(folder)
     p = _plan(p.scene, models, p.model, output, directory=p.directory)
     if not p.redo_mix and p.previous is not None:
@@ -650,7 +716,8 @@ def _write(p: _Plan, models: Models, cache: TakeCache, generated: frozenset[str]
                 # workers have stopped (killed on an interrupt): every temporary file still in it
                 # was caught between its creation and its cleanup, so all of them go.
                 for folder in (p.directory, p.directory / "stems",
-                               p.directory / sumcache.CACHE_DIR):
+                               p.directory / sumcache.CACHE_DIR,
+                               p.directory / sumcache.CACHE_DIR / sumcache.TAKES_DIR):
                     remove_stale_temps(folder, max_age_s=-1.0)
                 raise
     except BaseException:
