@@ -397,17 +397,19 @@ class Update:
     """
 
     def __init__(self, bus: Bus, olds: list[Any], adds: list[Any], sample_rate: int,
-                 pool: ThreadPoolExecutor, peak_floor: float = 0.0) -> None:
+                 pool: ThreadPoolExecutor, peak_floor: float = 0.0,
+                 measure: bool = True) -> None:
         self.bus, self.channels, self.frames = bus, bus.channels, bus.frames
+        self._measure = measure  # False: the master measures its effects' output instead
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
         # a daemonic process (a script's multiprocessing.Pool worker) may not start children
         self._second = _SecondProcess(bus, sample_rate, peak_floor) \
-            if not bus.in_memory and sys.platform == "linux" \
+            if measure and not bus.in_memory and sys.platform == "linux" \
             and not mp.current_process().daemon else None
         self._loudness = Meter(sample_rate, bus.channels, true_peak=False) \
-            if self._second is None else None
+            if measure and self._second is None else None
         self._pending: Future[None] | None = None
 
     def add(self, start: int, block: np.ndarray) -> None:
@@ -437,17 +439,19 @@ class Update:
         if self._second is not None:
             self._second.written(self._done)
             return
-        assert self._loudness is not None
+        if self._loudness is None:
+            return
         if self._pending is not None:
             self._pending.result()
         self._pending = self._pool.submit(self._loudness.add, now)
 
-    def finish(self) -> SumLevels:
-        """Update the rest of the sum; its loudness and true peak."""
+    def finish(self) -> SumLevels | None:
+        """Update the rest of the sum; its loudness and true peak (None: not ``measure``)."""
         self._advance(self.frames)
         if self._second is not None:
             return self._second.result()
-        assert self._loudness is not None
+        if self._loudness is None:
+            return None
         if self._pending is not None:
             self._pending.result()
         loudness = self._loudness.finish()

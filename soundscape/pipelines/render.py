@@ -283,7 +283,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                     for path in to_read.values()]
             update = stack.enter_context(sumcache.Update(
                 mix, olds, adds, out.sample_rate, pool,
-                _peak_floor(p, cached, old, to_read, level_free)))
+                _peak_floor(p, cached, old, to_read, level_free),
+                measure=not m.effects))  # the master measures its effects' output
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
             if olds and update is None else None
