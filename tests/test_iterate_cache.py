@@ -576,19 +576,22 @@ def test_kept_takes_are_the_conformed_takes_and_go_with_their_element(
 
 @pytest.mark.parametrize("bits", [16, 24])
 def test_the_peak_after_a_volume_edit_is_a_level_the_new_sum_reaches(bits: int) -> None:
+    """Also for quiet sums (peaks down to -80 dBFS), where a step of the stems' bit depth
+    is no longer small beside the peak."""
     rng = np.random.default_rng(bits)
     step = 2.0 ** -(bits - 1)
-    for _ in range(200):
+    for _ in range(400):
         n = int(rng.integers(50, 400))
-        stem = rng.normal(0, rng.uniform(0.01, 1), n)
-        rest = rng.normal(0, rng.uniform(0.01, 1), n)
+        level = 10 ** rng.uniform(-4, 0)
+        stem = rng.normal(0, rng.uniform(0.01, 1) * level, n)
+        rest = rng.normal(0, rng.uniform(0.01, 1) * level, n)
         total = (rest + stem).astype(np.float32)
         gain = float(10 ** (rng.uniform(-20, 20) / 20))
         filed = np.floor(stem / step) * step  # the stem as its file reads back (floored)
         new = total - filed + gain * stem
         level = {"sample_peak": float(np.abs(stem).max()), "level_free": "k", "volume_db": 0.0}
         cached = sumcache.CachedSum({}, 0, {}, {"e": level}, float(np.abs(total).max()))
-        floor = cached.peak_after("e", "k", 20 * math.log10(gain))
+        floor = cached.peak_after("e", "k", 20 * math.log10(gain), step)
         assert 0 <= floor <= float(np.abs(new).max())
 
 

@@ -61,15 +61,24 @@ MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
 MAX_DRIFT = 1e-4
 
 
-def max_edits(out: Output) -> int:
-    """Edits in a row that ``out``'s stems allow before the sum is rebuilt: ``MAX_EDITS``, fewer
-    where a step of the stems' bit depth would add up past ``MAX_DRIFT`` (3 at 16 bits)."""
+def rounding_step(out: Output) -> float:
+    """A step of ``out``'s stems' bit depth (0 for float stems, read back exactly): the most a
+    stem read back from its file is off the stem that was rendered."""
     from ..audio_io import written_bit_depth
 
     depth = written_bit_depth(out.fmt, out.bit_depth)
     if out.float_stems or depth is None:
+        return 0.0
+    return 2.0 ** -(depth - 1)
+
+
+def max_edits(out: Output) -> int:
+    """Edits in a row that ``out``'s stems allow before the sum is rebuilt: ``MAX_EDITS``, fewer
+    where a step of the stems' bit depth would add up past ``MAX_DRIFT`` (3 at 16 bits)."""
+    step = rounding_step(out)
+    if step == 0.0:
         return MAX_EDITS
-    return max(1, min(MAX_EDITS, int(MAX_DRIFT * 2 ** (depth - 1))))
+    return max(1, min(MAX_EDITS, int(MAX_DRIFT / step)))
 
 
 @dataclass(frozen=True)
@@ -111,17 +120,17 @@ class CachedSum:
             return None
         return meter.scaled(gain)
 
-    def peak_after(self, name: str, level_free: str, volume_db: float) -> float:
+    def peak_after(self, name: str, level_free: str, volume_db: float, step: float) -> float:
         """A level the sum reaches once ``name``'s stem, whose only change is its volume, is
-        at ``volume_db``: the sum's sample peak less the most that moves any sample (``|gain
-        - 1|`` times the stem's sample peak), a thousandth under for the rounding the sum
-        carries (the subtracted stem was read back from its file: a step of its bit depth);
-        0 where it is not known. A true peak read from there interpolates fewer gaps."""
+        at ``volume_db``: the sum's sample peak less the most that moves any sample, ``|gain
+        - 1|`` times the stem's sample peak and ``step`` (``rounding_step``: the earlier stem
+        is subtracted as its file reads back), a thousandth under for float rounding; 0 where
+        it is not known. A true peak read from there interpolates fewer gaps."""
         gain = self.volume_change(name, level_free, volume_db)
         stem_peak = self.levels[name].get("sample_peak") if gain is not None else None
         if self.sample_peak is None or gain is None or not isinstance(stem_peak, int | float):
             return 0.0
-        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak) * (1 - 1e-3))
+        return max(0.0, (self.sample_peak - abs(gain - 1.0) * stem_peak - step) * (1 - 1e-3))
 
 
 def _stat(path: Path) -> list[int] | None:

@@ -412,7 +412,8 @@ def _peak_floor(p: _Plan, cached: sumcache.CachedSum | None, old: dict[str, Path
     [name] = old
     if name not in level_free:  # removed (another element is new): not a volume edit
         return 0.0
-    return cached.peak_after(name, level_free[name], p.arrangement.plan(name).volume_db)
+    return cached.peak_after(name, level_free[name], p.arrangement.plan(name).volume_db,
+                             sumcache.rounding_step(p.out))
 
 
 def _kept_loops(kept: KeptTakes | None, source: Source) -> FoundLoops | None:
