@@ -139,6 +139,9 @@ def test_format_change_replaces_the_old_stems(scene: Path, tmp_path: Path) -> No
     render(scene, out=out, jobs=1)
     [res] = render(scene, out=out, fmt="flac", jobs=1)
     assert set(rendered(res).values()) == {True}
-    assert sorted(p.name for p in (out / "inc").rglob("*.*") if p.is_file()) == [
+    takes = out / "inc/.cache/takes"  # each element's conformed takes, kept for the next
+    assert sorted(p.name for p in (out / "inc").rglob("*.*")
+                  if p.is_file() and p.parent != takes) == [
         "bed.flac", "drip.flac", "hum.flac", "index.html", "manifest.json", "mix.flac",
         "room.flac", "sum.f32", "sum.json"]
+    assert len(list(takes.glob("*.npz"))) == 4

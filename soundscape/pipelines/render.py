@@ -260,8 +260,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     cached = sumcache.read(p.directory, out) if keeps_sum else None
     level_free = {n: level_free_key(p.arrangement.plan(n), p.sources[n], out) for n in p.keys}
     # the conformed takes and their loop points, kept with the sum for the next render
+    # (--force makes them again, and measures every stem again)
     kept_takes = KeptTakes(p.directory / sumcache.CACHE_DIR / sumcache.TAKES_DIR) \
         if keeps_sum else None
+    if output.force and kept_takes is not None:
+        kept_takes.clear()
+    scaled = cached if not output.force else None  # whose stem figures a volume edit scales
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
@@ -303,7 +307,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             present.append(name)
             plan = p.arrangement.plan(name)
             # a stem that changed only in volume is measured by scaling its earlier figures
-            levels = None if cached is None else cached.known_levels(
+            levels = None if scaled is None else scaled.known_levels(
                 name, level_free[name], plan.volume_db, out.sample_rate)
             jobs.append(StemJob(plan, audio, p.path(name) if d.write else None,
                                 out.sample_rate, scene.duration, levels,

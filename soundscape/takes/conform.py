@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -78,6 +79,10 @@ class KeptTakes:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self._path(source, ".loops.json"),
                           json.dumps({"version": version, "loops": rows}))
+
+    def clear(self) -> None:
+        """Remove every kept take and loop point (``--force``: all are made again)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def keep_only(self, sources: list[Source]) -> None:
         """Remove what no element of ``sources`` has any more (an edited or removed one)."""
