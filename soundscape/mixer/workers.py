@@ -26,6 +26,7 @@ import secrets
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from ..audio_io import AtomicAudioWriter, remove_stale_temps
 from ..dsp.bus import Bus, Summing
 from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
+from ..dsp.overview import OverviewAccumulator
 from ..errors import RenderError
 from ..notices import RenderWarning
 from .element import render_element
@@ -97,6 +99,7 @@ class StemMeasure:
     seams: tuple[dict[str, Any], ...] = ()  # ``loop_seams`` of each loop run, in plan order
     figures: dict[str, Any] | None = None  # ``Meter.figures``, to scale at a later volume
     loops: FoundLoops | None = None  # the loop points the stem was made with
+    overview: dict[str, Any] | None = None  # the page's, of the blocks written to its file
 
 
 def clipping_warning(measure: StemMeasure, fmt: str) -> RenderWarning | None:
@@ -146,17 +149,28 @@ def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels:
         writer = contextlib.nullcontext() if job.path is None else AtomicAudioWriter(
             job.path, sample_rate, channels, bit_depth, background=True)
         found = dict(job.loops or {})  # the loop points the stem is made with, for its record
+        total = mix.frames if stem_frames is None else stem_frames
+        # the page's overview of the stem, from its blocks as they are written
+        seen = OverviewAccumulator(total, channels)
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
-                                   None if w is None else w.write, stem_frames, found,
-                                   job.known)
-        total = mix.frames if stem_frames is None else stem_frames
+                                   None if w is None else _writing(w, seen), stem_frames,
+                                   found, job.known)
         seams = tuple(loop_seams(job.takes[lp.take], lp, sample_rate, total, found)
                       for lp in job.plan.loops)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),
                                     meter.true_peak_db, meter.sample_peak, seams,
-                                    meter.figures(), found))
+                                    meter.figures(), found,
+                                    seen.result(sample_rate) if seen.pos == total else None))
     return measures
+
+
+def _writing(w: AtomicAudioWriter, seen: OverviewAccumulator) -> Callable[[np.ndarray], None]:
+    """A stem's sink: each block to its file, and to its overview."""
+    def sink(block: np.ndarray) -> None:
+        seen.add(block)
+        w.write(block)
+    return sink
 
 
 def _worker(jobs: list[StemJob], part: str, shape: tuple[int, int], sample_rate: int,

@@ -20,13 +20,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..audio_io import atomic_write_text
+from ..dsp.overview import FLOOR_DB as FLOOR_DB  # the page's, for its readers
+from ..dsp.overview import OVERVIEW_BINS
+from ..dsp.overview import OverviewAccumulator as OverviewAccumulator
 from ..errors import SoundscapeError
 
-OVERVIEW_BINS = 2000
-FLOOR_DB = -90  # overviews are clipped here; quieter reads as silence
 READ_FRAMES = 1 << 16
 PAGE = "index.html"
 _DATA = re.compile(r'(<script id="(?P<id>[a-z-]+)" type="application/json">)(?P<json>.*?)'
@@ -59,55 +58,6 @@ def _read_overview(path: str | Path, bins: int = OVERVIEW_BINS) -> dict[str, Any
                 break
             acc.add(block)
     return acc.result(sr)
-
-
-class OverviewAccumulator:
-    """``overview``'s sums, fed block by block in order: the peak and power of each bin.
-
-    Each block is cut where it crosses a bin edge (a few cuts per block, found among the edges
-    rather than frame by frame) and reduced per piece.
-    """
-
-    def __init__(self, frames: int, channels: int, bins: int = OVERVIEW_BINS) -> None:
-        self.frames, self.channels = frames, channels
-        self.n = max(1, min(bins, frames))
-        # bin k covers frames [edges[k], edges[k + 1])
-        self.edges = np.linspace(0, frames, self.n + 1).round().astype(np.int64)
-        self.peak = np.zeros(self.n, dtype=np.float64)
-        self.power = np.zeros(self.n, dtype=np.float64)
-        self.pos = 0
-
-    def add(self, block: np.ndarray) -> None:
-        """The next ``(channels, m)`` frames."""
-        pos, m = self.pos, block.shape[1]
-        if m == 0:
-            return
-        edges = self.edges
-        inside = edges[(edges > pos) & (edges < pos + m)] - pos
-        starts = np.concatenate([[0], np.unique(inside)]).astype(np.intp)
-        b = np.searchsorted(edges, pos + starts, side="right") - 1
-        absmax = np.abs(block[0])
-        sq = np.square(block[0], dtype=np.float64)
-        for row in block[1:]:  # row by row: a reduction over a short axis is slow
-            np.maximum(absmax, np.abs(row), out=absmax)
-            sq += np.square(row, dtype=np.float64)
-        self.peak[b] = np.maximum(self.peak[b], np.maximum.reduceat(absmax, starts))
-        self.power[b] += np.add.reduceat(sq, starts)
-        self.pos = pos + m
-
-    def result(self, sample_rate: float) -> dict[str, Any]:
-        """``overview``'s answer for what was added."""
-        n, frames = self.n, self.frames
-        counts = np.diff(self.edges).astype(np.float64) * self.channels
-        rms = np.sqrt(self.power / np.maximum(counts, 1))
-        return {"bins": n, "seconds_per_bin": frames / n / sample_rate if sample_rate else 0.0,
-                "peak_db": _db(self.peak), "rms_db": _db(rms)}
-
-
-def _db(x: np.ndarray) -> list[int]:
-    with np.errstate(divide="ignore"):
-        v = 20 * np.log10(x)
-    return np.clip(np.nan_to_num(v, neginf=FLOOR_DB), FLOOR_DB, 24).round().astype(int).tolist()
 
 
 def overviews_of(paths: list[Path]) -> dict[Path, dict[str, Any]]:

@@ -336,14 +336,16 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 p.keys[name],
                 loudness_lufs=measures[name].loudness_lufs,
                 true_peak_dbtp=measures[name].true_peak_dbtp))
-        # the new stems' overviews for the page, read while the sum is worked (another core)
-        ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n]) for n in written]
         for path in to_read.values():
             add_stem_file(path, mix)
         # the sum is measured here, in two threads (the master need not read it first),
         # unless master effects change it first
         if measured is None and not m.effects:
             measured = measure_sum(mix, out.sample_rate, pool)
+        # the new stems' overviews for the page: gathered as they were written, else read
+        # while the master works (after the measuring, whose true peak runs on these threads)
+        ahead = [pool.submit(overview_of, p.directory, p.path(n), p.keys[n],
+                             measures[n].overview) for n in written]
         if not out.float_stems:
             warnings += [note for n in sorted(written)
                          if (note := clipping_warning(measures[n], out.fmt)) is not None]
