@@ -629,3 +629,33 @@ def test_an_element_renamed_is_one_removed_and_one_new(tmp_path: Path) -> None:
     assert sorted(res.stems) == ["bed", "drip", "hum"]
     assert not (out / "it" / "stems" / "tone.wav").exists()
     assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[24]
+
+
+def test_a_volume_edit_imports_no_scipy_signal(tmp_path: Path) -> None:
+    """The edit a user makes most (one element's level) conforms nothing, searches no loop and
+    measures no stem, and its sum on disk is measured by other processes: the render's own
+    process never imports scipy.signal (half a second of a two-second edit)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import env_without_pytest
+
+    scene = write_scene(tmp_path, 48000, 2)
+    script = (
+        "import sys\n"
+        "import soundscape.dsp.bus as b\n"
+        "b.IN_MEMORY_BYTES = 1024\n"  # the sum on disk, as a long scene's
+        "from soundscape.pipelines.render import render\n"
+        f"render({str(scene)!r}, out={str(tmp_path / 'o')!r}, jobs=1)\n"
+        "print('scipy.signal' in sys.modules, 'pyloudnorm' in sys.modules)\n")
+    run = [sys.executable, "-c", script]
+    env = env_without_pytest()
+    first = subprocess.run(run, capture_output=True, text=True, env=env, check=True)
+    assert first.stdout.split() == ["True", "True"]  # a full render measures its stems
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-2 dB"))
+    edit = subprocess.run(run, capture_output=True, text=True, env=env, check=True)
+    assert edit.stdout.split() == ["False", "False"], edit.stderr
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    assert read_audio(tmp_path / "o/it/mix.wav")[0].shape == mix_of(fresh).shape
+    assert float(np.abs(read_audio(tmp_path / "o/it/mix.wav")[0] - mix_of(fresh)).max()) \
+        <= TOLERANCE[24]

@@ -297,12 +297,10 @@ class Meter:
                  gains: tuple[float, ...] | None = None,
                  interpolator: Interpolator = TRUE_PEAK, loudness: bool = True,
                  peak_floor: float = 0.0) -> None:
-        if loudness:  # a peak meter does without scipy.signal's import (half a second)
-            from scipy.signal import sosfilt
-
-            self._sosfilt = sosfilt
         self.sample_rate = sample_rate
-        # pyloudnorm's filters import scipy.signal too: a peak meter needs neither
+        # pyloudnorm's filters import scipy.signal (half a second): a peak meter needs neither.
+        # The filter function is not kept on the meter, so a finished meter sent from another
+        # process does not import scipy.signal where it is read.
         self.sos = _k_weighting(sample_rate) if loudness else np.zeros((0, 6), np.float32)
         self.zi = np.zeros((self.sos.shape[0], channels, 2), dtype=np.float32)
         self.frames = 0
@@ -373,7 +371,9 @@ class Meter:
         if not block.any() and not self.zi.any():
             sq = None  # silence into a filter at rest: no energy, no state change
         else:
-            y, self.zi = self._sosfilt(self.sos, block, axis=-1, zi=self.zi)
+            from scipy.signal import sosfilt
+
+            y, self.zi = sosfilt(self.sos, block, axis=-1, zi=self.zi)
             sq = np.einsum("cn,cn->n", y, y)
         start = self.frames
         end = start + n

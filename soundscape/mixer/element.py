@@ -189,7 +189,9 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     tail = int(chain_tail_s(effects) * sample_rate) + BLOCK
     # A mono signal that is only panned and scaled is measured once, before the pan.
     mono_meter = src_channels == 1 and channels == 2 and not plan.automation
-    if mono_meter:
+    if known is not None:
+        meter = known  # nothing to measure (nor scipy.signal to import for it)
+    elif mono_meter:
         gl, gr = pan_gains(pan)
         meter = Meter(sample_rate, 1, gains=(gl * volume, gr * volume),
                       interpolator=REPORTED_TRUE_PEAK)
@@ -247,7 +249,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                           reset=False)
             emit(piece, piece.shape[1])
         emit(None, total - emitted)
-        return meter.finish() if known is None else known
+        return meter if known is not None else meter.finish()
 
     # one dry buffer, cleared after use: a fresh 64k-frame block each time costs more in
     # allocation and page faults than the mixing into it (nothing downstream keeps it)
@@ -285,4 +287,4 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                     reset=False)
         emit(wet, wet.shape[1])
     emit(None, total - emitted)
-    return meter.finish() if known is None else known
+    return meter if known is not None else meter.finish()
