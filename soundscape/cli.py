@@ -267,7 +267,8 @@ def render(
     only: Annotated[list[str] | None, typer.Option("--only", help="Generate and rewrite only "
                                                    "this element (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Render every stem again, even those "
-                                        "that have not changed.")] = False,
+                                        "that have not changed (conforming and measuring "
+                                        "anew).")] = False,
     model: Model = None, device: Device = "auto", cache_dir: CacheDir = None,
     max_batch: Batch = 8, precision: Precision = "auto",
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="Processes that "
