@@ -113,3 +113,28 @@ def test_an_edit_with_master_effects_does_not_measure_the_sum_it_cannot_use(
         <= TOLERANCE[24]
     assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
     assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+
+
+def _render_with_jobs_in_worker(root: str) -> tuple[str, float]:
+    """In a pool worker: a render asking for two stem processes; its mix, or the error."""
+    from soundscape.pipelines.render import render
+
+    try:
+        [res] = render(Path(root) / "it.yaml", out=Path(root) / "o", jobs=2)
+    except BaseException as e:  # noqa: BLE001  (reported to the test)
+        return f"{type(e).__name__}: {e}", 0.0
+    return str(res.mix), res.mix_lufs
+
+
+def test_a_render_with_jobs_inside_a_pool_worker_uses_one_process(tmp_path: Path) -> None:
+    """--jobs 2 where no process may be started (a daemonic Pool worker) renders in the one
+    process it has, to the same mix as a render with one job."""
+    from soundscape.pipelines.render import render
+
+    write_scene(tmp_path, 48000, 2)
+    with mp.get_context("fork").Pool(1) as pool:
+        mix, lufs = pool.apply(_render_with_jobs_in_worker, (str(tmp_path),))
+    assert Path(mix).is_file(), mix
+    [one] = render(tmp_path / "it.yaml", out=tmp_path / "one", jobs=1)
+    np.testing.assert_array_equal(read_audio(Path(mix))[0], read_audio(one.mix)[0])
+    assert lufs == pytest.approx(one.mix_lufs, abs=1e-9)

@@ -134,7 +134,13 @@ def plan_groups(jobs: list[StemJob], workers: int) -> list[list[int]]:
 
 
 def choose_workers(elements: int, duration_s: float, requested: int | None) -> int:
-    """Processes for ``elements`` stems: as requested, else one per core for long scenes."""
+    """Processes for ``elements`` stems: as requested, else one per core for long scenes; one
+    in a daemonic process (a script's ``multiprocessing.Pool`` worker), which may not start
+    processes of its own."""
+    import multiprocessing as mp
+
+    if mp.current_process().daemon:
+        return 1
     if requested is not None:
         return max(1, min(requested, elements))
     if elements < 2 or duration_s * elements < PARALLEL_MIN_WORK_S or sys.platform != "linux":
