@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,16 +35,23 @@ def _silence_in_place(path: Path, start_s: float, seconds: float, sr: int,
     path.write_bytes(bytes(data))
 
 
+def _edit_after_replacing(tmp_path: Path, stem: str, at_s: float) -> tuple[Path, Path, Any]:
+    """Render, silence a second of ``stem``'s file by hand from ``at_s``, edit the bed's
+    volume and render again: the scene, the output folder and the edit's result."""
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1)
+    _silence_in_place(out / "it" / "stems" / f"{stem}.wav", at_s, 1.0, 48000, 6)
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    return scene, out, res
+
+
 def test_a_changed_stem_replaced_on_disk_is_not_subtracted_from_the_sum(tmp_path: Path) -> None:
     """The stem an edit re-renders was replaced on disk by a file of the same size (its key and
     size in the manifest still match): the cached sum must not have that file subtracted from
     it (it holds the stem the render wrote, not the file now on disk)."""
-    scene = write_scene(tmp_path, 48000, 2)
-    out = tmp_path / "o"
-    render(scene, out=out, jobs=1)
-    _silence_in_place(out / "it" / "stems" / "bed.wav", 1.5, 1.0, 48000, 6)
-    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
-    [res] = render(scene, out=out, jobs=1)
+    scene, out, res = _edit_after_replacing(tmp_path, "bed", 1.5)
     [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
     stems = sum(read_audio(p)[0] for p in res.stems.values())
     assert float(np.abs(_cached_sum(out, 2) - stems).max()) <= 3 * TOLERANCE[24]
@@ -53,12 +61,7 @@ def test_a_changed_stem_replaced_on_disk_is_not_subtracted_from_the_sum(tmp_path
 def test_a_kept_stem_replaced_on_disk_still_sums_to_the_mix(tmp_path: Path) -> None:
     """A kept stem replaced on disk by a file of the same size is read into the mix by a render
     without the cached sum (the stems on disk sum to the mix); the cached sum must not hide it."""
-    scene = write_scene(tmp_path, 48000, 2)
-    out = tmp_path / "o"
-    render(scene, out=out, jobs=1)
-    _silence_in_place(out / "it" / "stems" / "tone.wav", 1.2, 1.0, 48000, 6)
-    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-12 dB"))
-    [res] = render(scene, out=out, jobs=1)
+    _, out, res = _edit_after_replacing(tmp_path, "tone", 1.2)
     stems = sum(read_audio(p)[0] for p in res.stems.values())
     assert float(np.abs(_cached_sum(out, 2) - stems).max()) <= 3 * TOLERANCE[24]
 

@@ -393,13 +393,14 @@ class Update:
     """The cached sum updated in the pass that renders the one stem that changed: each stretch
     of the sum is read once, the earlier files ``olds`` subtracted, the new stem's blocks
     (given to ``add`` in time order, as the stem stage gives them) and the kept files ``adds``
-    added, written back and measured for the master as the pass goes: by a second process
+    added, written back and measured for the master as the pass goes (unless not
+    ``measure``: master effects, whose output the master measures): by two other processes
     where the sum is on disk (Linux), else its loudness on ``pool``'s thread and its true peak
     after the pass, from the sample peak up (read as the sum goes, from a running peak that
     starts at zero, on a thread of this process, it slowed the pass more than it saved).
     Where the new stem is silent (``add`` is not called), the sum is updated all the same.
     ``finish`` completes the sum and returns ``master.measure_sum``'s figures. Use as a
-    context manager, or call ``close``: a failed pass stops the second process.
+    context manager, or call ``close``: a failed pass stops the measuring processes.
 
     The order of the additions is ``subtract`` then the stem stage then ``add_stem_file``'s,
     so the sum is the same, to the bit, as those three passes would leave it.
@@ -409,7 +410,6 @@ class Update:
                  pool: ThreadPoolExecutor, peak_floor: float = 0.0,
                  measure: bool = True) -> None:
         self.bus, self.channels, self.frames = bus, bus.channels, bus.frames
-        self._measure = measure  # False: the master measures its effects' output instead
         self._olds, self._adds, self._pool = olds, adds, pool
         self._done = 0  # frames of the sum updated so far
         self._sample_rate = sample_rate
