@@ -38,6 +38,9 @@ class EffectDef:
     params: dict[str, Param]
     tail_s: Callable[[dict[str, float]], float] = lambda p: 0.0
     needs_ir: bool = False
+    # the same input gives the same output whenever it comes (no LFO, no clock of its own):
+    # fed a loop, the output settles into that loop (``mixer/element.py`` then repeats it)
+    time_invariant: bool = True
 
 
 _HZ = dict(parse=units.parse_hz, low=10.0, high=40000.0, unit="Hz")
@@ -110,7 +113,7 @@ EFFECTS: dict[str, EffectDef] = {
         "feedback": _p("feedback", 0.0, "Feedback, 0..0.95.", parse=units.parse_float, low=0.0,
                        high=0.95, unit=""),
         "mix": _p("mix", 0.5, "Wet/dry mix, 0..1.", **_UNIT_INTERVAL),
-    }),
+    }, time_invariant=False),
     "phaser": EffectDef("Phaser", "Sweeping notches.", {
         "rate": _p("rate_hz", 1.0, "Sweep rate in Hz.", parse=units.parse_hz, low=0.01,
                    high=100.0, unit="Hz"),
@@ -119,7 +122,7 @@ EFFECTS: dict[str, EffectDef] = {
         "feedback": _p("feedback", 0.0, "Feedback, 0..0.95.", parse=units.parse_float, low=0.0,
                        high=0.95, unit=""),
         "mix": _p("mix", 0.5, "Wet/dry mix, 0..1.", **_UNIT_INTERVAL),
-    }),
+    }, time_invariant=False),
     "distortion": EffectDef("Distortion", "tanh saturation.", {
         "drive": _p("drive_db", 25.0, "Drive in dB.", parse=units.parse_db, low=0.0, high=80.0,
                     unit="dB"),
@@ -133,7 +136,7 @@ EFFECTS: dict[str, EffectDef] = {
                              "stream block by block).", {
         "semitones": _p("semitones", 0.0, "Shift in semitones, -72..72.",
                         parse=units.parse_float, low=-72.0, high=72.0, unit="st"),
-    }),
+    }, time_invariant=False),
     "gain": EffectDef("Gain", "Fixed gain.", {
         "gain": _p("gain_db", 0.0, "Gain in dB.", **_GAIN),
     }),
@@ -278,6 +281,11 @@ def build_board(specs: tuple[EffectSpec, ...]) -> Any:
             kwargs["impulse_response_filename"] = spec.ir_path  # type: ignore[assignment]
         plugins.append(getattr(pedalboard, d.plugin)(**kwargs))
     return pedalboard.Pedalboard(plugins)
+
+
+def time_invariant(specs: tuple[EffectSpec, ...]) -> bool:
+    """Whether the whole chain gives the same output for the same input whenever it comes."""
+    return all(EFFECTS[s.name].time_invariant for s in specs)
 
 
 def chain_tail_s(specs: tuple[EffectSpec, ...]) -> float:

@@ -319,6 +319,10 @@ class Meter:
         self._queue: list[np.ndarray] = []  # blocks gathered, not measured yet
         self._queued = 0
         self._finished = False
+        # the K-weighted energy of each of the last ``period`` frames, kept (``retain``) for a
+        # signal that may go on repeating them (``repeat``): frame f at index f % period
+        self._period = 0
+        self._recent = np.zeros(0, np.float32)
 
     def _boundary(self, q: int) -> int:
         return q * self.sample_rate // 10
@@ -375,12 +379,9 @@ class Meter:
 
             y, self.zi = sosfilt(self.sos, block, axis=-1, zi=self.zi)
             sq = np.einsum("cn,cn->n", y, y)
-        start = self.frames
-        end = start + n
-        cuts = []  # where 100 ms quanta end inside the block
-        while self._next <= end:
-            cuts.append(self._next - start)
-            self._next = self._boundary(len(self.energies) + len(cuts) + 1)
+        if self._period:
+            self._keep_recent(sq, n)
+        cuts = self._cuts(n)
         if sq is None:
             parts = np.zeros(len(cuts) + 1)
         else:  # the sum of each piece between the cuts, in one call
@@ -388,10 +389,68 @@ class Meter:
             parts = np.zeros(len(cuts) + 1)
             inside = edges < n
             parts[inside] = np.add.reduceat(sq.astype(np.float64), edges[inside])
+        self._account(parts)
+
+    def _cuts(self, n: int) -> list[int]:
+        """Where 100 ms quanta end inside the next ``n`` frames (offsets from the first)."""
+        start = self.frames
+        end = start + n
+        cuts = []
+        while self._next <= end:
+            cuts.append(self._next - start)
+            self._next = self._boundary(len(self.energies) + len(cuts) + 1)
+        return cuts
+
+    def _account(self, parts: np.ndarray) -> None:
+        """Add the energies of the pieces between the cuts: every piece but the last ends a
+        quantum."""
         for part in parts[:-1]:
             self.energies.append(self._acc + float(part) * self._energy_gain)
             self._acc = 0.0
         self._acc += float(parts[-1]) * self._energy_gain
+
+    def _keep_recent(self, sq: np.ndarray | None, n: int) -> None:
+        p = self._period
+        take = min(n, p)  # the block's last ``take`` frames, from frame ``first`` on
+        first = self.frames + n - take
+        done = 0
+        while done < take:
+            at = (first + done) % p
+            k = min(take - done, p - at)
+            j = n - take + done
+            self._recent[at:at + k] = 0.0 if sq is None else sq[j:j + k]
+            done += k
+
+    def retain(self, period: int) -> None:
+        """Keep what ``repeat`` needs of the last ``period`` frames measured from now on (their
+        K-weighted energies: ``period`` floats)."""
+        self._flush()
+        self._period = period
+        self._recent = np.zeros(period, np.float32)
+
+    def repeat(self, frames: int) -> None:
+        """Measure the next ``frames`` frames as the last ``period`` (``retain``) played
+        again, ``frames // period`` times over, without filtering them: their energies come
+        from those kept, their peaks are those already read, and the filter's state and the
+        true peak's history are what they were (the signal being periodic). At least
+        ``period`` frames must have been measured since ``retain``."""
+        p = self._period
+        assert p and frames % p == 0 and frames >= 0
+        self._flush()
+        if not self._loudness:
+            self.frames += frames
+            return
+        f = self.frames
+        cum = np.zeros(p + 1)
+        order = (f + np.arange(p)) % p  # frame f + i repeats the kept frame at f + i - p
+        np.cumsum(self._recent[order], dtype=np.float64, out=cum[1:])
+
+        def energy_to(x: np.ndarray) -> np.ndarray:  # of the repeated frames [f, f + x)
+            return (x // p) * cum[p] + cum[x % p]
+
+        ends = np.array([0, *self._cuts(frames), frames], dtype=np.int64)
+        self._account(np.diff(energy_to(ends)))
+        self.frames += frames
 
     def finish(self) -> Meter:
         """Account for the gaps after the last sample (the signal is followed by silence)."""
@@ -404,6 +463,7 @@ class Meter:
             gp = ip.max_gap_peak(ext, self._floor())
             self._tp = max(self._tp, gp * self._gain_peak)
         self._finished = True
+        self._period, self._recent = 0, np.zeros(0, np.float32)  # not sent back with it
         return self
 
     def scaled(self, gain: float) -> Meter:

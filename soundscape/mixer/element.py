@@ -17,12 +17,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..arrange import Clip, ElementPlan, Keypoint
-from ..dsp.effects import EffectSpec, build_board, chain_tail_s, split_at_whole_timeline
+from ..dsp.effects import (
+    EffectSpec,
+    build_board,
+    chain_tail_s,
+    split_at_whole_timeline,
+    time_invariant,
+)
 from ..dsp.fades import fade_curves
 from ..dsp.segments import segmented
 from ..dsp.stereo import pan_gains, to_channels
 from ..errors import RenderError
 from .loops import FoundLoops, LoopSource
+from .steady import SteadyLoop
 
 if TYPE_CHECKING:
     from ..dsp.bus import Summing
@@ -155,6 +162,20 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
     return np.multiply(out, g, out=out if out is not block else None)
 
 
+def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int) -> SteadyLoop | None:
+    """A watch for the point where the element's output repeats its loop: an element that is
+    one loop run, at one level, through effects that do not change with time (None if not, or
+    if its loop does not repeat for long enough to pay)."""
+    if len(srcs) != 1 or not isinstance(srcs[0], LoopSource) or plan.automation \
+            or not time_invariant(plan.effects):
+        return None
+    src = srcs[0]
+    a, b = src.periodic()
+    start, end = src.start + a, src.start + b
+    return SteadyLoop(src.period, channels, start, end) \
+        if SteadyLoop.possible(src.period, channels, start, end) else None
+
+
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
                    total: int, mix: Summing | None, sink: StemSink | None = None,
                    stem_frames: int | None = None, found: FoundLoops | None = None,
@@ -203,8 +224,9 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     zeros = np.zeros((channels, BLOCK), dtype=np.float32)
     stem_end = total if stem_frames is None else min(stem_frames, total)
 
-    def emit(chunk: np.ndarray | None, k: int) -> None:
-        """Output the next ``k`` frames: ``chunk`` (effects output) or silence (None)."""
+    def emit(chunk: np.ndarray | None, k: int, measured: bool = True) -> None:
+        """Output the next ``k`` frames: ``chunk`` (effects output) or silence (None).
+        ``measured=False``: a settled loop's copies, which the meter is told of otherwise."""
         nonlocal emitted
         k = min(k, total - emitted)
         if k <= 0:
@@ -217,10 +239,13 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
                 sink(zeros[:, :s])
         else:
             block = chunk[:, :k]
+            if measured and steady is not None:
+                steady.add(emitted, block)
             out = _place(block, channels, pan, volume,
                          automation_gain(plan.automation, emitted, k, sample_rate))
-            ensure_finite(out, plan.name, effects, emitted, sample_rate)
-            if known is None:
+            if measured:
+                ensure_finite(out, plan.name, effects, emitted, sample_rate)
+            if known is None and measured:
                 meter.add((block if mono_meter else out)[:, :s])
             if mix is not None:
                 mix.add(emitted, out)
@@ -229,6 +254,9 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
         emitted += k
 
     segment_fx, stream_fx = split_at_whole_timeline(effects)
+    steady = None if segment_fx else steady_loop(plan, srcs, src_channels)
+    if steady is not None and known is None:
+        meter.retain(steady.period)
     if segment_fx:
         # Some plugins do not stream (pedalboard's PitchShift drops audio when called block
         # by block): this element's timeline goes through them in overlapping segments, and
@@ -254,7 +282,8 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
     # one dry buffer, cleared after use: a fresh 64k-frame block each time costs more in
     # allocation and page faults than the mixing into it (nothing downstream keeps it)
     dry = np.zeros((src_channels, BLOCK), dtype=np.float32)
-    for b0 in range(0, total, BLOCK):
+    b0 = 0
+    while b0 < total:
         n = min(BLOCK, total - b0)
         active = False
         while first < len(srcs) and srcs[first].start + srcs[first].length <= b0:
@@ -280,6 +309,23 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             emit(None, n)
         if active:
             dry.fill(0.0)
+        b0 += n
+        if steady is not None and steady.settled:
+            # the output repeats its loop: copy whole periods while the input still would,
+            # then go on computing from as far on (the effects' state is what it was)
+            periods = steady.copies(b0, emitted, stem_end)
+            if periods:
+                frames = periods * steady.period
+                until = emitted + frames
+                while emitted < until:
+                    m = min(BLOCK, until - emitted)
+                    emit(steady.tile(emitted, m), m, measured=False)
+                if known is None:
+                    meter.repeat(frames)
+                b0 += frames
+            steady = None
+        elif steady is not None and steady.hopeless(b0):
+            steady = None
     for _ in range(64):  # drain what latency still holds back
         if emitted >= total or board is None:
             break

@@ -306,6 +306,16 @@ class LoopSource:
         self._fade_in = (fin / norm).astype(np.float32)
         self._fade_out = (fout / norm).astype(np.float32)
 
+    def periodic(self) -> tuple[int, int]:
+        """Run frames ``[a, b)`` over which the run repeats itself: ``read`` gives frame
+        ``t + period`` as frame ``t`` whenever both lie in it (empty when ``b <= a``).
+
+        It starts where the first copy has played its first crossfade's worth of the loop
+        (``take[start:start + xf]``, which every later copy fades in over) and ends where the
+        run's fade-out begins (the last copy's missing fade-out lies past the run's end)."""
+        a = max(self.loop_start + self.xf, self._fade_in.size) if self.period > 0 else 0
+        return a, self.length - self._fade_out.size
+
     def read(self, a: int, b: int) -> np.ndarray:
         """Frames [a, b) of the run (0 = its start)."""
         out = np.zeros((self.channels, b - a), dtype=np.float32)
