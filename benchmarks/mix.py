@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import tempfile
@@ -149,6 +150,7 @@ def run_naive(scene: Path, out: Path, q: mp.Queue) -> None:
 
 
 def measure(fn, scene: Path, out: Path, *extra) -> tuple[float, ...]:  # type: ignore[no-untyped-def]
+    os.sync()  # what earlier runs wrote is on the disk: its writeback is nobody's time here
     q: mp.Queue = mp.Queue()
     proc = mp.get_context("fork").Process(target=fn, args=(scene, out, q, *extra))
     proc.start()
