@@ -182,7 +182,7 @@ def test_a_reverb_is_copied_within_its_own_rounding_noise(tmp_path: Path, sr: in
     ref, _, ref_meter, ref_fed = render(plan, take, sr, 80.0, steady=False)
     peak = float(np.abs(ref).max())
     assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)  # TOLERANCE_DB
-    assert fed < 0.4 * ref_fed
+    assert fed < 0.5 * ref_fed  # it waits out the tail (9 s at room_size 1) once settled
     assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
                                                         abs=1e-3)
     assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
@@ -251,3 +251,26 @@ def test_a_settling_loop_is_costed_as_the_few_periods_it_computes(tmp_path: Path
     moving = StemJob(loop_plan((*fx, effect("chorus", tmp_path, sr))), [take], None, sr, 600.0)
     assert steady.steady and not moving.steady
     assert steady.cost < 0.3 * moving.cost
+
+
+@pytest.mark.parametrize("time_s, mix, take_s", [(2.0, 1.0, 0.5), (2.5, 0.5, 1.0)])
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_an_echo_longer_than_the_loop_is_not_copied_before_it_settles(
+        tmp_path: Path, sr: int, time_s: float, mix: float, take_s: float) -> None:
+    """A delay longer than the loop's period holds its echo unheard: the output repeats its
+    period before the first echo comes out (a copy made then drops the echo for the rest of the
+    stem: 7 dB quieter, found by review 8), and once the echoes sound, their feedback settles by
+    only a little each period (a copy made when two periods differ by -90 dB was -68 dB off).
+    The watch waits out what the chain remembers (its tail)."""
+    plan = loop_plan((effect("delay", tmp_path, sr, time=f"{time_s} s", feedback=0.5,
+                             mix=mix),), crossfade_s=0.05)
+    take = bed(sr, take_s)
+    seconds = 120.0
+    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
+    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
+    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
+                                                        abs=1e-3)
+    assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
+    assert fed < 0.75 * ref_fed  # it still settles, later (its tail, 29-36 s, after)
