@@ -274,3 +274,28 @@ def test_an_echo_longer_than_the_loop_is_not_copied_before_it_settles(
                                                         abs=1e-3)
     assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
     assert fed < 0.75 * ref_fed  # it still settles, later (its tail, 29-36 s, after)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("noise_gate", {"threshold": "-30 dB", "ratio": 4, "attack": "50 ms", "release": "10 s"}),
+    ("compressor", {"threshold": "-40 dB", "ratio": 8, "attack": "50 ms", "release": "10 s"}),
+])
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_dynamics_are_not_copied_while_their_envelope_still_moves(
+        tmp_path: Path, sr: int, name: str, params: dict) -> None:
+    """A burst, then a quiet stretch, looped through a gate that releases over 10 s: each
+    burst lifts the gate's envelope a little, unseen while it stays under the threshold (the
+    quiet stretch comes out gated, the same each period), until it opens the gate. A copy made
+    before that kept the gate shut (found by review 8: -46.5 LUFS instead of -19.7). The watch
+    waits out the envelope's attack and release."""
+    plan = loop_plan((effect(name, tmp_path, sr, **params),), crossfade_s=0.05)
+    take = bed(sr, 1.0, seed=3)
+    take[:, take.shape[1] // 4:] *= 0.02
+    seconds = 150.0
+    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
+    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
+    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
+                                                        abs=1e-3)
+    assert fed < 0.6 * ref_fed  # it still settles, later

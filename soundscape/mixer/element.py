@@ -20,6 +20,7 @@ from ..arrange import Clip, ElementPlan, Keypoint
 from ..dsp.effects import (
     EffectSpec,
     build_board,
+    chain_memory_s,
     chain_tail_s,
     split_at_whole_timeline,
     time_invariant,
@@ -166,15 +167,15 @@ def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int,
                 sample_rate: int) -> SteadyLoop | None:
     """A watch for the point where the element's output repeats its loop: an element that is
     one loop run, at one level, through effects that do not change with time (None if not, or
-    if its loop does not repeat for long enough to pay). The effects' tail is what they
-    remember: the output must repeat for that long too."""
+    if its loop does not repeat for long enough to pay). The output must repeat for as long as
+    the effects remember (``chain_memory_s``: their tails, their level detectors)."""
     if len(srcs) != 1 or not isinstance(srcs[0], LoopSource) or plan.automation \
             or not time_invariant(plan.effects):
         return None
     src = srcs[0]
     a, b = src.periodic()
     start, end = src.start + a, src.start + b
-    memory = int(chain_tail_s(plan.effects) * sample_rate)
+    memory = int(chain_memory_s(plan.effects) * sample_rate)
     return SteadyLoop(src.period, channels, start, end, memory) \
         if SteadyLoop.possible(src.period, channels, start, end, memory) else None
 

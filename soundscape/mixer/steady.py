@@ -15,8 +15,9 @@ does not settle (a reverb close to infinite) is never copied.
 One period repeating is not enough: a chain remembers more than it shows. A delay longer than
 the period holds its first echo unheard (the output repeats before the echo comes out), and
 an echo fed back settles by a little each period (two periods within -90 dB of each other,
-the rest still drifts further). So the output must repeat for a period plus the chain's
-``memory`` (its tail: how long what went in can still come out, or still change it).
+the rest still drifts further); a gate's envelope climbs under its threshold, unseen, until
+it opens. So the output must repeat for a period plus the chain's ``memory``
+(``effects.chain_memory_s``: its tail, its level detectors' attack and release).
 """
 
 from __future__ import annotations
