@@ -6,6 +6,7 @@ those of the whole stem, and the work must really be skipped."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,29 @@ def test_dynamics_are_not_copied_while_their_envelope_still_moves(
     assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
                                                         abs=1e-3)
     assert fed < 0.6 * ref_fed  # it still settles, later
+
+
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_every_run_shape_repeats_over_the_stretch_it_names(sr: int) -> None:
+    """``periodic`` against the run read whole, over the shapes a scene makes: a number of
+    ``times``, a run that starts late, one cut by the scene's end (``limit``), a hard cut that
+    gets the declick crossfade, a crossfade clamped to the take, a short take, stereo."""
+    rng = np.random.default_rng(4)
+    compared = 0
+    shapes = itertools.product([(0.3, 1), (1.0, 2)], [0.0, 0.01, 5.0], [(None, 7), (13.3, None)],
+                               [0.0, 1.37], [0.0, 0.7], [None, 9.1])
+    for (take_s, channels), xf, (end_s, times), start_s, fade_s, limit_s in shapes:
+        t = np.arange(int(take_s * sr)) / sr
+        take = (0.3 * np.sin(2 * np.pi * 331 * t)
+                + rng.normal(0, 0.05, (channels, t.size))).astype(np.float32)
+        run = LoopRun("x", 0, start_s, end_s, times, xf, fade_s, fade_s, 0.0)
+        limit = None if limit_s is None else int(limit_s * sr)
+        src = LoopSource(take, run, sr, int(round(start_s * sr)), limit)
+        a, b = src.periodic()
+        p = src.period
+        if b - a <= p:
+            continue
+        compared += 1
+        whole = src.read(0, src.length)
+        np.testing.assert_array_equal(whole[:, a + p:b], whole[:, a:b - p])
+    assert compared >= 80
