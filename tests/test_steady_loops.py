@@ -6,6 +6,7 @@ those of the whole stem, and the work must really be skipped."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +183,7 @@ def test_a_reverb_is_copied_within_its_own_rounding_noise(tmp_path: Path, sr: in
     ref, _, ref_meter, ref_fed = render(plan, take, sr, 80.0, steady=False)
     peak = float(np.abs(ref).max())
     assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)  # TOLERANCE_DB
-    assert fed < 0.4 * ref_fed
+    assert fed < 0.5 * ref_fed  # it waits out the tail (9 s at room_size 1) once settled
     assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
                                                         abs=1e-3)
     assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
@@ -251,3 +252,77 @@ def test_a_settling_loop_is_costed_as_the_few_periods_it_computes(tmp_path: Path
     moving = StemJob(loop_plan((*fx, effect("chorus", tmp_path, sr))), [take], None, sr, 600.0)
     assert steady.steady and not moving.steady
     assert steady.cost < 0.3 * moving.cost
+
+
+@pytest.mark.parametrize("time_s, mix, take_s", [(2.0, 1.0, 0.5), (2.5, 0.5, 1.0)])
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_an_echo_longer_than_the_loop_is_not_copied_before_it_settles(
+        tmp_path: Path, sr: int, time_s: float, mix: float, take_s: float) -> None:
+    """A delay longer than the loop's period holds its echo unheard: the output repeats its
+    period before the first echo comes out (a copy made then drops the echo for the rest of the
+    stem: 7 dB quieter, found by review 8), and once the echoes sound, their feedback settles by
+    only a little each period (a copy made when two periods differ by -90 dB was -68 dB off).
+    The watch waits out what the chain remembers (its tail)."""
+    plan = loop_plan((effect("delay", tmp_path, sr, time=f"{time_s} s", feedback=0.5,
+                             mix=mix),), crossfade_s=0.05)
+    take = bed(sr, take_s)
+    seconds = 120.0
+    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
+    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
+    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
+                                                        abs=1e-3)
+    assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
+    assert fed < 0.75 * ref_fed  # it still settles, later (its tail, 29-36 s, after)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("noise_gate", {"threshold": "-30 dB", "ratio": 4, "attack": "50 ms", "release": "10 s"}),
+    ("compressor", {"threshold": "-40 dB", "ratio": 8, "attack": "50 ms", "release": "10 s"}),
+])
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_dynamics_are_not_copied_while_their_envelope_still_moves(
+        tmp_path: Path, sr: int, name: str, params: dict) -> None:
+    """A burst, then a quiet stretch, looped through a gate that releases over 10 s: each
+    burst lifts the gate's envelope a little, unseen while it stays under the threshold (the
+    quiet stretch comes out gated, the same each period), until it opens the gate. A copy made
+    before that kept the gate shut (found by review 8: -46.5 LUFS instead of -19.7). The watch
+    waits out the envelope's attack and release."""
+    plan = loop_plan((effect(name, tmp_path, sr, **params),), crossfade_s=0.05)
+    take = bed(sr, 1.0, seed=3)
+    take[:, take.shape[1] // 4:] *= 0.02
+    seconds = 150.0
+    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
+    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
+    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
+                                                        abs=1e-3)
+    assert fed < 0.6 * ref_fed  # it still settles, later
+
+
+@pytest.mark.parametrize("sr", [22050, 48000])
+def test_every_run_shape_repeats_over_the_stretch_it_names(sr: int) -> None:
+    """``periodic`` against the run read whole, over the shapes a scene makes: a number of
+    ``times``, a run that starts late, one cut by the scene's end (``limit``), a hard cut that
+    gets the declick crossfade, a crossfade clamped to the take, a short take, stereo."""
+    rng = np.random.default_rng(4)
+    compared = 0
+    shapes = itertools.product([(0.3, 1), (1.0, 2)], [0.0, 0.01, 5.0], [(None, 7), (13.3, None)],
+                               [0.0, 1.37], [0.0, 0.7], [None, 9.1])
+    for (take_s, channels), xf, (end_s, times), start_s, fade_s, limit_s in shapes:
+        t = np.arange(int(take_s * sr)) / sr
+        take = (0.3 * np.sin(2 * np.pi * 331 * t)
+                + rng.normal(0, 0.05, (channels, t.size))).astype(np.float32)
+        run = LoopRun("x", 0, start_s, end_s, times, xf, fade_s, fade_s, 0.0)
+        limit = None if limit_s is None else int(limit_s * sr)
+        src = LoopSource(take, run, sr, int(round(start_s * sr)), limit)
+        a, b = src.periodic()
+        p = src.period
+        if b - a <= p:
+            continue
+        compared += 1
+        whole = src.read(0, src.length)
+        np.testing.assert_array_equal(whole[:, a + p:b], whole[:, a:b - p])
+    assert compared >= 80

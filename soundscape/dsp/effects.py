@@ -41,12 +41,23 @@ class EffectDef:
     # the same input gives the same output whenever it comes (no LFO, no clock of its own):
     # fed a loop, the output settles into that loop (``mixer/element.py`` then repeats it)
     time_invariant: bool = True
+    # how long the effect's state may go on changing without the output showing it (seconds;
+    # None: its tail): a gate's envelope climbing under its threshold. A loop is copied only
+    # once its output has repeated for this long (``mixer/steady.py``)
+    memory_s: Callable[[dict[str, float]], float] | None = None
 
 
 _HZ = dict(parse=units.parse_hz, low=10.0, high=40000.0, unit="Hz")
 _GAIN = dict(parse=lambda v: units.parse_db(v), low=-48.0, high=48.0, unit="dB")
 _UNIT_INTERVAL = dict(parse=units.parse_float, low=0.0, high=1.0, unit="")
 _MS = dict(parse=units.parse_ms, low=0.0, high=10000.0, unit="ms")
+
+
+def _envelope_memory_s(p: dict[str, float]) -> float:
+    """A level detector's memory: JUCE's ballistics reach 99 % (-40 dB) of a step in the attack
+    or release time; -90 dB (``mixer/steady.py``'s tolerance) takes 2.25 times as long, and
+    3 times leaves room for the RMS averager before it."""
+    return 3.0 * (p["attack"] + p["release"]) / 1000.0
 
 
 def _p(target: str, default: float, description: str, **kw: Any) -> Param:
@@ -96,7 +107,7 @@ EFFECTS: dict[str, EffectDef] = {
                     low=1.0, high=100.0, unit=""),
         "attack": _p("attack_ms", 5.0, "Attack time, e.g. '5 ms'.", **_MS),
         "release": _p("release_ms", 100.0, "Release time, e.g. '100 ms'.", **_MS),
-    }),
+    }, memory_s=_envelope_memory_s),
     "delay": EffectDef("Delay", "Echo with feedback.", {
         "time": _p("delay_seconds", 0.3, "Delay time, e.g. '300 ms'.",
                    parse=units.parse_duration, low=0.001, high=10.0, unit="s"),
@@ -147,7 +158,7 @@ EFFECTS: dict[str, EffectDef] = {
                     high=100.0, unit=""),
         "attack": _p("attack_ms", 1.0, "Attack time.", **_MS),
         "release": _p("release_ms", 100.0, "Release time.", **_MS),
-    }),
+    }, memory_s=_envelope_memory_s),
 }
 
 
@@ -286,6 +297,16 @@ def build_board(specs: tuple[EffectSpec, ...]) -> Any:
 def time_invariant(specs: tuple[EffectSpec, ...]) -> bool:
     """Whether the whole chain gives the same output for the same input whenever it comes."""
     return all(EFFECTS[s.name].time_invariant for s in specs)
+
+
+def chain_memory_s(specs: tuple[EffectSpec, ...]) -> float:
+    """How long the chain's state may go on changing unseen (seconds): what rings in it (its
+    tail) and what its level detectors remember."""
+    total = 0.0
+    for s in specs:
+        memory = EFFECTS[s.name].memory_s
+        total += s.tail_s if memory is None else max(s.tail_s, memory(dict(s.params)))
+    return total
 
 
 def chain_tail_s(specs: tuple[EffectSpec, ...]) -> float:

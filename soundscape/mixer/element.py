@@ -20,6 +20,7 @@ from ..arrange import Clip, ElementPlan, Keypoint
 from ..dsp.effects import (
     EffectSpec,
     build_board,
+    chain_memory_s,
     chain_tail_s,
     split_at_whole_timeline,
     time_invariant,
@@ -162,18 +163,21 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
     return np.multiply(out, g, out=out if out is not block else None)
 
 
-def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int) -> SteadyLoop | None:
+def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int,
+                sample_rate: int) -> SteadyLoop | None:
     """A watch for the point where the element's output repeats its loop: an element that is
     one loop run, at one level, through effects that do not change with time (None if not, or
-    if its loop does not repeat for long enough to pay)."""
+    if its loop does not repeat for long enough to pay). The output must repeat for as long as
+    the effects remember (``chain_memory_s``: their tails, their level detectors)."""
     if len(srcs) != 1 or not isinstance(srcs[0], LoopSource) or plan.automation \
             or not time_invariant(plan.effects):
         return None
     src = srcs[0]
     a, b = src.periodic()
     start, end = src.start + a, src.start + b
-    return SteadyLoop(src.period, channels, start, end) \
-        if SteadyLoop.possible(src.period, channels, start, end) else None
+    memory = int(chain_memory_s(plan.effects) * sample_rate)
+    return SteadyLoop(src.period, channels, start, end, memory) \
+        if SteadyLoop.possible(src.period, channels, start, end, memory) else None
 
 
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
@@ -254,7 +258,7 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
         emitted += k
 
     segment_fx, stream_fx = split_at_whole_timeline(effects)
-    steady = None if segment_fx else steady_loop(plan, srcs, src_channels)
+    steady = None if segment_fx else steady_loop(plan, srcs, src_channels, sample_rate)
     if steady is not None and known is None:
         meter.retain(steady.period)
     if segment_fx:

@@ -11,6 +11,13 @@ reverb's feedback keeps a float rounding noise that never repeats exactly (-110 
 under the output's peak, the larger the room); ``TOLERANCE_DB`` admits it, so a copied period
 differs from the one a longer computation would give by no more than that noise. A chain that
 does not settle (a reverb close to infinite) is never copied.
+
+One period repeating is not enough: a chain remembers more than it shows. A delay longer than
+the period holds its first echo unheard (the output repeats before the echo comes out), and
+an echo fed back settles by a little each period (two periods within -90 dB of each other,
+the rest still drifts further); a gate's envelope climbs under its threshold, unseen, until
+it opens. So the output must repeat for a period plus the chain's ``memory``
+(``effects.chain_memory_s``: its tail, its level detectors' attack and release).
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ MAX_PERIOD_BYTES = 64 << 20  # a longer period (a long take at a high rate) is n
 
 class SteadyLoop:
     """Watches output frames ``[start, end)`` of a signal whose input repeats every ``period``
-    frames there. Give it the output blocks in order (``add``); ``settled`` says when the
-    last ``period`` frames equal the ``period`` before them; ``tile`` then gives any later
-    frames as copies of them."""
+    frames there, through a chain that remembers ``memory`` frames. Give it the output blocks
+    in order (``add``); ``settled`` says when the last ``period + memory`` frames equal,
+    each, the frame a period before; ``tile`` then gives any later frames as copies of the
+    last period."""
 
-    def __init__(self, period: int, channels: int, start: int, end: int) -> None:
-        self.period, self.start, self.end = period, start, end
+    def __init__(self, period: int, channels: int, start: int, end: int,
+                 memory: int = 0) -> None:
+        self.period, self.start, self.end, self.memory = period, start, end, memory
         self._ring = np.zeros((channels, period), np.float32)  # frame t at t % period
         self._first: int | None = None  # the first frame kept
         self._next = start  # the frame the next block must begin with
@@ -38,11 +47,13 @@ class SteadyLoop:
         self._peak = 0.0
 
     @classmethod
-    def possible(cls, period: int, channels: int, start: int, end: int) -> bool:
+    def possible(cls, period: int, channels: int, start: int, end: int,
+                 memory: int = 0) -> bool:
         """Whether watching can pay: a period that fits in memory and a stretch that holds
-        at least four of them (two to settle, one to compare, one to copy)."""
+        at least four of them (two to settle, one to compare, one to copy) and the chain's
+        memory."""
         return period > 0 and period * channels * 4 <= MAX_PERIOD_BYTES \
-            and end - start >= 4 * period
+            and end - start >= 4 * period + memory
 
     def add(self, pos: int, block: np.ndarray) -> None:
         """The output frames ``[pos, pos + n)`` (frames outside ``[start, end)`` are not
@@ -73,8 +84,10 @@ class SteadyLoop:
 
     @property
     def settled(self) -> bool:
-        """Whether the last ``period`` frames given equal, each, the frame a period before."""
-        return self._same_since is not None and self._next - self._same_since >= self.period
+        """Whether the last ``period + memory`` frames given equal, each, the frame a period
+        before."""
+        return self._same_since is not None \
+            and self._next - self._same_since >= self.period + self.memory
 
     def copies(self, input_at: int, output_at: int, limit: int) -> int:
         """How many periods may be copied from output frame ``output_at`` (the next after the

@@ -39,7 +39,12 @@ import numpy as np
 from ..arrange import ElementPlan
 from ..audio_io import AtomicAudioWriter, remove_stale_temps
 from ..dsp.bus import Bus, Summing
-from ..dsp.effects import chain_tail_s, split_at_whole_timeline, time_invariant
+from ..dsp.effects import (
+    chain_memory_s,
+    chain_tail_s,
+    split_at_whole_timeline,
+    time_invariant,
+)
 from ..dsp.meter import Meter
 from ..dsp.overview import OverviewAccumulator
 from ..errors import RenderError
@@ -87,7 +92,7 @@ class StemJob:
         measured, span = self.duration_s, min(span, self.duration_s)
         if self.steady:
             take_s = self.takes[self.plan.loops[0].take].shape[1] / self.sample_rate
-            settle = 4 * take_s + tail
+            settle = 4 * take_s + chain_memory_s(effects)
             measured, span = min(measured, settle), min(span, settle)
         weight = sum(_EFFECT_WEIGHT.get(fx.name, 0.5) for fx in effects)
         return self.duration_s + measured * ch + span * ch * weight

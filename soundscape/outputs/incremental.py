@@ -25,7 +25,8 @@ from ..takes.plan import Source, file_digest
 from .manifest import Manifest, StemRecord
 
 # Bump when mixing or mastering changes the output for the same inputs.
-MIXER_VERSION = "3"  # 3: settled loops copied (a reverb's differ by its rounding noise)
+MIXER_VERSION = "4"  # 3: settled loops copied (a reverb's differ by its rounding noise); 4: not
+# before the effects' memory has passed (3 could copy a loop before a long echo sounded)
 EXPORTS_VERSION = "1"  # bump when an export's audio changes for the same inputs
 LOSSLESS = ("wav", "flac")
 
