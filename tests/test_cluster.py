@@ -182,7 +182,8 @@ def test_actor_killed_mid_job(cluster: None, tiny_model: Path, files: dict[str, 
         while not stop.is_set() and not killed:
             busy = [pid for pool in current_pools() for pid, b in pool.pids() if b]
             if busy:
-                time.sleep(0.05)
+                # at once: a tiny model's take is stored within milliseconds, and an actor
+                # killed after storing its batch leaves nothing to go to another (rightly)
                 os.kill(busy[0], signal.SIGKILL)
                 killed.append(busy[0])
             time.sleep(0.01)
