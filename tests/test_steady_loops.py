@@ -72,6 +72,21 @@ def render(plan: ElementPlan, take: np.ndarray, sr: int, seconds: float, steady:
     return np.concatenate(got, axis=1), bus.array, meter, fed[0]
 
 
+def copied_like_computed(plan: ElementPlan, take: np.ndarray, sr: int,
+                         seconds: float) -> tuple[np.ndarray, Meter, float]:
+    """Render ``plan`` copied and computed all the way; assert the copy is within -90 dB of the
+    computed stem's peak (``TOLERANCE_DB``) and its meter reads the same loudness. Returns
+    (the copied stem, its meter, the share of the frames its effects were given)."""
+    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
+    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
+    peak = float(np.abs(ref).max())
+    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
+    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
+                                                        abs=1e-3)
+    assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
+    return stem, meter, fed / ref_fed
+
+
 def loop_plan(effects: tuple = (), crossfade_s: float = 1.0, fade_in_s: float = 0.0,
               fade_out_s: float = 0.0, end_s: float | None = None, pan: float = -0.3,
               automation: tuple[Keypoint, ...] = ()) -> ElementPlan:
@@ -178,15 +193,8 @@ def test_a_reverb_is_copied_within_its_own_rounding_noise(tmp_path: Path, sr: in
                                                           room: float) -> None:
     plan = loop_plan((effect("reverb", tmp_path, sr, room_size=room),), fade_in_s=1.0,
                      fade_out_s=2.0, end_s=80.0)
-    take = bed(sr, 4.0)
-    stem, mix, meter, fed = render(plan, take, sr, 80.0, steady=True)
-    ref, _, ref_meter, ref_fed = render(plan, take, sr, 80.0, steady=False)
-    peak = float(np.abs(ref).max())
-    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)  # TOLERANCE_DB
-    assert fed < 0.5 * ref_fed  # it waits out the tail (9 s at room_size 1) once settled
-    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
-                                                        abs=1e-3)
-    assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
+    stem, meter, fed = copied_like_computed(plan, bed(sr, 4.0), sr, 80.0)
+    assert fed < 0.5  # it waits out the tail (9 s at room_size 1) once settled
     lufs = pyloudnorm.Meter(sr).integrated_loudness(stem.T.astype(np.float64))
     assert abs(meter.integrated_loudness() - lufs) < 0.05
     # the run's fades at its ends are computed, not copied: it starts from silence
@@ -265,16 +273,8 @@ def test_an_echo_longer_than_the_loop_is_not_copied_before_it_settles(
     The watch waits out what the chain remembers (its tail)."""
     plan = loop_plan((effect("delay", tmp_path, sr, time=f"{time_s} s", feedback=0.5,
                              mix=mix),), crossfade_s=0.05)
-    take = bed(sr, take_s)
-    seconds = 120.0
-    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
-    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
-    peak = float(np.abs(ref).max())
-    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
-    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
-                                                        abs=1e-3)
-    assert meter.true_peak == pytest.approx(ref_meter.true_peak, rel=1e-4)
-    assert fed < 0.75 * ref_fed  # it still settles, later (its tail, 29-36 s, after)
+    _, _, fed = copied_like_computed(plan, bed(sr, take_s), sr, 120.0)
+    assert fed < 0.75  # it still settles, later (its tail, 29-36 s, after)
 
 
 @pytest.mark.parametrize("name, params", [
@@ -292,14 +292,8 @@ def test_dynamics_are_not_copied_while_their_envelope_still_moves(
     plan = loop_plan((effect(name, tmp_path, sr, **params),), crossfade_s=0.05)
     take = bed(sr, 1.0, seed=3)
     take[:, take.shape[1] // 4:] *= 0.02
-    seconds = 150.0
-    stem, _, meter, fed = render(plan, take, sr, seconds, steady=True)
-    ref, _, ref_meter, ref_fed = render(plan, take, sr, seconds, steady=False)
-    peak = float(np.abs(ref).max())
-    assert float(np.abs(stem - ref).max()) <= peak * 10 ** (-90 / 20)
-    assert meter.integrated_loudness() == pytest.approx(ref_meter.integrated_loudness(),
-                                                        abs=1e-3)
-    assert fed < 0.6 * ref_fed  # it still settles, later
+    _, _, fed = copied_like_computed(plan, take, sr, 150.0)
+    assert fed < 0.6  # it still settles, later
 
 
 @pytest.mark.parametrize("sr", [22050, 48000])

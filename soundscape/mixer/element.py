@@ -163,14 +163,20 @@ def _place(block: np.ndarray, channels: int, pan: float, volume: float,
     return np.multiply(out, g, out=out if out is not block else None)
 
 
+def may_settle(plan: ElementPlan) -> bool:
+    """Whether the element is one loop run at one level through effects that do not change
+    with time (nor run in segments): its output settles into the loop (``steady_loop``)."""
+    return len(plan.loops) == 1 and not plan.clips and not plan.automation \
+        and time_invariant(plan.effects) and not split_at_whole_timeline(plan.effects)[0]
+
+
 def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int,
                 sample_rate: int) -> SteadyLoop | None:
-    """A watch for the point where the element's output repeats its loop: an element that is
-    one loop run, at one level, through effects that do not change with time (None if not, or
-    if its loop does not repeat for long enough to pay). The output must repeat for as long as
-    the effects remember (``chain_memory_s``: their tails, their level detectors)."""
-    if len(srcs) != 1 or not isinstance(srcs[0], LoopSource) or plan.automation \
-            or not time_invariant(plan.effects):
+    """A watch for the point where the element's output repeats its loop (``may_settle``;
+    None if not, or if its loop does not repeat for long enough to pay). The output must
+    repeat for as long as the effects remember (``chain_memory_s``: their tails, their level
+    detectors)."""
+    if not may_settle(plan) or len(srcs) != 1 or not isinstance(srcs[0], LoopSource):
         return None
     src = srcs[0]
     a, b = src.periodic()

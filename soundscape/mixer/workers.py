@@ -39,17 +39,12 @@ import numpy as np
 from ..arrange import ElementPlan
 from ..audio_io import AtomicAudioWriter, remove_stale_temps
 from ..dsp.bus import Bus, Summing
-from ..dsp.effects import (
-    chain_memory_s,
-    chain_tail_s,
-    split_at_whole_timeline,
-    time_invariant,
-)
+from ..dsp.effects import chain_memory_s, chain_tail_s
 from ..dsp.meter import Meter
 from ..dsp.overview import OverviewAccumulator
 from ..errors import RenderError
 from ..notices import RenderWarning
-from .element import render_element
+from .element import may_settle, render_element
 from .loops import FoundLoops, loop_seams
 
 # Below this much work (element-seconds of audio) one process is faster than starting others:
@@ -101,9 +96,7 @@ class StemJob:
     def steady(self) -> bool:
         """Whether the stem is one loop run at one level through effects that do not change
         with time: its output settles into the loop, which is then copied (``steady.py``)."""
-        plan = self.plan
-        return len(plan.loops) == 1 and not plan.clips and not plan.automation \
-            and time_invariant(plan.effects) and not split_at_whole_timeline(plan.effects)[0]
+        return may_settle(self.plan)
 
 
 # effects' work relative to measuring the same signal (benchmarks/mix.py's chains)
