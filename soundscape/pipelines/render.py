@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from ..arrange import Arrangement, arrange
-from ..audio_io import atomic_write_text, output_problem, remove_stale_temps, written_bit_depth
+from ..audio_io import (
+    atomic_write_text,
+    forget_cached,
+    output_problem,
+    remove_stale_temps,
+    written_bit_depth,
+)
 from ..dsp.bus import Bus
 from ..dsp.effects import chain_tail_s
 from ..dsp.meter import Meter
@@ -269,7 +275,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
-        olds = [stack.enter_context(sumcache.open_stem(path, out)) for path in (old or {}).values()]
+        olds = [stack.enter_context(sumcache.open_stem(path, out, replaced=True))
+                for path in (old or {}).values()]
         if not keeps_sum:
             sumcache.drop(p.directory)
             mix = Bus.temporary(out.channels, out.frames + p.overhang, p.directory)
@@ -352,6 +359,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         records = [_stem_record(p, name, measures.get(name), name in written, generated, cache)
                    for name in present]
         pre_lufs = _pre_master_lufs(mix, out.frames, out.sample_rate) if m.effects else None
+        forget_cached(mix_path)  # replaced, never read: its pages are the new one's
         # an mp3 or ogg is measured as it decodes, and trimmed to keep the ceiling there
         with MasterFile(mix_path, out.sample_rate, out.channels, out.frames, out.bit_depth,
                         m.ceiling, p.directory) as w:
