@@ -13,6 +13,7 @@ start-up and imports.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ def files(root: Path) -> dict[Path, int]:
 
 
 def run(scene: Path, out: Path) -> float:
+    os.sync()  # the earlier render's writeback is not timed against this one
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "soundscape", "render", str(scene), "--out", str(out)],
                    check=True, capture_output=True)
