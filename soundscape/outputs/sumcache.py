@@ -283,9 +283,12 @@ class _Replaced:
     STEP = 8 << 20  # bytes dropped at a time
     MARGIN = 4 << 20  # bytes left behind the reading position (the decoder reads ahead)
 
-    def __init__(self, f: Any, path: Path) -> None:
-        self._f, self._path = f, path
-        self._bytes, self._frames = path.stat().st_size, max(1, f.frames)
+    def __init__(self, f: Any, fd: int) -> None:
+        # ``fd``: open on the file ``f`` reads, not its name, which the new stem may take
+        # (renamed onto it) before the reading ends: an edit reads the rest of the earlier
+        # stem after its new one is written when the new one ends in silence
+        self._f, self._fd = f, fd
+        self._bytes, self._frames = os.fstat(fd).st_size, max(1, f.frames)
         self._read = self._dropped = 0
 
     def read(self, n: int) -> np.ndarray:
@@ -293,7 +296,7 @@ class _Replaced:
         self._read += chunk.shape[1]
         upto = self._bytes * self._read // self._frames - self.MARGIN
         if upto >= self._dropped + self.STEP:
-            forget_cached(self._path, upto)
+            forget_cached(self._fd, upto)
             self._dropped = upto
         return chunk  # type: ignore[no-any-return]
 
@@ -313,7 +316,14 @@ def open_stem(path: Path, out: Output, replaced: bool = False) -> Iterator[Any]:
         if f.num_channels != out.channels or f.frames != out.frames:
             raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
                               f"{out.channels} x {out.frames}; render with --force")
-        yield _Replaced(f, path) if replaced else f
+        if not replaced:
+            yield f
+            return
+        fd = os.open(path, os.O_RDONLY)  # the file ``f`` reads, whatever takes its name
+        try:
+            yield _Replaced(f, fd)
+        finally:
+            os.close(fd)
 
 
 def _read_exact(f: Any, n: int, start: int, frames: int) -> np.ndarray:
