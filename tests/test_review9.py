@@ -43,3 +43,45 @@ def test_an_edit_never_drops_the_pages_of_the_stem_it_just_wrote(
     assert new_inode != old_inode  # replaced by a rename
     assert dropped.count(old_inode) >= 2  # dropped behind the reading
     assert new_inode not in dropped
+
+
+def _disk_read_bytes() -> int:
+    """Bytes this process has had read from storage (page-cache hits are not counted)."""
+    line = next(v for v in Path("/proc/self/io").read_text().splitlines()
+                if v.startswith("read_bytes"))
+    return int(line.split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists() or not hasattr(os, "posix_fadvise"),
+                    reason="disk reads are counted in /proc/self/io")
+def test_a_replaced_flac_stem_is_read_from_the_cache_not_the_disk(tmp_path: Path) -> None:
+    """A FLAC stem's bytes do not go as its frames (a silent first half takes next to nothing):
+    dropping its pages where the frames read say the reading is drops pages not read yet,
+    which the decoder then reads again from the disk. A cached stem an edit subtracts is read
+    from the cache only, and left out of it once read."""
+    import tempfile
+    from types import SimpleNamespace
+
+    import numpy as np
+    import soundfile as sf
+
+    from soundscape.dsp.bus import BLOCK
+    from tests.test_iterate_cache import _on_tmpfs, _resident
+
+    with tempfile.TemporaryDirectory(dir=Path.cwd() if _on_tmpfs(tmp_path) else tmp_path) as d:
+        sr, frames = 48000, 48000 * 240
+        x = np.zeros((frames, 2), np.float32)
+        x[frames // 2:] = np.random.default_rng(0).normal(0, 0.2, (frames - frames // 2, 2))
+        path = Path(d) / "old.flac"
+        sf.write(path, x, sr, subtype="PCM_24")  # 33 MB, all of it in its second half
+        path.read_bytes()
+        assert _resident(path) > 0.99
+        before = _disk_read_bytes()
+        with sumcache.open_stem(path, SimpleNamespace(channels=2, frames=frames),
+                                replaced=True) as f:
+            got = np.concatenate([sumcache._read_exact(f, min(BLOCK, frames - s), s, frames)
+                                  for s in range(0, frames, BLOCK)], axis=1)
+        assert _disk_read_bytes() - before < 1 << 20  # was 16 MB: the second half, twice
+        assert _resident(path) < 0.05
+        with sumcache.open_stem(path, SimpleNamespace(channels=2, frames=frames)) as f:
+            np.testing.assert_array_equal(got, sumcache._read_exact(f, frames, 0, frames))
