@@ -60,12 +60,12 @@ def test_a_replaced_flac_stem_is_read_from_the_cache_not_the_disk(tmp_path: Path
     which the decoder then reads again from the disk. A cached stem an edit subtracts is read
     from the cache only, and left out of it once read."""
     import tempfile
-    from types import SimpleNamespace
 
     import numpy as np
     import soundfile as sf
 
     from soundscape.dsp.bus import BLOCK
+    from soundscape.outputs.incremental import Output
     from tests.test_iterate_cache import _on_tmpfs, _resident
 
     with tempfile.TemporaryDirectory(dir=Path.cwd() if _on_tmpfs(tmp_path) else tmp_path) as d:
@@ -77,11 +77,11 @@ def test_a_replaced_flac_stem_is_read_from_the_cache_not_the_disk(tmp_path: Path
         path.read_bytes()
         assert _resident(path) > 0.99
         before = _disk_read_bytes()
-        with sumcache.open_stem(path, SimpleNamespace(channels=2, frames=frames),
-                                replaced=True) as f:
+        out = Output(sr, 2, frames, "flac", 24)
+        with sumcache.open_stem(path, out, replaced=True) as f:
             got = np.concatenate([sumcache._read_exact(f, min(BLOCK, frames - s), s, frames)
                                   for s in range(0, frames, BLOCK)], axis=1)
         assert _disk_read_bytes() - before < 1 << 20  # was 16 MB: the second half, twice
         assert _resident(path) < 0.05
-        with sumcache.open_stem(path, SimpleNamespace(channels=2, frames=frames)) as f:
+        with sumcache.open_stem(path, out) as f:
             np.testing.assert_array_equal(got, sumcache._read_exact(f, frames, 0, frames))
