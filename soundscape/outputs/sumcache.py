@@ -328,7 +328,7 @@ def open_stem(path: Path, out: Output, replaced: bool = False) -> Iterator[Any]:
         if f.num_channels != out.channels or f.frames != out.frames:
             raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
                               f"{out.channels} x {out.frames}; render with --force")
-        if not replaced:
+        if not replaced or not hasattr(os, "posix_fadvise"):  # nothing to drop (macOS)
             yield f
             return
         fd = os.open(path, os.O_RDONLY)  # the file ``f`` reads, whatever takes its name
