@@ -599,18 +599,27 @@ HEAP_KEEP = 32 << 20  # free memory the heap keeps for the next ones
 
 def _tune_process() -> None:
     """Settings for the command's own process (not the library's to make for a program that
-    imports it), before numpy is imported:
+    imports it):
 
-    - numpy's BLAS on one thread: its only work here is small products (the true-peak bounds),
-      and its idle threads spin on the cores the render's processes need (a tenth of a second
-      of CPU on a volume edit of the ten-minute benchmark).
+    - numpy's BLAS on one thread (unless ``OPENBLAS_NUM_THREADS`` says otherwise): its only
+      work here is small products (the true-peak bounds), and its idle threads spin on the
+      cores the render's processes need (three times the CPU of the product itself; a tenth of
+      a second on a volume edit of the ten-minute benchmark). Only numpy's: the variable is
+      set while numpy loads its OpenBLAS and removed after, so a BLAS that torch loads later
+      (OpenBLAS on ARM) and the processes the command starts keep their threads.
     - glibc keeps blocks up to ``HEAP_BLOCKS`` in its heap and ``HEAP_KEEP`` of free memory
       there, instead of mapping each megabyte-sized block afresh and returning it when freed:
       each block's pages were then faulted in and zeroed again, a third of the CPU of measuring
       a mix's loudness (235,000 page faults for a ten-minute stereo sum). Forked processes
       inherit it; memory stays flat (blocks are freed as before, their pages reused).
     """
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    blas = "OPENBLAS_NUM_THREADS"
+    if blas not in os.environ and "numpy" not in sys.modules:
+        os.environ[blas] = "1"
+        try:
+            import numpy  # noqa: F401  (its OpenBLAS reads the variable as it loads)
+        finally:
+            del os.environ[blas]
     if sys.platform != "linux":
         return
     import ctypes
