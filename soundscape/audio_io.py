@@ -378,11 +378,25 @@ class _Shifted(io.RawIOBase):
     encoder's own chunks (one RIFF file again), or, where that cannot be (an RF64 file past
     4 GiB, whose ``ds64`` must come first), moves the encoder's file down to offset 0."""
 
+    # What has been written is handed to the disk and dropped from the page cache behind the
+    # writing: every ``HANDOFF_STEP`` bytes, the last ``HANDOFF_WINDOW`` but ``HANDOFF_LAG``
+    # are advised away (``posix_fadvise`` DONTNEED starts the writeback of dirty pages and
+    # drops the clean ones; a stretch passes under the window several times, by when most of it
+    # is written). The rest of the file, and the next one, then reuse those pages rather than
+    # take pages from the free pool, which on this virtual machine cost ~10 us each to touch
+    # (``forget_cached``). The 10-minute benchmark through the command line: 7.5-8.3 s ->
+    # 6.1-7.1 s, system time 3.7-5.3 s -> 1.7-2.9 s (three runs each, alternated). A render's
+    # files then no longer fill the page cache; reading them later reads the disk.
+    HANDOFF_STEP = 8 << 20
+    HANDOFF_WINDOW = 64 << 20
+    HANDOFF_LAG = 1 << 20  # the encoder may still rewrite what it wrote last
+
     def __init__(self, path: Path, offset: int) -> None:
         super().__init__()
         assert offset % 2 == 0 and offset >= 20
         self.path, self.offset, self.pos = path, offset, 0
         self.fd = os.open(path, os.O_RDWR | os.O_TRUNC)
+        self._handed = 0  # the end of the file at the last handoff
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -390,6 +404,13 @@ class _Shifted(io.RawIOBase):
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], self.offset + self.pos + done)
         self.pos += done
+        end = self.offset + self.pos
+        if end - self._handed >= self.HANDOFF_STEP and hasattr(os, "posix_fadvise"):
+            start = max(0, end - self.HANDOFF_WINDOW)
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, start, end - self.HANDOFF_LAG - start,
+                                 os.POSIX_FADV_DONTNEED)
+            self._handed = end
         return done
 
     def seek(self, pos: int, whence: int = 0) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from soundscape.outputs import sumcache
@@ -85,3 +86,39 @@ def test_a_replaced_flac_stem_is_read_from_the_cache_not_the_disk(tmp_path: Path
         assert _resident(path) < 0.05
         with sumcache.open_stem(path, out) as f:
             np.testing.assert_array_equal(got, sumcache._read_exact(f, frames, 0, frames))
+
+
+def test_a_written_wav_is_handed_to_the_disk_behind_the_writing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stems and mixes leave the page cache as they are written (``_Shifted``'s handoff): each
+    stretch of the file but the last megabyte is advised away at least once, never the part
+    the encoder may still rewrite, and the file reads back as written."""
+
+    from soundscape.audio_io import AtomicAudioWriter, _Shifted, read_audio
+
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        calls.append((offset, offset + length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    sr = 48000
+    audio = np.random.default_rng(9).normal(0, 0.1, (2, sr * 120)).astype(np.float32)
+    path = tmp_path / "long.wav"
+    with AtomicAudioWriter(path, sr, 2, 24, background=True) as w:
+        for start in range(0, audio.shape[1], 65536):
+            w.write(audio[:, start:start + 65536])
+    size = path.stat().st_size
+    assert len(calls) >= size // _Shifted.HANDOFF_STEP - 1
+    covered = np.zeros(size, bool)
+    for a, b in calls:
+        covered[a:b] = True
+    assert calls[-1][1] <= size - _Shifted.HANDOFF_LAG
+    # all but the stretch written after the last handoff
+    assert covered[:size - _Shifted.HANDOFF_STEP - _Shifted.HANDOFF_LAG].all()
+    got, got_sr = read_audio(path)
+    assert got_sr == sr and got.shape == audio.shape
+    np.testing.assert_allclose(got, audio, atol=2.0 ** -22)
