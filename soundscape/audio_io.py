@@ -386,10 +386,14 @@ class _Shifted(io.RawIOBase):
     # take pages from the free pool, which on this virtual machine cost ~10 us each to touch
     # (``forget_cached``). The 10-minute benchmark through the command line: 7.5-8.3 s ->
     # 6.1-7.1 s, system time 3.7-5.3 s -> 1.7-2.9 s (three runs each, alternated). A render's
-    # files then no longer fill the page cache; reading them later reads the disk.
+    # files then no longer fill the page cache; reading them later reads the disk. Where the
+    # disk is slow (a hard disk, a USB stick), starting the writeback can block on its queue:
+    # a handoff that takes longer than ``HANDOFF_SLOW`` ends them for the file, which is then
+    # left to the kernel's writeback as before, so the render does not wait on the disk.
     HANDOFF_STEP = 8 << 20
     HANDOFF_WINDOW = 64 << 20
     HANDOFF_LAG = 1 << 20  # the encoder may still rewrite what it wrote last
+    HANDOFF_SLOW = 0.05  # seconds
 
     def __init__(self, path: Path, offset: int) -> None:
         super().__init__()
@@ -407,10 +411,12 @@ class _Shifted(io.RawIOBase):
         end = self.offset + self.pos
         if end - self._handed >= self.HANDOFF_STEP and hasattr(os, "posix_fadvise"):
             start = max(0, end - self.HANDOFF_WINDOW)
+            t0 = time.perf_counter()
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self.fd, start, end - self.HANDOFF_LAG - start,
                                  os.POSIX_FADV_DONTNEED)
-            self._handed = end
+            slow = time.perf_counter() - t0 > self.HANDOFF_SLOW
+            self._handed = sys.maxsize if slow else end
         return done
 
     def seek(self, pos: int, whence: int = 0) -> int:

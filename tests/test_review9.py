@@ -122,3 +122,25 @@ def test_a_written_wav_is_handed_to_the_disk_behind_the_writing(
     got, got_sr = read_audio(path)
     assert got_sr == sr and got.shape == audio.shape
     np.testing.assert_allclose(got, audio, atol=2.0 ** -22)
+
+
+def test_a_slow_disk_ends_the_handoff(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where starting the writeback blocks (a slow disk's queue full), the file is left to the
+    kernel after the first slow handoff: the render does not wait on the disk."""
+    import time
+
+    from soundscape.audio_io import AtomicAudioWriter, _Shifted
+
+    calls: list[int] = []
+
+    def slow(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(_Shifted.HANDOFF_SLOW * 1.5)
+
+    monkeypatch.setattr(os, "posix_fadvise", slow)
+    audio = np.random.default_rng(2).normal(0, 0.1, (2, 48000 * 120)).astype(np.float32)
+    with AtomicAudioWriter(tmp_path / "a.wav", 48000, 2, 24) as w:
+        for start in range(0, audio.shape[1], 65536):
+            w.write(audio[:, start:start + 65536])
+    assert (tmp_path / "a.wav").stat().st_size > 3 * _Shifted.HANDOFF_STEP  # 4 handoffs due
+    assert len(calls) == 1
