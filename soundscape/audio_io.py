@@ -389,11 +389,15 @@ class _Shifted(io.RawIOBase):
     # files then no longer fill the page cache; reading them later reads the disk. Where the
     # disk is slow (a hard disk, a USB stick), starting the writeback can block on its queue:
     # a handoff that takes longer than ``HANDOFF_SLOW`` ends them for the file, which is then
-    # left to the kernel's writeback as before, so the render does not wait on the disk.
+    # left to the kernel's writeback as before, so the render does not wait on the disk. So
+    # does a disk that makes every handoff a little under that: over a file, the handoffs may
+    # take ``HANDOFF_SLOW`` plus ``HANDOFF_BUDGET`` a step on average (a step saves at most
+    # ~20 ms here, 2048 pages at ~10 us; nothing where free pages are cheap).
     HANDOFF_STEP = 8 << 20
     HANDOFF_WINDOW = 64 << 20
     HANDOFF_LAG = 1 << 20  # the encoder may still rewrite what it wrote last
     HANDOFF_SLOW = 0.05  # seconds
+    HANDOFF_BUDGET = 0.01  # seconds a step, on average
 
     def __init__(self, path: Path, offset: int) -> None:
         super().__init__()
@@ -401,6 +405,7 @@ class _Shifted(io.RawIOBase):
         self.path, self.offset, self.pos = path, offset, 0
         self.fd = os.open(path, os.O_RDWR | os.O_TRUNC)
         self._handed = 0  # the end of the file at the last handoff
+        self._spent, self._steps = 0.0, 0  # seconds in handoffs, and how many
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -415,7 +420,11 @@ class _Shifted(io.RawIOBase):
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self.fd, start, end - self.HANDOFF_LAG - start,
                                  os.POSIX_FADV_DONTNEED)
-            slow = time.perf_counter() - t0 > self.HANDOFF_SLOW
+            took = time.perf_counter() - t0
+            self._spent += took
+            self._steps += 1
+            slow = took > self.HANDOFF_SLOW \
+                or self._spent > self.HANDOFF_SLOW + self._steps * self.HANDOFF_BUDGET
             self._handed = sys.maxsize if slow else end
         return done
 

@@ -131,11 +131,52 @@ def test_an_interrupted_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest
     audio = np.random.default_rng(4).normal(0, 0.1, (2, 48000 * 200)).astype(np.float32)
     target = tmp_path / "cut.wav"
     target.write_bytes(b"old")
-    with pytest.raises(exc):
-        with AtomicAudioWriter(target, 48000, 2, 24, background=background) as w:
-            for start in range(0, audio.shape[1], 48000):
-                w.write(audio[:, start:start + 48000])
+    with pytest.raises(exc), AtomicAudioWriter(target, 48000, 2, 24,
+                                                background=background) as w:
+        for start in range(0, audio.shape[1], 48000):
+            w.write(audio[:, start:start + 48000])
     assert n >= 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.wav"]
     assert target.read_bytes() == b"old"
 
+
+
+def test_an_always_slowish_disk_ends_the_handoff(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handoff that takes a little under ``HANDOFF_SLOW`` every time never trips the
+    per-call cutoff, yet costs the writer more than it can save (~10 us a page: ~20 ms per
+    8 MiB step on this machine, nothing on one whose free pages are cheap). The time spent in
+    handoffs over a file is bounded: a few slow steps, not one per step."""
+    calls: list[int] = []
+
+    def slowish(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(_Shifted.HANDOFF_SLOW * 0.8)
+
+    monkeypatch.setattr(os, "posix_fadvise", slowish)
+    audio = np.zeros((2, 48000 * 600), np.float32)  # 10 minutes, 165 MiB at 24 bits
+    t0 = time.perf_counter()
+    with AtomicAudioWriter(tmp_path / "a.wav", 48000, 2, 24) as w:
+        for start in range(0, audio.shape[1], 1 << 18):
+            w.write(audio[:, start:start + (1 << 18)])
+    took = time.perf_counter() - t0
+    steps = (tmp_path / "a.wav").stat().st_size // _Shifted.HANDOFF_STEP
+    assert steps >= 19
+    assert len(calls) <= 5, f"{len(calls)} handoffs of {steps} due, {took:.2f} s"
+
+
+def test_handoffs_as_fast_as_here_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handoffs of a few milliseconds each (1-4 ms measured here) are not ended by the budget."""
+    calls: list[int] = []
+
+    def fast(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(0.004)
+
+    monkeypatch.setattr(os, "posix_fadvise", fast)
+    audio = np.zeros((2, 48000 * 600), np.float32)
+    with AtomicAudioWriter(tmp_path / "a.wav", 48000, 2, 24) as w:
+        for start in range(0, audio.shape[1], 1 << 18):
+            w.write(audio[:, start:start + (1 << 18)])
+    # (a handoff comes at the first write past a step: 18 for this file's 20 steps)
+    assert len(calls) >= (tmp_path / "a.wav").stat().st_size // _Shifted.HANDOFF_STEP - 2
