@@ -180,3 +180,43 @@ def test_handoffs_as_fast_as_here_go_on(tmp_path: Path, monkeypatch: pytest.Monk
             w.write(audio[:, start:start + (1 << 18)])
     # (a handoff comes at the first write past a step: 18 for this file's 20 steps)
     assert len(calls) >= (tmp_path / "a.wav").stat().st_size // _Shifted.HANDOFF_STEP - 2
+
+
+@pytest.mark.parametrize("bits", [16, 24, 32])
+def test_tagging_a_handed_off_file_gives_the_same_file(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       bits: int) -> None:
+    """Tags are written in place (into the room before the audio, and after it) in a file
+    whose pages were handed off: the tagged file is that of a file written without the
+    handoff, and independent readers read its audio and tags."""
+    import soundfile as sf
+
+    from soundscape.outputs.tags import Tags, tag_file
+    from soundscape.riff import wav_chunks
+
+    audio = np.random.default_rng(bits).uniform(-1, 1, (2, 48000 * 60)).astype(np.float32)
+    tags = Tags(title="t", description="d", scene="s", key="k" * 40,
+                created="2026-12-05T02:00:00", loudness_lufs=-20.0, true_peak_dbtp=-1.0)
+    digests = []
+    calls: list[int] = []
+    real = os.posix_fadvise
+
+    def counted(*a: int) -> None:
+        calls.append(a[1])
+        real(*a)
+
+    monkeypatch.setattr(os, "posix_fadvise", counted)
+    for step in (_Shifted.HANDOFF_STEP, 1 << 62):
+        monkeypatch.setattr(_Shifted, "HANDOFF_STEP", step)
+        path = tmp_path / f"{step}.wav"
+        _write(path, audio, 48000, bits, 48000)
+        size = path.stat().st_size
+        assert tag_file(path, tags, loop_frames=48000 * 60)
+        assert path.stat().st_size > size
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        ids = [c.id for c in wav_chunks(path) or []]
+        assert b"bext" in ids and b"LIST" in ids and b"data" in ids and b"smpl" in ids
+        got, sr = sf.read(path, dtype="float32", always_2d=True)
+        assert sr == 48000 and got.shape == (48000 * 60, 2)
+    assert len(calls) >= 1  # the handoff ran, for the first file only
+    assert digests[0] == digests[1]
