@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -392,19 +392,26 @@ class _Shifted(io.RawIOBase):
     # left to the kernel's writeback as before, so the render does not wait on the disk. So
     # does a disk that makes every handoff a little under that: over a file, the handoffs may
     # take ``HANDOFF_SLOW`` plus ``HANDOFF_BUDGET`` a step on average (a step saves at most
-    # ~20 ms here, 2048 pages at ~10 us; nothing where free pages are cheap).
+    # ~20 ms here, 2048 pages at ~10 us; nothing where free pages are cheap). A disk found
+    # slow is left to the kernel for the next files too, for ``HANDOFF_REST`` seconds (else
+    # each of a render's tens of files pays its own slow first handoff).
     HANDOFF_STEP = 8 << 20
     HANDOFF_WINDOW = 64 << 20
     HANDOFF_LAG = 1 << 20  # the encoder may still rewrite what it wrote last
     HANDOFF_SLOW = 0.05  # seconds
     HANDOFF_BUDGET = 0.01  # seconds a step, on average
+    HANDOFF_REST = 60.0  # seconds
+    _slow_until: ClassVar[dict[int, float]] = {}  # device -> time.monotonic() it is tried again
 
     def __init__(self, path: Path, offset: int) -> None:
         super().__init__()
         assert offset % 2 == 0 and offset >= 20
         self.path, self.offset, self.pos = path, offset, 0
         self.fd = os.open(path, os.O_RDWR | os.O_TRUNC)
-        self._handed = 0  # the end of the file at the last handoff
+        self._dev = os.fstat(self.fd).st_dev
+        # the end of the file at the last handoff (none on a disk found slow a while ago)
+        self._handed = 0 if self._slow_until.get(self._dev, 0.0) <= time.monotonic() \
+            else sys.maxsize
         self._spent, self._steps = 0.0, 0  # seconds in handoffs, and how many
 
     def write(self, data: Any) -> int:
@@ -426,6 +433,8 @@ class _Shifted(io.RawIOBase):
             slow = took > self.HANDOFF_SLOW \
                 or self._spent > self.HANDOFF_SLOW + self._steps * self.HANDOFF_BUDGET
             self._handed = sys.maxsize if slow else end
+            if slow:
+                self._slow_until[self._dev] = time.monotonic() + self.HANDOFF_REST
         return done
 
     def seek(self, pos: int, whence: int = 0) -> int:

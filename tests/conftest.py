@@ -55,6 +55,15 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def _handoff_fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No disk is remembered slow from another test (``_Shifted._slow_until``): a test that
+    fakes a slow handoff would end the handoff in the tests after it."""
+    from soundscape.audio_io import _Shifted
+
+    monkeypatch.setattr(_Shifted, "_slow_until", {})
+
+
 def wav(path: Path, audio: np.ndarray, sr: int) -> Path:
     """Write a 32-bit float wav (exact samples) for file: elements."""
     a = np.asarray(audio, dtype=np.float32)

@@ -220,3 +220,52 @@ def test_tagging_a_handed_off_file_gives_the_same_file(tmp_path: Path,
         assert sr == 48000 and got.shape == (48000 * 60, 2)
     assert len(calls) >= 1  # the handoff ran, for the first file only
     assert digests[0] == digests[1]
+
+
+def test_a_slow_disk_ends_the_handoff_for_the_next_files_too(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A render writes tens of files (stems, loop files, takes, the mix) to one disk: once a
+    handoff there was slow, the next files are not handed off either, or each pays its own
+    slow first handoff (on a USB stick, the time to queue 7 MiB of writeback, per file)."""
+    calls: list[int] = []
+
+    def slow(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(_Shifted.HANDOFF_SLOW * 1.5)
+
+    monkeypatch.setattr(os, "posix_fadvise", slow)
+    audio = np.zeros((2, 48000 * 120), np.float32)  # 33 MiB at 24 bits
+    for i in range(6):
+        with AtomicAudioWriter(tmp_path / f"{i}.wav", 48000, 2, 24) as w:
+            for start in range(0, audio.shape[1], 65536):
+                w.write(audio[:, start:start + 65536])
+    assert len(calls) == 1
+
+
+def test_a_disk_found_slow_is_tried_again_later(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow handoff (a moment of load) does not end handoffs on that disk for the rest of a
+    long-lived process (the servers): after ``HANDOFF_REST`` seconds they are tried again."""
+    delay = [_Shifted.HANDOFF_SLOW * 1.5]
+    calls: list[int] = []
+
+    def sometimes_slow(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(delay[0])
+
+    monkeypatch.setattr(os, "posix_fadvise", sometimes_slow)
+    audio = np.zeros((2, 48000 * 60), np.float32)
+    def one(name: str) -> None:
+        with AtomicAudioWriter(tmp_path / name, 48000, 2, 24) as w:
+            for start in range(0, audio.shape[1], 65536):
+                w.write(audio[:, start:start + 65536])
+
+    one("a.wav")
+    assert len(calls) == 1
+    delay[0] = 0.0
+    one("b.wav")
+    assert len(calls) == 1
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + _Shifted.HANDOFF_REST + 1)
+    one("c.wav")
+    assert len(calls) >= 2
