@@ -398,6 +398,9 @@ class _Shifted(io.RawIOBase):
     HANDOFF_STEP = 8 << 20
     HANDOFF_WINDOW = 64 << 20
     HANDOFF_LAG = 1 << 20  # the encoder may still rewrite what it wrote last
+    # nor its head: the encoder rewrites its header at close, ``finish`` the RIFF header and
+    # tagging the chunks before the audio, each a read of the disk where the page was dropped
+    HANDOFF_HEAD = 1 << 16
     HANDOFF_SLOW = 0.05  # seconds
     HANDOFF_BUDGET = 0.01  # seconds a step, on average
     HANDOFF_REST = 60.0  # seconds
@@ -422,7 +425,7 @@ class _Shifted(io.RawIOBase):
         self.pos += done
         end = self.offset + self.pos
         if end - self._handed >= self.HANDOFF_STEP and hasattr(os, "posix_fadvise"):
-            start = max(0, end - self.HANDOFF_WINDOW)
+            start = max(self.offset + self.HANDOFF_HEAD, end - self.HANDOFF_WINDOW)
             t0 = time.perf_counter()
             with contextlib.suppress(OSError):
                 os.posix_fadvise(self.fd, start, end - self.HANDOFF_LAG - start,

@@ -94,7 +94,7 @@ def test_a_written_wav_is_handed_to_the_disk_behind_the_writing(
     stretch of the file but the last megabyte is advised away at least once, never the part
     the encoder may still rewrite, and the file reads back as written."""
 
-    from soundscape.audio_io import AtomicAudioWriter, _Shifted, read_audio
+    from soundscape.audio_io import WAV_RESERVE, AtomicAudioWriter, _Shifted, read_audio
 
     calls: list[tuple[int, int]] = []
     real = os.posix_fadvise
@@ -117,8 +117,10 @@ def test_a_written_wav_is_handed_to_the_disk_behind_the_writing(
     for a, b in calls:
         covered[a:b] = True
     assert calls[-1][1] <= size - _Shifted.HANDOFF_LAG
-    # all but the stretch written after the last handoff
-    assert covered[:size - _Shifted.HANDOFF_STEP - _Shifted.HANDOFF_LAG].all()
+    # all but the head and the stretch written after the last handoff
+    head = WAV_RESERVE + _Shifted.HANDOFF_HEAD
+    assert not covered[:head].any()
+    assert covered[head:size - _Shifted.HANDOFF_STEP - _Shifted.HANDOFF_LAG].all()
     got, got_sr = read_audio(path)
     assert got_sr == sr and got.shape == audio.shape
     np.testing.assert_allclose(got, audio, atol=2.0 ** -22)
