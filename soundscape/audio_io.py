@@ -425,6 +425,9 @@ class _Shifted(io.RawIOBase):
         self.pos += done
         end = self.offset + self.pos
         if end - self._handed >= self.HANDOFF_STEP and hasattr(os, "posix_fadvise"):
+            if self._slow_until.get(self._dev, 0.0) > time.monotonic():  # found slow meanwhile
+                self._handed = sys.maxsize
+                return done
             start = max(self.offset + self.HANDOFF_HEAD, end - self.HANDOFF_WINDOW)
             t0 = time.perf_counter()
             with contextlib.suppress(OSError):

@@ -291,3 +291,26 @@ def test_the_head_of_a_file_is_not_handed_off(tmp_path: Path,
             w.write(audio[:, start:start + 65536])
     assert len(calls) >= 9
     assert min(a for a, _ in calls) >= audio_io.WAV_RESERVE + 4096
+
+
+def test_files_written_side_by_side_stop_on_the_first_slow_handoff(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stems are written several at a time (the mixer's workers): once one handoff on the
+    disk was slow, the files already open stop theirs too."""
+    calls: list[int] = []
+
+    def slow(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(offset)
+        time.sleep(_Shifted.HANDOFF_SLOW * 1.5)
+
+    monkeypatch.setattr(os, "posix_fadvise", slow)
+    audio = np.zeros((2, 48000 * 120), np.float32)
+    writers = [AtomicAudioWriter(tmp_path / f"{i}.wav", 48000, 2, 24) for i in range(4)]
+    for w in writers:
+        w.__enter__()
+    for start in range(0, audio.shape[1], 65536):
+        for w in writers:
+            w.write(audio[:, start:start + 65536])
+    for w in writers:
+        w.__exit__(None, None, None)
+    assert len(calls) == 1
