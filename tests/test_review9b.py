@@ -27,6 +27,20 @@ def _frames_for(size: int, channels: int, bits: int) -> int:
     return (size - audio_io.WAV_RESERVE) // (channels * bits // 8)
 
 
+@pytest.fixture
+def advised(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The byte ranges ``posix_fadvise`` is asked to drop, in order (the calls still run)."""
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, offset + length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    return calls
+
+
 @pytest.mark.parametrize("bits,channels,sr,size", [
     (16, 1, 22050, (8 << 20) - 4096),
     (16, 2, 44100, (8 << 20) + 4096),
@@ -36,8 +50,8 @@ def _frames_for(size: int, channels: int, bits: int) -> int:
     (32, 1, 48000, 9 << 20),
 ])
 def test_handoff_files_are_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          bits: int, channels: int, sr: int,
-                                          size: int) -> None:
+                                          advised: list[tuple[int, int]], bits: int,
+                                          channels: int, sr: int, size: int) -> None:
     import scipy.io.wavfile
     import soundfile as sf
 
@@ -45,14 +59,7 @@ def test_handoff_files_are_byte_identical(tmp_path: Path, monkeypatch: pytest.Mo
     rng = np.random.default_rng(bits * channels + sr)
     audio = rng.uniform(-1.0, 1.0, (channels, frames)).astype(np.float32)
     block = int(rng.integers(1000, 70000))
-    calls: list[int] = []
-    real = os.posix_fadvise
-
-    def counted(*a: int) -> None:
-        calls.append(a[1])
-        real(*a)
-
-    monkeypatch.setattr(os, "posix_fadvise", counted)
+    calls = advised
     on = _write(tmp_path / "on.wav", audio, sr, bits, block)
     assert bool(calls) == (size > _Shifted.HANDOFF_STEP)
     # a tight handoff: every 64 KiB, all but the last 4 KiB
@@ -185,6 +192,7 @@ def test_handoffs_as_fast_as_here_go_on(tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("bits", [16, 24, 32])
 def test_tagging_a_handed_off_file_gives_the_same_file(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch,
+                                                       advised: list[tuple[int, int]],
                                                        bits: int) -> None:
     """Tags are written in place (into the room before the audio, and after it) in a file
     whose pages were handed off: the tagged file is that of a file written without the
@@ -198,14 +206,7 @@ def test_tagging_a_handed_off_file_gives_the_same_file(tmp_path: Path,
     tags = Tags(title="t", description="d", scene="s", key="k" * 40,
                 created="2026-12-05T02:00:00", loudness_lufs=-20.0, true_peak_dbtp=-1.0)
     digests = []
-    calls: list[int] = []
-    real = os.posix_fadvise
-
-    def counted(*a: int) -> None:
-        calls.append(a[1])
-        real(*a)
-
-    monkeypatch.setattr(os, "posix_fadvise", counted)
+    calls = advised
     for step in (_Shifted.HANDOFF_STEP, 1 << 62):
         monkeypatch.setattr(_Shifted, "HANDOFF_STEP", step)
         path = tmp_path / f"{step}.wav"
@@ -272,19 +273,12 @@ def test_a_disk_found_slow_is_tried_again_later(tmp_path: Path,
 
 
 def test_the_head_of_a_file_is_not_handed_off(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                              advised: list[tuple[int, int]]) -> None:
     """The encoder rewrites its header at close, ``finish`` the RIFF header, tagging the
     chunks before the audio: a page of the head dropped by the handoff is read back from the
     disk, synchronously, twice a file (4 KiB read while writing a 115 MB WAV and 4 KiB while
     tagging it, /proc/self/io; none without the handoff). No handoff covers the head."""
-    calls: list[tuple[int, int]] = []
-    real = os.posix_fadvise
-
-    def record(fd: int, offset: int, length: int, advice: int) -> None:
-        calls.append((offset, offset + length))
-        real(fd, offset, length, advice)
-
-    monkeypatch.setattr(os, "posix_fadvise", record)
+    calls = advised
     audio = np.zeros((2, 48000 * 300), np.float32)  # 82 MiB at 24 bits: past the window
     with AtomicAudioWriter(tmp_path / "a.wav", 48000, 2, 24, background=True) as w:
         for start in range(0, audio.shape[1], 65536):

@@ -496,14 +496,12 @@ class Meter:
         if self._kw is not None and not self._at_rest:
             raise TypeError("a meter part-way through a signal cannot be sent to another "
                             "process: its filter's state stays here")
-        return {**self.__dict__, "_kw": None, "_kw_channels": (
-            None if self._kw is None else self._history.shape[0])}
+        return {**self.__dict__, "_kw": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        channels = state.pop("_kw_channels", None)
         self.__dict__.update(state)
-        if channels is not None:
-            self._kw = _k_weighting(self.sample_rate, channels)
+        if self._loudness and not self._finished:  # a loudness meter with more to measure
+            self._kw = _k_weighting(self.sample_rate, self._history.shape[0])
 
     def scaled(self, gain: float) -> Meter:
         """A finished meter of this one's signal times ``gain`` (linear), without measuring it

@@ -297,15 +297,13 @@ class _Replaced:
         self._linear = linear
 
     def read(self, n: int) -> np.ndarray:
-        chunk = self._f.read(n)
+        chunk: np.ndarray = self._f.read(n)
         self._read += chunk.shape[1]
-        if not self._linear:
-            return chunk  # type: ignore[no-any-return]
         upto = self._bytes * self._read // self._frames - self.MARGIN
-        if upto >= self._dropped + self.STEP:
+        if self._linear and upto >= self._dropped + self.STEP:
             forget_cached(self._fd, upto)
             self._dropped = upto
-        return chunk  # type: ignore[no-any-return]
+        return chunk
 
     def done(self) -> None:
         """The reading has ended: a file not dropped as it was read is dropped whole."""
