@@ -391,17 +391,7 @@ class Meter:
 
     def _add_loudness(self, block: np.ndarray) -> None:
         n = block.shape[1]
-        silent = not block.any()
-        if silent and self._at_rest:
-            sq = None  # silence into a filter at rest: no energy, no state change
-        else:
-            if self._kw is None:
-                raise RuntimeError("this meter is finished (or was sent part-way through a "
-                                   "signal): it measures no more")
-            y = _k_filter(self._kw, block, self.sample_rate)
-            # silence in, silence out for a whole block: the filters' states are zero again
-            self._at_rest = silent and not y.any()
-            sq = np.einsum("cn,cn->n", y, y)
+        sq = self._k_energies(block)
         if self._period:
             self._keep_recent(sq, n)
         cuts = self._cuts(n)
@@ -413,6 +403,45 @@ class Meter:
             inside = edges < n
             parts[inside] = np.add.reduceat(sq.astype(np.float64), edges[inside])
         self._account(parts)
+
+    def _k_energies(self, block: np.ndarray) -> np.ndarray | None:
+        """Each frame's K-weighted energy (summed over channels), ``(n,)`` float32; None when
+        the block is silent and the filter at rest.
+
+        Digital silence (a scattered element between its plays, a tail cut at -120 dB) is
+        filtered only while the filter rings on; once a ``K_BUFFER`` of silence comes out of
+        it, its state is zero (pedalboard's filters snap their state to zero), and the rest
+        of the silence is skipped as silence: no energy, no state change. The figures are
+        those of filtering everything."""
+        n = block.shape[1]
+        whole, part = divmod(n, K_BUFFER)
+        live = np.any(block[:, :whole * K_BUFFER].reshape(block.shape[0], whole, K_BUFFER),
+                      axis=(0, 2))
+        if part:
+            live = np.append(live, block[:, whole * K_BUFFER:].any())
+        if not live.any() and self._at_rest:
+            return None  # silence into a filter at rest: no energy, no state change
+        if self._kw is None:
+            raise RuntimeError("this meter is finished (or was sent part-way through a "
+                               "signal): it measures no more")
+        sq = np.zeros(n, np.float32)
+        chunks, c = live.size, 0
+        while c < chunks:
+            if live[c]:  # a run of sound, filtered in one call
+                e = c + int(np.argmin(live[c:])) if not live[c:].all() else chunks
+                self._at_rest = False
+            elif self._at_rest:  # silence the filter has settled into: skipped
+                c += int(np.argmax(live[c:])) if live[c:].any() else chunks
+                continue
+            else:  # silence with the filter still ringing: a chunk at a time, until rest
+                e = c + 1
+            a, b = c * K_BUFFER, min(e * K_BUFFER, n)
+            y = _k_filter(self._kw, block[:, a:b], self.sample_rate)
+            if not live[c]:
+                self._at_rest = not y.any()
+            np.einsum("cn,cn->n", y, y, out=sq[a:b])
+            c = e
+        return sq
 
     def _cuts(self, n: int) -> list[int]:
         """Where 100 ms quanta end inside the next ``n`` frames (offsets from the first)."""
