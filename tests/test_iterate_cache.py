@@ -95,7 +95,7 @@ def test_edited_mix_equals_a_fresh_render(tmp_path: Path, reads: list[str], sr: 
     # the cached sum is the stems' sum (each read back within its rounding)
     stems = sum(read_audio(p)[0] for p in res.stems.values())
     cached = np.fromfile(out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE, np.float32)
-    cached = cached.reshape(-1, channels).T
+    cached = cached.reshape(channels, -1)  # a row per channel
     assert float(np.abs(cached - stems).max()) <= 3 * TOLERANCE[bit_depth]
 
 

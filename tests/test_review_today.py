@@ -21,7 +21,7 @@ from tests.test_iterate_cache import SCENE, TOLERANCE, interrupted_edit, mix_of,
 
 def _cached_sum(out: Path, channels: int) -> np.ndarray:
     data = np.fromfile(out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE, np.float32)
-    return data.reshape(-1, channels).T
+    return data.reshape(channels, -1)  # a row per channel
 
 
 def _silence_in_place(path: Path, start_s: float, seconds: float, sr: int,

@@ -1,9 +1,11 @@
 """The mix bus: the running sum of the stems over the whole timeline, in flat memory.
 
 A short scene's sum is an array in memory (or in shared memory, for the stem processes); one too
-long to hold is a temporary file on the disk the render writes to, frames interleaved, so a
-stretch of time is one contiguous read and write (``os.pread``/``os.pwrite``: no mapping, so
-the memory the render holds does not grow with the scene). Stages add blocks to it, the master
+long to hold is a temporary file on the disk the render writes to, laid out as the array is:
+each channel's frames in a row of its own, one after the other (planar), so that a stretch of a
+channel is one contiguous read and write and a block is summed without reordering its frames
+(``os.pread``/``os.pwrite``: no mapping, so the memory the render holds does not grow with the
+scene). Stages add blocks to it, the master
 reads it back block by block, and may overwrite it with its effects' output.
 """
 
@@ -45,6 +47,7 @@ class Bus:
     def __init__(self, channels: int, frames: int, array: np.ndarray | None = None,
                  fd: int | None = None, path: Path | None = None) -> None:
         self.channels, self.frames = channels, frames
+        self._row = frames  # frames a channel's row holds in a file (``fold`` shortens the signal)
         self.array = array
         self.fd = fd
         self.path = path  # a named file, removed on close
@@ -78,49 +81,51 @@ class Bus:
         n = max(0, min(n, self.frames - start))
         if self.array is not None:
             return self.array[:, start:start + n].copy()
-        return self._read_frames(start, n).T.copy()
+        return self._read_rows(start, n)
 
-    def _read_frames(self, start: int, n: int) -> np.ndarray:
-        """Frames ``[start, start + n)`` of the file as they lie in it: ``(n, channels)``,
-        writable."""
-        assert self.fd is not None
-        size = n * self.channels * 4
-        data = bytearray(size)
-        view = memoryview(data)
-        got = 0
-        while got < size:
-            k = os.preadv(self.fd, [view[got:]], (start * self.channels) * 4 + got)
-            if k == 0:
-                raise OSError(f"the mix bus file ends at frame {start + got // 4} of "
-                              f"{self.frames}")
-            got += k
-        return np.frombuffer(data, np.float32).reshape(n, self.channels)
+    def _at(self, channel: int, frame: int) -> int:
+        """Where a channel's frame lies in the file, in bytes."""
+        return (channel * self._row + frame) * 4
 
-    def _write_frames(self, start: int, frames: np.ndarray) -> None:
-        """Write ``(n, channels)`` C-contiguous float32 frames at frame ``start``."""
+    def _read_rows(self, start: int, n: int) -> np.ndarray:
+        """Frames ``[start, start + n)`` of the file: a new ``(channels, n)`` array."""
         assert self.fd is not None
-        view = memoryview(frames.data).cast("B")
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self.fd, view[done:], start * self.channels * 4 + done)
+        out = np.empty((self.channels, n), np.float32)
+        for c in range(self.channels):
+            view = memoryview(out[c]).cast("B")
+            got = 0
+            while got < len(view):
+                k = os.preadv(self.fd, [view[got:]], self._at(c, start) + got)
+                if k == 0:
+                    raise OSError(f"the mix bus file ends in channel {c} at frame "
+                                  f"{start + got // 4} of {self.frames}")
+                got += k
+        return out
+
+    def _write_rows(self, start: int, block: np.ndarray) -> None:
+        """Write a ``(channels, n)`` block at frame ``start``."""
+        assert self.fd is not None
+        for c in range(self.channels):
+            view = memoryview(np.ascontiguousarray(block[c], np.float32)).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], self._at(c, start) + done)
 
     def write(self, start: int, block: np.ndarray) -> None:
         """Overwrite frames ``[start, start + block frames)`` with ``block``."""
         if self.array is not None:
             self.array[:, start:start + block.shape[1]] = block
             return
-        assert self.fd is not None
-        self._write_frames(start, np.ascontiguousarray(np.asarray(block, np.float32).T))
+        self._write_rows(start, block)
 
     def add(self, start: int, block: np.ndarray) -> None:
         """Add ``block`` (``(channels, n)``) into frames ``[start, start + n)``."""
         if self.array is not None:
             self.array[:, start:start + block.shape[1]] += block
             return
-        # summed where the frames lie, interleaved: no copy to and from the planar layout
-        now = self._read_frames(start, block.shape[1])
-        now += block.T
-        self._write_frames(start, now)
+        now = self._read_rows(start, block.shape[1])
+        now += block
+        self._write_rows(start, now)
 
     def blocks(self, size: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, block)`` over the whole signal, in order."""

@@ -1,8 +1,8 @@
 """The pre-master sum a render leaves for the next one (incremental renders).
 
 Input: a render folder, the stem keys its sum is made of, the earlier render's manifest. Output:
-``.cache/sum.f32`` (the float32 sum of the stems before the master, frames interleaved, as the
-mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The next render of
+``.cache/sum.f32`` (the float32 sum of the stems before the master, each channel's frames in a
+row of their own, as the mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The next render of
 the folder starts from that sum, subtracts the stems that changed as their earlier files hold
 them and adds their new renders, instead of reading every kept stem back: an edit to one
 element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
@@ -53,7 +53,7 @@ CACHE_DIR = ".cache"
 TAKES_DIR = "takes"  # the elements' conformed takes (``takes.conform.KeptTakes``)
 SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
-VERSION = 2  # 2: the stem files' size and modification time
+VERSION = 3  # 2: the stem files' size and modification time; 3: channels in rows
 MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
 # The encoder floors integer PCM, so each subtracted file leaves up to one step of its bit depth
 # in the sum, always of one sign: the error grows a step per edit (measured: 16 bits 3.05e-5 a
@@ -239,8 +239,8 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
     channels, frames = out.channels, out.frames
     if not on_disk(channels, frames):
         if reuse:
-            data = np.fromfile(path, np.float32).reshape(frames, channels)
-            return Bus(channels, frames, array=np.ascontiguousarray(data.T))
+            data = np.fromfile(path, np.float32).reshape(channels, frames)
+            return Bus(channels, frames, array=data)
         return Bus(channels, frames, array=np.zeros((channels, frames), np.float32))
     path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if reuse else os.O_TRUNC), 0o644)
@@ -264,7 +264,7 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     if bus.array is not None:
         path.parent.mkdir(exist_ok=True)
         with atomic_path(path) as tmp:
-            np.ascontiguousarray(bus.array.T).tofile(tmp)
+            np.ascontiguousarray(bus.array).tofile(tmp)
     st = path.stat()
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
