@@ -92,7 +92,7 @@ class Bus:
         assert self.fd is not None
         out = np.empty((self.channels, n), np.float32)
         for c in range(self.channels):
-            view = memoryview(out[c]).cast("B")
+            view = memoryview(out[c].data).cast("B")
             got = 0
             while got < len(view):
                 k = os.preadv(self.fd, [view[got:]], self._at(c, start) + got)
@@ -106,7 +106,7 @@ class Bus:
         """Write a ``(channels, n)`` block at frame ``start``."""
         assert self.fd is not None
         for c in range(self.channels):
-            view = memoryview(np.ascontiguousarray(block[c], np.float32)).cast("B")
+            view = memoryview(np.ascontiguousarray(block[c], np.float32).data).cast("B")
             done = 0
             while done < len(view):
                 done += os.pwrite(self.fd, view[done:], self._at(c, start) + done)

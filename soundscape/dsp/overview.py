@@ -38,14 +38,18 @@ class OverviewAccumulator:
         edges = self.edges
         inside = edges[(edges > pos) & (edges < pos + m)] - pos
         starts = np.concatenate([[0], np.unique(inside)]).astype(np.intp)
+        ends = np.append(starts[1:], m)
         b = np.searchsorted(edges, pos + starts, side="right") - 1
-        absmax = np.abs(block[0])
-        sq = np.square(block[0], dtype=np.float64)
-        for row in block[1:]:  # row by row: a reduction over a short axis is slow
-            np.maximum(absmax, np.abs(row), out=absmax)
-            sq += np.square(row, dtype=np.float64)
-        self.peak[b] = np.maximum(self.peak[b], np.maximum.reduceat(absmax, starts))
-        self.power[b] += np.add.reduceat(sq, starts)
+        peak = np.zeros(starts.size, np.float32)
+        power = np.zeros(starts.size, np.float64)
+        for row in block:  # row by row, piece by piece: reductions without temporaries
+            np.maximum(peak, np.maximum.reduceat(row, starts), out=peak)
+            np.maximum(peak, -np.minimum.reduceat(row, starts), out=peak)
+            for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
+                piece = row[s:e]
+                power[k] += float(np.dot(piece, piece))  # float32 dot: ample for whole dB
+        self.peak[b] = np.maximum(self.peak[b], peak)
+        self.power[b] += power
         self.pos = pos + m
 
     def result(self, sample_rate: float) -> dict[str, Any]:

@@ -69,11 +69,13 @@ class StemJob:
 
     @property
     def cost(self) -> float:
-        """Estimated work, in arbitrary units (about 0.4 ms each on the machine it was
+        """Estimated work, in arbitrary units (about 0.35 ms each on the machine it was
         calibrated on, benchmarks/mix.py). Every stem is built, summed and written over the
-        whole timeline; it is measured there too, in stereo when plays carry pans of their
-        own; effects run wherever the element sounds or its tail rings. A loop that settles
-        (``steady``) is measured and run through its effects only until it does."""
+        whole timeline; it is measured (in stereo when plays carry pans of their own) and run
+        through its effects wherever the element sounds or its tail rings (the meter skips
+        the silence between); measuring a second costs about two of building and writing it.
+        A loop that settles (``steady``) is measured and run through its effects only until
+        it does."""
         stereo = len(self.plan.pans) > 1 or any(t.shape[0] > 1 for t in self.takes)
         ch = 2.0 if stereo else 1.0
         effects = self.plan.effects
@@ -84,13 +86,12 @@ class StemJob:
                 (lp.times or 1) * take_s
         tail = chain_tail_s(effects)
         span += sum(c.length_s + tail for c in self.plan.clips)
-        measured, span = self.duration_s, min(span, self.duration_s)
+        span = min(span, self.duration_s)
         if self.steady:
             take_s = self.takes[self.plan.loops[0].take].shape[1] / self.sample_rate
-            settle = 4 * take_s + chain_memory_s(effects)
-            measured, span = min(measured, settle), min(span, settle)
+            span = min(span, 4 * take_s + chain_memory_s(effects))
         weight = sum(_EFFECT_WEIGHT.get(fx.name, 0.5) for fx in effects)
-        return self.duration_s + measured * ch + span * ch * weight
+        return self.duration_s + span * ch * (2.0 + weight)
 
     @property
     def steady(self) -> bool:
@@ -99,8 +100,9 @@ class StemJob:
         return may_settle(self.plan)
 
 
-# effects' work relative to measuring the same signal (benchmarks/mix.py's chains)
-_EFFECT_WEIGHT = {"reverb": 2.5, "convolution": 2.5, "delay": 0.6, "compressor": 0.4,
+# effects' work for a second of one channel, in ``StemJob.cost``'s units (benchmarks/mix.py's
+# chains)
+_EFFECT_WEIGHT = {"reverb": 2.5, "convolution": 2.5, "delay": 0.6, "compressor": 0.7,
                   "highpass": 0.2, "lowpass": 0.2, "low_shelf": 0.2, "high_shelf": 0.2,
                   "peak": 0.2, "gain": 0.1}
 

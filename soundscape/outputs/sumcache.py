@@ -2,11 +2,11 @@
 
 Input: a render folder, the stem keys its sum is made of, the earlier render's manifest. Output:
 ``.cache/sum.f32`` (the float32 sum of the stems before the master, each channel's frames in a
-row of their own, as the mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum of). The next render of
-the folder starts from that sum, subtracts the stems that changed as their earlier files hold
-them and adds their new renders, instead of reading every kept stem back: an edit to one
-element reads one old stem, not all of them (``open_stem``, ``subtract``), and the updated sum
-is measured once for the master (``master.measure_sum``).
+row of their own, as the mix bus holds it on disk) and ``.cache/sum.json`` (what it is the sum
+of). The next render of the folder starts from that sum, subtracts the stems that changed as
+their earlier files hold them and adds their new renders, instead of reading every kept stem
+back: an edit to one element reads one old stem, not all of them (``open_stem``, ``subtract``),
+and the updated sum is measured once for the master (``master.measure_sum``).
 
 Trust: the index names the stem key of every element in the sum, the size and modification time
 of each stem's file as the sum was saved, and the sum file's size and modification time. It is
