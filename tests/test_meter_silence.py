@@ -78,3 +78,21 @@ def test_a_meter_resting_in_silence_travels_and_measures_on() -> None:
     assert moved.energies == pytest.approx(whole.energies, rel=1e-6, abs=1e-12)
     assert moved.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-6)
     assert moved.true_peak == whole.true_peak
+
+
+def test_a_meter_travels_with_the_frames_it_has_gathered() -> None:
+    """Blocks shorter than a batch wait in the meter unmeasured (its filter untouched): sent to
+    another process then, the meter takes them along and reads what it would have read."""
+    sr = 44100
+    x = _plays(sr, 2)[:, sr:4 * sr]  # from the tone on
+    whole = measure(x, sr)
+    m = Meter(sr, 2)
+    m.add(x[:, :1000])  # gathered, not measured yet
+    m.add(x[:, 1000:5000])
+    moved = pickle.loads(pickle.dumps(m))
+    assert len(pickle.dumps(m)) < 20 * 5000 + 100_000  # the gathered frames, not a batch
+    moved.add(x[:, 5000:])
+    moved.finish()
+    assert moved.energies == pytest.approx(whole.energies, rel=1e-6, abs=1e-12)
+    assert moved.true_peak == pytest.approx(whole.true_peak, rel=1e-6)
+    assert moved.sample_peak == whole.sample_peak

@@ -335,8 +335,8 @@ class Meter:
         self.sample_peak = 0.0
         self._tp = 0.0
         self._peak_floor = peak_floor
-        self._queue: list[np.ndarray] = []  # blocks gathered, not measured yet
-        self._queued = 0
+        self._batch: np.ndarray | None = None  # where blocks are gathered (made on first use)
+        self._queued = 0  # frames gathered there, not measured yet
         self._finished = False
         # the K-weighted energy of each of the last ``period`` frames, kept (``retain``) for a
         # signal that may go on repeating them (``repeat``): frame f at index f % period
@@ -355,24 +355,30 @@ class Meter:
         """Measure the next ``(channels, n)`` frames. Short blocks are gathered (copied: the
         caller may reuse its buffer) and measured ``BATCH`` frames at a time, which gives the
         same figures with less work per frame."""
-        if block.shape[1] == 0 or self._gain_peak == 0.0:
-            self.frames += block.shape[1]
+        n = block.shape[1]
+        if n == 0 or self._gain_peak == 0.0:
+            self.frames += n
             return
-        if not self._queue and block.shape[1] >= BATCH:
+        if not self._queued and n >= BATCH:
             self._measure(np.asarray(block, dtype=np.float32))
             return
-        self._queue.append(np.array(block, dtype=np.float32))
-        self._queued += block.shape[1]
-        if self._queued >= BATCH:
-            self._flush()
+        if self._batch is None:
+            self._batch = np.empty((self._history.shape[0], BATCH), np.float32)
+        done = 0
+        while done < n:
+            k = min(n - done, BATCH - self._queued)
+            self._batch[:, self._queued:self._queued + k] = block[:, done:done + k]
+            self._queued += k
+            done += k
+            if self._queued == BATCH:
+                self._flush()
 
     def _flush(self) -> None:
-        if not self._queue:
+        if not self._queued:
             return
-        batch = self._queue[0] if len(self._queue) == 1 else \
-            np.concatenate(self._queue, axis=1)
-        self._queue, self._queued = [], 0
-        self._measure(batch)
+        assert self._batch is not None
+        queued, self._queued = self._queued, 0
+        self._measure(self._batch[:, :queued])  # keeps no reference to the gathered frames
 
     def _measure(self, block: np.ndarray) -> None:
         if self._loudness:
@@ -517,6 +523,7 @@ class Meter:
         self._finished = True
         # not sent back with it (a finished meter measures no more; a filter does not pickle)
         self._period, self._recent, self._kw = 0, np.zeros(0, np.float32), None
+        self._batch = None
         return self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -525,10 +532,15 @@ class Meter:
         if self._kw is not None and not self._at_rest:
             raise TypeError("a meter part-way through a signal cannot be sent to another "
                             "process: its filter's state stays here")
-        return {**self.__dict__, "_kw": None}
+        gathered = None if self._batch is None else self._batch[:, :self._queued].copy()
+        return {**self.__dict__, "_kw": None, "_batch": gathered}  # only what is gathered
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        gathered = self._batch
+        if gathered is not None:
+            self._batch = np.empty((gathered.shape[0], BATCH), np.float32)
+            self._batch[:, :gathered.shape[1]] = gathered
         if self._loudness and not self._finished:  # a loudness meter with more to measure
             self._kw = _k_weighting(self.sample_rate, self._history.shape[0])
 
