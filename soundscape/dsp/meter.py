@@ -362,12 +362,14 @@ class Meter:
         if not self._queued and n >= BATCH:
             self._measure(np.asarray(block, dtype=np.float32))
             return
+        lead = self._history.shape[1]
         if self._batch is None:
-            self._batch = np.empty((self._history.shape[0], BATCH), np.float32)
+            self._batch = np.empty((self._history.shape[0], lead + BATCH), np.float32)
         done = 0
         while done < n:
             k = min(n - done, BATCH - self._queued)
-            self._batch[:, self._queued:self._queued + k] = block[:, done:done + k]
+            at = lead + self._queued
+            self._batch[:, at:at + k] = block[:, done:done + k]
             self._queued += k
             done += k
             if self._queued == BATCH:
@@ -378,18 +380,24 @@ class Meter:
             return
         assert self._batch is not None
         queued, self._queued = self._queued, 0
-        self._measure(self._batch[:, :queued])  # keeps no reference to the gathered frames
+        # the gathered frames follow the history in the buffer: the true peak's taps read
+        # across the two without a concatenated copy (``_measure`` keeps no view of them)
+        lead = self._history.shape[1]
+        self._batch[:, :lead] = self._history
+        self._measure(self._batch[:, lead:lead + queued], self._batch[:, :lead + queued])
 
-    def _measure(self, block: np.ndarray) -> None:
+    def _measure(self, block: np.ndarray, ext: np.ndarray | None = None) -> None:
+        """Measure ``block``; ``ext``: the history followed by ``block``, if at hand."""
         if self._loudness:
             self._add_loudness(block)
         self.frames += block.shape[1]
-        peak = float(np.abs(block).max())
+        peak = max(float(block.max()), -float(block.min()))  # |x| without an |x| array
         self.sample_peak = max(self.sample_peak, peak * self._gain_peak)
         if self._true_peak:
-            ext = np.concatenate([self._history, block], axis=1)
+            if ext is None:
+                ext = np.concatenate([self._history, block], axis=1)
             reach = max(peak, float(np.abs(self._history).max(initial=0.0)))
-            self._history = ext[:, -(self._ip.taps - 1):]
+            self._history = ext[:, -(self._ip.taps - 1):].copy()
             floor = self._floor()
             if reach * self._ip.bound > floor:
                 gp = self._ip.max_gap_peak(ext, floor)
@@ -403,11 +411,11 @@ class Meter:
         cuts = self._cuts(n)
         if sq is None:
             parts = np.zeros(len(cuts) + 1)
-        else:  # the sum of each piece between the cuts, in one call
-            edges = np.array([0, *cuts], dtype=np.intp)
-            parts = np.zeros(len(cuts) + 1)
-            inside = edges < n
-            parts[inside] = np.add.reduceat(sq.astype(np.float64), edges[inside])
+        else:  # the sum of each piece between the cuts, in float64 (cast a buffer at a time:
+            # a reduceat with dtype casts the whole block into a new array first)
+            edges = [0, *cuts, n]
+            parts = np.array([float(np.add.reduce(sq[a:b], dtype=np.float64))
+                              for a, b in zip(edges, edges[1:], strict=False)])
         self._account(parts)
 
     def _k_energies(self, block: np.ndarray) -> np.ndarray | None:
@@ -532,15 +540,17 @@ class Meter:
         if self._kw is not None and not self._at_rest:
             raise TypeError("a meter part-way through a signal cannot be sent to another "
                             "process: its filter's state stays here")
-        gathered = None if self._batch is None else self._batch[:, :self._queued].copy()
+        lead = self._history.shape[1]
+        gathered = None if self._batch is None else \
+            self._batch[:, lead:lead + self._queued].copy()
         return {**self.__dict__, "_kw": None, "_batch": gathered}  # only what is gathered
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        gathered = self._batch
+        gathered, lead = self._batch, self._history.shape[1]
         if gathered is not None:
-            self._batch = np.empty((gathered.shape[0], BATCH), np.float32)
-            self._batch[:, :gathered.shape[1]] = gathered
+            self._batch = np.empty((gathered.shape[0], lead + BATCH), np.float32)
+            self._batch[:, lead:lead + gathered.shape[1]] = gathered
         if self._loudness and not self._finished:  # a loudness meter with more to measure
             self._kw = _k_weighting(self.sample_rate, self._history.shape[0])
 
