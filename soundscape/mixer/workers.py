@@ -70,12 +70,13 @@ class StemJob:
     @property
     def cost(self) -> float:
         """Estimated work, in arbitrary units (about 0.35 ms each on the machine it was
-        calibrated on, benchmarks/mix.py). Every stem is built, summed and written over the
-        whole timeline; it is measured (in stereo when plays carry pans of their own) and run
-        through its effects wherever the element sounds or its tail rings (the meter skips
-        the silence between); measuring a second costs about two of building and writing it.
-        A loop that settles (``steady``) is measured and run through its effects only until
-        it does."""
+        calibrated on, benchmarks/mix.py with two processes side by side, where writing and
+        summing, bound by memory, slow down more than effects do). Every stem is built,
+        summed and written over the whole timeline (1.5 units a second); it is measured (in
+        stereo when plays carry pans of their own) and run through its effects wherever the
+        element sounds or its tail rings (the meter skips the silence between): 3 units a
+        second and channel for measuring, and the effects' weights. A loop that settles
+        (``steady``) is measured and run through its effects only until it does."""
         stereo = len(self.plan.pans) > 1 or any(t.shape[0] > 1 for t in self.takes)
         ch = 2.0 if stereo else 1.0
         effects = self.plan.effects
@@ -91,7 +92,7 @@ class StemJob:
             take_s = self.takes[self.plan.loops[0].take].shape[1] / self.sample_rate
             span = min(span, 4 * take_s + chain_memory_s(effects))
         weight = sum(_EFFECT_WEIGHT.get(fx.name, 0.5) for fx in effects)
-        return self.duration_s + span * ch * (2.0 + weight)
+        return 1.5 * self.duration_s + span * ch * (3.0 + weight)
 
     @property
     def steady(self) -> bool:
