@@ -257,3 +257,40 @@ def test_the_reported_loudness_is_the_outputs_with_or_without_limiting(sr: int,
         if not expect_limiting:
             assert report.output_lufs == pytest.approx(report.input_lufs + report.gain_db,
                                                        abs=1e-9)
+
+
+def test_a_fresh_bus_on_disk_adds_without_reading_where_nothing_was_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bus file made zero for one bus: its first adds write without reading zeros back;
+    where an add reaches into what was written, it reads (the sums stay exact)."""
+    import os
+
+    reads: list[int] = []
+    preadv = os.preadv
+
+    def counting(fd, buffers, offset):  # type: ignore[no-untyped-def]
+        reads.append(sum(len(b) for b in buffers))
+        return preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    rng = np.random.default_rng(4)
+    n = 100_000
+    ref = np.zeros((2, n), np.float32)
+    made = Bus.named(2, n, tmp_path / "part.f32", create=True)
+    with Bus.named(2, n, tmp_path / "part.f32", create=False, fresh=True) as bus:
+        for a, k in [(0, 30_000), (30_000, 30_000), (70_000, 30_000)]:  # a first stem
+            block = rng.normal(0, 1, (2, k)).astype(np.float32)
+            bus.add(a, block)
+            ref[:, a:a + k] += block
+        assert reads == []
+        for a, k in [(50_000, 30_000), (0, 100_000)]:  # over a gap left zero, and the rest
+            block = rng.normal(0, 1, (2, k)).astype(np.float32)
+            bus.add(a, block)
+            ref[:, a:a + k] += block
+        assert sum(reads) == 2 * 4 * (100_000 + 30_000)  # all it added into, both channels
+    got = made.read(0, n)
+    assert np.array_equal(got, ref)
+    reads.clear()
+    made.add(0, np.ones((2, 10), np.float32))  # the maker's bus reads: another wrote it
+    assert reads and np.array_equal(made.read(0, 10), ref[:, :10] + 1)
+    made.close()

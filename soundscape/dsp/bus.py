@@ -45,12 +45,17 @@ class Bus:
     ``Bus.temporary`` has no name at all, so even ``kill -9`` leaves nothing behind)."""
 
     def __init__(self, channels: int, frames: int, array: np.ndarray | None = None,
-                 fd: int | None = None, path: Path | None = None) -> None:
+                 fd: int | None = None, path: Path | None = None,
+                 untouched_from: int | None = None) -> None:
         self.channels, self.frames = channels, frames
         self._row = frames  # frames a channel's row holds in a file (``fold`` shortens the signal)
         self.array = array
         self.fd = fd
         self.path = path  # a named file, removed on close
+        # A file made zero for this bus alone: from this frame on nothing was written to it
+        # yet, so an add there writes without reading zeros first (each stem process's first
+        # stem then costs no read, and the disk no zeroed pages). None: not known, read.
+        self._untouched = frames if untouched_from is None else untouched_from
 
     @classmethod
     def temporary(cls, channels: int, frames: int, folder: Path | None = None) -> Bus:
@@ -60,17 +65,22 @@ class Bus:
         with tempfile.TemporaryFile(dir=folder) as f:  # unlinked at once
             fd = os.dup(f.fileno())
         os.ftruncate(fd, channels * frames * 4)  # a sparse file: reads as zeros
-        return cls(channels, frames, fd=fd)
+        return cls(channels, frames, fd=fd, untouched_from=0)
 
     @classmethod
-    def named(cls, channels: int, frames: int, path: Path, create: bool) -> Bus:
-        """A sum in the file ``path`` (made, zero, when ``create``): another process's part."""
+    def named(cls, channels: int, frames: int, path: Path, create: bool,
+              fresh: bool = False) -> Bus:
+        """A sum in the file ``path`` (made, zero, when ``create``): another process's part.
+        ``fresh``: the file was made zero for this bus alone and nothing written to it yet
+        (the process that made it only reads it, once this one is done); the maker's own bus
+        does not assume so, the other process writing into it."""
         if create:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.ftruncate(fd, channels * frames * 4)
         else:
             fd = os.open(path, os.O_RDWR)
-        return cls(channels, frames, fd=fd, path=path if create else None)
+        return cls(channels, frames, fd=fd, path=path if create else None,
+                   untouched_from=0 if fresh and not create else None)
 
     @property
     def in_memory(self) -> bool:
@@ -117,15 +127,22 @@ class Bus:
             self.array[:, start:start + block.shape[1]] = block
             return
         self._write_rows(start, block)
+        self._untouched = max(self._untouched, start + block.shape[1])
 
     def add(self, start: int, block: np.ndarray) -> None:
         """Add ``block`` (``(channels, n)``) into frames ``[start, start + n)``."""
         if self.array is not None:
             self.array[:, start:start + block.shape[1]] += block
             return
-        now = self._read_rows(start, block.shape[1])
-        now += block
-        self._write_rows(start, now)
+        n = block.shape[1]
+        known = min(n, max(0, self._untouched - start))  # frames that may hold a sum already
+        if known:
+            now = self._read_rows(start, known)
+            now += block[:, :known]
+            self._write_rows(start, now)
+        if known < n:  # zeros so far: the block is the sum
+            self._write_rows(start + known, block[:, known:])
+        self._untouched = max(self._untouched, start + n)
 
     def blocks(self, size: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, block)`` over the whole signal, in order."""

@@ -202,7 +202,7 @@ def _worker(jobs: list[StemJob], part: str, shape: tuple[int, int], sample_rate:
     """Render a group of stems into the parent's ``part``: a shared-memory buffer's name, or
     the path of a bus file on disk."""
     if part.startswith("/"):
-        with Bus.named(*shape, Path(part), create=False) as bus:
+        with Bus.named(*shape, Path(part), create=False, fresh=True) as bus:
             return _render_group(jobs, bus, sample_rate, shape[0], bit_depth, stem_frames)
     shm = shared_memory.SharedMemory(name=part)
     try:

@@ -249,7 +249,7 @@ def open_bus(directory: Path, out: Output, reuse: bool) -> Bus:
     except OSError:
         os.close(fd)
         raise
-    return Bus(channels, frames, fd=fd)
+    return Bus(channels, frames, fd=fd, untouched_from=None if reuse else 0)
 
 
 def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: int,
