@@ -47,7 +47,9 @@ class OverviewAccumulator:
             np.maximum(peak, -np.minimum.reduceat(row, starts), out=peak)
             for k, (s, e) in enumerate(zip(starts, ends, strict=True)):
                 piece = row[s:e]
-                power[k] += float(np.dot(piece, piece))  # float32 dot: ample for whole dB
+                # summed in float32 (ample for whole dB); einsum, not np.dot: BLAS would wake
+                # threads that spin on the cores the other stem processes need
+                power[k] += float(np.einsum("i,i->", piece, piece))
         self.peak[b] = np.maximum(self.peak[b], peak)
         self.power[b] += power
         self.pos = pos + m
