@@ -319,11 +319,11 @@ def sum_true_peak_db(mix: Bus, sample_rate: int, sample_peak: float,
 def measure_sum(mix: Bus, sample_rate: int, pool: ThreadPoolExecutor) -> SumLevels:
     """The sum's loudness, sample and true peak, as the master's first pass would read them
     (``master_bus``'s ``measured_sum``), in two threads: the true peak on ``pool``'s as the
-    blocks go. The sample peak is read first: the
+    blocks go. The sample peak is read first (unless the bus knows it: ``Bus.peak``): the
     true peak then interpolates, from the first block on, only the gaps that could rise above
     it (from a running peak that starts at zero, most early gaps are worked for nothing)."""
-    sample_peak = max((float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)),
-                      default=0.0)
+    sample_peak = mix.peak if mix.peak is not None else max(
+        (float(np.abs(block).max(initial=0.0)) for _, block in mix.blocks(BLOCK)), default=0.0)
     loudness = Meter(sample_rate, mix.channels, true_peak=False)
     tp = sum_true_peak_db(mix, sample_rate, sample_peak, pool, also=loudness)
     return SumLevels(loudness.finish(), tp)

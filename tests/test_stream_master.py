@@ -294,3 +294,43 @@ def test_a_fresh_bus_on_disk_adds_without_reading_where_nothing_was_written(
     made.add(0, np.ones((2, 10), np.float32))  # the maker's bus reads: another wrote it
     assert reads and np.array_equal(made.read(0, 10), ref[:, :10] + 1)
     made.close()
+
+
+@pytest.mark.parametrize("on_disk", [False, True], ids=["memory", "file"])
+def test_adding_a_part_leaves_the_sums_peak_known_and_measured_alike(
+        on_disk: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add_bus`` sees every frame of the sum it makes: it keeps the sample peak (a silent
+    stretch of the part included, where the peak lies in the other), the sum's measuring skips
+    its own pass for it, and reads the same figures; any later change forgets the peak."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soundscape.master import measure_sum
+
+    if on_disk:
+        monkeypatch.setattr(busmod, "IN_MEMORY_BYTES", 1024)
+    sr, n = 48000, 5 * 48000
+    rng = np.random.default_rng(9)
+    a = rng.normal(0, 0.1, (2, n)).astype(np.float32)
+    a[1, 3 * sr + 17] = -0.93  # the peak, where the part is silent
+    b = rng.normal(0, 0.1, (2, n)).astype(np.float32)
+    b[:, sr:9 * sr // 2] = 0.0  # whole blocks of it
+    with Bus.temporary(2, n, tmp_path) as mix, Bus.temporary(2, n, tmp_path) as part:
+        mix.add(0, a)
+        part.add(0, b)
+        assert mix.peak is None
+        mix.add_bus(part)
+        whole = mix.read(0, n)
+        assert mix.peak == float(np.abs(whole).max()) == float(np.abs(a + b).max())
+        with ThreadPoolExecutor(2) as pool:
+            known = measure_sum(mix, sr, pool)
+            mix.peak = None
+            read = measure_sum(mix, sr, pool)
+        assert known.loudness.sample_peak == read.loudness.sample_peak
+        assert known.true_peak_db == read.true_peak_db
+        assert known.loudness.integrated_loudness() == read.loudness.integrated_loudness()
+        mix.add_bus(part)
+        mix.add(10, np.ones((2, 1), np.float32))
+        assert mix.peak is None
+        mix.add_bus(part)
+        mix.write(0, np.zeros((2, 1), np.float32))
+        assert mix.peak is None

@@ -56,6 +56,9 @@ class Bus:
         # yet, so an add there writes without reading zeros first (each stem process's first
         # stem then costs no read, and the disk no zeroed pages). None: not known, read.
         self._untouched = frames if untouched_from is None else untouched_from
+        # the signal's sample peak, where ``add_bus`` saw every frame of it last; any other
+        # change forgets it (None)
+        self.peak: float | None = None
 
     @classmethod
     def temporary(cls, channels: int, frames: int, folder: Path | None = None) -> Bus:
@@ -123,6 +126,7 @@ class Bus:
 
     def write(self, start: int, block: np.ndarray) -> None:
         """Overwrite frames ``[start, start + block frames)`` with ``block``."""
+        self.peak = None
         if self.array is not None:
             self.array[:, start:start + block.shape[1]] = block
             return
@@ -131,18 +135,28 @@ class Bus:
 
     def add(self, start: int, block: np.ndarray) -> None:
         """Add ``block`` (``(channels, n)``) into frames ``[start, start + n)``."""
+        self._add(start, block)
+        self.peak = None
+
+    def _add(self, start: int, block: np.ndarray) -> list[np.ndarray]:
+        """``add``; returns the frames added into as they now are (in pieces)."""
         if self.array is not None:
-            self.array[:, start:start + block.shape[1]] += block
-            return
+            view = self.array[:, start:start + block.shape[1]]
+            view += block
+            return [view]
         n = block.shape[1]
         known = min(n, max(0, self._untouched - start))  # frames that may hold a sum already
+        pieces = []
         if known:
             now = self._read_rows(start, known)
             now += block[:, :known]
             self._write_rows(start, now)
+            pieces.append(now)
         if known < n:  # zeros so far: the block is the sum
             self._write_rows(start + known, block[:, known:])
+            pieces.append(block[:, known:])
         self._untouched = max(self._untouched, start + n)
+        return pieces
 
     def blocks(self, size: int = BLOCK) -> Iterator[tuple[int, np.ndarray]]:
         """``(start, block)`` over the whole signal, in order."""
@@ -150,10 +164,17 @@ class Bus:
             yield start, self.read(start, size)
 
     def add_bus(self, other: Bus, size: int = BLOCK) -> None:
-        """Add another bus of the same shape into this one, block by block."""
+        """Add another bus of the same shape into this one, block by block. Every frame of the
+        result passes by, so its sample peak is kept (``peak``), which the sum's measuring
+        would otherwise read the whole bus for."""
+        peak = 0.0
         for start, block in other.blocks(size):
-            if block.any():
-                self.add(start, block)
+            pieces = self._add(start, block) if block.any() else \
+                [self.read(start, block.shape[1])]
+            for piece in pieces:
+                if piece.size:
+                    peak = max(peak, float(piece.max()), -float(piece.min()))
+        self.peak = peak
 
     def fold(self, frames: int) -> None:
         """Make the bus a loop of ``frames``: what lies past them (the tails and loops that
