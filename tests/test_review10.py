@@ -1,0 +1,200 @@
+"""Review of the mixer speed-ups (issue 23 item 7): the disk bus, its sum cache, the stem
+processes and the meter's silence skip against the in-memory, one-process renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import soundscape.dsp.bus as bus_module
+from soundscape.audio_io import read_audio
+from soundscape.pipelines.render import render
+from tests.conftest import wav
+
+LOOPED = """name: tails
+duration: 2 s
+sample_rate: {sr}
+channels: {channels}
+master: {{loudness: -10 LUFS, ceiling: -1 dBTP{loop}}}
+elements:
+  hit:
+    file: hit.wav
+    at: [1.8 s]
+    effects: [{{reverb: {{room_size: 0.95, damping: 0.2, wet: 0.8, dry: 0.5}}}}]
+  bed: {{file: bed.wav, loop: {{crossfade: 300 ms}}, volume: -12 dB}}
+  drip: {{file: drip.wav, scatter: {{interval: [0.3 s, 0.7 s], pan_jitter: 0.5}}}}
+"""
+
+
+def _scene(root: Path, sr: int, channels: int, loop: bool = True) -> Path:
+    rng = np.random.default_rng(4)
+    hit = np.zeros(sr // 2, np.float32)
+    hit[: sr // 10] = rng.normal(0, 0.3, sr // 10) * np.linspace(1, 0, sr // 10)
+    wav(root / "hit.wav", hit, sr)
+    wav(root / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(root / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    path = root / "s.yaml"
+    path.write_text(LOOPED.format(sr=sr, channels=channels,
+                                  loop=", loopable: 500 ms" if loop else ""))
+    return path
+
+
+def _mix(res: object) -> np.ndarray:
+    y, _ = read_audio(res.mix)  # type: ignore[attr-defined]
+    return y
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
+@pytest.mark.parametrize("loopable", [True, False])
+def test_disk_bus_and_stem_processes_mix_as_one_process_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int,
+        loopable: bool) -> None:
+    # a loopable mix folds a disk bus whose tails run five loops past its end; a plain one
+    # keeps the sample peak the stem processes' parts were added with (``Bus.peak``)
+    scene = _scene(tmp_path, sr, channels, loop=loopable)
+    [ref] = render(scene, out=tmp_path / "ref", jobs=1, bit_depth=32)
+    monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    [one] = render(scene, out=tmp_path / "one", jobs=1, bit_depth=32)
+    [two] = render(scene, out=tmp_path / "two", jobs=2, bit_depth=32)
+    [again] = render(scene, out=tmp_path / "again", jobs=2, bit_depth=32)
+    r = _mix(ref)
+    assert np.array_equal(_mix(one), r)  # the same adds in the same order, on disk
+    assert float(np.abs(_mix(two) - r).max()) <= 1e-6
+    assert np.array_equal(_mix(two), _mix(again))  # the same bits every time (tags hold times)
+    assert two.mix_lufs == pytest.approx(ref.mix_lufs, abs=1e-3)
+    assert two.mix_true_peak_dbtp == pytest.approx(ref.mix_true_peak_dbtp, abs=1e-3)
+
+
+EDITED = """name: it
+duration: 4 s
+sample_rate: {sr}
+channels: {channels}
+elements:
+  bed: {{file: bed.wav, loop: {{crossfade: 300 ms}}, volume: {bed}}}
+  drip: {{file: drip.wav, scatter: {{interval: [0.5 s, 1.5 s], pan_jitter: 0.5}}, volume: {drip}}}
+  tone: {{file: tone.wav, at: 1 s, volume: -6 dB, effects: [{{lowpass: {{cutoff: 2 kHz}}}}]}}
+  hum: {{file: tone.wav, at: 0.2 s, volume: -9 dB}}
+master: {{loudness: -20 LUFS}}
+"""
+
+
+@pytest.mark.parametrize("disk", [False, True])
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("edits", [("-12 dB", "0 dB"), ("-12 dB", "-3 dB")])
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
+def test_edits_of_a_kept_sum_equal_a_fresh_render(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int,
+        edits: tuple[str, str], jobs: int, disk: bool) -> None:
+    if disk:
+        monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    rng = np.random.default_rng(1)
+    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    t = np.arange(48000) / 48000
+    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    scene = tmp_path / "it.yaml"
+    scene.write_text(EDITED.format(sr=sr, channels=channels, bed="-6 dB", drip="0 dB"))
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=jobs, bit_depth=32)
+    for bed, drip in [edits, ("-6 dB", "0 dB"), edits]:  # edits in a row, on the kept sum
+        scene.write_text(EDITED.format(sr=sr, channels=channels, bed=bed, drip=drip))
+        [res] = render(scene, out=out, jobs=jobs, bit_depth=32)
+        [fresh] = render(scene, out=tmp_path / f"fresh{bed}{drip}", jobs=1, bit_depth=32)
+        assert float(np.abs(_mix(res) - _mix(fresh)).max()) <= 5e-7
+        assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
+        assert res.mix_true_peak_dbtp == pytest.approx(fresh.mix_true_peak_dbtp, abs=1e-3)
+
+
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
+def test_only_on_a_disk_bus_with_stem_processes_mixes_as_in_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int) -> None:
+    rng = np.random.default_rng(1)
+    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    t = np.arange(48000) / 48000
+    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    scene = tmp_path / "it.yaml"
+    results = []
+    for disk, jobs in [(False, 1), (True, 2)]:
+        if disk:
+            monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+        scene.write_text(EDITED.format(sr=sr, channels=channels, bed="-6 dB", drip="0 dB"))
+        out = tmp_path / f"o{jobs}"
+        render(scene, out=out, jobs=jobs, bit_depth=32)
+        scene.write_text(EDITED.format(sr=sr, channels=channels, bed="-12 dB", drip="-3 dB"))
+        [res] = render(scene, out=out, jobs=jobs, bit_depth=32, only=["bed", "drip", "hum"])
+        results.append(res)
+    a, b = results
+    assert float(np.abs(_mix(a) - _mix(b)).max()) <= 5e-7
+    assert a.mix_lufs == pytest.approx(b.mix_lufs, abs=1e-3)
+
+
+@pytest.mark.parametrize("disk", [False, True])
+def test_a_version_2_interleaved_sum_is_not_misread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk: bool) -> None:
+    import json
+
+    from soundscape.outputs import sumcache
+
+    if disk:
+        monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    rng = np.random.default_rng(1)
+    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    t = np.arange(48000) / 48000
+    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    scene = tmp_path / "it.yaml"
+    scene.write_text(EDITED.format(sr=48000, channels=2, bed="-6 dB", drip="0 dB"))
+    out = tmp_path / "o"
+    [first] = render(scene, out=out, jobs=1, bit_depth=32)
+    folder = Path(first.mix).parent / sumcache.CACHE_DIR
+    index = json.loads((folder / sumcache.INDEX_FILE).read_text())
+    data = np.fromfile(folder / sumcache.SUM_FILE, np.float32).reshape(2, -1)
+    data.T.copy().tofile(folder / sumcache.SUM_FILE)  # as version 2 kept it: interleaved
+    st = (folder / sumcache.SUM_FILE).stat()
+    index.update(version=2, file={"bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    (folder / sumcache.INDEX_FILE).write_text(json.dumps(index))
+    scene.write_text(EDITED.format(sr=48000, channels=2, bed="-12 dB", drip="0 dB"))
+    [res] = render(scene, out=out, jobs=1, bit_depth=32)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1, bit_depth=32)
+    assert float(np.abs(_mix(res) - _mix(fresh)).max()) <= 5e-7
+
+
+@pytest.mark.parametrize("disk", [False, True])
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_add_bus_keeps_the_sum_and_its_sample_peak(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk: bool, channels: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from soundscape.dsp.bus import Bus
+    from soundscape.master import measure_sum
+
+    if disk:
+        monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    rng = np.random.default_rng(2)
+    frames, sr = 3 * bus_module.BLOCK + 77, 48000
+    want = np.zeros((channels, frames), np.float32)
+    with Bus.temporary(channels, frames, tmp_path) as mix, \
+            Bus.temporary(channels, frames, tmp_path) as part:
+        assert mix.in_memory is not disk
+        # adds out of order, some past what was written, one only on the part; the largest
+        # sample of the sum negative, in a block the mix alone had silent
+        for bus, start, n in [(mix, 5000, 900), (mix, 200, 100), (mix, 150000, 30000),
+                              (part, 100, 400), (part, 70000, 5000), (part, 190000, 6000)]:
+            block = (rng.standard_normal((channels, n)) * 0.2).astype(np.float32)
+            bus.add(start, block)
+            want[:, start:start + n] += block
+        part.add(72000, np.full((channels, 1), -1.5, np.float32))
+        want[:, 72000] += -1.5
+        mix.add_bus(part)
+        got = np.concatenate([b for _, b in mix.blocks()], axis=1)
+        assert np.array_equal(got, want)
+        assert mix.peak == float(np.abs(want).max())
+        with ThreadPoolExecutor(2) as pool:
+            kept = measure_sum(mix, sr, pool)
+            mix.peak = None
+            read = measure_sum(mix, sr, pool)
+        assert kept.true_peak_db == read.true_peak_db
+        assert kept.loudness.energies == read.loudness.energies
