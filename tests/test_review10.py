@@ -198,3 +198,70 @@ def test_add_bus_keeps_the_sum_and_its_sample_peak(
             read = measure_sum(mix, sr, pool)
         assert kept.true_peak_db == read.true_peak_db
         assert kept.loudness.energies == read.loudness.energies
+
+
+class _Unskipped:
+    """A meter that filters every frame, silence included (what the skip must equal)."""
+
+    @staticmethod
+    def energies(self: object, block: np.ndarray) -> np.ndarray:
+        from soundscape.dsp import meter
+
+        y = meter._k_filter(self._kw, block, self.sample_rate)  # type: ignore[attr-defined]
+        return np.einsum("cn,cn->n", y, y)
+
+
+def _endings(sr: int, channels: int) -> dict[str, np.ndarray]:
+    """Sound, then what a stem ends or pauses on: silence, -0.0, a denormal, a tiny offset,
+    a lone click."""
+    rng = np.random.default_rng(6)
+    n = 3 * sr
+    t = np.arange(n) / sr
+    sound = np.zeros((channels, n), np.float32)
+    sound[:, : sr // 2] = 0.5 * np.sin(2 * np.pi * 997 * t[: sr // 2])
+    out = {"silence": sound}
+    x = sound.copy()
+    x[:, sr // 2:] = -0.0
+    out["negative zero"] = x
+    x = sound.copy()
+    x[:, sr // 2 + 9000] = 1e-40
+    out["denormal"] = x
+    x = sound.copy()
+    x[:, sr // 2:] = 1e-7
+    out["offset"] = x
+    x = sound.copy()
+    x[:, 2 * sr + 17] = rng.uniform(-1, 1, channels)
+    out["click"] = x
+    return out
+
+
+@pytest.mark.parametrize("sr", [22050, 48000, 192000])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_the_meter_skips_silence_with_the_energies_of_filtering_it(
+        monkeypatch: pytest.MonkeyPatch, sr: int, channels: int) -> None:
+    import pickle
+
+    from soundscape.dsp import meter
+
+    def run(blocks: list[int], send: bool) -> list[list[float]]:
+        got = []
+        for x in _endings(sr, channels).values():
+            m = meter.Meter(sr, channels, true_peak=False)
+            at = k = 0
+            while at < x.shape[1]:
+                b = blocks[k % len(blocks)]
+                m.add(x[:, at:at + b])
+                at, k = at + b, k + 1
+                if send and m._at_rest:  # sent to another process where at rest
+                    m = pickle.loads(pickle.dumps(m))
+            got.append(m.finish().energies)
+        return got
+
+    # (the batches' bounds move the float64 sums' rounding: each pattern against itself)
+    patterns = [[1 << 20], [8191, 8193, 1], [3 * meter.BATCH // 2, 7]]
+    skipped = [(run(p, False), run(p, True)) for p in patterns]
+    monkeypatch.setattr(meter.Meter, "_k_energies", _Unskipped.energies)
+    for p, (kept, sent) in zip(patterns, skipped, strict=True):
+        filtered = run(p, False)
+        assert kept == filtered
+        assert sent == filtered
