@@ -265,3 +265,50 @@ def test_the_meter_skips_silence_with_the_energies_of_filtering_it(
         filtered = run(p, False)
         assert kept == filtered
         assert sent == filtered
+
+
+def _block_dc_by_sosfilt(audio: np.ndarray, sr: int) -> np.ndarray:
+    """The DC blocker as it was before its recursions were written out: butter's section run
+    by scipy.signal.sosfilt, warm-up and rest rule as in ``dcblock``'s docstring."""
+    from scipy.signal import butter, sosfilt, sosfilt_zi
+
+    from soundscape.dsp.dcblock import DC_CUTOFF_HZ, WARM_UP_CUTOFF_PERIODS
+
+    n = audio.shape[1]
+    period = round(sr / DC_CUTOFF_HZ)
+    if n < period:
+        return audio.astype(np.float32)
+    sos = np.asarray(butter(2, DC_CUTOFF_HZ, "highpass", fs=sr, output="sos"))
+    first = audio[:, 0].astype(np.float64)
+    opening = audio[:, :period].mean(axis=1, dtype=np.float64)
+    zi = sosfilt_zi(sos)[:, None, :] * opening[None, :, None]
+    warm = min(n - 1, round(WARM_UP_CUTOFF_PERIODS * sr / DC_CUTOFF_HZ))
+    if warm > 0:
+        before = 2 * opening[:, None] - audio[:, warm:0:-1].astype(np.float64)
+        _, zi = sosfilt(sos, before, axis=-1, zi=zi)
+    zi[:, np.abs(first - opening) >= np.abs(first), :] = 0.0
+    y, _ = sosfilt(sos, audio.astype(np.float64), axis=-1, zi=zi)
+    return y.astype(np.float32)
+
+
+@pytest.mark.parametrize("sr", [8000, 22050, 44100, 48000, 96000, 192000])
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_block_dc_is_the_sosfilt_dc_blocker_to_an_ulp(sr: int, channels: int) -> None:
+    from soundscape.dsp.dcblock import block_dc
+
+    rng = np.random.default_rng(sr + channels)
+    period = round(sr / 15)
+    for n in (period - 1, period, period + 1, 3 * period + 7, 2 * sr):
+        t = np.arange(n) / sr
+        takes = [rng.standard_normal((channels, n)) * 0.1 + 0.5,  # starts on its offset
+                 np.sin(2 * np.pi * 440 * t)[None].repeat(channels, 0) * 0.5,  # from 0
+                 np.concatenate([np.zeros((channels, n // 2)),
+                                 rng.standard_normal((channels, n - n // 2))], axis=1),
+                 rng.standard_normal((channels, n)) * 1e3 + 3e5,  # a huge offset
+                 np.sin(2 * np.pi * 5 * t)[None].repeat(channels, 0) * 0.8]  # sub-sonic
+        for x in takes:
+            x = x.astype(np.float32)
+            want, got = _block_dc_by_sosfilt(x, sr), block_dc(x, sr)
+            assert got.dtype == np.float32 and got.shape == x.shape
+            scale = np.float32(max(float(np.abs(want).max()), float(np.abs(x).max())))
+            assert float(np.abs(got.astype(np.float64) - want).max()) <= np.spacing(scale)
