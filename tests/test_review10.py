@@ -312,3 +312,40 @@ def test_block_dc_is_the_sosfilt_dc_blocker_to_an_ulp(sr: int, channels: int) ->
             assert got.dtype == np.float32 and got.shape == x.shape
             scale = np.float32(max(float(np.abs(want).max()), float(np.abs(x).max())))
             assert float(np.abs(got.astype(np.float64) - want).max()) <= np.spacing(scale)
+
+
+@pytest.mark.parametrize("sr", [11025, 22050, 44100, 96000])
+@pytest.mark.parametrize("kind", ["tonal", "noisy"])
+def test_loop_points_are_those_scipys_resampling_and_correlation_choose(
+        monkeypatch: pytest.MonkeyPatch, sr: int, kind: str) -> None:
+    from scipy import fft
+    from scipy.signal import fftconvolve, resample_poly
+
+    from soundscape.mixer import loops
+
+    rng = np.random.default_rng(sr)
+    n = int(sr * 4.3)
+    t = np.arange(n) / sr
+    take = np.stack([np.sin(2 * np.pi * 220.3 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 0.7 * t)),
+                     np.sin(2 * np.pi * 329.6 * t + 1.0)]) * 0.3 if kind == "tonal" else \
+        rng.standard_normal((2, n)) * 0.1 * (1 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
+    take = take.astype(np.float32)
+    xf = loops.max_crossfade(n) // 2
+    ours = loops.best_loop_points(take, xf, sr)
+
+    def segment_corr(head: np.ndarray, tail: np.ndarray, ends: np.ndarray,
+                     xf: int) -> np.ndarray:
+        region = tail[:, ends[0] - xf:ends[-1]]
+        num = sum(fftconvolve(r, h[::-1], mode="valid") for r, h in zip(region, head,
+                                                                          strict=True))
+        c = np.concatenate([[0.0], np.cumsum((region ** 2).sum(axis=0))])
+        energy = c[xf:] - c[:-xf]
+        return num / (np.sqrt(np.maximum(energy, 0.0) * float((head * head).sum())) + 1e-12)
+
+    monkeypatch.setattr(loops, "_resample_poly",
+                        lambda x, up, down: resample_poly(x, up, down, axis=1))
+    monkeypatch.setattr(loops, "_fast_len", lambda k: fft.next_fast_len(k, real=True))
+    monkeypatch.setattr(loops, "_segment_corr", segment_corr)
+    theirs = loops.best_loop_points(take, xf, sr)
+    assert (ours.start, ours.end) == (theirs.start, theirs.end)
+    assert ours.correlation == pytest.approx(theirs.correlation, abs=1e-9)
