@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-IN_MEMORY_BYTES = 1 << 27  # 128 MiB: 11.6 minutes of 48 kHz stereo; longer sums go to disk
+IN_MEMORY_BYTES = 1 << 27  # 128 MiB: 5.8 minutes of 48 kHz stereo; longer sums go to disk
 BLOCK = 1 << 16
 
 
