@@ -76,6 +76,8 @@ elements:
   drip: {{file: drip.wav, scatter: {{interval: [0.5 s, 1.5 s], pan_jitter: 0.5}}, volume: {drip}}}
   tone: {{file: tone.wav, at: 1 s, volume: -6 dB, effects: [{{lowpass: {{cutoff: 2 kHz}}}}]}}
   hum: {{file: tone.wav, at: 0.2 s, volume: -9 dB}}
+  hum2: {{file: tone.wav, at: 2.2 s, volume: -12 dB, pan: 0.3}}
+  drip2: {{file: drip.wav, scatter: {{interval: [0.4 s, 0.9 s]}}, volume: -6 dB}}
 master: {{loudness: -20 LUFS}}
 """
 
@@ -84,7 +86,7 @@ master: {{loudness: -20 LUFS}}
 @pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("edits", [("-12 dB", "0 dB"), ("-12 dB", "-3 dB")])
 @pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
-def test_edits_of_a_kept_sum_equal_a_fresh_render(
+def test_edits_of_a_kept_sum_equal_a_fresh_render(  # one edit: ``Update``; two: ``subtract``
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int,
         edits: tuple[str, str], jobs: int, disk: bool) -> None:
     if disk:
@@ -349,3 +351,30 @@ def test_loop_points_are_those_scipys_resampling_and_correlation_choose(
     theirs = loops.best_loop_points(take, xf, sr)
     assert (ours.start, ours.end) == (theirs.start, theirs.end)
     assert ours.correlation == pytest.approx(theirs.correlation, abs=1e-9)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
+def test_elements_added_to_a_kept_sum_on_disk_are_summed_onto_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int,
+        jobs: int) -> None:
+    # nothing to subtract: the kept sum file is the bus as it is, and the new stems are added
+    # into it (read, not taken for zeros)
+    monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
+    rng = np.random.default_rng(1)
+    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
+    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
+    t = np.arange(48000) / 48000
+    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    scene = tmp_path / "it.yaml"
+    full = EDITED.format(sr=sr, channels=channels, bed="-6 dB", drip="0 dB")
+    lines = full.splitlines(keepends=True)
+    scene.write_text("".join(line for line in lines if "hum2" not in line
+                             and "drip2" not in line))
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=jobs, bit_depth=32)
+    scene.write_text(full)
+    [res] = render(scene, out=out, jobs=jobs, bit_depth=32)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1, bit_depth=32)
+    assert float(np.abs(_mix(res) - _mix(fresh)).max()) <= 5e-7
+    assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
