@@ -482,33 +482,6 @@ def test_a_replaced_stem_leaves_the_page_cache_as_it_is_read(tmp_path: Path) -> 
         assert _resident(paths[0]) < 0.3  # what is left: the last 12 MB at most
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="the page cache is read by mincore(2)")
-@pytest.mark.parametrize("replaced", [True, False], ids=["replaced", "kept"])
-def test_an_earlier_stem_is_read_ahead_as_it_is_opened(tmp_path: Path, replaced: bool) -> None:
-    """A stem the full render wrote was handed to the disk: an edit that opens it to read it
-    back into the sum asks the kernel for all of it at once, before the first block is read,
-    instead of waiting on the disk block by block."""
-    import tempfile
-    import time
-    from types import SimpleNamespace
-
-    with tempfile.TemporaryDirectory(dir=Path.cwd() if _on_tmpfs(tmp_path) else tmp_path) as d:
-        sr, frames = 48000, 48000 * 60
-        audio = np.random.default_rng(6).normal(0, 0.1, (2, frames)).astype(np.float32)
-        path = wav(Path(d) / "old.wav", audio, sr)
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
-        assert _resident(path) < 0.05
-        with sumcache.open_stem(path, SimpleNamespace(channels=2, frames=frames),
-                                replaced=replaced):
-            deadline = time.monotonic() + 5
-            while _resident(path) < 0.95 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert _resident(path) >= 0.95  # nothing read yet but the header
-
-
 @pytest.fixture
 def sum_on_disk(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every sum goes to a file, as a long scene's does (a 4 s one is held in memory), and the

@@ -1,5 +1,5 @@
 """Review of the edit path's page-cache dropping (``audio_io.forget_cached``,
-``sumcache._Ahead``) and of the meter's pedalboard K-weighting, on inputs their own tests
+``sumcache._Replaced``) and of the meter's pedalboard K-weighting, on inputs their own tests
 did not try."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def test_an_edit_never_drops_the_pages_of_the_stem_it_just_wrote(
     edit reads the rest of the earlier file only once the new one has been renamed onto its
     name. The pages dropped must still be the earlier file's (the one being read), never those
     of the file the render has just written and reads again (tags, overview, next edit)."""
-    monkeypatch.setattr(sumcache._Ahead, "STEP", 4096)  # a 4 s stem drops as a long one
-    monkeypatch.setattr(sumcache._Ahead, "MARGIN", 0)
+    monkeypatch.setattr(sumcache._Replaced, "STEP", 4096)  # a 4 s stem drops as a long one
+    monkeypatch.setattr(sumcache._Replaced, "MARGIN", 0)
     scene = write_scene(tmp_path, 48000, 2)
     out = tmp_path / "o"
     render(scene, out=out, jobs=1)

@@ -275,69 +275,47 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
 
 
-READ_AHEAD = 32 << 20  # bytes of an earlier stem asked for ahead of its reading
-ADVICE = 128 << 10  # bytes per request (a request reads no more than the device's read-ahead)
+class _Replaced:
+    """An earlier stem file that this render replaces (or removes), read once from start to
+    end: what has been read of it is dropped from the page cache as the reading goes
+    (``audio_io.forget_cached``), for the new stem's and mix's pages to reuse."""
 
-
-def _read_ahead(fd: int, start: int, end: int) -> None:
-    """Ask the kernel to read bytes ``[start, end)`` of ``fd``'s file into the page cache, in
-    the background. A stem the full render wrote was handed to the disk as it went
-    (``audio_io``): an edit reading it back a block at a time otherwise waits on the disk
-    block after block, and the sum's measuring processes wait with it. One request reads at
-    most the device's read-ahead (8 MiB here, often 128 KiB), so the range goes in pieces."""
-    with contextlib.suppress(OSError):
-        for at in range(start, end, ADVICE):
-            os.posix_fadvise(fd, at, min(ADVICE, end - at), os.POSIX_FADV_WILLNEED)
-
-
-class _Ahead:
-    """An earlier stem file read once from start to end, asked for ``READ_AHEAD`` bytes ahead
-    of its reading; with ``drop``, what has been read is dropped from the page cache as the
-    reading goes (``audio_io.forget_cached``), for the new stem's and mix's pages to reuse."""
-
-    STEP = 8 << 20  # bytes asked for, and dropped, at a time
+    STEP = 8 << 20  # bytes dropped at a time
     MARGIN = 4 << 20  # bytes left behind the reading position (the decoder reads ahead)
 
-    def __init__(self, f: Any, fd: int, linear: bool, drop: bool) -> None:
+    def __init__(self, f: Any, fd: int, linear: bool) -> None:
         # ``fd``: open on the file ``f`` reads, not its name, which the new stem may take
         # (renamed onto it) before the reading ends: an edit reads the rest of the earlier
         # stem after its new one is written when the new one ends in silence
-        self._f, self._fd, self._drop = f, fd, drop
+        self._f, self._fd = f, fd
         self._bytes, self._frames = os.fstat(fd).st_size, max(1, f.frames)
         self._read = self._dropped = 0
         # ``linear``: its bytes go as its frames (WAV). A FLAC file's do not (silence takes
-        # next to nothing): where it was read is not known, and it is asked for whole at once
-        # and dropped once read (``done``), not behind the reading: pages dropped ahead of it
-        # are read again from the disk (half of a 33 MB stem whose first half is silent)
+        # next to nothing): where it was read is not known, and it is dropped once read
+        # (``done``), not behind the reading: pages dropped ahead of it are read again from
+        # the disk (half of a 33 MB stem whose first half is silent)
         self._linear = linear
-        self._asked = self._bytes if not linear else min(self._bytes, READ_AHEAD)
-        _read_ahead(fd, 0, self._asked)
 
     def read(self, n: int) -> np.ndarray:
         chunk: np.ndarray = self._f.read(n)
         self._read += chunk.shape[1]
-        at = self._bytes * self._read // self._frames
-        if self._asked < self._bytes and at + READ_AHEAD >= self._asked + self.STEP:
-            end = min(self._bytes, at + READ_AHEAD)
-            _read_ahead(self._fd, self._asked, end)
-            self._asked = end
-        upto = at - self.MARGIN
-        if self._drop and self._linear and upto >= self._dropped + self.STEP:
+        upto = self._bytes * self._read // self._frames - self.MARGIN
+        if self._linear and upto >= self._dropped + self.STEP:
             forget_cached(self._fd, upto)
             self._dropped = upto
         return chunk
 
     def done(self) -> None:
         """The reading has ended: a file not dropped as it was read is dropped whole."""
-        if self._drop and not self._linear:
+        if not self._linear:
             forget_cached(self._fd)
 
 
 @contextlib.contextmanager
 def open_stem(path: Path, out: Output, replaced: bool = False) -> Iterator[Any]:
-    """An earlier stem file, open for reading once, in order (it stays readable when a new one
-    replaces it), asked of the disk ahead of the reading. ``replaced``: the render replaces or
-    removes it: its pages are dropped from the cache behind the reading (``_Ahead``).
+    """An earlier stem file, open for reading (it stays readable when a new one replaces it).
+    ``replaced``: the render replaces or removes it, and reads it once, in order: its pages
+    are dropped from the cache behind the reading (``_Replaced``).
 
     Raises:
         RenderError: it is not of the mix's shape.
@@ -348,14 +326,14 @@ def open_stem(path: Path, out: Output, replaced: bool = False) -> Iterator[Any]:
         if f.num_channels != out.channels or f.frames != out.frames:
             raise RenderError(f"{path} is {f.num_channels} x {f.frames} frames, not "
                               f"{out.channels} x {out.frames}; render with --force")
-        if not hasattr(os, "posix_fadvise"):  # nothing to ask for or drop (macOS)
+        if not replaced or not hasattr(os, "posix_fadvise"):  # nothing to drop (macOS)
             yield f
             return
         fd = os.open(path, os.O_RDONLY)  # the file ``f`` reads, whatever takes its name
         try:
-            ahead = _Ahead(f, fd, path.suffix.lower() == ".wav", drop=replaced)
-            yield ahead
-            ahead.done()
+            replaced_file = _Replaced(f, fd, path.suffix.lower() == ".wav")
+            yield replaced_file
+            replaced_file.done()
         finally:
             os.close(fd)
 
