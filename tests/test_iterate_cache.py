@@ -38,12 +38,17 @@ master: {{loudness: -20 LUFS}}
 TOLERANCE = {24: 5e-7, 32: 5e-7, 16: 1e-4}
 
 
-def write_scene(root: Path, sr: int, channels: int, bed: str = "-6 dB") -> Path:
+def write_takes(root: Path) -> None:
+    """The scene's recordings: a noise bed, a drip and a 997 Hz tone, each at its own rate."""
     rng = np.random.default_rng(1)
     wav(root / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
     wav(root / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
     t = np.arange(48000) / 48000
     wav(root / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+
+
+def write_scene(root: Path, sr: int, channels: int, bed: str = "-6 dB") -> Path:
+    write_takes(root)
     path = root / "it.yaml"
     path.write_text(SCENE.format(sr=sr, channels=channels, bed=bed))
     return path

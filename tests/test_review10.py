@@ -12,6 +12,7 @@ import soundscape.dsp.bus as bus_module
 from soundscape.audio_io import read_audio
 from soundscape.pipelines.render import render
 from tests.conftest import wav
+from tests.test_iterate_cache import write_takes
 
 LOOPED = """name: tails
 duration: 2 s
@@ -91,11 +92,7 @@ def test_edits_of_a_kept_sum_equal_a_fresh_render(  # one edit: ``Update``; two:
         edits: tuple[str, str], jobs: int, disk: bool) -> None:
     if disk:
         monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
-    rng = np.random.default_rng(1)
-    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
-    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
-    t = np.arange(48000) / 48000
-    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    write_takes(tmp_path)
     scene = tmp_path / "it.yaml"
     scene.write_text(EDITED.format(sr=sr, channels=channels, bed="-6 dB", drip="0 dB"))
     out = tmp_path / "o"
@@ -112,11 +109,7 @@ def test_edits_of_a_kept_sum_equal_a_fresh_render(  # one edit: ``Update``; two:
 @pytest.mark.parametrize("sr,channels", [(22050, 1), (48000, 2)])
 def test_only_on_a_disk_bus_with_stem_processes_mixes_as_in_memory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int) -> None:
-    rng = np.random.default_rng(1)
-    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
-    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
-    t = np.arange(48000) / 48000
-    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    write_takes(tmp_path)
     scene = tmp_path / "it.yaml"
     results = []
     for disk, jobs in [(False, 1), (True, 2)]:
@@ -142,11 +135,7 @@ def test_a_version_2_interleaved_sum_is_not_misread(
 
     if disk:
         monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
-    rng = np.random.default_rng(1)
-    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
-    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
-    t = np.arange(48000) / 48000
-    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    write_takes(tmp_path)
     scene = tmp_path / "it.yaml"
     scene.write_text(EDITED.format(sr=48000, channels=2, bed="-6 dB", drip="0 dB"))
     out = tmp_path / "o"
@@ -361,11 +350,7 @@ def test_elements_added_to_a_kept_sum_on_disk_are_summed_onto_it(
     # nothing to subtract: the kept sum file is the bus as it is, and the new stems are added
     # into it (read, not taken for zeros)
     monkeypatch.setattr(bus_module, "IN_MEMORY_BYTES", 1024)
-    rng = np.random.default_rng(1)
-    wav(tmp_path / "bed.wav", rng.normal(0, 0.1, 22050 * 2), 22050)
-    wav(tmp_path / "drip.wav", rng.normal(0, 0.3, 4000) * np.hanning(4000), 16000)
-    t = np.arange(48000) / 48000
-    wav(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 997 * t) * np.hanning(48000), 48000)
+    write_takes(tmp_path)
     scene = tmp_path / "it.yaml"
     full = EDITED.format(sr=sr, channels=channels, bed="-6 dB", drip="0 dB")
     lines = full.splitlines(keepends=True)
