@@ -145,3 +145,24 @@ def test_format_change_replaces_the_old_stems(scene: Path, tmp_path: Path) -> No
         "bed.flac", "drip.flac", "hum.flac", "index.html", "manifest.json", "mix.flac",
         "room.flac", "sum.f32", "sum.json"]
     assert len(list(takes.glob("*.npz"))) == 4
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("scenes/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_stem_keys_are_those_of_the_plans_as_asdict_writes_them(path: Path) -> None:
+    """``stem_key`` reads a plan without ``dataclasses.asdict``'s deep copy; the text it hashes
+    (so every earlier render's keys, and the stems they keep current) is the same."""
+    from dataclasses import asdict
+
+    from soundscape.arrange import arrange
+    from soundscape.outputs.incremental import _plain
+    from soundscape.pipelines.render import select_scenes
+
+    seen = 0
+    for sc in select_scenes(path, all_variants=True):
+        arr = arrange(sc, {name: 4.0 for name in sc.elements})
+        for plan in arr.elements:
+            mine = json.dumps(_plain(plan), sort_keys=True, default=str)
+            assert mine == json.dumps(asdict(plan), sort_keys=True, default=str), plan.name
+            seen += len(plan.clips) + len(plan.loops)
+    assert seen > 0
