@@ -725,3 +725,43 @@ def test_a_volume_edit_imports_no_scipy_signal(tmp_path: Path) -> None:
     assert read_audio(tmp_path / "o/it/mix.wav")[0].shape == mix_of(fresh).shape
     assert float(np.abs(read_audio(tmp_path / "o/it/mix.wav")[0] - mix_of(fresh)).max()) \
         <= TOLERANCE[24]
+
+
+def test_the_index_keeps_the_stems_energies_exactly_and_survives_a_damaged_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stems' 100 ms energies are kept packed (base64 float64): read back, they are the
+    meter's own values to the bit. One that does not decode is measured again, not scaled,
+    and the edit still reads as a fresh render."""
+    from soundscape.dsp.meter import Meter
+
+    scene = write_scene(tmp_path, 48000, 2)
+    out = tmp_path / "o"
+    finished: list[list[float]] = []
+    real_finish = Meter.finish
+
+    def finish(self: Meter) -> Meter:
+        done = real_finish(self)
+        finished.append(list(done.energies))
+        return done
+
+    monkeypatch.setattr(Meter, "finish", finish)
+    render(scene, out=out, jobs=1)
+    data = index(out)
+    kept = sumcache.read(out / "it", render_module.Output(48000, 2, 4 * 48000, "wav", None))
+    assert kept is not None
+    for name in ("bed", "drip", "tone"):
+        assert isinstance(data["levels"][name]["energies"], str)  # packed in the file
+        got = kept.levels[name]["energies"]
+        assert len(got) == 40 and any(got == e for e in finished), name
+    data["levels"]["bed"]["energies"] = "not base64!"
+    (out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE).write_text(json.dumps(data))
+    measured: list[int] = []
+    real_add = Meter.add
+    monkeypatch.setattr(Meter, "add", lambda self, b: (measured.append(b.shape[1]),
+                                                       real_add(self, b))[1])
+    scene.write_text(SCENE.format(sr=48000, channels=2, bed="-13.5 dB"))
+    [res] = render(scene, out=out, jobs=1)
+    assert sum(measured) > 2 * 4 * 48000  # the bed's stem measured again, beside the sum
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
+    for a, b in zip(_stem_figures(res)["bed"], _stem_figures(fresh)["bed"], strict=True):
+        assert a == pytest.approx(b, abs=1e-3)

@@ -24,6 +24,7 @@ sum is rebuilt from the stems.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -53,7 +54,9 @@ CACHE_DIR = ".cache"
 TAKES_DIR = "takes"  # the elements' conformed takes (``takes.conform.KeptTakes``)
 SUM_FILE = "sum.f32"
 INDEX_FILE = "sum.json"
-VERSION = 3  # 2: the stem files' size and modification time; 3: channels in rows
+# 2: the stem files' size and modification time; 3: channels in rows; 4: the stems' energies
+# packed (``_packed``)
+VERSION = 4
 MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
 # The encoder floors integer PCM, so each subtracted file leaves up to one step of its bit depth
 # in the sum, always of one sign: the error grows a step per edit (measured: 16 bits 3.05e-5 a
@@ -174,6 +177,7 @@ def read(directory: Path, out: Output) -> CachedSum | None:
             or not isinstance(edits, int) or not isinstance(files, dict) \
             or not isinstance(levels, dict):
         return None
+    levels = {name: _unpacked(got) for name, got in levels.items() if isinstance(got, dict)}
     return CachedSum(stems, edits, files, levels,
                      float(peak) if isinstance(peak, int | float) else None)
 
@@ -269,10 +273,35 @@ def save(directory: Path, bus: Bus, out: Output, stems: dict[str, str], edits: i
     data: dict[str, Any] = {
         "version": VERSION, "shape": _shape(out), "edits": edits, "stems": stems,
         "files": {name: _stat(p) for name, p in files.items()},
-        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}, "levels": levels or {},
+        "file": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns},
+        "levels": {name: _packed(got) for name, got in (levels or {}).items()},
         "sample_peak": sample_peak}
-    # compact: the levels hold ten energies a second per stem
     atomic_write_text(index, json.dumps(data, separators=(",", ":"), sort_keys=True))
+
+
+# A stem's ten energies a second, as JSON numbers, made the index 1.2 MB for the 10-minute,
+# 12-element benchmark: 29 ms to write and 10 ms to read, both in an edit's serial part.
+# Packed as little-endian float64 in base64 (the same values, to the bit), 2 ms.
+def _packed(levels: dict[str, Any]) -> dict[str, Any]:
+    energies = levels.get("energies")
+    if not isinstance(energies, list):
+        return levels
+    raw = np.asarray(energies, dtype="<f8").tobytes()
+    return {**levels, "energies": base64.b64encode(raw).decode("ascii")}
+
+
+def _unpacked(levels: dict[str, Any]) -> dict[str, Any]:
+    """``_packed`` undone; energies that do not decode are left out (the stem is then
+    measured again rather than scaled: ``CachedSum.known_levels``)."""
+    energies = levels.get("energies")
+    if not isinstance(energies, str):
+        return levels
+    try:
+        raw = base64.b64decode(energies.encode("ascii"), validate=True)
+        values = np.frombuffer(raw, dtype="<f8").tolist()
+    except (ValueError, UnicodeEncodeError):
+        return {k: v for k, v in levels.items() if k != "energies"}
+    return {**levels, "energies": values}
 
 
 class _Replaced:
