@@ -14,9 +14,9 @@ covers the stem keys and the master.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
-import functools
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
