@@ -348,3 +348,36 @@ def test_worker_killed_mid_stem_leaves_no_temp(tmp_path: Path,
     with pytest.raises(RenderError, match="worker process died"):
         render(scene, out=tmp_path / "o", jobs=2)
     assert not list((tmp_path / "o").rglob(".*tmp*"))
+
+
+@pytest.mark.parametrize("sr", [22050, 44100, 48000, 96000])
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_meters_of_parts_of_the_channels_read_as_one_of_them_all(sr: int, channels: int) -> None:
+    """``Meter.of_channels``: the edit's sum is K-weighted half its channels to a process; the
+    parts joined read the loudness of one meter over every channel (and pyloudnorm's), and its
+    peaks."""
+    rng = np.random.default_rng(channels)
+    n = sr * 3
+    t = np.arange(n) / sr
+    x = np.stack([rng.normal(0, 0.05 * (c + 1), n) + 0.3 * np.sin(2 * np.pi * 220 * (c + 1) * t)
+                  * (t > 0.5 * c) for c in range(channels)]).astype(np.float32)
+    whole = Meter(sr, channels, true_peak=False)
+    whole.add(x)
+    whole.finish()
+    half = (channels + 1) // 2
+    parts = []
+    for rows in (slice(0, half), slice(half, channels)):
+        m = Meter(sr, x[rows].shape[0], true_peak=False)
+        for i in range(0, n, 10007):  # blocks of an odd size, as a reading process gets them
+            m.add(x[rows, i:i + 10007])
+        parts.append(m.finish())
+    joined = Meter.of_channels(parts)
+    assert joined.integrated_loudness() == pytest.approx(whole.integrated_loudness(), abs=1e-5)
+    if channels <= 3:  # pyloudnorm weighs a fourth and fifth channel as surrounds (1.41)
+        ref = pyloudnorm.Meter(sr).integrated_loudness(x.T.astype(np.float64))
+        assert joined.integrated_loudness() == pytest.approx(ref, abs=0.01)
+    np.testing.assert_allclose(joined.energies, whole.energies, rtol=1e-6)
+    assert joined.sample_peak == whole.sample_peak == float(np.abs(x).max())
+    assert joined.frames == whole.frames == n
+    with pytest.raises(ValueError, match="different lengths"):
+        Meter.of_channels([parts[0], Meter.restored(sr, parts[1].energies[:-1], n, 0.1, 0.1)])

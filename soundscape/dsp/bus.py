@@ -89,23 +89,27 @@ class Bus:
     def in_memory(self) -> bool:
         return self.array is not None
 
-    def read(self, start: int, n: int) -> np.ndarray:
-        """Frames ``[start, start + n)`` as a new ``(channels, n)`` array."""
+    def read(self, start: int, n: int, channels: range | None = None) -> np.ndarray:
+        """Frames ``[start, start + n)`` as a new ``(channels, n)`` array; ``channels``: of
+        those channels only (a range of step 1)."""
         n = max(0, min(n, self.frames - start))
+        rows = range(self.channels) if channels is None else channels
         if self.array is not None:
-            return self.array[:, start:start + n].copy()
-        return self._read_rows(start, n)
+            return self.array[rows.start:rows.stop, start:start + n].copy()
+        return self._read_rows(start, n, rows)
 
     def _at(self, channel: int, frame: int) -> int:
         """Where a channel's frame lies in the file, in bytes."""
         return (channel * self._row + frame) * 4
 
-    def _read_rows(self, start: int, n: int) -> np.ndarray:
-        """Frames ``[start, start + n)`` of the file: a new ``(channels, n)`` array."""
+    def _read_rows(self, start: int, n: int, rows: range | None = None) -> np.ndarray:
+        """Frames ``[start, start + n)`` of the file's channels ``rows`` (all): a new
+        ``(len(rows), n)`` array."""
         assert self.fd is not None
-        out = np.empty((self.channels, n), np.float32)
-        for c in range(self.channels):
-            view = memoryview(out[c].data).cast("B")
+        rows = range(self.channels) if rows is None else rows
+        out = np.empty((len(rows), n), np.float32)
+        for i, c in enumerate(rows):
+            view = memoryview(out[i].data).cast("B")
             got = 0
             while got < len(view):
                 k = os.preadv(self.fd, [view[got:]], self._at(c, start) + got)

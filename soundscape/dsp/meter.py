@@ -611,6 +611,21 @@ class Meter:
         m._finished = True
         return m
 
+    @classmethod
+    def of_channels(cls, parts: list[Meter]) -> Meter:
+        """A finished meter of a signal whose channels ``parts`` (finished meters of the same
+        rate and length, each of some of its channels) measured: BS.1770 sums the channels'
+        energies (equal weights), and the peaks are the largest. The 100 ms energies are the
+        parts' added in float64, where one meter of every channel adds each frame's channels
+        in float32 first: the same to about 1e-7."""
+        first = parts[0]
+        if any(p.frames != first.frames or len(p.energies) != len(first.energies)
+               for p in parts):
+            raise ValueError("the parts measured signals of different lengths")
+        energies = [float(sum(e)) for e in zip(*(p.energies for p in parts), strict=True)]
+        return cls.restored(first.sample_rate, energies, first.frames,
+                            max(p.sample_peak for p in parts), max(p.true_peak for p in parts))
+
     def figures(self) -> dict[str, Any]:
         """What ``restored`` needs (JSON-able): the 100 ms energies, frames and peaks."""
         return {"energies": self.energies, "frames": self.frames,
