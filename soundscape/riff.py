@@ -136,9 +136,10 @@ def info_list(fields: dict[str, str]) -> bytes:
 def ixml(fields: dict[str, str]) -> bytes:
     """The data of an ``iXML`` chunk (UTF-8 XML, iXML 2.x): ``PROJECT``, ``SCENE``, ``NOTE``
     and the rest as given, with the full Unicode text that ``bext`` and ``INFO`` cannot hold."""
-    from xml.sax.saxutils import escape
+    import html  # escape(quote=False) is xml.sax.saxutils.escape's &, < and >, without
+    # importing xml.sax (9 ms of every render that tags a file)
 
-    body = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in fields.items() if v)
+    body = "".join(f"<{k}>{html.escape(v, quote=False)}</{k}>" for k, v in fields.items() if v)
     return (f'<?xml version="1.0" encoding="UTF-8"?>\n<BWFXML><IXML_VERSION>2.10'
             f"</IXML_VERSION>{body}</BWFXML>").encode()
 

@@ -36,8 +36,9 @@ class OverviewAccumulator:
         if m == 0:
             return
         edges = self.edges
-        inside = edges[(edges > pos) & (edges < pos + m)] - pos
-        starts = np.concatenate([[0], np.unique(inside)]).astype(np.intp)
+        inside = edges[(edges > pos) & (edges < pos + m)] - pos  # sorted: np.unique without
+        inside = inside[np.diff(inside, prepend=-1) > 0]  # importing numpy.ma (8 ms)
+        starts = np.concatenate([[0], inside]).astype(np.intp)
         ends = np.append(starts[1:], m)
         b = np.searchsorted(edges, pos + starts, side="right") - 1
         peak = np.zeros(starts.size, np.float32)

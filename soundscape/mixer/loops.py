@@ -232,7 +232,9 @@ def best_loop_points(take: np.ndarray, xf: int, sample_rate: int,
     e_full = lo + ends * scale  # in full-rate frames
     s_full = starts * scale
     row_cost = spectral.min(axis=1) + _LENGTH_WEIGHT_DB * s_full / max(search, 1)
-    rows = np.union1d([0], np.argsort(row_cost, kind="stable")[:_WAVE_STARTS])
+    # (np.union1d's sorted set of a few indices, without its import of numpy.ma: 8 ms)
+    rows = np.array(sorted({0, *np.argsort(row_cost, kind="stable")[:_WAVE_STARTS].tolist()}),
+                    dtype=np.intp)
     starts, s_full, spectral = starts[rows], s_full[rows], spectral[rows]
     r = _heads_corr(np.stack([head[:, s:s + xa] for s in starts]), tail, ends, xa)
     shorter = (n - e_full)[None, :] + s_full[:, None]
