@@ -538,9 +538,13 @@ class Update:
             self._pending.result()
         self._pending = self._pool.submit(self._loudness.add, now)
 
+    def complete(self) -> None:
+        """Update the rest of the sum: the earlier files are then read to their ends."""
+        self._advance(self.frames)
+
     def finish(self) -> SumLevels | None:
         """Update the rest of the sum; its loudness and true peak (None: not ``measure``)."""
-        self._advance(self.frames)
+        self.complete()
         if self._second is not None:
             return self._second.result()
         if self._loudness is None:

@@ -275,7 +275,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
-        olds = [stack.enter_context(sumcache.open_stem(path, out, replaced=True))
+        earlier = stack.enter_context(contextlib.ExitStack())
+        olds = [earlier.enter_context(sumcache.open_stem(path, out, replaced=True))
                 for path in (old or {}).values()]
         if not keeps_sum:
             sumcache.drop(p.directory)
@@ -334,6 +335,12 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             for j in jobs:
                 _keep_loops(kept_takes, p.sources[j.plan.name], j.loops,
                             measures[j.plan.name].loops)
+        if update is not None:
+            update.complete()
+        # the earlier files are read to their ends: closed on another thread as the sum's
+        # measuring ends. Replaced by the new stems, their last close frees their blocks on
+        # the disk: 20 ms for a 10-minute stereo stem, which the render need not wait for.
+        closed = pool.submit(earlier.close) if olds else None
         measured = None if update is None else update.finish()
         mix.fold(out.frames)  # a loopable mix: what rings past the end, onto the start
         written = {j.plan.name for j in jobs if j.path is not None}
@@ -385,6 +392,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                           None if measured is None else measured.loudness.sample_peak)
             assert kept_takes is not None
             kept_takes.keep_only(list(p.sources.values()))
+        if closed is not None:
+            closed.result()
     warnings.extend(report.warnings)
     if w.decoded is not None and w.decoded.true_peak_dbtp > m.ceiling:
         warnings.append(RenderWarning(
