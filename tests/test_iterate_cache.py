@@ -769,3 +769,67 @@ def test_the_index_keeps_the_stems_energies_exactly_and_survives_a_damaged_one(
     [fresh] = render(scene, out=tmp_path / "fresh", jobs=1)
     for a, b in zip(_stem_figures(res)["bed"], _stem_figures(fresh)["bed"], strict=True):
         assert a == pytest.approx(b, abs=1e-3)
+
+
+AUTOMATED = SCENE.replace(
+    "  tone: {{file: tone.wav,",
+    "  tone: {{file: tone.wav, automation: [{{time: 0 s, level: 0 dB}}, "
+    "{{time: 3 s, level: -12 dB}}],")
+
+
+@pytest.mark.parametrize("sr,channels,bit_depth", [(22050, 1, 16), (44100, 2, 24),
+                                                   (48000, 2, 16), (96000, 1, 24)])
+@pytest.mark.parametrize("edited", ["bed", "drip", "tone"])
+def test_a_volume_edit_takes_the_earlier_stem_out_of_the_sum_exactly_without_reading_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sr: int, channels: int,
+        bit_depth: int, edited: str) -> None:
+    """An element whose only change is its volume (a loop bed, scattered plays with pans of
+    their own, a one-shot under automation) leaves the sum at its earlier volume as the new
+    stem goes in: its earlier file is not opened, and the sum holds no file's rounding (at 16
+    bits a subtracted file left up to 3e-5): it is a fresh render's sum to float rounding. An
+    effect change still takes the earlier file out."""
+    opened: list[str] = []
+    real_open = sumcache.open_stem
+
+    def spy(path: Path, out: Any, replaced: bool = False) -> Any:
+        if replaced:
+            opened.append(Path(path).stem)
+        return real_open(path, out, replaced)
+
+    monkeypatch.setattr(sumcache, "open_stem", spy)
+    write_takes(tmp_path)
+    scene = tmp_path / "it.yaml"
+    volumes = {"bed": "-6 dB", "drip": "0 dB", "tone": "-6 dB"}
+
+    def write(**change: str) -> None:
+        v = {**volumes, **change}
+        text = AUTOMATED.format(sr=sr, channels=channels, bed=v["bed"])
+        text = text.replace("at: 1 s, volume: -6 dB", f"at: 1 s, volume: {v['tone']}")
+        text = text.replace("scatter:", f"volume: {v['drip']}, scatter:")
+        scene.write_text(text)
+
+    write()
+    out = tmp_path / "o"
+    render(scene, out=out, jobs=1, bit_depth=bit_depth)
+    write(**{edited: "-10.5 dB"})
+    [res] = render(scene, out=out, jobs=1, bit_depth=bit_depth)
+    assert opened == []  # nothing read back to take the earlier stem out
+    assert index(out)["edits"] == 1
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1, bit_depth=bit_depth)
+    shape = (channels, 4 * sr)
+    ours = np.fromfile(out / "it" / sumcache.CACHE_DIR / sumcache.SUM_FILE, np.float32)
+    theirs = np.fromfile(tmp_path / "fresh/it" / sumcache.CACHE_DIR / sumcache.SUM_FILE,
+                         np.float32)
+    assert float(np.abs(ours.reshape(shape) - theirs.reshape(shape)).max()) <= 1e-6
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[bit_depth]
+    assert res.mix_lufs == pytest.approx(fresh.mix_lufs, abs=1e-3)
+    # an effect on it as well: not its volume alone, so its earlier file is taken out
+    text = scene.read_text()
+    target = {"bed": "loop: {crossfade: 300 ms}", "drip": "scatter:", "tone": "at: 1 s"}[edited]
+    scene.write_text(text.replace(target, "effects: [{highpass: {cutoff: 200 Hz}}], " + target,
+                                  1) if edited != "tone" else
+                     text.replace("{lowpass: {cutoff: 2 kHz}}", "{lowpass: {cutoff: 3 kHz}}"))
+    [res] = render(scene, out=out, jobs=1, bit_depth=bit_depth)
+    assert opened == [edited]
+    [fresh] = render(scene, out=tmp_path / "fresh2", jobs=1, bit_depth=bit_depth)
+    assert float(np.abs(mix_of(res) - mix_of(fresh)).max()) <= TOLERANCE[bit_depth]

@@ -189,14 +189,18 @@ def steady_loop(plan: ElementPlan, srcs: list[Source], channels: int,
 def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int, channels: int,
                    total: int, mix: Summing | None, sink: StemSink | None = None,
                    stem_frames: int | None = None, found: FoundLoops | None = None,
-                   known: Meter | None = None) -> Meter:
+                   known: Meter | None = None, replaces: float | None = None) -> Meter:
     """Render one element's stem block by block: add it to the ``mix`` bus (None: do not
     sum), pass every block to ``sink``, and measure it. Volume, automation and effects come
     from ``plan``. ``stem_frames``: only the first this many frames go to ``sink`` and the
     meter (a loopable mix sums what rings past the end; the stem file stops there).
     ``found``: loop points searched already (by ``LoopSource``), and where the new go.
     ``known``: the stem's measurements, known already (its earlier render at another volume,
-    scaled): returned as they are, and the stem is not measured.
+    scaled): returned as they are, and the stem is not measured. ``replaces``: the volume
+    (linear) of this same stem in ``mix`` already, where only its volume changed: each block
+    goes into the mix less the block at that volume, which is the earlier render's to the
+    bit (the volume is applied last, to the same effects output), so an edit of one element's
+    level need not read its earlier file back to take it out of the sum.
 
     Returns the finished ``Meter`` of the stem (loudness, true peak, sample peak).
     """
@@ -258,7 +262,9 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             if known is None and measured:
                 meter.add((block if mono_meter else out)[:, :s])
             if mix is not None:
-                mix.add(emitted, out)
+                mix.add(emitted, out if replaces is None else out - _place(
+                    block, channels, pan, replaces,
+                    automation_gain(plan.automation, emitted, k, sample_rate)))
             if sink is not None and s:
                 sink(out[:, :s])
         emitted += k

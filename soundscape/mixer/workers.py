@@ -66,6 +66,9 @@ class StemJob:
     # (``Meter.scaled``); the stem is then rendered and written but not measured again
     known: Meter | None = None
     loops: FoundLoops | None = None  # loop points searched by an earlier render of the takes
+    # the linear volume the stem has in the sum it is added to, where only its volume changed:
+    # that earlier stem is taken out as this one is added (``render_element``'s ``replaces``)
+    replaces: float | None = None
 
     @property
     def cost(self) -> float:
@@ -181,7 +184,7 @@ def _render_group(jobs: list[StemJob], mix: Summing, sample_rate: int, channels:
         with writer as w:
             meter = render_element(job.plan, job.takes, sample_rate, channels, mix.frames, mix,
                                    None if w is None else _writing(w, seen), stem_frames,
-                                   found, job.known)
+                                   found, job.known, job.replaces)
         seams = tuple(loop_seams(job.takes[lp.take], lp, sample_rate, total, found)
                       for lp in job.plan.loops)
         measures.append(StemMeasure(job.plan.name, meter.integrated_loudness(),

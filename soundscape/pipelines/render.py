@@ -273,11 +273,19 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         kept_takes.clear()
     scaled = cached if not output.force else None  # whose stem figures a volume edit scales
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
+    # One stem changed (an edit): the sum is updated and measured in the pass that renders it.
+    one_pass = old is not None and sum(n not in kept for n in p.keys) == 1
+    # Where only its volume changed, the stem at its earlier volume is taken out of the sum as
+    # the new one goes in (``render_element``'s ``replaces``), to the bit: its earlier file is
+    # not read back (nor its rounding left in the sum).
+    replaced = {n: 10 ** (scaled.levels[n]["volume_db"] / 20) for n in (old or {})
+                if one_pass and scaled is not None and n in level_free and scaled.volume_change(
+                    n, level_free[n], p.arrangement.plan(n).volume_db) is not None}
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
         earlier = stack.enter_context(contextlib.ExitStack())
         olds = [earlier.enter_context(sumcache.open_stem(path, out, replaced=True))
-                for path in (old or {}).values()]
+                for n, path in (old or {}).items() if n not in replaced]
         if not keeps_sum:
             sumcache.drop(p.directory)
             mix = Bus.temporary(out.channels, out.frames + p.overhang, p.directory)
@@ -286,16 +294,16 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         stack.enter_context(mix)
         # work beside the main thread's (its last tasks done before the files above close)
         pool = stack.enter_context(ThreadPoolExecutor(2))
-        # One stem changed (an edit): the sum is updated and measured in the pass that renders
-        # it. Else the earlier stems leave the sum on another core while the takes are
-        # conformed, and the sum is measured once complete.
+        # An edit's sum is updated and measured in the pass that renders the stem. Else the
+        # earlier stems leave the sum on another core while the takes are conformed, and the
+        # sum is measured once complete.
         update = None
-        if old is not None and sum(n not in kept for n in p.keys) == 1:
+        if one_pass:
             adds = [stack.enter_context(sumcache.open_stem(path, out))
                     for path in to_read.values()]
             update = stack.enter_context(sumcache.Update(
                 mix, olds, adds, out.sample_rate, pool,
-                _peak_floor(p, cached, old, to_read, level_free),
+                _peak_floor(p, cached, old or {}, to_read, level_free),
                 measure=not m.effects))  # the master measures its effects' output
             to_read = {}
         taken_out = pool.submit(sumcache.subtract, mix, olds) \
@@ -319,7 +327,7 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
                 name, level_free[name], plan.volume_db, out.sample_rate)
             jobs.append(StemJob(plan, audio, p.path(name) if d.write else None,
                                 out.sample_rate, scene.duration, levels,
-                                _kept_loops(kept_takes, p.sources[name])))
+                                _kept_loops(kept_takes, p.sources[name]), replaced.get(name)))
         for j in jobs:  # outside --only: mixed anew, but its older file stays as it was
             if j.path is None and p.path(j.plan.name).exists():
                 warnings.append(RenderWarning(
