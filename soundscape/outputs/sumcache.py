@@ -57,6 +57,9 @@ INDEX_FILE = "sum.json"
 # 2: the stem files' size and modification time; 3: channels in rows; 4: the stems' energies
 # packed (``_packed``)
 VERSION = 4
+# a stem's levels entry: the sum holds the stem as rendered, not as its file reads back
+# (``CachedSum.holds_as_rendered``)
+RENDERED = "as_rendered"
 MAX_EDITS = 16  # subtractions in a row before the sum is rebuilt from the stems
 # The encoder floors integer PCM, so each subtracted file leaves up to one step of its bit depth
 # in the sum, always of one sign: the error grows a step per edit (measured: 16 bits 3.05e-5 a
@@ -107,6 +110,14 @@ class CachedSum:
                                                     and math.isfinite(volume_db)):
             return None
         return float(10 ** ((volume_db - old) / 20))
+
+    def holds_as_rendered(self, name: str, out: Output) -> bool:
+        """Whether the sum holds ``name``'s stem as it was rendered, to the bit of the float
+        blocks added (``RENDERED``), rather than as its file reads back (a kept stem read into
+        a rebuilt sum: up to a step of its bit depth off). Float stems read back exactly."""
+        got = self.levels.get(name)
+        return rounding_step(out) == 0.0 or (isinstance(got, dict)
+                                            and got.get(RENDERED) is True)
 
     def known_levels(self, name: str, level_free: str, volume_db: float,
                      sample_rate: int) -> Meter | None:

@@ -273,13 +273,15 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
         kept_takes.clear()
     scaled = cached if not output.force else None  # whose stem figures a volume edit scales
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
+    from_files = set(to_read)  # kept stems the sum takes as their files read back
     # One stem changed (an edit): the sum is updated and measured in the pass that renders it.
     one_pass = old is not None and sum(n not in kept for n in p.keys) == 1
     # Where only its volume changed, the stem at its earlier volume is taken out of the sum as
     # the new one goes in (``render_element``'s ``replaces``), to the bit: its earlier file is
     # not read back (nor its rounding left in the sum).
     replaced = {n: 10 ** (scaled.levels[n]["volume_db"] / 20) for n in (old or {})
-                if one_pass and scaled is not None and n in level_free and scaled.volume_change(
+                if one_pass and scaled is not None and n in level_free
+                and scaled.holds_as_rendered(n, out) and scaled.volume_change(
                     n, level_free[n], p.arrangement.plan(n).volume_db) is not None}
     with contextlib.ExitStack() as stack:
         # the earlier files of the stems that change, opened before they are replaced
@@ -396,7 +398,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
             sumcache.save(p.directory, mix, out, {n: p.keys[n] for n in present},
                           cached.edits + 1 if old is not None and cached else 0,
                           {n: p.path(n) for n in present},
-                          _levels_kept(p, present, measures, cached, level_free),
+                          _levels_kept(p, present, measures, cached, level_free,
+                                       from_files),
                           None if measured is None else measured.loudness.sample_peak)
             assert kept_takes is not None
             kept_takes.keep_only(list(p.sources.values()))
@@ -465,18 +468,24 @@ def _keep_loops(kept: KeptTakes, source: Source, before: FoundLoops | None,
 
 def _levels_kept(p: _Plan, present: list[str], measures: dict[str, StemMeasure],
                  cached: sumcache.CachedSum | None,
-                 level_free: dict[str, str]) -> dict[str, dict[str, Any]]:
+                 level_free: dict[str, str],
+                 from_files: set[str]) -> dict[str, dict[str, Any]]:
     """Each stem's measurements for the sum's index, with its level-free key and volume: those
-    of the stems rendered now, and the cached ones of the stems kept as they were."""
+    of the stems rendered now, and the cached ones of the stems kept as they were. Those the
+    sum holds as rendered are marked so (``sumcache.RENDERED``), not those it read from their
+    files (``from_files``): a volume edit takes out of the sum what it holds."""
     out: dict[str, dict[str, Any]] = {}
     for name in present:
         m = measures.get(name)
         if m is not None and m.figures is not None:
             out[name] = {"level_free": level_free[name],
-                         "volume_db": p.arrangement.plan(name).volume_db, **m.figures}
+                         "volume_db": p.arrangement.plan(name).volume_db, **m.figures,
+                         sumcache.RENDERED: True}
         elif cached is not None and name in cached.levels \
                 and cached.levels[name].get("level_free") == level_free[name]:
             out[name] = cached.levels[name]
+            if name in from_files:
+                out[name] = {k: v for k, v in out[name].items() if k != sumcache.RENDERED}
     return out
 
 
