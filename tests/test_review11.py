@@ -89,6 +89,34 @@ def test_a_volume_edit_of_a_stem_the_sum_read_from_its_file_leaves_no_rounding(
     assert gap <= 1e-6
 
 
+
+@pytest.mark.parametrize("damage", [-20.0, True, 1e308, -1e308, "-6"])
+def test_a_damaged_volume_in_the_index_is_not_trusted(tmp_path: Path, damage: Any) -> None:
+    """The index's volume of a stem (``levels``) says at what level the sum holds it: a volume
+    edit takes it out of the sum at that level, and scales its figures from it. One that is
+    not the level of the stem's key in the sum (a hand-edited or damaged index: another
+    number, a boolean) is not trusted: the edit's sum, mix and the stem's figures are a fresh
+    render's (seen: a sum 0.12 off and figures 14 dB off with -20 dB written for -6 dB)."""
+    write_takes(tmp_path)
+    scene, out = tmp_path / "it.yaml", tmp_path / "o"
+    write(scene)
+    render(scene, out=out, jobs=1, bit_depth=24)
+    path = out / "it" / sumcache.CACHE_DIR / sumcache.INDEX_FILE
+    data = json.loads(path.read_text())
+    data["levels"]["bed"]["volume_db"] = damage
+    path.write_text(json.dumps(data))
+    write(scene, bed="-9 dB")
+    [res] = render(scene, out=out, jobs=1, bit_depth=24)
+    [fresh] = render(scene, out=tmp_path / "fresh", jobs=1, bit_depth=24)
+    assert float(np.abs(cached_sum(out, 2) - cached_sum(tmp_path / "fresh", 2)).max()) <= 1e-6
+    assert float(np.abs(read_audio(res.mix)[0] - read_audio(fresh.mix)[0]).max()) <= 5e-7
+    ours = json.loads((out / "it" / "manifest.json").read_text())["elements"]
+    theirs = json.loads((tmp_path / "fresh/it/manifest.json").read_text())["elements"]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["element"] == b["element"]
+        assert a["loudness_lufs"] == pytest.approx(b["loudness_lufs"], abs=0.01)
+        assert a["true_peak_dbtp"] == pytest.approx(b["true_peak_dbtp"], abs=0.01)
+
 @pytest.mark.parametrize("on_disk", [False, True], ids=["in_memory", "on_disk"])
 @pytest.mark.parametrize("channels", [1, 2])
 def test_edits_in_a_row_mute_back_effect_and_volume_read_as_a_fresh_render(

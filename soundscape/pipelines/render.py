@@ -272,6 +272,8 @@ def _mix(p: _Plan, cache: TakeCache, generated: frozenset[str],
     if output.force and kept_takes is not None:
         kept_takes.clear()
     scaled = cached if not output.force else None  # whose stem figures a volume edit scales
+    if scaled is not None:
+        _drop_untrue_levels(p, scaled, kept, level_free)
     old, to_read = sumcache.plan_update(cached, kept, p.keys, p.previous, p.directory, out)
     from_files = set(to_read)  # kept stems the sum takes as their files read back
     # One stem changed (an edit): the sum is updated and measured in the pass that renders it.
@@ -487,6 +489,24 @@ def _levels_kept(p: _Plan, present: list[str], measures: dict[str, StemMeasure],
             if name in from_files:
                 out[name] = {k: v for k, v in out[name].items() if k != sumcache.RENDERED}
     return out
+
+
+def _drop_untrue_levels(p: _Plan, cached: sumcache.CachedSum, kept: dict[str, Path],
+                        level_free: dict[str, str]) -> None:
+    """Forget the index's levels of a stem rendered now where its volume there is not the one
+    the stem's key in the sum was made at (a hand-edited or damaged index): a volume edit
+    would otherwise scale the stem's figures from it, and take the stem out of the sum at it.
+    One key per stem whose volume alone changed (the only ones those levels serve)."""
+    for name in p.keys:
+        got = cached.levels.get(name)
+        if name in kept or not isinstance(got, dict) \
+                or got.get("level_free") != level_free[name] or "volume_db" not in got:
+            continue
+        volume = got["volume_db"]
+        if isinstance(volume, bool) or not isinstance(volume, int | float) or stem_key(
+                replace(p.arrangement.plan(name), volume_db=float(volume)), p.sources[name],
+                p.out) != cached.stems.get(name):
+            del cached.levels[name]
 
 
 def _keeps_sum(p: _Plan, output: OutputOptions, kept: dict[str, Path]) -> bool:
