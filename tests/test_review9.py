@@ -37,8 +37,10 @@ def test_an_edit_never_drops_the_pages_of_the_stem_it_just_wrote(
         real(fd, offset, length, advice)
 
     monkeypatch.setattr(os, "posix_fadvise", spy)
+    # an effect changed (a volume alone would not read the earlier file: render_element's
+    # ``replaces`` takes the earlier stem out of the sum as it makes the new one)
     scene.write_text(SCENE.format(sr=48000, channels=2, bed="-6 dB")
-                     .replace("volume: -6 dB, effects", "volume: -9 dB, effects"))
+                     .replace("{lowpass: {cutoff: 2 kHz}}", "{lowpass: {cutoff: 3 kHz}}"))
     render(scene, out=out, jobs=1)
     new_inode = stem.stat().st_ino
     assert new_inode != old_inode  # replaced by a rename
