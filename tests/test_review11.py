@@ -21,19 +21,14 @@ from soundscape.dsp.meter import REPORTED_TRUE_PEAK, TRUE_PEAK, Interpolator, me
 from soundscape.outputs import sumcache
 from soundscape.outputs.incremental import _plain
 from soundscape.pipelines.render import render
+from tests.test_iterate_cache import SCENE as ITERATE_SCENE
 from tests.test_iterate_cache import write_takes
 
-SCENE = """\
-name: it
-duration: 4 s
-sample_rate: {sr}
-channels: {channels}
-elements:
-  bed: {{file: bed.wav, loop: {{crossfade: 300 ms}}, volume: {bed}{bed_fx}}}
-  drip: {{file: drip.wav, volume: {drip}, scatter: {{interval: [0.5 s, 1.5 s], pan_jitter: 0.5}}}}
-  tone: {{file: tone.wav, at: 1 s, volume: -6 dB, effects: [{{lowpass: {{cutoff: {cutoff}}}}}]}}
-master: {{loudness: -20 LUFS}}
-"""
+# test_iterate_cache's scene, with the drip's volume, the bed's effects and the tone's cutoff
+# to edit
+SCENE = (ITERATE_SCENE.replace("volume: {bed}}}", "volume: {bed}{bed_fx}}}")
+         .replace("drip.wav, scatter", "drip.wav, volume: {drip}, scatter")
+         .replace("cutoff: 2 kHz", "cutoff: {cutoff}"))
 
 
 def write(path: Path, sr: int = 48000, channels: int = 2, bed: str = "-6 dB",

@@ -255,16 +255,15 @@ def render_element(plan: ElementPlan, takes: list[np.ndarray], sample_rate: int,
             block = chunk[:, :k]
             if measured and steady is not None:
                 steady.add(emitted, block)
-            out = _place(block, channels, pan, volume,
-                         automation_gain(plan.automation, emitted, k, sample_rate))
+            auto = automation_gain(plan.automation, emitted, k, sample_rate)
+            out = _place(block, channels, pan, volume, auto)
             if measured:
                 ensure_finite(out, plan.name, effects, emitted, sample_rate)
             if known is None and measured:
                 meter.add((block if mono_meter else out)[:, :s])
             if mix is not None:
-                mix.add(emitted, out if replaces is None else out - _place(
-                    block, channels, pan, replaces,
-                    automation_gain(plan.automation, emitted, k, sample_rate)))
+                mix.add(emitted, out if replaces is None else
+                        out - _place(block, channels, pan, replaces, auto))
             if sink is not None and s:
                 sink(out[:, :s])
         emitted += k
